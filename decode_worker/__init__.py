@@ -1,0 +1,1 @@
+"""pdserve decode worker: pulls prompt KV from a prefill worker over NIXL and streams tokens."""

@@ -1,0 +1,27 @@
+"""``python -m decode_worker`` / ``pdserve decode``."""
+
+from __future__ import annotations
+
+import sys
+
+from pdserve.config import run_async, setup_logging
+from pdserve.engine import make_decode_engine
+from pdserve.rpc.server import Admission, run_worker
+from decode_worker import config
+from decode_worker.servicer import DecodeServicer, register
+
+
+async def serve(cfg: config.DecodeWorkerConfig) -> int:
+    engine = make_decode_engine(cfg.engine)
+    admission = Admission()
+    return await run_worker(engine, admission, register(DecodeServicer(engine, admission)), cfg.server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config.from_args(argv)
+    setup_logging(cfg.log_level)
+    return run_async(serve(cfg))
+
+
+if __name__ == "__main__":  # vLLM's engine core uses multiprocessing: the guard is required
+    sys.exit(main())

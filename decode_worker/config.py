@@ -1,0 +1,39 @@
+"""Decode worker configuration, built once from flags (with PDSERVE_* env fallbacks)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from pdserve.config import add_server_flags, resolve_model
+from pdserve.engine.config import EngineConfig, add_engine_flags, engine_config_from_args
+from pdserve.rpc.server import ServerOptions
+
+DEFAULT_PORT = 50052
+DEFAULT_KV_PORT = 5601
+
+
+@dataclass(frozen=True)
+class DecodeWorkerConfig:
+    engine: EngineConfig
+    server: ServerOptions
+    log_level: str
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdserve decode", description="Run a decode worker (gRPC DecodeWorker).")
+    add_server_flags(p, DEFAULT_PORT)
+    add_engine_flags(p, DEFAULT_KV_PORT)
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> DecodeWorkerConfig:
+    args = parser().parse_args(argv)
+    model_dir, served = resolve_model(args.model, args.served_model_name)
+    args.served_model_name = served
+    return DecodeWorkerConfig(
+        engine=engine_config_from_args(args, model_dir),
+        server=ServerOptions(host=args.host, port=args.port, grace_s=args.grace,
+                             service_name="pdserve.v1.DecodeWorker"),
+        log_level=args.log_level,
+    )

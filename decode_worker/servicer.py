@@ -1,0 +1,57 @@
+"""DecodeWorker servicer: translates wire ⇄ domain and calls the engine, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from pdserve.engine.base import DecodeEngine
+from pdserve.rpc import convert, errors
+from pdserve.rpc.server import Admission
+from pdserve.types import RequestId
+from pdserve.v1 import worker_pb2 as pb
+from pdserve.v1 import worker_pb2_grpc as pb_grpc
+
+
+class DecodeServicer(pb_grpc.DecodeWorkerServicer):
+    def __init__(self, engine: DecodeEngine, admission: Admission) -> None:
+        self._engine = engine
+        self._admission = admission
+
+    async def Decode(
+        self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DecodeChunk]:
+        # A cancelled RPC cancels this generator; closing the engine stream aborts the request.
+        async for chunk in errors.stream(context, self._decode(request)):
+            yield chunk
+
+    async def _decode(self, request: pb.DecodeRequest) -> AsyncIterator[pb.DecodeChunk]:
+        with self._admission.admit():
+            deltas = self._engine.decode(
+                RequestId(request.request_id),
+                list(request.prompt_token_ids),
+                convert.sampling_from_pb(request.sampling),
+                convert.kv_params_from_json(request.kv_transfer_params_json),
+            )
+            async for delta in deltas:
+                yield convert.delta_to_pb(delta)
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.WorkerInfo:
+        async def call() -> pb.WorkerInfo:
+            return convert.info_to_pb(self._engine.info())
+
+        return await errors.unary(context, call)
+
+    async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
+        async def call() -> pb.WorkerLoad:
+            return convert.load_to_pb(await self._engine.load(), self._admission.inflight)
+
+        return await errors.unary(context, call)
+
+
+def register(servicer: DecodeServicer) -> Callable[[grpc.aio.Server], None]:
+    def add(server: grpc.aio.Server) -> None:
+        pb_grpc.add_DecodeWorkerServicer_to_server(servicer, server)
+
+    return add

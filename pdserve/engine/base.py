@@ -1,0 +1,145 @@
+"""The engine seam: one interface per role.
+
+Callers: the prefill/decode worker servicers, one call per RPC. Many calls run
+concurrently on one event loop; implementations must be safe for that.
+
+Contract shared by both roles:
+- ``start()`` is awaited once before any request; ``shutdown()`` once at the end.
+- A request id is unique among the engine's live requests. Reusing a live id
+  raises ``InvalidRequestError``.
+- Cancelling the awaiting task (``asyncio.CancelledError``) aborts the engine
+  request before the error propagates: no running request or KV is left behind
+  by a cancelled caller (prefill KV held for a remote decode is the exception; the
+  engine's KV lease frees it).
+- ``InvalidRequestError``: the request can never succeed (e.g. prompt longer than
+  the context). ``EngineDeadError``: the engine is gone; the process should exit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pdserve.types import RequestId
+
+
+class EngineError(Exception):
+    """Base of all engine errors."""
+
+
+class InvalidRequestError(EngineError):
+    """The request is malformed for this engine; retrying elsewhere will not help."""
+
+
+class EngineDeadError(EngineError):
+    """The engine has died; the worker must stop so its supervisor restarts it."""
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Sampling parameters an engine honours. Stop strings are the router's job."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    first_token_id: int
+    cached_tokens: int  # prompt tokens served from the prefix cache, in [0, len(prompt)]
+    kv_transfer_params: dict[str, Any]  # opaque connector handle for the decode side
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """New tokens of one engine step. ``finish_reason`` is set on the last one only."""
+
+    token_ids: tuple[int, ...]
+    completion_tokens: int  # cumulative, including token_ids
+    finish_reason: FinishReason | None = None
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    role: str
+    model: str
+    block_size: int
+    vllm_version: str
+    kv_capacity_tokens: int
+    max_model_len: int
+    engine: str
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0  # fraction in [0, 1]
+    num_inflight: int = 0  # calls accepted and not yet returned
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class _EngineLifecycle(Protocol):
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    def info(self) -> EngineInfo: ...
+
+    async def load(self) -> EngineLoad: ...
+
+    def is_dead(self) -> bool:
+        """True once the engine can serve nothing more (checked by health probes)."""
+        ...
+
+
+class PrefillEngine(_EngineLifecycle, Protocol):
+    async def prefill(
+        self, request_id: RequestId, prompt_token_ids: Sequence[int], sampling: SamplingSpec
+    ) -> PrefillResult:
+        """Compute the prompt's KV, keep it for a remote decode, return its handle.
+
+        Samples exactly one token. The returned ``kv_transfer_params`` stays valid
+        until the decode side pulls it or the engine's KV lease expires.
+        """
+        ...
+
+
+class DecodeEngine(_EngineLifecycle, Protocol):
+    def decode(
+        self,
+        request_id: RequestId,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingSpec,
+        kv_transfer_params: dict[str, Any] | None,
+    ) -> AsyncIterator[TokenDelta]:
+        """Stream the completion. With ``kv_transfer_params`` the prompt's KV is
+        pulled from the prefill engine named there; with ``None`` the prompt is
+        prefilled locally. Closing the iterator early aborts the request.
+        """
+        ...

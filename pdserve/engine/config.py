@@ -1,0 +1,93 @@
+"""Engine configuration shared by both worker roles: typed, frozen, built once in main()."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str  # HF model directory
+    served_model_name: str
+    engine: str = "vllm"
+    block_size: int = 128  # must match what the router hashes with; CPU needs a multiple of 32
+    max_model_len: int = 2048
+    dtype: str = "auto"
+    kv_cache_bytes: int = 1 << 30
+    enforce_eager: bool = True
+    kv_host: str = "127.0.0.1"  # NIXL side channel host the peer connects to
+    kv_port: int = 5600  # NIXL side channel port, one per engine
+    engine_args: dict[str, Any] = field(default_factory=dict)  # passed to vLLM unchanged
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        if self.max_model_len < 2:
+            raise ValueError("max_model_len must be >= 2")
+        if self.kv_cache_bytes < 1 << 20:
+            raise ValueError("kv_cache_bytes must be >= 1 MiB")
+        if not 0 < self.kv_port < 65536:
+            raise ValueError("kv_port must be a TCP port")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int) -> None:
+    """Engine flags of both worker CLIs; each falls back to a PDSERVE_* variable."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--model", default=_env("PDSERVE_MODEL", ""),
+                   help="HF model directory (default: the embedded SmolLM2-135M-Instruct) [PDSERVE_MODEL]")
+    g.add_argument("--served-model-name", default=_env("PDSERVE_SERVED_MODEL_NAME", ""),
+                   help="model name clients use (default: the directory name) [PDSERVE_SERVED_MODEL_NAME]")
+    g.add_argument("--engine", default=_env("PDSERVE_ENGINE", "vllm"), help="engine implementation [PDSERVE_ENGINE]")
+    g.add_argument("--block-size", type=int, default=int(_env("PDSERVE_BLOCK_SIZE", "128")),
+                   help="KV block size in tokens [PDSERVE_BLOCK_SIZE]")
+    g.add_argument("--max-model-len", type=int, default=int(_env("PDSERVE_MAX_MODEL_LEN", "2048")),
+                   help="context length [PDSERVE_MAX_MODEL_LEN]")
+    g.add_argument("--dtype", default=_env("PDSERVE_DTYPE", "auto"), help="weights/activation dtype [PDSERVE_DTYPE]")
+    g.add_argument("--kv-cache-gib", type=float, default=float(_env("PDSERVE_KV_CACHE_GIB", "1")),
+                   help="KV cache size in GiB [PDSERVE_KV_CACHE_GIB]")
+    g.add_argument("--no-enforce-eager", action="store_true",
+                   default=_env("PDSERVE_ENFORCE_EAGER", "1") == "0",
+                   help="allow torch.compile / CUDA graphs [PDSERVE_ENFORCE_EAGER=0]")
+    g.add_argument("--kv-host", default=_env("PDSERVE_KV_HOST", "127.0.0.1"),
+                   help="address peers reach this engine's NIXL side channel on [PDSERVE_KV_HOST]")
+    g.add_argument("--kv-port", type=int, default=int(_env("PDSERVE_KV_PORT", str(default_kv_port))),
+                   help="NIXL side-channel port [PDSERVE_KV_PORT]")
+    g.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra vLLM engine argument, VALUE parsed as JSON when it can be "
+                        "(e.g. load_format=dummy, gpu_memory_utilization=0.8); repeatable")
+
+
+def parse_engine_arg(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--engine-arg expects KEY=VALUE, got {item!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value
+
+
+def engine_config_from_args(args: argparse.Namespace, model_dir: Path) -> EngineConfig:
+    return EngineConfig(
+        model=str(model_dir),
+        served_model_name=args.served_model_name or model_dir.name,
+        engine=args.engine,
+        block_size=args.block_size,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        kv_cache_bytes=int(args.kv_cache_gib * (1 << 30)),
+        enforce_eager=not args.no_enforce_eager,
+        kv_host=args.kv_host,
+        kv_port=args.kv_port,
+        engine_args=dict(parse_engine_arg(a) for a in args.engine_arg),
+    )

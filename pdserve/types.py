@@ -1,0 +1,8 @@
+"""Wire identities. Typed so a worker address is never passed where a request id belongs."""
+
+from __future__ import annotations
+
+from typing import NewType
+
+RequestId = NewType("RequestId", str)
+WorkerId = NewType("WorkerId", str)  # the worker's gRPC address, "host:port"

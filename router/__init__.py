@@ -1,0 +1,1 @@
+"""pdserve router: OpenAI HTTP API in front of prefill and decode workers."""

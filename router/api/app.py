@@ -1,0 +1,81 @@
+"""FastAPI application: routes translate HTTP ⇄ RouterService calls, nothing more."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from router.api import errors, render
+from router.api.schemas import ChatCompletionRequest, CompletionRequest
+from router.orchestrator import Chunk, Generation
+from router.pool import ModelPool
+from router.service import RouterService
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_app(get_service: Callable[[], RouterService], lifespan: Lifespan | None = None) -> FastAPI:
+    app = FastAPI(title="pdserve router", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        now = int(time.time())
+        data = [{"id": name, "object": "model", "created": now, "owned_by": "pdserve",
+                 "max_model_len": pool.max_model_len} for name, pool in get_service().pools.items()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Response:
+        pool, gen = get_service().completion(body)
+        return await _respond(get_service(), pool, gen, body.stream, _include_usage(body), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        pool, gen = get_service().chat(body)
+        return await _respond(get_service(), pool, gen, body.stream, _include_usage(body), chat=True)
+
+    return app
+
+
+def _include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+async def _respond(
+    service: RouterService, pool: ModelPool, gen: Generation, stream: bool, include_usage: bool, chat: bool
+) -> Response:
+    shape = render.Shape(chat=chat, model=pool.name, prompt_tokens=len(gen.prompt_ids), include_usage=include_usage)
+    chunks = service.generate(pool, gen)
+    if not stream:
+        return JSONResponse(await render.collect(shape, chunks))
+    first = await _first(chunks)  # errors before the first token keep their HTTP status
+    return StreamingResponse(_guarded(render.stream(shape, first, chunks)), media_type="text/event-stream")
+
+
+async def _first(chunks: AsyncIterator[Chunk]) -> Chunk:
+    try:
+        return await anext(chunks)
+    except BaseException:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        raise
+
+
+async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Once streaming has started the status is sent: report errors in-stream, as OpenAI does."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:  # noqa: BLE001 - mapped, never leaked
+        err = errors.to_api_error(exc)
+        yield render.sse(errors.error_body(err))
+        yield b"data: [DONE]\n\n"

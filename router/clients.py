@@ -1,0 +1,108 @@
+"""gRPC clients for the workers. Every call carries a deadline.
+
+Errors surface as ``WorkerError`` with the gRPC status code, so the orchestrator
+decides (retry, fall back, fail) without knowing gRPC types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from pdserve.engine.base import EngineInfo, EngineLoad, PrefillResult, SamplingSpec, TokenDelta
+from pdserve.rpc import convert
+from pdserve.types import RequestId, WorkerId
+from pdserve.v1 import worker_pb2 as pb
+from pdserve.v1 import worker_pb2_grpc as pb_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+
+
+class WorkerError(Exception):
+    """A worker RPC failed; ``code`` is the gRPC status."""
+
+    def __init__(self, worker: WorkerId, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{worker}: {code.name}: {details}")
+        self.worker = worker
+        self.code = code
+        self.details = details
+
+
+def _error(worker: WorkerId, exc: grpc.aio.AioRpcError) -> WorkerError:
+    return WorkerError(worker, exc.code(), exc.details() or "")
+
+
+class _WorkerClient:
+    def __init__(self, address: str) -> None:
+        self.worker = WorkerId(address)
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+    _stub: Any  # both services have Info and Load
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def info(self, timeout: float) -> EngineInfo:
+        try:
+            return convert.info_from_pb(await self._stub.Info(pb.InfoRequest(), timeout=timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise _error(self.worker, exc) from None
+
+    async def load(self, timeout: float) -> EngineLoad:
+        try:
+            return convert.load_from_pb(await self._stub.Load(pb.LoadRequest(), timeout=timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise _error(self.worker, exc) from None
+
+
+class PrefillClient(_WorkerClient):
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self._stub = pb_grpc.PrefillWorkerStub(self._channel)
+
+    async def prefill(
+        self, request_id: RequestId, prompt: list[int], spec: SamplingSpec, timeout: float
+    ) -> PrefillResult:
+        req = pb.PrefillRequest(request_id=request_id, prompt_token_ids=prompt, sampling=convert.sampling_to_pb(spec))
+        try:
+            resp = await self._stub.Prefill(req, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(self.worker, exc) from None
+        params = convert.kv_params_from_json(resp.kv_transfer_params_json) or {}
+        return PrefillResult(resp.first_token_id, resp.cached_tokens, params)
+
+
+class DecodeClient(_WorkerClient):
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self._stub = pb_grpc.DecodeWorkerStub(self._channel)
+
+    async def decode(
+        self,
+        request_id: RequestId,
+        prompt: list[int],
+        spec: SamplingSpec,
+        kv_transfer_params: dict[str, Any] | None,
+        timeout: float,
+    ) -> AsyncIterator[TokenDelta]:
+        """Stream deltas. Closing the iterator cancels the RPC, which aborts the engine request."""
+        req = pb.DecodeRequest(
+            request_id=request_id,
+            prompt_token_ids=prompt,
+            sampling=convert.sampling_to_pb(spec),
+            kv_transfer_params_json=convert.kv_params_to_json(kv_transfer_params),
+        )
+        call = self._stub.Decode(req, timeout=timeout)
+        try:
+            async for chunk in call:
+                yield convert.delta_from_pb(chunk)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(self.worker, exc) from None
+        finally:
+            call.cancel()  # no-op when the stream already ended

@@ -1,0 +1,117 @@
+"""The prefill → decode flow for one request, from token ids to text chunks.
+
+1. pick a decode worker, then a prefill worker (none configured → the decode
+   worker prefills locally);
+2. Prefill RPC (max_tokens=1, KV kept for the decode side);
+3. Decode RPC with the prefill's kv_transfer_params, streamed;
+4. detokenize incrementally and apply stop strings.
+Cancelling the consumer (client gone, deadline) cancels the in-flight RPC, and
+the worker aborts the engine request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from pdserve.engine.base import FinishReason, SamplingSpec
+from pdserve.types import RequestId, WorkerId
+from router.placement import Picker
+from router.pool import ModelPool
+from router.tokenizer import StopMatcher
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A validated request in token space."""
+
+    prompt_ids: list[int]
+    spec: SamplingSpec
+    stops: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Text to send now. The last chunk has ``finish_reason`` and final counts."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    prefill_s: float = 300.0
+    request_s: float = 600.0
+
+
+class NoWorkersError(Exception):
+    """No decode worker is available for the model."""
+
+
+class BrokenStreamError(Exception):
+    """The decode stream ended without finishing (worker aborted or vanished)."""
+
+
+class Orchestrator:
+    def __init__(self, prefill_picker: Picker, decode_picker: Picker, timeouts: Timeouts) -> None:
+        self._prefill_picker = prefill_picker
+        self._decode_picker = decode_picker
+        self._timeouts = timeouts
+
+    async def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
+        if not pool.decode:
+            raise NoWorkersError(f"no decode worker serves {pool.name!r}")
+        request_id = RequestId(f"cmpl-{uuid.uuid4().hex}")
+        decode_id = self._decode_picker.pick(list(pool.decode), pool.inflight)
+        with _counted(pool, decode_id):
+            kv_params, cached = None, 0
+            if pool.prefill:
+                prefill_id = self._prefill_picker.pick(list(pool.prefill), pool.inflight)
+                with _counted(pool, prefill_id):
+                    result = await pool.prefill[prefill_id].prefill(
+                        request_id, gen.prompt_ids, gen.spec, timeout=self._timeouts.prefill_s
+                    )
+                kv_params, cached = result.kv_transfer_params, result.cached_tokens
+            deltas = pool.decode[decode_id].decode(
+                request_id, gen.prompt_ids, gen.spec, kv_params, timeout=self._timeouts.request_s
+            )
+            async with contextlib.aclosing(deltas):
+                async for chunk in _to_text(pool, gen, deltas, cached):
+                    yield chunk
+                    if chunk.finish_reason is not None:
+                        return  # a stop string ended it: closing `deltas` aborts the decode
+
+
+async def _to_text(pool: ModelPool, gen: Generation, deltas: AsyncIterator, cached: int) -> AsyncIterator[Chunk]:
+    decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
+    stops = StopMatcher(gen.stops)
+    count = 0
+    async for delta in deltas:
+        for token_id in delta.token_ids:
+            count += 1
+            text, stopped = stops.feed(decoder.step(token_id))
+            if stopped:
+                yield Chunk(text, count, "stop", cached)
+                return
+            if text:
+                yield Chunk(text, count, None, cached)
+        if delta.finish_reason is FinishReason.ABORT:
+            raise BrokenStreamError("the decode worker aborted the request")
+        if delta.finish_reason is not None:
+            reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
+            yield Chunk(stops.flush(), delta.completion_tokens, reason, cached)
+            return
+    raise BrokenStreamError("the decode stream ended without a finish reason")
+
+
+@contextlib.contextmanager
+def _counted(pool: ModelPool, worker: WorkerId) -> Iterator[None]:
+    pool.inflight[worker] += 1
+    try:
+        yield
+    finally:
+        pool.inflight[worker] -= 1
