@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from decode_worker import config
+from decode_worker.servicer import DecodeServicer, register
 from pdserve.config import run_async, setup_logging
 from pdserve.engine import make_decode_engine
 from pdserve.rpc.server import Admission, run_worker
-from decode_worker import config
-from decode_worker.servicer import DecodeServicer, register
 
 
 async def serve(cfg: config.DecodeWorkerConfig) -> int:

@@ -33,7 +33,8 @@ def from_args(argv: list[str] | None = None) -> DecodeWorkerConfig:
     args.served_model_name = served
     return DecodeWorkerConfig(
         engine=engine_config_from_args(args, model_dir),
-        server=ServerOptions(host=args.host, port=args.port, grace_s=args.grace,
-                             service_name="pdserve.v1.DecodeWorker"),
+        server=ServerOptions(
+            host=args.host, port=args.port, grace_s=args.grace, service_name="pdserve.v1.DecodeWorker"
+        ),
         log_level=args.log_level,
     )

@@ -15,14 +15,24 @@ DEFAULT_SERVED_NAME = "smollm2-135m-instruct"
 
 def add_server_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
     g = parser.add_argument_group("server")
-    g.add_argument("--host", default=os.environ.get("PDSERVE_HOST", "127.0.0.1"),
-                   help="address to listen on [PDSERVE_HOST]")
-    g.add_argument("--port", type=int, default=int(os.environ.get("PDSERVE_PORT", str(default_port))),
-                   help="port to listen on; 0 picks a free one [PDSERVE_PORT]")
-    g.add_argument("--grace", type=float, default=float(os.environ.get("PDSERVE_GRACE_S", "30")),
-                   help="seconds to finish in-flight requests after SIGTERM [PDSERVE_GRACE_S]")
-    g.add_argument("--log-level", default=os.environ.get("PDSERVE_LOG_LEVEL", "INFO"),
-                   help="logging level [PDSERVE_LOG_LEVEL]")
+    g.add_argument(
+        "--host", default=os.environ.get("PDSERVE_HOST", "127.0.0.1"), help="address to listen on [PDSERVE_HOST]"
+    )
+    g.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PDSERVE_PORT", str(default_port))),
+        help="port to listen on; 0 picks a free one [PDSERVE_PORT]",
+    )
+    g.add_argument(
+        "--grace",
+        type=float,
+        default=float(os.environ.get("PDSERVE_GRACE_S", "30")),
+        help="seconds to finish in-flight requests after SIGTERM [PDSERVE_GRACE_S]",
+    )
+    g.add_argument(
+        "--log-level", default=os.environ.get("PDSERVE_LOG_LEVEL", "INFO"), help="logging level [PDSERVE_LOG_LEVEL]"
+    )
 
 
 def resolve_model(model: str, served_model_name: str) -> tuple[Path, str]:

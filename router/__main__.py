@@ -29,7 +29,7 @@ async def build_service(cfg: config.RouterConfig) -> RouterService:
     """Connect to the configured workers, learn their model and limits, build the pool."""
     prefill = {WorkerId(a): PrefillClient(a) for a in cfg.prefill}
     decode = {WorkerId(a): DecodeClient(a) for a in cfg.decode}
-    clients = [*prefill.values(), *decode.values()]
+    clients: list[PrefillClient | DecodeClient] = [*prefill.values(), *decode.values()]
     infos = await asyncio.gather(*(wait_for_info(c, cfg.startup_timeout_s) for c in clients))
     info = check_agree(list(infos))
     pool = ModelPool(
@@ -64,8 +64,14 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
 def main(argv: list[str] | None = None) -> int:
     cfg = config.from_args(argv)
     setup_logging(cfg.log_level)
-    uvicorn.run(make_app(cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level.lower(),
-                loop="auto", timeout_graceful_shutdown=30)
+    uvicorn.run(
+        make_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level.lower(),
+        loop="auto",
+        timeout_graceful_shutdown=30,
+    )
     return 0
 
 

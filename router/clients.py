@@ -6,7 +6,7 @@ decides (retry, fall back, fail) without knowing gRPC types.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -19,6 +19,9 @@ from pdserve.v1 import worker_pb2_grpc as pb_grpc
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
+    # Reconnect quickly after a worker restarts (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
 ]
@@ -48,9 +51,11 @@ class _WorkerClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def info(self, timeout: float) -> EngineInfo:
+    async def info(self, timeout: float, wait_for_ready: bool = False) -> EngineInfo:
+        """``wait_for_ready``: wait (within ``timeout``) for a worker that is still starting."""
         try:
-            return convert.info_from_pb(await self._stub.Info(pb.InfoRequest(), timeout=timeout))
+            msg = await self._stub.Info(pb.InfoRequest(), timeout=timeout, wait_for_ready=wait_for_ready)
+            return convert.info_from_pb(msg)
         except grpc.aio.AioRpcError as exc:
             raise _error(self.worker, exc) from None
 
@@ -90,7 +95,7 @@ class DecodeClient(_WorkerClient):
         spec: SamplingSpec,
         kv_transfer_params: dict[str, Any] | None,
         timeout: float,
-    ) -> AsyncIterator[TokenDelta]:
+    ) -> AsyncGenerator[TokenDelta, None]:
         """Stream deltas. Closing the iterator cancels the RPC, which aborts the engine request."""
         req = pb.DecodeRequest(
             request_id=request_id,

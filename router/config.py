@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pdserve.config import resolve_model
 from router.orchestrator import Timeouts
@@ -20,7 +20,7 @@ class RouterConfig:
     model_dir: str  # for the tokenizer and chat template; must be the workers' model
     policy: str = "least-loaded"
     startup_timeout_s: float = 300.0
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = field(default_factory=Timeouts)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -47,18 +47,43 @@ def parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p.add_argument("--host", default=env("PDSERVE_ROUTER_HOST", "127.0.0.1"), help="[PDSERVE_ROUTER_HOST]")
     p.add_argument("--port", type=int, default=int(env("PDSERVE_ROUTER_PORT", "8000")), help="[PDSERVE_ROUTER_PORT]")
-    p.add_argument("--prefill", action="append", default=None, metavar="HOST:PORT",
-                   help="prefill worker address(es), comma-separated or repeated [PDSERVE_PREFILL]")
-    p.add_argument("--decode", action="append", default=None, metavar="HOST:PORT",
-                   help="decode worker address(es), comma-separated or repeated [PDSERVE_DECODE]")
-    p.add_argument("--model", default=env("PDSERVE_MODEL", ""),
-                   help="HF model directory for the tokenizer (default: the embedded model) [PDSERVE_MODEL]")
-    p.add_argument("--policy", default=env("PDSERVE_POLICY", "least-loaded"), choices=sorted(POLICIES),
-                   help="placement policy [PDSERVE_POLICY]")
-    p.add_argument("--startup-timeout", type=float, default=float(env("PDSERVE_STARTUP_TIMEOUT_S", "300")),
-                   help="seconds to wait for workers at start-up [PDSERVE_STARTUP_TIMEOUT_S]")
-    p.add_argument("--request-timeout", type=float, default=float(env("PDSERVE_REQUEST_TIMEOUT_S", "600")),
-                   help="deadline of one request, seconds [PDSERVE_REQUEST_TIMEOUT_S]")
+    p.add_argument(
+        "--prefill",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="prefill worker address(es), comma-separated or repeated [PDSERVE_PREFILL]",
+    )
+    p.add_argument(
+        "--decode",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="decode worker address(es), comma-separated or repeated [PDSERVE_DECODE]",
+    )
+    p.add_argument(
+        "--model",
+        default=env("PDSERVE_MODEL", ""),
+        help="HF model directory for the tokenizer (default: the embedded model) [PDSERVE_MODEL]",
+    )
+    p.add_argument(
+        "--policy",
+        default=env("PDSERVE_POLICY", "least-loaded"),
+        choices=sorted(POLICIES),
+        help="placement policy [PDSERVE_POLICY]",
+    )
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=float(env("PDSERVE_STARTUP_TIMEOUT_S", "300")),
+        help="seconds to wait for workers at start-up [PDSERVE_STARTUP_TIMEOUT_S]",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=float(env("PDSERVE_REQUEST_TIMEOUT_S", "600")),
+        help="deadline of one request, seconds [PDSERVE_REQUEST_TIMEOUT_S]",
+    )
     p.add_argument("--log-level", default=env("PDSERVE_LOG_LEVEL", "INFO"), help="[PDSERVE_LOG_LEVEL]")
     return p
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from pdserve.engine.base import FinishReason, SamplingSpec
+from pdserve.engine.base import FinishReason, SamplingSpec, TokenDelta
 from pdserve.types import RequestId, WorkerId
 from router.placement import Picker
 from router.pool import ModelPool
@@ -40,6 +40,7 @@ class Chunk:
     completion_tokens: int
     finish_reason: str | None = None
     cached_tokens: int = 0
+    token_ids: tuple[int, ...] = ()  # tokens consumed since the previous chunk
 
 
 @dataclass(frozen=True)
@@ -86,24 +87,29 @@ class Orchestrator:
                         return  # a stop string ended it: closing `deltas` aborts the decode
 
 
-async def _to_text(pool: ModelPool, gen: Generation, deltas: AsyncIterator, cached: int) -> AsyncIterator[Chunk]:
+async def _to_text(
+    pool: ModelPool, gen: Generation, deltas: AsyncIterator[TokenDelta], cached: int
+) -> AsyncIterator[Chunk]:
     decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
     stops = StopMatcher(gen.stops)
     count = 0
+    pending: list[int] = []  # tokens whose text is not emitted yet
     async for delta in deltas:
         for token_id in delta.token_ids:
             count += 1
+            pending.append(token_id)
             text, stopped = stops.feed(decoder.step(token_id))
             if stopped:
-                yield Chunk(text, count, "stop", cached)
+                yield Chunk(text, count, "stop", cached, tuple(pending))
                 return
             if text:
-                yield Chunk(text, count, None, cached)
+                yield Chunk(text, count, None, cached, tuple(pending))
+                pending.clear()
         if delta.finish_reason is FinishReason.ABORT:
             raise BrokenStreamError("the decode worker aborted the request")
         if delta.finish_reason is not None:
             reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
-            yield Chunk(stops.flush(), delta.completion_tokens, reason, cached)
+            yield Chunk(stops.flush(), delta.completion_tokens, reason, cached, tuple(pending))
             return
     raise BrokenStreamError("the decode stream ended without a finish reason")
 

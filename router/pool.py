@@ -7,12 +7,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+import grpc
+
 from pdserve.engine.base import EngineInfo
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient, WorkerError
 from router.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+INFO_WAIT_S = 15.0
 
 
 @dataclass
@@ -33,17 +37,16 @@ class ModelPool:
 
 
 async def wait_for_info(client: PrefillClient | DecodeClient, deadline_s: float) -> EngineInfo:
-    """Ask a worker for its Info, retrying while it starts (engines take ~1 min on CPU)."""
+    """Ask a worker for its Info, waiting while it starts (engines take ~1 min on CPU)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
     while True:
         try:
-            return await client.info(timeout=5.0)
+            return await client.info(timeout=min(INFO_WAIT_S, max(0.1, end - loop.time())), wait_for_ready=True)
         except WorkerError as exc:
-            if loop.time() >= end:
+            if loop.time() >= end or exc.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
-            log.info("waiting for worker %s (%s)", client.worker, exc.code.name)
-            await asyncio.sleep(1.0)
+            log.info("still waiting for worker %s", client.worker)
 
 
 def check_agree(infos: list[EngineInfo]) -> EngineInfo:
@@ -52,7 +55,5 @@ def check_agree(infos: list[EngineInfo]) -> EngineInfo:
     for info in infos[1:]:
         for attr in ("model", "block_size", "vllm_version"):
             if getattr(info, attr) != getattr(first, attr):
-                raise ValueError(
-                    f"workers disagree on {attr}: {getattr(first, attr)!r} vs {getattr(info, attr)!r}"
-                )
+                raise ValueError(f"workers disagree on {attr}: {getattr(first, attr)!r} vs {getattr(info, attr)!r}")
     return first

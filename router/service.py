@@ -73,7 +73,8 @@ class RouterService:
         if room < 1:
             raise BadRequestError(
                 f"This model's maximum context length is {pool.max_model_len} tokens. "
-                f"However, your prompt has {len(ids)} tokens.", "messages" if hasattr(req, "messages") else "prompt",
+                f"However, your prompt has {len(ids)} tokens.",
+                "messages" if hasattr(req, "messages") else "prompt",
             )
         if not ids:
             raise BadRequestError("the prompt is empty", "prompt")

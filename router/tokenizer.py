@@ -83,7 +83,6 @@ class StopMatcher:
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(stops)
-        self._hold = max((len(s) for s in self._stops), default=1) - 1
         self._pending = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
@@ -95,9 +94,18 @@ class StopMatcher:
         if hits:
             out, self._pending = self._pending[: min(hits)], ""
             return out, True
-        cut = max(0, len(self._pending) - self._hold)
+        keep = self._held_suffix()
+        cut = len(self._pending) - keep
         out, self._pending = self._pending[:cut], self._pending[cut:]
         return out, False
+
+    def _held_suffix(self) -> int:
+        """Length of the longest tail of the pending text that begins some stop string."""
+        text = self._pending
+        for n in range(min(len(text), max(len(s) for s in self._stops) - 1), 0, -1):
+            if any(s.startswith(text[-n:]) for s in self._stops):
+                return n
+        return 0
 
     def flush(self) -> str:
         out, self._pending = self._pending, ""

@@ -34,9 +34,17 @@ def make_tiny_llama(path: Path, *, seed: int = 0) -> Path:
     fast.save_pretrained(path)
 
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=1, eos_token_id=0, tie_word_embeddings=False, rope_theta=10000.0,
+        vocab_size=len(vocab),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+KV_CONNECTORS = {"nixl", "none"}
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -20,6 +22,7 @@ class EngineConfig:
     dtype: str = "auto"
     kv_cache_bytes: int = 1 << 30
     enforce_eager: bool = True
+    kv_connector: str = "nixl"  # "none": a plain engine (colocated baseline, decode-only)
     kv_host: str = "127.0.0.1"  # NIXL side channel host the peer connects to
     kv_port: int = 5600  # NIXL side channel port, one per engine
     engine_args: dict[str, Any] = field(default_factory=dict)  # passed to vLLM unchanged
@@ -31,6 +34,8 @@ class EngineConfig:
             raise ValueError("max_model_len must be >= 2")
         if self.kv_cache_bytes < 1 << 20:
             raise ValueError("kv_cache_bytes must be >= 1 MiB")
+        if self.kv_connector not in KV_CONNECTORS:
+            raise ValueError(f"kv_connector must be one of {sorted(KV_CONNECTORS)}")
         if not 0 < self.kv_port < 65536:
             raise ValueError("kv_port must be a TCP port")
 
@@ -42,28 +47,67 @@ def _env(name: str, default: str) -> str:
 def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int) -> None:
     """Engine flags of both worker CLIs; each falls back to a PDSERVE_* variable."""
     g = parser.add_argument_group("engine")
-    g.add_argument("--model", default=_env("PDSERVE_MODEL", ""),
-                   help="HF model directory (default: the embedded SmolLM2-135M-Instruct) [PDSERVE_MODEL]")
-    g.add_argument("--served-model-name", default=_env("PDSERVE_SERVED_MODEL_NAME", ""),
-                   help="model name clients use (default: the directory name) [PDSERVE_SERVED_MODEL_NAME]")
+    g.add_argument(
+        "--model",
+        default=_env("PDSERVE_MODEL", ""),
+        help="HF model directory (default: the embedded SmolLM2-135M-Instruct) [PDSERVE_MODEL]",
+    )
+    g.add_argument(
+        "--served-model-name",
+        default=_env("PDSERVE_SERVED_MODEL_NAME", ""),
+        help="model name clients use (default: the directory name) [PDSERVE_SERVED_MODEL_NAME]",
+    )
     g.add_argument("--engine", default=_env("PDSERVE_ENGINE", "vllm"), help="engine implementation [PDSERVE_ENGINE]")
-    g.add_argument("--block-size", type=int, default=int(_env("PDSERVE_BLOCK_SIZE", "128")),
-                   help="KV block size in tokens [PDSERVE_BLOCK_SIZE]")
-    g.add_argument("--max-model-len", type=int, default=int(_env("PDSERVE_MAX_MODEL_LEN", "2048")),
-                   help="context length [PDSERVE_MAX_MODEL_LEN]")
+    g.add_argument(
+        "--block-size",
+        type=int,
+        default=int(_env("PDSERVE_BLOCK_SIZE", "128")),
+        help="KV block size in tokens [PDSERVE_BLOCK_SIZE]",
+    )
+    g.add_argument(
+        "--max-model-len",
+        type=int,
+        default=int(_env("PDSERVE_MAX_MODEL_LEN", "2048")),
+        help="context length [PDSERVE_MAX_MODEL_LEN]",
+    )
     g.add_argument("--dtype", default=_env("PDSERVE_DTYPE", "auto"), help="weights/activation dtype [PDSERVE_DTYPE]")
-    g.add_argument("--kv-cache-gib", type=float, default=float(_env("PDSERVE_KV_CACHE_GIB", "1")),
-                   help="KV cache size in GiB [PDSERVE_KV_CACHE_GIB]")
-    g.add_argument("--no-enforce-eager", action="store_true",
-                   default=_env("PDSERVE_ENFORCE_EAGER", "1") == "0",
-                   help="allow torch.compile / CUDA graphs [PDSERVE_ENFORCE_EAGER=0]")
-    g.add_argument("--kv-host", default=_env("PDSERVE_KV_HOST", "127.0.0.1"),
-                   help="address peers reach this engine's NIXL side channel on [PDSERVE_KV_HOST]")
-    g.add_argument("--kv-port", type=int, default=int(_env("PDSERVE_KV_PORT", str(default_kv_port))),
-                   help="NIXL side-channel port [PDSERVE_KV_PORT]")
-    g.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra vLLM engine argument, VALUE parsed as JSON when it can be "
-                        "(e.g. load_format=dummy, gpu_memory_utilization=0.8); repeatable")
+    g.add_argument(
+        "--kv-cache-gib",
+        type=float,
+        default=float(_env("PDSERVE_KV_CACHE_GIB", "1")),
+        help="KV cache size in GiB [PDSERVE_KV_CACHE_GIB]",
+    )
+    g.add_argument(
+        "--no-enforce-eager",
+        action="store_true",
+        default=_env("PDSERVE_ENFORCE_EAGER", "1") == "0",
+        help="allow torch.compile / CUDA graphs [PDSERVE_ENFORCE_EAGER=0]",
+    )
+    g.add_argument(
+        "--kv-connector",
+        default=_env("PDSERVE_KV_CONNECTOR", "nixl"),
+        choices=sorted(KV_CONNECTORS),
+        help="KV transfer connector; none = a plain engine that prefills locally [PDSERVE_KV_CONNECTOR]",
+    )
+    g.add_argument(
+        "--kv-host",
+        default=_env("PDSERVE_KV_HOST", "127.0.0.1"),
+        help="address peers reach this engine's NIXL side channel on [PDSERVE_KV_HOST]",
+    )
+    g.add_argument(
+        "--kv-port",
+        type=int,
+        default=int(_env("PDSERVE_KV_PORT", str(default_kv_port))),
+        help="NIXL side-channel port [PDSERVE_KV_PORT]",
+    )
+    g.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra vLLM engine argument, VALUE parsed as JSON when it can be "
+        "(e.g. load_format=dummy, gpu_memory_utilization=0.8); repeatable",
+    )
 
 
 def parse_engine_arg(item: str) -> tuple[str, Any]:
@@ -87,6 +131,7 @@ def engine_config_from_args(args: argparse.Namespace, model_dir: Path) -> Engine
         dtype=args.dtype,
         kv_cache_bytes=int(args.kv_cache_gib * (1 << 30)),
         enforce_eager=not args.no_enforce_eager,
+        kv_connector=args.kv_connector,
         kv_host=args.kv_host,
         kv_port=args.kv_port,
         engine_args=dict(parse_engine_arg(a) for a in args.engine_arg),

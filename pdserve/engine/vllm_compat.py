@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import vllm
 from vllm import SamplingParams
@@ -36,14 +36,15 @@ try:  # 0.32: request validation errors have their own base class
 except ImportError:  # 0.26
     CLIENT_ERRORS = (ValueError,)
 
-__all__ = ["AsyncLLM", "VllmEngineDeadError", "CLIENT_ERRORS", "VLLM_VERSION"]
+__all__ = ["CLIENT_ERRORS", "VLLM_VERSION", "AsyncLLM", "VllmEngineDeadError"]
 
-KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "colocated": None}
+KvRole = Literal["kv_producer", "kv_consumer"]
+KV_ROLES: dict[str, KvRole | None] = {"prefill": "kv_producer", "decode": "kv_consumer", "colocated": None}
 
 
 def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
     """AsyncEngineArgs for one role; ``cfg.engine_args`` overrides anything set here."""
-    kv_role = KV_ROLES[role]
+    kv_role = KV_ROLES[role] if cfg.kv_connector == "nixl" else None
     kwargs: dict[str, Any] = dict(
         model=cfg.model,
         served_model_name=cfg.served_model_name,
@@ -55,9 +56,7 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
         enforce_eager=cfg.enforce_eager,
         enable_prefix_caching=True,
         disable_log_stats=True,  # our stat logger is the only consumer
-        kv_transfer_config=None
-        if kv_role is None
-        else KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role),
+        kv_transfer_config=None if kv_role is None else KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role),
     )
     kwargs.update(cfg.engine_args)
     return AsyncEngineArgs(**kwargs)

@@ -8,11 +8,10 @@ kv_transfer_params it pulls those blocks, then generates.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import psutil
@@ -109,7 +108,7 @@ class _VllmRuntime:
         sampling: SamplingSpec,
         max_tokens: int,
         kv_transfer_params: dict[str, Any] | None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """vLLM's stream with its errors mapped to ours. Closing it aborts the request
         (vLLM's ``generate`` aborts on GeneratorExit / CancelledError)."""
         self._check_prompt(prompt_token_ids)

@@ -42,7 +42,7 @@ async def unary(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[
         return await call()
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+    except Exception as exc:
         await _abort(context, exc)
         raise  # unreachable: abort raises
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from pdserve.engine.base import EngineDeadError, PrefillEngine, DecodeEngine
+from pdserve.engine.base import DecodeEngine, EngineDeadError, PrefillEngine
 from pdserve.rpc.errors import DrainingError
 
 log = logging.getLogger(__name__)

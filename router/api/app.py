@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router.api import errors, render
@@ -30,33 +30,41 @@ def create_app(get_service: Callable[[], RouterService], lifespan: Lifespan | No
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         now = int(time.time())
-        data = [{"id": name, "object": "model", "created": now, "owned_by": "pdserve",
-                 "max_model_len": pool.max_model_len} for name, pool in get_service().pools.items()]
+        data = [
+            {"id": name, "object": "model", "created": now, "owned_by": "pdserve", "max_model_len": pool.max_model_len}
+            for name, pool in get_service().pools.items()
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Response:
         pool, gen = get_service().completion(body)
-        return await _respond(get_service(), pool, gen, body.stream, _include_usage(body), chat=False)
+        return await _respond(get_service(), pool, gen, body, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         pool, gen = get_service().chat(body)
-        return await _respond(get_service(), pool, gen, body.stream, _include_usage(body), chat=True)
+        return await _respond(get_service(), pool, gen, body, chat=True)
 
     return app
 
 
-def _include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
-    return bool(body.stream_options and body.stream_options.include_usage)
-
-
 async def _respond(
-    service: RouterService, pool: ModelPool, gen: Generation, stream: bool, include_usage: bool, chat: bool
+    service: RouterService,
+    pool: ModelPool,
+    gen: Generation,
+    body: CompletionRequest | ChatCompletionRequest,
+    chat: bool,
 ) -> Response:
-    shape = render.Shape(chat=chat, model=pool.name, prompt_tokens=len(gen.prompt_ids), include_usage=include_usage)
+    shape = render.Shape(
+        chat=chat,
+        model=pool.name,
+        prompt_ids=tuple(gen.prompt_ids),
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        return_token_ids=body.return_token_ids,
+    )
     chunks = service.generate(pool, gen)
-    if not stream:
+    if not body.stream:
         return JSONResponse(await render.collect(shape, chunks))
     first = await _first(chunks)  # errors before the first token keep their HTTP status
     return StreamingResponse(_guarded(render.stream(shape, first, chunks)), media_type="text/event-stream")

@@ -21,8 +21,15 @@ log = logging.getLogger(__name__)
 class APIError(Exception):
     """An error the client should see, with its HTTP status and OpenAI type/code."""
 
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -78,6 +85,18 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _response(APIError(exc.status_code, str(exc.detail), code=None))
 
-    @app.exception_handler(Exception)
-    async def _any(request: Request, exc: Exception) -> JSONResponse:
+    async def _mapped(request: Request, exc: Exception) -> JSONResponse:
         return _response(to_api_error(exc))
+
+    # Expected errors are handled here; anything else reaches Starlette's
+    # ServerErrorMiddleware through the Exception handler: a clean 500, logged.
+    for known in (
+        APIError,
+        UnknownModelError,
+        BadRequestError,
+        NoWorkersError,
+        WorkerError,
+        BrokenStreamError,
+        Exception,
+    ):
+        app.add_exception_handler(known, _mapped)

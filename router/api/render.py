@@ -18,8 +18,13 @@ class Shape:
 
     chat: bool
     model: str
-    prompt_tokens: int
+    prompt_ids: tuple[int, ...]
     include_usage: bool = False
+    return_token_ids: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
 
     @property
     def object(self) -> str:
@@ -43,13 +48,13 @@ def new_id(shape: Shape) -> str:
     return ("chatcmpl-" if shape.chat else "cmpl-") + uuid.uuid4().hex
 
 
-def whole(shape: Shape, text: str, last: Chunk) -> dict[str, Any]:
+def whole(shape: Shape, text: str, token_ids: list[int], last: Chunk) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
     if shape.chat:
         choice["message"] = {"role": "assistant", "content": text}
     else:
         choice["text"] = text
-    return {
+    body = {
         "id": new_id(shape),
         "object": shape.object,
         "created": int(time.time()),
@@ -57,16 +62,22 @@ def whole(shape: Shape, text: str, last: Chunk) -> dict[str, Any]:
         "choices": [choice],
         "usage": usage(shape, last.completion_tokens, last.cached_tokens),
     }
+    if shape.return_token_ids:
+        choice["token_ids"] = token_ids
+        body["prompt_token_ids"] = list(shape.prompt_ids)
+    return body
 
 
 async def collect(shape: Shape, chunks: AsyncIterator[Chunk]) -> dict[str, Any]:
     parts: list[str] = []
+    token_ids: list[int] = []
     last: Chunk | None = None
     async for chunk in chunks:
         parts.append(chunk.text)
+        token_ids.extend(chunk.token_ids)
         last = chunk
     assert last is not None and last.finish_reason is not None  # the orchestrator guarantees it
-    return whole(shape, "".join(parts), last)
+    return whole(shape, "".join(parts), token_ids, last)
 
 
 def sse(body: dict[str, Any]) -> bytes:
@@ -90,8 +101,9 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             choice["delta"] = delta
         else:
             choice["text"] = chunk.text
-        body = {"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model,
-                "choices": [choice]}
+        if shape.return_token_ids:
+            choice["token_ids"] = list(chunk.token_ids)
+        body = {"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model, "choices": [choice]}
         if shape.include_usage:
             body["usage"] = None
         return sse(body)
@@ -102,6 +114,14 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
         last = chunk
         yield event(chunk)
     if shape.include_usage:
-        yield sse({"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model,
-                    "choices": [], "usage": usage(shape, last.completion_tokens, last.cached_tokens)})
+        yield sse(
+            {
+                "id": rid,
+                "object": shape.chunk_object,
+                "created": created,
+                "model": shape.model,
+                "choices": [],
+                "usage": usage(shape, last.completion_tokens, last.cached_tokens),
+            }
+        )
     yield b"data: [DONE]\n\n"

@@ -33,6 +33,7 @@ class _SamplingFields(BaseModel):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     user: str | None = None
+    return_token_ids: bool = False  # vLLM extension: prompt and completion token ids in the response
 
     @field_validator("stop")
     @classmethod

@@ -1,0 +1,42 @@
+"""``pdserve``: one command for every role, plus ``up`` for a local P/D cluster.
+
+``router``, ``prefill`` and ``decode`` replace this process with the service's
+own entry point (``python -m <service>``), so services never import each other
+and each keeps its own ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pdserve.config import setup_logging
+
+SERVICES = {"router": "router", "prefill": "prefill_worker", "decode": "decode_worker"}
+
+
+def _exec_service(name: str, argv: list[str]) -> int:
+    module = SERVICES[name]
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+    return 1  # unreachable
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SERVICES:
+        return _exec_service(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(prog="pdserve", description="Disaggregated prefill/decode serving on vLLM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SERVICES:
+        sub.add_parser(name, help=f"run the {name} service (see `pdserve {name} --help`)", add_help=False)
+    from pdserve.local import add_up_parser
+
+    add_up_parser(sub)
+    args = parser.parse_args(argv)
+    setup_logging(os.environ.get("PDSERVE_LOG_LEVEL", "INFO"))
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

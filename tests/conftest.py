@@ -1,0 +1,143 @@
+"""Shared fixtures. Real engines are expensive on 2 cores: start them once per session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    from pdserve.model import default_model_dir
+
+    return default_model_dir()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running `pdserve up`: its router URL, worker addresses and process."""
+
+    url: str
+    model: str
+    prefill_addr: str
+    decode_addr: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
+    port, pport, dport, kv = free_port(), free_port(), free_port(), free_port()
+    log = tmp / f"{name}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pdserve",
+        "up",
+        "--port",
+        str(port),
+        "--prefill-port",
+        str(pport),
+        "--decode-port",
+        str(dport),
+        "--kv-port-base",
+        str(kv),
+        *extra,
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
+        try:
+            models = httpx.get(f"{url}/v1/models", timeout=2).json()
+            return Cluster(url, models["data"][0]["id"], f"127.0.0.1:{pport}", f"127.0.0.1:{dport}", proc, log)
+        except httpx.HTTPError:
+            time.sleep(1)
+    stop_up(proc)
+    raise RuntimeError(f"pdserve up was not ready in time; see {log}")
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, reference_outputs: dict) -> Iterator[Cluster]:
+    """The README's run command (`pdserve up`) on the embedded default model.
+
+    Depends on ``reference_outputs`` so the colocated reference engine has finished
+    before these engines start (idle vLLM CPU engines spin and slow each other).
+    """
+    c = start_up(tmp_path_factory.mktemp("cluster"))
+    yield c
+    stop_up(c.proc)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model: Path):  # type: ignore[no-untyped-def]
+    from router.tokenizer import Tokenizer
+
+    return Tokenizer(default_model)
+
+
+def engine_env() -> dict[str, str]:
+    from pdserve.local import child_env
+
+    return child_env()
+
+
+os.environ.setdefault("PDSERVE_LOG_LEVEL", "INFO")
+
+
+@pytest.fixture(scope="session")
+def reference_outputs(tmp_path_factory: pytest.TempPathFactory, default_model: Path, tokenizer) -> dict:  # type: ignore[no-untyped-def]
+    """Greedy outputs of tests/e2e/prompts.py CASES from one colocated vLLM engine, by case name."""
+    import json
+
+    from tests.e2e.prompts import CASES, MAX_TOKENS, prompt_ids
+
+    tmp = tmp_path_factory.mktemp("reference")
+    spec = {
+        "model": str(default_model),
+        "prompts": [prompt_ids(tokenizer, c) for c in CASES],
+        "max_tokens": MAX_TOKENS,
+        "stop_token_ids": list(tokenizer.eos_token_ids),
+        "block_size": 128,
+        "max_model_len": 2048,
+    }
+    (tmp / "in.json").write_text(json.dumps(spec))
+    subprocess.run(
+        [sys.executable, str(REPO / "tests/e2e/reference_engine.py"), str(tmp / "in.json"), str(tmp / "out.json")],
+        env=engine_env(),
+        check=True,
+        timeout=900,
+        stdout=(tmp / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    outputs = json.loads((tmp / "out.json").read_text())["outputs"]
+    return {c.name: {"prompt": p, "output": o} for c, p, o in zip(CASES, spec["prompts"], outputs, strict=True)}

@@ -1,0 +1,164 @@
+"""The router's HTTP surface with a tiny local tokenizer and scripted workers (no engines)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta
+from pdserve.types import WorkerId
+from router.api.app import create_app
+from router.orchestrator import Orchestrator, Timeouts
+from router.placement import RoundRobin
+from router.pool import ModelPool
+from router.service import RouterService
+from router.tokenizer import Tokenizer
+from tests.factories import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    return Tokenizer(make_tiny_llama(tmp_path_factory.mktemp("tiny")))
+
+
+class ScriptedDecode:
+    """Replays the prompt's bytes back as output, two tokens a step; records what it was sent."""
+
+    worker = WorkerId("decode:1")
+
+    def __init__(self, output: list[int]) -> None:
+        self.output = output
+        self.calls: list[dict[str, Any]] = []
+        self.closed_early = False
+
+    async def decode(
+        self, request_id: str, prompt: list[int], spec: SamplingSpec, kv: dict[str, Any] | None, timeout: float
+    ) -> AsyncIterator[TokenDelta]:
+        self.calls.append({"prompt": prompt, "spec": spec, "kv": kv})
+        out = self.output[: spec.max_tokens]
+        try:
+            for i in range(0, len(out), 2):
+                done = i + 2 >= len(out)
+                reason = (FinishReason.LENGTH if len(out) == spec.max_tokens else FinishReason.STOP) if done else None
+                yield TokenDelta(tuple(out[i : i + 2]), min(i + 2, len(out)), reason)
+        except GeneratorExit:
+            self.closed_early = True
+            raise
+
+
+class ScriptedPrefill:
+    worker = WorkerId("prefill:1")
+
+    async def prefill(self, request_id: str, prompt: list[int], spec: SamplingSpec, timeout: float) -> PrefillResult:
+        return PrefillResult(prompt[0], 128, {"remote_block_ids": [[1]], "remote_request_id": request_id})
+
+
+def make_client(tok: Tokenizer, output_text: str, *, with_decode: bool = True) -> tuple[TestClient, ScriptedDecode]:
+    decode = ScriptedDecode(tok.encode(output_text)[0:] if output_text else [])
+    pool = ModelPool(
+        "tiny",
+        tok,
+        max_model_len=256,
+        block_size=32,
+        prefill={WorkerId("prefill:1"): ScriptedPrefill()},  # type: ignore[dict-item]
+        decode={WorkerId("decode:1"): decode} if with_decode else {},
+    )  # type: ignore[dict-item]
+    service = RouterService({"tiny": pool}, Orchestrator(RoundRobin(), RoundRobin(), Timeouts()))
+    return TestClient(create_app(lambda: service)), decode
+
+
+def test_completion_runs_prefill_then_decode_with_its_kv_params(tiny_tokenizer: Tokenizer) -> None:
+    client, decode = make_client(tiny_tokenizer, "Hello world")
+    resp = client.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 50})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["choices"][0]["text"] == "Hello world"
+    assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == 128  # the prefill side's count
+    assert decode.calls[0]["kv"]["remote_block_ids"] == [[1]]
+    assert decode.calls[0]["prompt"] == tiny_tokenizer.encode("Hi")
+    assert tiny_tokenizer.eos_token_ids[0] in decode.calls[0]["spec"].stop_token_ids
+
+
+def test_stop_string_ends_stream_and_closes_decode(tiny_tokenizer: Tokenizer) -> None:
+    client, decode = make_client(tiny_tokenizer, "one two three four five")
+    resp = client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 50, "stop": [" thr"]})
+    assert resp.json()["choices"][0]["text"] == "one two"
+    assert resp.json()["choices"][0]["finish_reason"] == "stop"
+    assert decode.closed_early
+
+
+def test_streaming_chat_with_usage(tiny_tokenizer: Tokenizer) -> None:
+    client, _ = make_client(tiny_tokenizer, "abcdef")
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    lines = [ln for ln in client.post("/v1/chat/completions", json=body).text.splitlines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    assert '"role":"assistant"' in lines[0]
+    assert '"completion_tokens":6' in lines[-2] and '"choices":[]' in lines[-2]
+
+
+def test_max_tokens_past_context_is_reduced_like_vllm(tiny_tokenizer: Tokenizer) -> None:
+    client, decode = make_client(tiny_tokenizer, "ab")
+    prompt = "x" * 200
+    client.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 1000})
+    assert decode.calls[0]["spec"].max_tokens == 256 - len(tiny_tokenizer.encode(prompt))
+
+
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"model": "tiny", "prompt": "x" * 300}, 400, "prompt"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "tiny", "prompt": "x", "n": 3}, 400, "n"),
+        ({"model": "tiny", "prompt": "x", "temperature": 3}, 400, "temperature"),
+        ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
+        ({"model": "tiny", "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+        ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"model": "tiny", "prompt": [1, 2, 999999]}, 400, "prompt"),
+        ({"model": "tiny"}, 400, "prompt"),
+        ({"model": "other", "prompt": "x"}, 404, "model"),
+        ({"prompt": "x"}, 400, "model"),
+    ],
+)
+def test_invalid_requests_get_openai_errors(tiny_tokenizer: Tokenizer, body: dict, status: int, param: str) -> None:
+    client, decode = make_client(tiny_tokenizer, "ab")
+    resp = client.post("/v1/completions", json=body)
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+    assert decode.calls == []
+
+
+def test_non_object_and_non_json_bodies(tiny_tokenizer: Tokenizer) -> None:
+    client, _ = make_client(tiny_tokenizer, "ab")
+    for raw in (b"[1,2]", b"nope", b""):
+        resp = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and "error" in resp.json()
+
+
+def test_no_decode_worker_is_a_503(tiny_tokenizer: Tokenizer) -> None:
+    client, _ = make_client(tiny_tokenizer, "ab", with_decode=False)
+    for stream in (False, True):
+        resp = client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "stream": stream})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "no_workers"
+
+
+def test_models_lists_the_pool(tiny_tokenizer: Tokenizer) -> None:
+    client, _ = make_client(tiny_tokenizer, "ab")
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny"]
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_tokenizer_decodes_incrementally_like_whole(tiny_tokenizer: Tokenizer, tmp_path: Path) -> None:
+    text = "naïve café — 日本語 ok"
+    ids = tiny_tokenizer.encode(text)
+    decoder = tiny_tokenizer.stream_decoder([])
+    assert "".join(decoder.step(t) for t in ids) == tiny_tokenizer.decode(ids) == text

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from router.tokenizer import StopMatcher
+
+
+def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
+    out = []
+    for piece in pieces:
+        text, stopped = matcher.feed(piece)
+        out.append(text)
+        if stopped:
+            return "".join(out), True
+    return "".join(out) + matcher.flush(), False
+
+
+def test_no_stops_passes_text_through_immediately() -> None:
+    m = StopMatcher([])
+    assert m.feed("abc") == ("abc", False)
+
+
+@pytest.mark.parametrize("pieces", [["Hello END world"], ["Hello E", "N", "D world"], ["Hello ", "EN", "Dx"]])
+def test_stop_string_split_across_pieces_is_cut(pieces: list[str]) -> None:
+    assert feed_all(StopMatcher(["END"]), pieces) == ("Hello ", True)
+
+
+def test_partial_stop_prefix_is_held_then_released() -> None:
+    m = StopMatcher(["STOP"])
+    assert m.feed("abcST") == ("abc", False)  # "ST" might start "STOP"
+    assert m.feed("O") == ("", False)
+    assert m.feed("x") == ("STOx", False)  # not a stop after all
+    assert m.feed("S") == ("", False)
+    assert m.flush() == "S"
+
+
+def test_earliest_of_several_stops_wins() -> None:
+    assert feed_all(StopMatcher(["b", "zz"]), ["a zz b"]) == ("a ", True)
