@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from decode_worker import config
@@ -9,6 +10,8 @@ from decode_worker.servicer import DecodeServicer, register
 from pdserve.config import run_async, setup_logging
 from pdserve.engine import make_decode_engine
 from pdserve.rpc.server import Admission, run_worker
+
+log = logging.getLogger("decode_worker")
 
 
 async def serve(cfg: config.DecodeWorkerConfig) -> int:
@@ -20,7 +23,11 @@ async def serve(cfg: config.DecodeWorkerConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     cfg = config.from_args(argv)
     setup_logging(cfg.log_level)
-    return run_async(serve(cfg))
+    try:
+        return run_async(serve(cfg))
+    except ValueError as exc:  # bad configuration found at start-up
+        log.error("cannot start: %s", exc)
+        return 2
 
 
 if __name__ == "__main__":  # vLLM's engine core uses multiprocessing: the guard is required

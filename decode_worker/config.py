@@ -34,7 +34,11 @@ def from_args(argv: list[str] | None = None) -> DecodeWorkerConfig:
     return DecodeWorkerConfig(
         engine=engine_config_from_args(args, model_dir),
         server=ServerOptions(
-            host=args.host, port=args.port, grace_s=args.grace, service_name="pdserve.v1.DecodeWorker"
+            host=args.host,
+            port=args.port,
+            grace_s=args.grace,
+            startup_timeout_s=args.startup_timeout,
+            service_name="pdserve.v1.DecodeWorker",
         ),
         log_level=args.log_level,
     )

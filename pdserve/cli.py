@@ -30,9 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} service (see `pdserve {name} --help`)", add_help=False)
+    from pdserve.bench import load, pd_vs_colocated
     from pdserve.local import add_up_parser
 
     add_up_parser(sub)
+    bench = sub.add_parser("bench", help="benchmarks (see `pdserve bench --help`)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    pd_vs_colocated.add_parser(bench_sub)
+    load.add_parser(bench_sub)
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("PDSERVE_LOG_LEVEL", "INFO"))
     return int(args.run(args))

@@ -31,6 +31,12 @@ def add_server_flags(parser: argparse.ArgumentParser, default_port: int) -> None
         help="seconds to finish in-flight requests after SIGTERM [PDSERVE_GRACE_S]",
     )
     g.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=float(os.environ.get("PDSERVE_STARTUP_TIMEOUT_S", "900")),
+        help="seconds the engine may take to start before the process exits [PDSERVE_STARTUP_TIMEOUT_S]",
+    )
+    g.add_argument(
         "--log-level", default=os.environ.get("PDSERVE_LOG_LEVEL", "INFO"), help="logging level [PDSERVE_LOG_LEVEL]"
     )
 

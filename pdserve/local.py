@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from pdserve.config import resolve_model
 log = logging.getLogger("pdserve.up")
 
 STOP_TIMEOUT_S = 40.0
+READY_LINE = "pdserve is up"  # printed once the cluster serves; scripts and tests wait for it
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ def child_env() -> dict[str, str]:
         env.setdefault("OMP_NUM_THREADS", str(max(1, cores // 2)))
         env.setdefault("UCX_TLS", "sm,self,tcp")
         env.setdefault("UCX_NET_DEVICES", "lo")
+        # vLLM CPU turns float32 checkpoints into bfloat16 by default. On AVX2 hosts
+        # bf16 is emulated (no faster), and its rounding flips near-tied greedy picks
+        # between a prefill-then-transfer run and a single-engine run.
+        env.setdefault("PDSERVE_DTYPE", "float32")
     else:
         env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # a forked engine core hangs on GPU hosts
     return env
@@ -173,6 +179,8 @@ def up(cfg: UpConfig) -> int:
     try:
         if not _wait_ready(url, procs, stop, cfg.ready_timeout_s):
             return 1
+        if not cfg.colocated:
+            _warm_up(url, cfg.served_model_name, f"127.0.0.1:{cfg.decode_port}")
         print(
             f"\npdserve is up: OpenAI API at {url}/v1 (model {cfg.served_model_name!r}). Ctrl-C stops it.\n", flush=True
         )
@@ -208,6 +216,34 @@ def _wait_ready(
             pass
         time.sleep(1.0)
     log.error("the cluster did not become ready within %.0fs", timeout_s)
+    return False
+
+
+def _warm_up(url: str, model: str, decode_addr: str, attempts: int = 3) -> bool:
+    """Send a tiny request through P/D until the decode worker reports a KV transfer.
+
+    NIXL connects a decode engine to a prefill engine on the first request
+    between them; doing it here keeps that cost (and, on a busy CPU host, vLLM's
+    5 s handshake timeout) away from the first user request.
+    """
+    import grpc
+
+    from pdserve.v1 import worker_pb2 as pb
+    from pdserve.v1 import worker_pb2_grpc as pb_grpc
+
+    body = json.dumps({"model": model, "prompt": "warm up", "max_tokens": 1}).encode()
+    with grpc.insecure_channel(decode_addr) as channel:
+        stub = pb_grpc.DecodeWorkerStub(channel)
+        for _ in range(attempts):
+            req = urllib.request.Request(f"{url}/v1/completions", body, {"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(req, timeout=120).read()
+                if stub.Load(pb.LoadRequest(), timeout=10).kv_transfers > 0:
+                    log.info("KV transfer path checked: decode pulled the prefill's KV over NIXL")
+                    return True
+            except (OSError, grpc.RpcError) as exc:
+                log.warning("warm-up request failed: %s", exc)
+    log.warning("no KV transfer seen after %d warm-up requests; decode will recompute prompts", attempts)
     return False
 
 

@@ -20,7 +20,7 @@ from router.orchestrator import Orchestrator
 from router.placement import make_picker
 from router.pool import ModelPool, check_agree, wait_for_info
 from router.service import RouterService
-from router.tokenizer import Tokenizer
+from router.tokenizer import load_tokenizer
 
 log = logging.getLogger("router")
 
@@ -34,7 +34,7 @@ async def build_service(cfg: config.RouterConfig) -> RouterService:
     info = check_agree(list(infos))
     pool = ModelPool(
         name=info.model,
-        tokenizer=Tokenizer(cfg.model_dir),
+        tokenizer=load_tokenizer(cfg.model_dir),
         max_model_len=min(i.max_model_len for i in infos),
         block_size=info.block_size,
         prefill=prefill,

@@ -90,27 +90,27 @@ class Orchestrator:
 async def _to_text(
     pool: ModelPool, gen: Generation, deltas: AsyncIterator[TokenDelta], cached: int
 ) -> AsyncIterator[Chunk]:
+    """One chunk per engine step (as vLLM streams), cut short by a stop string."""
     decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
     stops = StopMatcher(gen.stops)
     count = 0
-    pending: list[int] = []  # tokens whose text is not emitted yet
     async for delta in deltas:
-        for token_id in delta.token_ids:
+        if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
+            raise BrokenStreamError(f"the decode worker ended the request ({delta.finish_reason.value})")
+        text: list[str] = []
+        for i, token_id in enumerate(delta.token_ids):
             count += 1
-            pending.append(token_id)
-            text, stopped = stops.feed(decoder.step(token_id))
+            piece, stopped = stops.feed(decoder.step(token_id))
+            text.append(piece)
             if stopped:
-                yield Chunk(text, count, "stop", cached, tuple(pending))
+                yield Chunk("".join(text), count, "stop", cached, delta.token_ids[: i + 1])
                 return
-            if text:
-                yield Chunk(text, count, None, cached, tuple(pending))
-                pending.clear()
-        if delta.finish_reason is FinishReason.ABORT:
-            raise BrokenStreamError("the decode worker aborted the request")
         if delta.finish_reason is not None:
             reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
-            yield Chunk(stops.flush(), delta.completion_tokens, reason, cached, tuple(pending))
+            yield Chunk("".join(text) + stops.flush(), delta.completion_tokens, reason, cached, delta.token_ids)
             return
+        if delta.token_ids:
+            yield Chunk("".join(text), count, None, cached, delta.token_ids)
     raise BrokenStreamError("the decode stream ended without a finish reason")
 
 

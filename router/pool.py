@@ -12,7 +12,7 @@ import grpc
 from pdserve.engine.base import EngineInfo
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient, WorkerError
-from router.tokenizer import Tokenizer
+from router.tokenizer import TokenIdsOnly, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ModelPool:
     """One served model: its tokenizer, limits and workers. Mutated on the event loop only."""
 
     name: str
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | TokenIdsOnly
     max_model_len: int
     block_size: int
     prefill: dict[WorkerId, PrefillClient] = field(default_factory=dict)

@@ -43,6 +43,42 @@ class Tokenizer:
         return StreamDecoder(self._tok, prompt_ids)
 
 
+class TokenIdsOnly:
+    """Stands in for the tokenizer of a model directory that has none (e.g. a
+    ``load_format=dummy`` benchmark model): prompts must be token ids, and
+    completions carry token ids (``return_token_ids``) with empty text."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        self.vocab_size: int = int(config["vocab_size"])
+        self.eos_token_ids: tuple[int, ...] = _eos_ids(None, Path(model_dir))
+
+    def encode(self, text: str) -> list[int]:
+        raise ValueError("this model has no tokenizer: send the prompt as a list of token ids")
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        raise ValueError("this model has no tokenizer: use /v1/completions with token ids")
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return ""
+
+    def stream_decoder(self, prompt_ids: Sequence[int]) -> _Silent:
+        return _Silent()
+
+
+class _Silent:
+    def step(self, token_id: int) -> str:
+        return ""
+
+
+def load_tokenizer(model_dir: str | Path) -> Tokenizer | TokenIdsOnly:
+    """The model's tokenizer, or ``TokenIdsOnly`` when the directory ships none."""
+    path = Path(model_dir)
+    if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return Tokenizer(path)
+    return TokenIdsOnly(path)
+
+
 class StreamDecoder:
     """Turns generated ids into text pieces as they arrive; one per request."""
 
@@ -60,13 +96,15 @@ class StreamDecoder:
         return piece or ""
 
 
-def _eos_ids(tok: PreTrainedTokenizerBase, model_dir: Path) -> tuple[int, ...]:
+def _eos_ids(tok: PreTrainedTokenizerBase | None, model_dir: Path) -> tuple[int, ...]:
+    """EOS ids from the tokenizer and the model's generation/config files (the engine
+    has no tokenizer, so the router passes these as stop token ids)."""
     ids: set[int] = set()
-    if tok.eos_token_id is not None:
+    if tok is not None and tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
-    gen_config = model_dir / "generation_config.json"
-    if gen_config.is_file():
-        eos = json.loads(gen_config.read_text()).get("eos_token_id")
+    for name in ("generation_config.json", "config.json"):
+        path = model_dir / name
+        eos = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
         if isinstance(eos, int):
             ids.add(eos)
         elif isinstance(eos, list):

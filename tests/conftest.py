@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,13 +16,27 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pdserve.local import READY_LINE
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below Linux's ephemeral range (32768+), where vLLM's own ZMQ
+    sockets take their random ports, so the two never collide."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))  # `pdserve up --kv-port-base` takes two ports
+            except OSError:
+                continue
+        return port
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +82,10 @@ def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-        try:
-            models = httpx.get(f"{url}/v1/models", timeout=2).json()
+        if READY_LINE in log.read_text(errors="replace"):  # printed after the NIXL warm-up
+            models = httpx.get(f"{url}/v1/models", timeout=10).json()
             return Cluster(url, models["data"][0]["id"], f"127.0.0.1:{pport}", f"127.0.0.1:{dport}", proc, log)
-        except httpx.HTTPError:
-            time.sleep(1)
+        time.sleep(1)
     stop_up(proc)
     raise RuntimeError(f"pdserve up was not ready in time; see {log}")
 
@@ -128,6 +142,7 @@ def reference_outputs(tmp_path_factory: pytest.TempPathFactory, default_model: P
         "max_tokens": MAX_TOKENS,
         "stop_token_ids": list(tokenizer.eos_token_ids),
         "block_size": 128,
+        "dtype": engine_env().get("PDSERVE_DTYPE", "auto"),
         "max_model_len": 2048,
     }
     (tmp / "in.json").write_text(json.dumps(spec))

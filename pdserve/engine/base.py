@@ -41,6 +41,7 @@ class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
     ABORT = "abort"
+    ERROR = "error"  # the engine failed this request (e.g. the KV pull); safe to retry
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,22 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class KvTransferTotals:
+    """KV transfers since the engine started, counted where the pull happens."""
+
+    transfers: int = 0
+    failures: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class EngineLoad:
     num_running: int = 0
     num_waiting: int = 0
     kv_cache_usage: float = 0.0  # fraction in [0, 1]
     num_inflight: int = 0  # calls accepted and not yet returned
-    extra: dict[str, float] = field(default_factory=dict)
+    kv: KvTransferTotals = field(default_factory=lambda: KvTransferTotals())
 
 
 class _EngineLifecycle(Protocol):

@@ -7,6 +7,8 @@ the sim engine never load vLLM.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +28,8 @@ from pdserve.engine.config import EngineConfig
 
 if TYPE_CHECKING:
     from vllm.v1.metrics.stats import SchedulerStats
+
+log = logging.getLogger(__name__)
 
 VLLM_VERSION: str = vllm.__version__
 
@@ -59,7 +63,54 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
         kv_transfer_config=None if kv_role is None else KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role),
     )
     kwargs.update(cfg.engine_args)
-    return AsyncEngineArgs(**kwargs)
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(k for k in cfg.engine_args if k not in known)
+    if unknown:
+        raise ValueError(f"engine_args: vLLM {VLLM_VERSION} has no engine argument(s) {unknown}")
+    dropped = sorted(k for k in kwargs if k not in known)  # ours, absent from an older release
+    if dropped:
+        log.warning("vLLM %s lacks %s; using its defaults", VLLM_VERSION, dropped)
+    return AsyncEngineArgs(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def _kv_transfer_config(kv_role: KvRole) -> KVTransferConfig:
+    extra: dict[str, Any] = {}
+    if "kv_load_failure_policy" in {f.name for f in dataclasses.fields(KVTransferConfig)}:
+        # A failed pull (handshake timeout, peer gone) recomputes the prompt on the
+        # decode engine instead of failing the request: slower, nothing lost.
+        extra["kv_load_failure_policy"] = "recompute"
+    return KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role, **extra)
+
+
+def kv_transfer_totals(kv_connector_stats: dict[str, Any] | None) -> tuple[int, int, int, float]:
+    """(transfers, failures, bytes, seconds) in one step's NIXL stats payload.
+
+    The payload is ``NixlKVConnectorStats.to_dict()``; find its ``data`` map by its
+    keys rather than by a path that has moved between releases.
+    """
+    data = _find_nixl_data(kv_connector_stats)
+    if data is None:
+        return 0, 0, 0, 0.0
+    failures = sum(
+        len(data.get(k, ())) for k in ("num_failed_transfers", "num_failed_handshakes", "num_failed_notifications")
+    )
+    return (
+        len(data.get("transfer_duration", ())),
+        failures,
+        int(sum(data.get("bytes_transferred", ()))),
+        float(sum(data.get("transfer_duration", ()))),
+    )
+
+
+def _find_nixl_data(node: Any) -> dict[str, Any] | None:
+    if isinstance(node, dict):
+        if "transfer_duration" in node:
+            return node
+        for child in node.values():
+            found = _find_nixl_data(child)
+            if found is not None:
+                return found
+    return None
 
 
 def export_side_channel(cfg: EngineConfig) -> None:
@@ -120,7 +171,10 @@ async def engine_core_has_work(llm: AsyncLLM) -> bool:
     SchedulerStats arrive only with engine steps, so after the last request is
     aborted they still show it running; this asks the scheduler directly.
     """
-    return bool(await llm.engine_core.call_utility_async("has_work"))
+    try:
+        return bool(await llm.engine_core.call_utility_async("has_work"))
+    except Exception:  # noqa: BLE001 - a release without it: trust the last stats
+        return True
 
 
 def num_kv_blocks(llm: AsyncLLM) -> int:

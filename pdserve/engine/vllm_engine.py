@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from pdserve.engine.base import (
     EngineLoad,
     FinishReason,
     InvalidRequestError,
+    KvTransferTotals,
     PrefillResult,
     SamplingSpec,
     TokenDelta,
@@ -32,7 +34,13 @@ from pdserve.types import RequestId
 
 log = logging.getLogger(__name__)
 
-_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "abort": FinishReason.ABORT,
+    "error": FinishReason.ERROR,
+    "repetition": FinishReason.STOP,
+}
 
 
 class _VllmRuntime:
@@ -44,9 +52,12 @@ class _VllmRuntime:
         self.config = config
         self._llm: compat.AsyncLLM | None = None
         self._stats: Any = None  # latest vLLM SchedulerStats
+        self._kv = KvTransferTotals()
         self._inflight = 0
 
     async def start(self) -> None:
+        if self.config.kv_connector != "none":
+            _check_port_free(self.config.kv_host, self.config.kv_port)
         compat.export_side_channel(self.config)
         allowed = os.sched_getaffinity(0)
         self._llm = compat.AsyncLLM.from_engine_args(
@@ -61,7 +72,14 @@ class _VllmRuntime:
             self._llm = None
 
     def _record(self, stats: Any) -> None:
+        """Called by vLLM's output handler once per engine step."""
         self._stats = stats
+        transfers, failures, nbytes, seconds = compat.kv_transfer_totals(stats.kv_connector_stats)
+        if transfers or failures:
+            kv = self._kv
+            self._kv = KvTransferTotals(
+                kv.transfers + transfers, kv.failures + failures, kv.bytes + nbytes, kv.seconds + seconds
+            )
 
     @property
     def llm(self) -> compat.AsyncLLM:
@@ -91,6 +109,7 @@ class _VllmRuntime:
             num_waiting=stats.num_waiting_reqs if stats and busy else 0,
             kv_cache_usage=float(stats.kv_cache_usage) if stats else 0.0,
             num_inflight=self._inflight,
+            kv=self._kv,
         )
 
     def _check_prompt(self, prompt_token_ids: Sequence[int]) -> None:
@@ -164,9 +183,7 @@ class VllmDecodeEngine(_VllmRuntime):
             async for output in stream:
                 completion = output.outputs[0]
                 count += len(completion.token_ids)
-                reason = _FINISH.get(completion.finish_reason) if output.finished else None
-                if output.finished and reason is None:
-                    reason = FinishReason.STOP
+                reason = _FINISH.get(completion.finish_reason, FinishReason.ERROR) if output.finished else None
                 yield TokenDelta(
                     token_ids=tuple(completion.token_ids),
                     completion_tokens=count,
@@ -179,6 +196,15 @@ class VllmColocatedEngine(VllmDecodeEngine):
     """One engine with no KV connector: the reference a P/D pair must match."""
 
     role = "colocated"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # vLLM's NIXL listener thread dies on a taken port and engine start-up then hangs.
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"kv_port: {host}:{port} is not free ({exc.strerror})") from None
 
 
 def restore_affinity(allowed: set[int]) -> None:

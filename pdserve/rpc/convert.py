@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pdserve.engine.base import EngineInfo, EngineLoad, FinishReason, SamplingSpec, TokenDelta
+from pdserve.engine.base import EngineInfo, EngineLoad, FinishReason, KvTransferTotals, SamplingSpec, TokenDelta
 from pdserve.v1 import worker_pb2 as pb
 
 _FINISH_TO_PB = {
@@ -13,6 +13,7 @@ _FINISH_TO_PB = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+    FinishReason.ERROR: pb.FINISH_REASON_ERROR,
 }
 _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
 
@@ -110,6 +111,10 @@ def load_to_pb(load: EngineLoad, inflight: int) -> pb.WorkerLoad:
         num_waiting=load.num_waiting,
         kv_cache_usage=load.kv_cache_usage,
         num_inflight=max(load.num_inflight, inflight),
+        kv_transfers=load.kv.transfers,
+        kv_transfer_failures=load.kv.failures,
+        kv_bytes_transferred=load.kv.bytes,
+        kv_transfer_seconds=load.kv.seconds,
     )
 
 
@@ -119,4 +124,7 @@ def load_from_pb(msg: pb.WorkerLoad) -> EngineLoad:
         num_waiting=msg.num_waiting,
         kv_cache_usage=msg.kv_cache_usage,
         num_inflight=msg.num_inflight,
+        kv=KvTransferTotals(
+            msg.kv_transfers, msg.kv_transfer_failures, msg.kv_bytes_transferred, msg.kv_transfer_seconds
+        ),
     )

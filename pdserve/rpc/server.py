@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -63,6 +65,7 @@ class ServerOptions:
     host: str
     port: int
     grace_s: float = 30.0
+    startup_timeout_s: float = 900.0
     service_name: str = ""  # health service name reported alongside "" (overall)
 
 
@@ -74,7 +77,7 @@ async def run_worker(
     on_ready: Callable[[int], None] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (exit code 0) or engine death (exit code 1)."""
-    await engine.start()
+    await _start_engine(engine, options.startup_timeout_s)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     register(server)
     health_servicer = health.aio.HealthServicer()
@@ -106,6 +109,24 @@ async def run_worker(
     with contextlib.suppress(EngineDeadError):
         await engine.shutdown()
     return 1 if dead else 0
+
+
+async def _start_engine(engine: PrefillEngine | DecodeEngine, timeout_s: float) -> None:
+    """Start the engine or end the process. vLLM's start-up blocks the event loop and
+    can hang for good (a NIXL listener that failed to bind), so a plain thread timer
+    is the only thing that still runs then."""
+
+    def give_up() -> None:
+        log.error("engine did not start within %.0fs; exiting", timeout_s)
+        os._exit(1)  # the loop is blocked inside vLLM: nothing else can run
+
+    timer = threading.Timer(timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        await engine.start()
+    finally:
+        timer.cancel()
 
 
 async def _watch_engine(engine: PrefillEngine | DecodeEngine, stop: asyncio.Event) -> None:

@@ -2,7 +2,7 @@
 
 Usage: python reference_engine.py IN.json OUT.json
 IN: {"model": dir, "prompts": [[ids]...], "max_tokens": n, "stop_token_ids": [...],
-     "block_size": n, "max_model_len": n}. OUT: {"outputs": [[ids]...]}.
+     "block_size": n, "max_model_len": n, "dtype": str}. OUT: {"outputs": [[ids]...]}.
 Engine settings mirror the workers' defaults (pdserve/engine/config.py).
 """
 
@@ -23,6 +23,7 @@ def main() -> None:
         block_size=spec["block_size"],
         max_model_len=spec["max_model_len"],
         kv_cache_memory_bytes=1 << 30,
+        dtype=spec["dtype"],
         enforce_eager=True,
         enable_prefix_caching=True,
     )

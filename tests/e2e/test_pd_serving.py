@@ -15,6 +15,8 @@ import openai
 import psutil
 import pytest
 
+from pdserve.engine.base import EngineLoad
+from pdserve.rpc.convert import load_from_pb
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
@@ -32,6 +34,7 @@ def _body(cluster: Cluster, case, **extra) -> tuple[str, dict]:  # type: ignore[
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_greedy_output_equals_colocated_engine(cluster: Cluster, reference_outputs: dict, case) -> None:  # type: ignore[no-untyped-def]
+    before = asyncio.run(_load(cluster.decode_addr, "decode")).kv
     path, body = _body(cluster, case)
     resp = httpx.post(cluster.url + path, json=body, timeout=600)
     assert resp.status_code == 200, resp.text
@@ -41,6 +44,10 @@ def test_greedy_output_equals_colocated_engine(cluster: Cluster, reference_outpu
     assert data["choices"][0]["token_ids"] == ref["output"]
     assert data["usage"]["completion_tokens"] == len(ref["output"])
     assert data["usage"]["prompt_tokens"] == len(ref["prompt"])
+    # The prompt's KV came over NIXL (not recomputed by the decode engine).
+    after = asyncio.run(_load(cluster.decode_addr, "decode")).kv
+    assert after.transfers == before.transfers + 1 and after.failures == before.failures
+    assert after.bytes > before.bytes
 
 
 def test_prompt_lengths_cover_10_to_1500_tokens(reference_outputs: dict) -> None:
@@ -168,12 +175,12 @@ def test_sdk_raises_typed_errors(cluster: Cluster) -> None:
         client.completions.create(model=cluster.model, prompt="word " * 2100, max_tokens=1)
 
 
-async def _load(addr: str, service: str) -> pb.WorkerLoad:
+async def _load(addr: str, service: str) -> EngineLoad:
     import grpc
 
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = (pb_grpc.PrefillWorkerStub if service == "prefill" else pb_grpc.DecodeWorkerStub)(ch)
-        return await stub.Load(pb.LoadRequest(), timeout=10)
+        return load_from_pb(await stub.Load(pb.LoadRequest(), timeout=10))
 
 
 def _idle(cluster: Cluster) -> bool:

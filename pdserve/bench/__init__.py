@@ -1,0 +1,1 @@
+"""``pdserve bench``: load generators and reports against any OpenAI endpoint."""

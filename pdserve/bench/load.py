@@ -1,0 +1,108 @@
+"""Open-loop Poisson load against an OpenAI endpoint, swept over request rates.
+
+Prompts are random token ids (no shared prefixes), lengths drawn uniformly from
+``--prompt-tokens LO:HI``, outputs from ``--output-tokens LO:HI`` with
+``ignore_eos``. Reports per rate: TTFT and TPOT percentiles, output tok/s and
+goodput (requests per second that met both SLOs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pdserve.bench.client import Timing, percentile, random_prompt, timed_completion
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("load", help="Poisson load over a sweep of request rates")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--model", default="", help="served model name (default: the first in /v1/models)")
+    p.add_argument("--vocab-size", type=int, default=32000, help="prompt token ids are drawn below this")
+    p.add_argument("--rates", default="1,2,4", help="comma-separated request rates (req/s)")
+    p.add_argument("--requests", type=int, default=50, help="requests per rate")
+    p.add_argument("--prompt-tokens", default="2048:4096", help="LO:HI prompt length")
+    p.add_argument("--output-tokens", default="128:256", help="LO:HI output length")
+    p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO, seconds")
+    p.add_argument("--slo-tpot", type=float, default=0.05, help="time per output token SLO, seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", default="", help="name of this run in the output")
+    p.add_argument("--out", default="bench-out/load.json")
+    p.set_defaults(run=run)
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    return int(lo), int(hi or lo)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = args.model or httpx.get(f"{args.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    results = {
+        "label": args.label,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "slo": {"ttft_s": args.slo_ttft, "tpot_s": args.slo_tpot},
+        "prompt_tokens": args.prompt_tokens,
+        "output_tokens": args.output_tokens,
+        "rates": {},
+    }
+    for rate in [float(r) for r in args.rates.split(",")]:
+        timings, wall = asyncio.run(_sweep_point(args, model, rate))
+        results["rates"][str(rate)] = summarize(timings, wall, args.slo_ttft, args.slo_tpot)
+        print(json.dumps({"rate": rate, **results["rates"][str(rate)]}), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+async def _sweep_point(args: argparse.Namespace, model: str, rate: float) -> tuple[list[Timing], float]:
+    rng = random.Random(args.seed)
+    plo, phi = _range(args.prompt_tokens)
+    olo, ohi = _range(args.output_tokens)
+    work = [
+        (random_prompt(rng, rng.randint(plo, phi), args.vocab_size), rng.randint(olo, ohi))
+        for _ in range(args.requests)
+    ]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        tasks = []
+        for prompt, max_tokens in work:
+            tasks.append(asyncio.create_task(timed_completion(client, args.url, model, prompt, max_tokens)))
+            await asyncio.sleep(rng.expovariate(rate))
+        timings = await asyncio.gather(*tasks)
+        return list(timings), time.perf_counter() - start
+
+
+def tpot(t: Timing) -> float:
+    return (t.e2e_s - t.ttft_s) / max(1, t.completion_tokens - 1)
+
+
+def summarize(timings: list[Timing], wall_s: float, slo_ttft: float, slo_tpot: float) -> dict[str, float]:
+    ok = [t for t in timings if not t.error]
+    good = [t for t in ok if t.ttft_s <= slo_ttft and tpot(t) <= slo_tpot]
+    itl = [x for t in ok for x in t.itl_s]
+    return {
+        "requests": len(timings),
+        "errors": len(timings) - len(ok),
+        "wall_s": wall_s,
+        "ttft_p50_s": percentile([t.ttft_s for t in ok], 50),
+        "ttft_p90_s": percentile([t.ttft_s for t in ok], 90),
+        "ttft_p99_s": percentile([t.ttft_s for t in ok], 99),
+        "tpot_p50_s": percentile([tpot(t) for t in ok], 50),
+        "tpot_p90_s": percentile([tpot(t) for t in ok], 90),
+        "itl_p50_s": percentile(itl, 50),
+        "itl_p99_s": percentile(itl, 99),
+        "e2e_p50_s": percentile([t.e2e_s for t in ok], 50),
+        "output_tok_s": sum(t.completion_tokens for t in ok) / wall_s,
+        "goodput_req_s": len(good) / wall_s,
+        "slo_attainment": len(good) / max(1, len(timings)),
+    }

@@ -1,0 +1,203 @@
+"""Worker processes over real gRPC with a real vLLM CPU engine on a tiny random Llama:
+status codes, cancellation, SIGTERM drain and engine death."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pdserve.v1 import worker_pb2 as pb
+from pdserve.v1 import worker_pb2_grpc as pb_grpc
+from tests.conftest import REPO, Cluster, engine_env, free_port
+from tests.factories import make_tiny_llama
+
+pytestmark = pytest.mark.engine
+
+GREEDY = pb.SamplingParams(max_tokens=8, temperature=0, top_p=1)
+
+
+@dataclass
+class Worker:
+    addr: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_decode_worker(model: Path, log: Path) -> Worker:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "decode_worker",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--kv-connector",
+        "none",
+        "--kv-cache-gib",
+        "0.25",
+        "--max-model-len",
+        "4096",
+        "--grace",
+        "60",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=engine_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    worker = Worker(f"127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 300
+    while asyncio.run(_health(worker.addr)) != health_pb2.HealthCheckResponse.SERVING:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "decode worker did not start"
+        time.sleep(1)
+    return worker
+
+
+async def _health(addr: str) -> int:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        try:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            return int(resp.status)
+        except grpc.aio.AioRpcError:
+            return -1
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def decode_worker(tiny_model: Path, tmp_path: Path) -> Iterator[Worker]:
+    worker = start_decode_worker(tiny_model, tmp_path / "decode.log")
+    yield worker
+    if worker.proc.poll() is None:
+        worker.proc.kill()
+        worker.proc.wait()
+
+
+async def _decode(addr: str, request: pb.DecodeRequest) -> list[pb.DecodeChunk]:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        return [c async for c in pb_grpc.DecodeWorkerStub(ch).Decode(request, timeout=120)]
+
+
+def _code(addr: str, request: pb.DecodeRequest) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        asyncio.run(_decode(addr, request))
+    return err.value.code()
+
+
+def test_bad_requests_map_to_invalid_argument_and_worker_keeps_serving(decode_worker: Worker) -> None:
+    addr = decode_worker.addr
+    too_long = pb.DecodeRequest(request_id="a", prompt_token_ids=[5] * 5000, sampling=GREEDY)
+    bad_kv = pb.DecodeRequest(request_id="b", prompt_token_ids=[5, 6], sampling=GREEDY, kv_transfer_params_json="[")
+    zero = pb.DecodeRequest(request_id="c", prompt_token_ids=[5, 6], sampling=pb.SamplingParams(max_tokens=0))
+    empty = pb.DecodeRequest(request_id="d", prompt_token_ids=[], sampling=GREEDY)
+    for request in (too_long, bad_kv, zero, empty):
+        assert _code(addr, request) is grpc.StatusCode.INVALID_ARGUMENT
+    chunks = asyncio.run(_decode(addr, pb.DecodeRequest(request_id="e", prompt_token_ids=[5, 6], sampling=GREEDY)))
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH and chunks[-1].completion_tokens == 8
+    assert "Traceback" not in decode_worker.log.read_text()
+
+
+def test_cancelled_stream_aborts_the_engine_request(decode_worker: Worker) -> None:
+    async def run() -> pb.WorkerLoad:
+        async with grpc.aio.insecure_channel(decode_worker.addr) as ch:
+            stub = pb_grpc.DecodeWorkerStub(ch)
+            call = stub.Decode(
+                pb.DecodeRequest(
+                    request_id="long",
+                    prompt_token_ids=[5, 6, 7],
+                    sampling=pb.SamplingParams(max_tokens=3000, temperature=0, top_p=1, ignore_eos=True),
+                ),
+                timeout=120,
+            )
+            async for _ in call:
+                break
+            busy = await stub.Load(pb.LoadRequest(), timeout=5)
+            assert busy.num_running + busy.num_inflight >= 1
+            call.cancel()
+            for _ in range(60):
+                load = await stub.Load(pb.LoadRequest(), timeout=5)
+                if load.num_running == load.num_inflight == 0:
+                    return load
+                await asyncio.sleep(0.5)
+            return load
+
+    load = asyncio.run(run())
+    assert load.num_running == 0 and load.num_waiting == 0 and load.num_inflight == 0
+
+
+def test_sigterm_drains_in_flight_stream_then_exits_zero(decode_worker: Worker) -> None:
+    async def run() -> tuple[list[pb.DecodeChunk], grpc.StatusCode | None]:
+        async with grpc.aio.insecure_channel(decode_worker.addr) as ch:
+            stub = pb_grpc.DecodeWorkerStub(ch)
+            call = stub.Decode(
+                pb.DecodeRequest(
+                    request_id="drain",
+                    prompt_token_ids=[5, 6],
+                    sampling=pb.SamplingParams(max_tokens=1500, temperature=0, top_p=1, ignore_eos=True),
+                ),
+                timeout=120,
+            )
+            chunks = [await call.read()]
+            decode_worker.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            refused = None
+            try:
+                await stub.Load(pb.LoadRequest(), timeout=5)  # reads are still answered while draining
+                await _decode(
+                    decode_worker.addr, pb.DecodeRequest(request_id="late", prompt_token_ids=[5], sampling=GREEDY)
+                )
+            except grpc.aio.AioRpcError as exc:
+                refused = exc.code()
+            async for chunk in call:
+                chunks.append(chunk)
+            return chunks, refused
+
+    chunks, refused = asyncio.run(run())
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH and chunks[-1].completion_tokens == 1500
+    assert refused is grpc.StatusCode.UNAVAILABLE
+    assert decode_worker.proc.wait(120) == 0
+
+
+def test_engine_death_ends_the_worker_with_a_clear_log_line(decode_worker: Worker) -> None:
+    engine_cores = [
+        p for p in psutil.Process(decode_worker.proc.pid).children(recursive=True) if "EngineCore" in p.name()
+    ]
+    assert engine_cores
+    for proc in engine_cores:
+        proc.kill()
+    assert decode_worker.proc.wait(120) == 1
+    assert "engine died" in decode_worker.log.read_text()
+
+
+def test_prefill_worker_reports_info_health_and_rejects_long_prompts(cluster: Cluster) -> None:
+    async def run() -> tuple[pb.WorkerInfo, int, grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(cluster.prefill_addr) as ch:
+            stub = pb_grpc.PrefillWorkerStub(ch)
+            info = await stub.Info(pb.InfoRequest(), timeout=5)
+            try:
+                await stub.Prefill(
+                    pb.PrefillRequest(request_id="x", prompt_token_ids=[1] * 3000, sampling=GREEDY), timeout=30
+                )
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+        return info, await _health(cluster.prefill_addr), code
+
+    info, health, code = asyncio.run(run())
+    assert info.role == "prefill" and info.model == cluster.model and info.block_size == 128
+    assert info.vllm_version.startswith("0.") and info.kv_capacity_tokens > 0 and info.max_model_len == 2048
+    assert health == health_pb2.HealthCheckResponse.SERVING
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
