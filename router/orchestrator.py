@@ -12,6 +12,7 @@ the worker aborts the engine request.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pdserve.types import RequestId, WorkerId
 from router.placement import Picker
 from router.pool import ModelPool
 from router.tokenizer import StopMatcher
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,16 @@ class Orchestrator:
                         request_id, gen.prompt_ids, gen.spec, timeout=self._timeouts.prefill_s
                     )
                 kv_params, cached = result.kv_transfer_params, result.cached_tokens
+                log.info(
+                    "%s: %d prompt tokens, prefill on %s (%d cached) -> decode on %s",
+                    request_id,
+                    len(gen.prompt_ids),
+                    prefill_id,
+                    cached,
+                    decode_id,
+                )
+            else:
+                log.info("%s: %d prompt tokens, prefill and decode on %s", request_id, len(gen.prompt_ids), decode_id)
             deltas = pool.decode[decode_id].decode(
                 request_id, gen.prompt_ids, gen.spec, kv_params, timeout=self._timeouts.request_s
             )

@@ -23,5 +23,14 @@ for _ in range(reps):
 torch.cuda.synchronize(0)
 torch.cuda.synchronize(1)
 seconds = time.perf_counter() - start
-print(json.dumps({"bytes": nbytes * reps, "seconds": seconds, "gb_per_s": nbytes * reps / seconds / 1e9,
-                  "p2p": torch.cuda.can_device_access_peer(0, 1), "device": torch.cuda.get_device_name(0)}))
+print(
+    json.dumps(
+        {
+            "bytes": nbytes * reps,
+            "seconds": seconds,
+            "gb_per_s": nbytes * reps / seconds / 1e9,
+            "p2p": torch.cuda.can_device_access_peer(0, 1),
+            "device": torch.cuda.get_device_name(0),
+        }
+    )
+)

@@ -9,12 +9,12 @@ out="${OUT:-/tmp/pdserve-out}"; mkdir -p "$out"
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_WORKER_MULTIPROC_METHOD=spawn
 model="$PWD/deploy/gpu/llama-3.1-8b-shape"
 name=llama-3.1-8b-dummy
-common=(--model "$model" --served-model-name "$name" --max-model-len 8192 --block-size 16 --dtype bfloat16
+common=(--model "$model" --served-model-name "$name" --max-model-len 8192 --block-size "${BLOCK_SIZE:-16}" --dtype bfloat16
         --no-enforce-eager --engine-arg load_format=dummy --engine-arg kv_cache_memory_bytes=null
         --engine-arg gpu_memory_utilization=0.85 --startup-timeout 400)
 rates="${RATES:-1,2,4,8}"; requests="${REQUESTS:-48}"
 
-python3 deploy/gpu/copy_bandwidth.py > "$out/$mode-copy-bandwidth.json" 2>&1 || true
+[[ -n "${SKIP_COPY:-}" ]] || python3 deploy/gpu/copy_bandwidth.py > "$out/$mode-copy-bandwidth.json" 2>&1 || true
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
@@ -37,6 +37,6 @@ python3 -m router --model "$model" "${router_args[@]}" --policy least-loaded --p
 python3 deploy/gpu/check_flow.py "$mode" "$out" "$name"
 python3 -m pdserve bench load --url http://127.0.0.1:8000 --model "$name" --vocab-size 128000 \
   --rates "$rates" --requests "$requests" --prompt-tokens 2048:4096 --output-tokens 128:256 \
-  --slo-ttft 1.0 --slo-tpot 0.025 --label "$mode" --out "$out/$mode-load.json"
+  --slo-ttft 1.0 --slo-tpot 0.010 --label "$mode" --out "$out/$mode-load.json"
 python3 deploy/gpu/check_flow.py "$mode-after" "$out" "$name"
 nvidia-smi --query-compute-apps=pid,used_memory,gpu_uuid --format=csv > "$out/$mode-nvidia-smi.csv" || true

@@ -55,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
     }
     for rate in [float(r) for r in args.rates.split(",")]:
         timings, wall = asyncio.run(_sweep_point(args, model, rate))
-        results["rates"][str(rate)] = summarize(timings, wall, args.slo_ttft, args.slo_tpot)
-        print(json.dumps({"rate": rate, **results["rates"][str(rate)]}), flush=True)
+        summary = summarize(timings, wall, args.slo_ttft, args.slo_tpot)
+        print(json.dumps({"rate": rate, **summary}), flush=True)
+        summary["per_request"] = [  # raw, so goodput can be recomputed under any SLO
+            {"prompt": t.prompt_tokens, "out": t.completion_tokens, "ttft": t.ttft_s, "e2e": t.e2e_s, "err": t.error}
+            for t in timings
+        ]
+        results["rates"][str(rate)] = summary
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
@@ -64,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _sweep_point(args: argparse.Namespace, model: str, rate: float) -> tuple[list[Timing], float]:
-    rng = random.Random(args.seed)
+    # A different stream per rate: prompts repeated across rates would hit the prefix cache.
+    rng = random.Random(f"{args.seed}-{rate}")
     plo, phi = _range(args.prompt_tokens)
     olo, ohi = _range(args.output_tokens)
     work = [
@@ -86,7 +92,7 @@ def tpot(t: Timing) -> float:
     return (t.e2e_s - t.ttft_s) / max(1, t.completion_tokens - 1)
 
 
-def summarize(timings: list[Timing], wall_s: float, slo_ttft: float, slo_tpot: float) -> dict[str, float]:
+def summarize(timings: list[Timing], wall_s: float, slo_ttft: float, slo_tpot: float) -> dict[str, Any]:
     ok = [t for t in timings if not t.error]
     good = [t for t in ok if t.ttft_s <= slo_ttft and tpot(t) <= slo_tpot]
     itl = [x for t in ok for x in t.itl_s]

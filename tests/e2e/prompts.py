@@ -30,12 +30,12 @@ def _story(words: int) -> str:
 
 
 CASES = [
-    Case("completion-10", False, "The capital of France is"),
+    Case("completion-10", False, "In one short sentence, the capital city of France is"),
     Case("chat-short", True, "Name three colours of the rainbow."),
     Case("completion-150", False, _story(110) + "\nIn one sentence, the town's main trade was"),
     Case("chat-500", True, _story(380) + "\n\nSummarise the story above in two sentences."),
     Case("completion-1000", False, _story(760) + "\nThe vote on the railway ended"),
-    Case("chat-1500", True, _story(1130) + "\n\nWho kept the ferry, and what did she count?"),
+    Case("chat-1500", True, _story(1200) + "\n\nWho kept the ferry, and what did she count?"),
 ]
 
 MAX_TOKENS = 24

@@ -77,13 +77,26 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
 
 
-@pytest.fixture
-def decode_worker(tiny_model: Path, tmp_path: Path) -> Iterator[Worker]:
-    worker = start_decode_worker(tiny_model, tmp_path / "decode.log")
-    yield worker
+def _stop(worker: Worker) -> None:
     if worker.proc.poll() is None:
         worker.proc.kill()
         worker.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def decode_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """Shared by the tests that leave the worker serving."""
+    worker = start_decode_worker(tiny_model, tmp_path_factory.mktemp("shared-decode") / "decode.log")
+    yield worker
+    _stop(worker)
+
+
+@pytest.fixture
+def fresh_decode_worker(tiny_model: Path, tmp_path: Path) -> Iterator[Worker]:
+    """For tests that end the worker."""
+    worker = start_decode_worker(tiny_model, tmp_path / "decode.log")
+    yield worker
+    _stop(worker)
 
 
 async def _decode(addr: str, request: pb.DecodeRequest) -> list[pb.DecodeChunk]:
@@ -138,7 +151,9 @@ def test_cancelled_stream_aborts_the_engine_request(decode_worker: Worker) -> No
     assert load.num_running == 0 and load.num_waiting == 0 and load.num_inflight == 0
 
 
-def test_sigterm_drains_in_flight_stream_then_exits_zero(decode_worker: Worker) -> None:
+def test_sigterm_drains_in_flight_stream_then_exits_zero(fresh_decode_worker: Worker) -> None:
+    decode_worker = fresh_decode_worker
+
     async def run() -> tuple[list[pb.DecodeChunk], grpc.StatusCode | None]:
         async with grpc.aio.insecure_channel(decode_worker.addr) as ch:
             stub = pb_grpc.DecodeWorkerStub(ch)
@@ -150,7 +165,7 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(decode_worker: Worker) 
                 ),
                 timeout=120,
             )
-            chunks = [await call.read()]
+            chunks = [await call.read()]  # the stream has started; now stop the worker
             decode_worker.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(1.0)
             refused = None
@@ -161,7 +176,7 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(decode_worker: Worker) 
                 )
             except grpc.aio.AioRpcError as exc:
                 refused = exc.code()
-            async for chunk in call:
+            while (chunk := await call.read()) is not grpc.aio.EOF:
                 chunks.append(chunk)
             return chunks, refused
 
@@ -171,7 +186,8 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(decode_worker: Worker) 
     assert decode_worker.proc.wait(120) == 0
 
 
-def test_engine_death_ends_the_worker_with_a_clear_log_line(decode_worker: Worker) -> None:
+def test_engine_death_ends_the_worker_with_a_clear_log_line(fresh_decode_worker: Worker) -> None:
+    decode_worker = fresh_decode_worker
     engine_cores = [
         p for p in psutil.Process(decode_worker.proc.pid).children(recursive=True) if "EngineCore" in p.name()
     ]
