@@ -21,18 +21,18 @@ class DecodeWorkerConfig:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdserve decode", description="Run a decode worker (gRPC DecodeWorker).")
+    p = argparse.ArgumentParser(prog="pdserve decode", allow_abbrev=False, description="Run a decode worker (gRPC DecodeWorker).")
     add_server_flags(p, DEFAULT_PORT)
     add_engine_flags(p, DEFAULT_KV_PORT)
     return p
 
 
 def from_args(argv: list[str] | None = None) -> DecodeWorkerConfig:
-    args = parser().parse_args(argv)
+    args, rest = parser().parse_known_args(argv)  # the rest are vLLM engine flags
     model_dir, served = resolve_model(args.model, args.served_model_name)
     args.served_model_name = served
     return DecodeWorkerConfig(
-        engine=engine_config_from_args(args, model_dir),
+        engine=engine_config_from_args(args, model_dir, rest),
         server=ServerOptions(
             host=args.host,
             port=args.port,

@@ -21,18 +21,18 @@ class PrefillWorkerConfig:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdserve prefill", description="Run a prefill worker (gRPC PrefillWorker).")
+    p = argparse.ArgumentParser(prog="pdserve prefill", allow_abbrev=False, description="Run a prefill worker (gRPC PrefillWorker).")
     add_server_flags(p, DEFAULT_PORT)
     add_engine_flags(p, DEFAULT_KV_PORT)
     return p
 
 
 def from_args(argv: list[str] | None = None) -> PrefillWorkerConfig:
-    args = parser().parse_args(argv)
+    args, rest = parser().parse_known_args(argv)  # the rest are vLLM engine flags
     model_dir, served = resolve_model(args.model, args.served_model_name)
     args.served_model_name = served
     return PrefillWorkerConfig(
-        engine=engine_config_from_args(args, model_dir),
+        engine=engine_config_from_args(args, model_dir, rest),
         server=ServerOptions(
             host=args.host,
             port=args.port,

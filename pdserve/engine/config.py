@@ -121,7 +121,27 @@ def parse_engine_arg(item: str) -> tuple[str, Any]:
     return key.replace("-", "_"), value
 
 
-def engine_config_from_args(args: argparse.Namespace, model_dir: Path) -> EngineConfig:
+def passthrough_engine_args(rest: list[str]) -> dict[str, Any]:
+    """Flags the worker does not know, in vLLM's own spelling, become engine arguments:
+    ``--load-format dummy``, ``--gpu-memory-utilization=0.8``, ``--enable-chunked-prefill``.
+    The engine checks the names against its release (unknown → ValueError at start)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--") or token == "--":
+            raise ValueError(f"engine_args: unexpected argument {token!r}")
+        name, sep, raw = token[2:].partition("=")
+        if not sep:
+            has_value = i + 1 < len(rest) and not rest[i + 1].startswith("--")
+            raw = rest[i + 1] if has_value else "true"
+            i += 1 if has_value else 0
+        out.update([parse_engine_arg(f"{name}={raw}")])
+        i += 1
+    return out
+
+
+def engine_config_from_args(args: argparse.Namespace, model_dir: Path, rest: list[str] | None = None) -> EngineConfig:
     return EngineConfig(
         model=str(model_dir),
         served_model_name=args.served_model_name or model_dir.name,
@@ -134,5 +154,5 @@ def engine_config_from_args(args: argparse.Namespace, model_dir: Path) -> Engine
         kv_connector=args.kv_connector,
         kv_host=args.kv_host,
         kv_port=args.kv_port,
-        engine_args=dict(parse_engine_arg(a) for a in args.engine_arg),
+        engine_args={**passthrough_engine_args(rest or []), **dict(parse_engine_arg(a) for a in args.engine_arg)},
     )

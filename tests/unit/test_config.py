@@ -93,3 +93,32 @@ def test_router_needs_a_decode_worker_and_valid_addresses(model_dir: Path) -> No
 def test_not_a_model_directory(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model"):
         prefill_config.from_args(["--model", str(tmp_path)])
+
+
+def test_unknown_flags_pass_through_to_vllm_in_its_spelling(model_dir: Path) -> None:
+    cfg = decode_config.from_args(
+        [
+            "--model",
+            str(model_dir),
+            "--load-format",
+            "dummy",
+            "--gpu-memory-utilization=0.8",
+            "--enable-chunked-prefill",
+            "--kv-cache-memory-bytes",
+            "null",
+            "--port",
+            "9",
+        ]
+    )
+    assert cfg.server.port == 9
+    assert cfg.engine.engine_args == {
+        "load_format": "dummy",
+        "gpu_memory_utilization": 0.8,
+        "enable_chunked_prefill": True,
+        "kv_cache_memory_bytes": None,
+    }
+
+
+def test_stray_positional_argument_is_rejected(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unexpected"):
+        prefill_config.from_args(["--model", str(model_dir), "oops"])
