@@ -9,6 +9,7 @@ from decode_worker import config
 from decode_worker.servicer import DecodeServicer, register
 from pdserve.config import run_async, setup_logging
 from pdserve.engine import make_decode_engine
+from pdserve.rpc.metrics import WorkerMetrics
 from pdserve.rpc.server import Admission, run_worker
 
 log = logging.getLogger("decode_worker")
@@ -17,7 +18,9 @@ log = logging.getLogger("decode_worker")
 async def serve(cfg: config.DecodeWorkerConfig) -> int:
     engine = make_decode_engine(cfg.engine)
     admission = Admission()
-    return await run_worker(engine, admission, register(DecodeServicer(engine, admission)), cfg.server)
+    metrics = WorkerMetrics("decode", cfg.engine.served_model_name)
+    servicer = DecodeServicer(engine, admission, metrics.error)
+    return await run_worker(engine, admission, register(servicer), cfg.server, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pdserve.rpc.server import ServerOptions
 
 DEFAULT_PORT = 50052
 DEFAULT_KV_PORT = 5601
+DEFAULT_METRICS_PORT = 9101
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,10 @@ class DecodeWorkerConfig:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdserve decode", allow_abbrev=False, description="Run a decode worker (gRPC DecodeWorker).")
-    add_server_flags(p, DEFAULT_PORT)
+    p = argparse.ArgumentParser(
+        prog="pdserve decode", allow_abbrev=False, description="Run a decode worker (gRPC DecodeWorker)."
+    )
+    add_server_flags(p, DEFAULT_PORT, DEFAULT_METRICS_PORT)
     add_engine_flags(p, DEFAULT_KV_PORT)
     return p
 
@@ -38,6 +41,7 @@ def from_args(argv: list[str] | None = None) -> DecodeWorkerConfig:
             port=args.port,
             grace_s=args.grace,
             startup_timeout_s=args.startup_timeout,
+            metrics_port=args.metrics_port,
             service_name="pdserve.v1.DecodeWorker",
         ),
         log_level=args.log_level,

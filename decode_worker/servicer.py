@@ -8,6 +8,7 @@ import grpc
 
 from pdserve.engine.base import DecodeEngine
 from pdserve.rpc import convert, errors
+from pdserve.rpc.errors import ErrorHook
 from pdserve.rpc.server import Admission
 from pdserve.types import RequestId
 from pdserve.v1 import worker_pb2 as pb
@@ -15,15 +16,16 @@ from pdserve.v1 import worker_pb2_grpc as pb_grpc
 
 
 class DecodeServicer(pb_grpc.DecodeWorkerServicer):
-    def __init__(self, engine: DecodeEngine, admission: Admission) -> None:
+    def __init__(self, engine: DecodeEngine, admission: Admission, on_error: ErrorHook | None = None) -> None:
         self._engine = engine
         self._admission = admission
+        self._on_error = on_error
 
     async def Decode(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecodeChunk]:
         # A cancelled RPC cancels this generator; closing the engine stream aborts the request.
-        async for chunk in errors.stream(context, self._decode(request)):
+        async for chunk in errors.stream(context, self._decode(request), self._on_error):
             yield chunk
 
     async def _decode(self, request: pb.DecodeRequest) -> AsyncIterator[pb.DecodeChunk]:
@@ -41,13 +43,13 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
         async def call() -> pb.WorkerInfo:
             return convert.info_to_pb(self._engine.info())
 
-        return await errors.unary(context, call)
+        return await errors.unary(context, call, self._on_error)
 
     async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
         async def call() -> pb.WorkerLoad:
             return convert.load_to_pb(await self._engine.load(), self._admission.inflight)
 
-        return await errors.unary(context, call)
+        return await errors.unary(context, call, self._on_error)
 
 
 def register(servicer: DecodeServicer) -> Callable[[grpc.aio.Server], None]:

@@ -13,7 +13,7 @@ from typing import Any
 DEFAULT_SERVED_NAME = "smollm2-135m-instruct"
 
 
-def add_server_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
+def add_server_flags(parser: argparse.ArgumentParser, default_port: int, default_metrics_port: int) -> None:
     g = parser.add_argument_group("server")
     g.add_argument(
         "--host", default=os.environ.get("PDSERVE_HOST", "127.0.0.1"), help="address to listen on [PDSERVE_HOST]"
@@ -23,6 +23,12 @@ def add_server_flags(parser: argparse.ArgumentParser, default_port: int) -> None
         type=int,
         default=int(os.environ.get("PDSERVE_PORT", str(default_port))),
         help="port to listen on; 0 picks a free one [PDSERVE_PORT]",
+    )
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("PDSERVE_METRICS_PORT", str(default_metrics_port))),
+        help="Prometheus /metrics port; 0 disables [PDSERVE_METRICS_PORT]",
     )
     g.add_argument(
         "--grace",

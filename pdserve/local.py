@@ -38,6 +38,7 @@ class UpConfig:
     prefill_port: int
     decode_port: int
     kv_port_base: int
+    metrics_port_base: int
     colocated: bool
     ready_timeout_s: float
     worker_args: tuple[str, ...]
@@ -61,6 +62,12 @@ def add_up_parser(sub: Any) -> None:
     p.add_argument("--prefill-port", type=int, default=50051, help="prefill worker gRPC port")
     p.add_argument("--decode-port", type=int, default=50052, help="decode worker gRPC port")
     p.add_argument("--kv-port-base", type=int, default=5600, help="NIXL side-channel ports: base and base+1")
+    p.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=9100,
+        help="worker /metrics ports: prefill base, decode base+1 (the router's is on --port)",
+    )
     p.add_argument(
         "--colocated",
         action="store_true",
@@ -87,6 +94,7 @@ def _config(a: argparse.Namespace) -> UpConfig:
         a.prefill_port,
         a.decode_port,
         a.kv_port_base,
+        a.metrics_port_base,
         a.colocated,
         a.ready_timeout,
         tuple(a.worker_arg),
@@ -131,6 +139,8 @@ def commands(cfg: UpConfig) -> list[tuple[str, list[str]]]:
         str(cfg.decode_port),
         "--kv-port",
         str(cfg.kv_port_base + 1),
+        "--metrics-port",
+        str(cfg.metrics_port_base + 1),
         *cfg.worker_args,
     ]
     router = [
@@ -155,6 +165,8 @@ def commands(cfg: UpConfig) -> list[tuple[str, list[str]]]:
         str(cfg.prefill_port),
         "--kv-port",
         str(cfg.kv_port_base),
+        "--metrics-port",
+        str(cfg.metrics_port_base),
         *cfg.worker_args,
     ]
     return [

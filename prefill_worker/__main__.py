@@ -7,6 +7,7 @@ import sys
 
 from pdserve.config import run_async, setup_logging
 from pdserve.engine import make_prefill_engine
+from pdserve.rpc.metrics import WorkerMetrics
 from pdserve.rpc.server import Admission, run_worker
 from prefill_worker import config
 from prefill_worker.servicer import PrefillServicer, register
@@ -17,7 +18,9 @@ log = logging.getLogger("prefill_worker")
 async def serve(cfg: config.PrefillWorkerConfig) -> int:
     engine = make_prefill_engine(cfg.engine)
     admission = Admission()
-    return await run_worker(engine, admission, register(PrefillServicer(engine, admission)), cfg.server)
+    metrics = WorkerMetrics("prefill", cfg.engine.served_model_name)
+    servicer = PrefillServicer(engine, admission, metrics.error)
+    return await run_worker(engine, admission, register(servicer), cfg.server, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

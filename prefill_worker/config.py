@@ -11,6 +11,7 @@ from pdserve.rpc.server import ServerOptions
 
 DEFAULT_PORT = 50051
 DEFAULT_KV_PORT = 5600
+DEFAULT_METRICS_PORT = 9100
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,10 @@ class PrefillWorkerConfig:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdserve prefill", allow_abbrev=False, description="Run a prefill worker (gRPC PrefillWorker).")
-    add_server_flags(p, DEFAULT_PORT)
+    p = argparse.ArgumentParser(
+        prog="pdserve prefill", allow_abbrev=False, description="Run a prefill worker (gRPC PrefillWorker)."
+    )
+    add_server_flags(p, DEFAULT_PORT, DEFAULT_METRICS_PORT)
     add_engine_flags(p, DEFAULT_KV_PORT)
     return p
 
@@ -38,6 +41,7 @@ def from_args(argv: list[str] | None = None) -> PrefillWorkerConfig:
             port=args.port,
             grace_s=args.grace,
             startup_timeout_s=args.startup_timeout,
+            metrics_port=args.metrics_port,
             service_name="pdserve.v1.PrefillWorker",
         ),
         log_level=args.log_level,

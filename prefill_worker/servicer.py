@@ -8,6 +8,7 @@ import grpc
 
 from pdserve.engine.base import PrefillEngine
 from pdserve.rpc import convert, errors
+from pdserve.rpc.errors import ErrorHook
 from pdserve.rpc.server import Admission
 from pdserve.types import RequestId
 from pdserve.v1 import worker_pb2 as pb
@@ -15,9 +16,10 @@ from pdserve.v1 import worker_pb2_grpc as pb_grpc
 
 
 class PrefillServicer(pb_grpc.PrefillWorkerServicer):
-    def __init__(self, engine: PrefillEngine, admission: Admission) -> None:
+    def __init__(self, engine: PrefillEngine, admission: Admission, on_error: ErrorHook | None = None) -> None:
         self._engine = engine
         self._admission = admission
+        self._on_error = on_error
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
         async def call() -> pb.PrefillResponse:
@@ -33,19 +35,19 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
                 kv_transfer_params_json=convert.kv_params_to_json(result.kv_transfer_params),
             )
 
-        return await errors.unary(context, call)
+        return await errors.unary(context, call, self._on_error)
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.WorkerInfo:
         async def call() -> pb.WorkerInfo:
             return convert.info_to_pb(self._engine.info())
 
-        return await errors.unary(context, call)
+        return await errors.unary(context, call, self._on_error)
 
     async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
         async def call() -> pb.WorkerLoad:
             return convert.load_to_pb(await self._engine.load(), self._admission.inflight)
 
-        return await errors.unary(context, call)
+        return await errors.unary(context, call, self._on_error)
 
 
 def register(servicer: PrefillServicer) -> Callable[[grpc.aio.Server], None]:

@@ -16,6 +16,7 @@ from pdserve.types import WorkerId
 from router import config
 from router.api.app import create_app
 from router.clients import DecodeClient, PrefillClient
+from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.placement import make_picker
 from router.pool import ModelPool, check_agree, wait_for_info
@@ -41,8 +42,9 @@ async def build_service(cfg: config.RouterConfig) -> RouterService:
         decode=decode,
     )
     log.info("model %s: %d prefill, %d decode worker(s)", pool.name, len(prefill), len(decode))
-    orchestrator = Orchestrator(make_picker(cfg.policy), make_picker(cfg.policy), cfg.timeouts)
-    return RouterService({pool.name: pool}, orchestrator)
+    metrics = RouterMetrics(cfg.policy)
+    orchestrator = Orchestrator(make_picker(cfg.policy), make_picker(cfg.policy), cfg.timeouts, metrics)
+    return RouterService({pool.name: pool}, orchestrator, metrics)
 
 
 def make_app(cfg: config.RouterConfig) -> FastAPI:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from pdserve.engine.base import FinishReason, SamplingSpec, TokenDelta
 from pdserve.types import RequestId, WorkerId
@@ -33,6 +35,7 @@ class Generation:
     prompt_ids: list[int]
     spec: SamplingSpec
     stops: tuple[str, ...] = ()
+    arrival: float = field(default_factory=time.perf_counter)  # when the HTTP request came in
 
 
 @dataclass(frozen=True)
@@ -60,21 +63,35 @@ class BrokenStreamError(Exception):
     """The decode stream ended without finishing (worker aborted or vanished)."""
 
 
+class Observer(Protocol):
+    """Told about each placement (metrics). Called on the event loop; must not block."""
+
+    def placed(self, role: str, worker: WorkerId) -> None: ...
+
+    def disaggregated(self, remote: bool) -> None: ...
+
+    def dispatched(self, queued_s: float) -> None: ...
+
+
 class Orchestrator:
-    def __init__(self, prefill_picker: Picker, decode_picker: Picker, timeouts: Timeouts) -> None:
+    def __init__(
+        self, prefill_picker: Picker, decode_picker: Picker, timeouts: Timeouts, observer: Observer | None = None
+    ) -> None:
         self._prefill_picker = prefill_picker
         self._decode_picker = decode_picker
         self._timeouts = timeouts
+        self._observer = observer
 
     async def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
         if not pool.decode:
             raise NoWorkersError(f"no decode worker serves {pool.name!r}")
         request_id = RequestId(f"cmpl-{uuid.uuid4().hex}")
         decode_id = self._decode_picker.pick(list(pool.decode), pool.inflight)
+        prefill_id = self._prefill_picker.pick(list(pool.prefill), pool.inflight) if pool.prefill else None
+        self._notify(decode_id, prefill_id, gen.arrival)
         with _counted(pool, decode_id):
             kv_params, cached = None, 0
-            if pool.prefill:
-                prefill_id = self._prefill_picker.pick(list(pool.prefill), pool.inflight)
+            if prefill_id is not None:
                 with _counted(pool, prefill_id):
                     result = await pool.prefill[prefill_id].prefill(
                         request_id, gen.prompt_ids, gen.spec, timeout=self._timeouts.prefill_s
@@ -98,6 +115,15 @@ class Orchestrator:
                     yield chunk
                     if chunk.finish_reason is not None:
                         return  # a stop string ended it: closing `deltas` aborts the decode
+
+    def _notify(self, decode_id: WorkerId, prefill_id: WorkerId | None, arrival: float) -> None:
+        if self._observer is None:
+            return
+        self._observer.placed("decode", decode_id)
+        if prefill_id is not None:
+            self._observer.placed("prefill", prefill_id)
+        self._observer.disaggregated(prefill_id is not None)
+        self._observer.dispatched(time.perf_counter() - arrival)
 
 
 async def _to_text(

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from pdserve.engine.base import SamplingSpec
 from router.api.schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from router.metrics import RouterMetrics
 from router.orchestrator import Chunk, Generation, Orchestrator
 from router.pool import ModelPool
 
@@ -27,9 +28,10 @@ class BadRequestError(ValueError):
 
 
 class RouterService:
-    def __init__(self, pools: dict[str, ModelPool], orchestrator: Orchestrator) -> None:
+    def __init__(self, pools: dict[str, ModelPool], orchestrator: Orchestrator, metrics: RouterMetrics) -> None:
         self.pools = pools
         self._orchestrator = orchestrator
+        self.metrics = metrics
 
     def pool(self, model: str) -> ModelPool:
         try:
@@ -37,7 +39,7 @@ class RouterService:
         except KeyError:
             raise UnknownModelError(f"The model `{model}` does not exist.") from None
 
-    def completion(self, req: CompletionRequest) -> tuple[ModelPool, Generation]:
+    def completion(self, req: CompletionRequest, arrival: float) -> tuple[ModelPool, Generation]:
         pool = self.pool(req.model)
         _unsupported(req)
         if req.echo or req.suffix is not None or (req.best_of or 1) > 1:
@@ -48,9 +50,9 @@ class RouterService:
                 raise BadRequestError("only one prompt per request is supported", "prompt")
             prompt = prompt[0]
         ids = pool.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        return pool, self._generation(pool, req, ids, req.max_tokens)
+        return pool, self._generation(pool, req, ids, req.max_tokens, arrival)
 
-    def chat(self, req: ChatCompletionRequest) -> tuple[ModelPool, Generation]:
+    def chat(self, req: ChatCompletionRequest, arrival: float) -> tuple[ModelPool, Generation]:
         pool = self.pool(req.model)
         _unsupported(req)
         if req.tools or req.response_format not in (None, {"type": "text"}):
@@ -61,13 +63,13 @@ class RouterService:
         except ValueError as exc:
             raise BadRequestError(str(exc), "messages") from None
         limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        return pool, self._generation(pool, req, ids, limit)
+        return pool, self._generation(pool, req, ids, limit, arrival)
 
     def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
         return self._orchestrator.generate(pool, gen)
 
     def _generation(
-        self, pool: ModelPool, req: _SamplingFields, ids: Sequence[int], max_tokens: int | None
+        self, pool: ModelPool, req: _SamplingFields, ids: Sequence[int], max_tokens: int | None, arrival: float
     ) -> Generation:
         room = pool.max_model_len - len(ids)
         if room < 1:
@@ -95,7 +97,7 @@ class RouterService:
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
         )
-        return Generation(list(ids), spec, req.stop_strings())
+        return Generation(list(ids), spec, req.stop_strings(), arrival)
 
 
 def _unsupported(req: _SamplingFields) -> None:

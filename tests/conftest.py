@@ -56,10 +56,11 @@ class Cluster:
     decode_addr: str
     proc: subprocess.Popen[bytes]
     log: Path
+    worker_metrics: tuple[str, str]  # prefill, decode /metrics URLs
 
 
 def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
-    port, pport, dport, kv = free_port(), free_port(), free_port(), free_port()
+    port, pport, dport, kv, mport = free_port(), free_port(), free_port(), free_port(), free_port()
     log = tmp / f"{name}.log"
     cmd = [
         sys.executable,
@@ -74,6 +75,8 @@ def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
         str(dport),
         "--kv-port-base",
         str(kv),
+        "--metrics-port-base",
+        str(mport),
         *extra,
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -84,7 +87,8 @@ def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
             raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
         if READY_LINE in log.read_text(errors="replace"):  # printed after the NIXL warm-up
             models = httpx.get(f"{url}/v1/models", timeout=10).json()
-            return Cluster(url, models["data"][0]["id"], f"127.0.0.1:{pport}", f"127.0.0.1:{dport}", proc, log)
+            metrics = (f"http://127.0.0.1:{mport}/metrics", f"http://127.0.0.1:{mport + 1}/metrics")
+            return Cluster(url, models["data"][0]["id"], f"127.0.0.1:{pport}", f"127.0.0.1:{dport}", proc, log, metrics)
         time.sleep(1)
     stop_up(proc)
     raise RuntimeError(f"pdserve up was not ready in time; see {log}")

@@ -113,6 +113,8 @@ class EngineLoad:
     kv_cache_usage: float = 0.0  # fraction in [0, 1]
     num_inflight: int = 0  # calls accepted and not yet returned
     kv: KvTransferTotals = field(default_factory=lambda: KvTransferTotals())
+    prefix_queries: int = 0  # prompt tokens looked up in the prefix cache since start
+    prefix_hits: int = 0  # of those, tokens found
 
 
 class _EngineLifecycle(Protocol):

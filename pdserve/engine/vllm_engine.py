@@ -53,6 +53,7 @@ class _VllmRuntime:
         self._llm: compat.AsyncLLM | None = None
         self._stats: Any = None  # latest vLLM SchedulerStats
         self._kv = KvTransferTotals()
+        self._prefix = (0, 0)  # cumulative (queries, hits) in tokens
         self._inflight = 0
 
     async def start(self) -> None:
@@ -74,6 +75,10 @@ class _VllmRuntime:
     def _record(self, stats: Any) -> None:
         """Called by vLLM's output handler once per engine step."""
         self._stats = stats
+        prefix = stats.prefix_cache_stats
+        if prefix is not None:
+            queries, hits = self._prefix
+            self._prefix = (queries + int(getattr(prefix, "queries", 0)), hits + int(getattr(prefix, "hits", 0)))
         transfers, failures, nbytes, seconds = compat.kv_transfer_totals(stats.kv_connector_stats)
         if transfers or failures:
             kv = self._kv
@@ -110,6 +115,8 @@ class _VllmRuntime:
             kv_cache_usage=float(stats.kv_cache_usage) if stats else 0.0,
             num_inflight=self._inflight,
             kv=self._kv,
+            prefix_queries=self._prefix[0],
+            prefix_hits=self._prefix[1],
         )
 
     def _check_prompt(self, prompt_token_ids: Sequence[int]) -> None:

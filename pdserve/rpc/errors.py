@@ -30,28 +30,37 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+ErrorHook = Callable[[grpc.StatusCode], None]
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, on_error: ErrorHook | None) -> None:
     code, message = status_for(exc)
+    if on_error is not None:
+        on_error(code)
     if code is grpc.StatusCode.INTERNAL:
-        log.exception("unexpected error in RPC")  # details stay in the worker log
+        log.error("unexpected error in RPC", exc_info=exc)  # details stay in the worker log
     await context.abort(code, message)
 
 
-async def unary(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+async def unary(
+    context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]], on_error: ErrorHook | None = None
+) -> T:
     try:
         return await call()
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        await _abort(context, exc)
+        await _abort(context, exc, on_error)
         raise  # unreachable: abort raises
 
 
-async def stream(context: grpc.aio.ServicerContext, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def stream(
+    context: grpc.aio.ServicerContext, items: AsyncIterator[Any], on_error: ErrorHook | None = None
+) -> AsyncIterator[Any]:
     try:
         async for item in items:
             yield item
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
-        await _abort(context, exc)
+        await _abort(context, exc, on_error)

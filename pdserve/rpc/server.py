@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pdserve.engine.base import DecodeEngine, EngineDeadError, PrefillEngine
 from pdserve.rpc.errors import DrainingError
+from pdserve.rpc.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class ServerOptions:
     port: int
     grace_s: float = 30.0
     startup_timeout_s: float = 900.0
+    metrics_port: int = 0  # 0: no metrics endpoint
     service_name: str = ""  # health service name reported alongside "" (overall)
 
 
@@ -74,7 +76,7 @@ async def run_worker(
     admission: Admission,
     register: Callable[[grpc.aio.Server], None],
     options: ServerOptions,
-    on_ready: Callable[[int], None] | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (exit code 0) or engine death (exit code 1)."""
     await _start_engine(engine, options.startup_timeout_s)
@@ -86,17 +88,19 @@ async def run_worker(
     await server.start()
     await _set_health(health_servicer, options.service_name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving on %s:%d", options.host, port)
-    if on_ready is not None:
-        on_ready(port)
+    background = [asyncio.create_task(_watch_engine(engine, stop := asyncio.Event()))]
+    if metrics is not None and options.metrics_port:
+        metrics.serve(options.host, options.metrics_port)
+        background.append(asyncio.create_task(metrics.poll(engine)))
+        log.info("metrics on http://%s:%d/metrics", options.host, options.metrics_port)
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch_engine(engine, stop))
     await stop.wait()
     dead = engine.is_dead()
-    watcher.cancel()
+    for task in background:
+        task.cancel()
 
     await _set_health(health_servicer, options.service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
     if dead:

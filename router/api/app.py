@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router.api import errors, render
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -21,7 +22,18 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 def create_app(get_service: Callable[[], RouterService], lifespan: Lifespan | None = None) -> FastAPI:
     app = FastAPI(title="pdserve router", version="0.1.0", lifespan=lifespan)
-    errors.install(app)
+    errors.install(app, lambda: get_service().metrics)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")  # the matched template, not the raw path: bounded labels
+        get_service().metrics.requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(get_service().metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -38,12 +50,12 @@ def create_app(get_service: Callable[[], RouterService], lifespan: Lifespan | No
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Response:
-        pool, gen = get_service().completion(body)
+        pool, gen = get_service().completion(body, time.perf_counter())
         return await _respond(get_service(), pool, gen, body, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        pool, gen = get_service().chat(body)
+        pool, gen = get_service().chat(body, time.perf_counter())
         return await _respond(get_service(), pool, gen, body, chat=True)
 
     return app
@@ -63,7 +75,7 @@ async def _respond(
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         return_token_ids=body.return_token_ids,
     )
-    chunks = service.generate(pool, gen)
+    chunks = service.metrics.observe(gen.arrival, len(gen.prompt_ids), service.generate(pool, gen))
     if not body.stream:
         return JSONResponse(await render.collect(shape, chunks))
     first = await _first(chunks)  # errors before the first token keep their HTTP status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.clients import WorkerError
+from router.metrics import RouterMetrics
 from router.orchestrator import BrokenStreamError, NoWorkersError
 from router.service import BadRequestError, UnknownModelError
 
@@ -75,10 +77,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {msg}" if param else msg), param
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, get_metrics: Callable[[], RouterMetrics]) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
+        get_metrics().rejections.labels("invalid_request").inc()
         return _response(APIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -86,7 +89,10 @@ def install(app: FastAPI) -> None:
         return _response(APIError(exc.status_code, str(exc.detail), code=None))
 
     async def _mapped(request: Request, exc: Exception) -> JSONResponse:
-        return _response(to_api_error(exc))
+        err = to_api_error(exc)
+        if err.status < 500 or err.status == 503:
+            get_metrics().rejections.labels(err.code or err.type).inc()
+        return _response(err)
 
     # Expected errors are handled here; anything else reaches Starlette's
     # ServerErrorMiddleware through the Exception handler: a clean 500, logged.

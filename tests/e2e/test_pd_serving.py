@@ -225,3 +225,33 @@ def test_engine_threads_keep_every_core(cluster: Cluster) -> None:
     for proc in engines:
         for thread in proc.threads():
             assert os.sched_getaffinity(thread.id) == allowed, (proc.name(), thread.id)
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url, timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_of_router_and_both_workers_parse_and_move(cluster: Cluster) -> None:
+    before = _scrape(cluster.worker_metrics[1])
+    body = {"model": cluster.model, "prompt": CASES[2].text, "max_tokens": 4, "temperature": 0}
+    assert httpx.post(cluster.url + "/v1/completions", json=body, timeout=120).status_code == 200
+    prefill, decode, router = (
+        _scrape(cluster.worker_metrics[0]),
+        _scrape(cluster.worker_metrics[1]),
+        _scrape(cluster.url + "/metrics"),
+    )
+    labels = (("model_name", cluster.model), ("role", "decode"))
+    transfers = ("pdserve_worker_kv_transfers_total", labels)
+    assert decode[transfers] > before.get(transfers, 0)  # polled once a second; the request took longer
+    assert decode[("pdserve_worker_kv_transfer_bytes_total", labels)] > 0
+    assert ("vllm:num_requests_running", (("model_name", cluster.model), ("role", "prefill"))) in prefill
+    assert prefill[("vllm:prefix_cache_queries_total", (("model_name", cluster.model), ("role", "prefill")))] > 0
+    assert router[("pdserve_router_disagg_decisions_total", (("decision", "remote"),))] >= 1
+    assert router[("pdserve_router_time_to_first_token_seconds_count", ())] >= 1

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta
 from pdserve.types import WorkerId
 from router.api.app import create_app
+from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator, Timeouts
 from router.placement import RoundRobin
 from router.pool import ModelPool
@@ -67,7 +68,8 @@ def make_client(tok: Tokenizer, output_text: str, *, with_decode: bool = True) -
         prefill={WorkerId("prefill:1"): ScriptedPrefill()},  # type: ignore[dict-item]
         decode={WorkerId("decode:1"): decode} if with_decode else {},
     )  # type: ignore[dict-item]
-    service = RouterService({"tiny": pool}, Orchestrator(RoundRobin(), RoundRobin(), Timeouts()))
+    metrics = RouterMetrics("round-robin")
+    service = RouterService({"tiny": pool}, Orchestrator(RoundRobin(), RoundRobin(), Timeouts(), metrics), metrics)
     return TestClient(create_app(lambda: service)), decode
 
 
@@ -162,3 +164,37 @@ def test_tokenizer_decodes_incrementally_like_whole(tiny_tokenizer: Tokenizer, t
     ids = tiny_tokenizer.encode(text)
     decoder = tiny_tokenizer.stream_decoder([])
     assert "".join(decoder.step(t) for t in ids) == tiny_tokenizer.decode(ids) == text
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_requests_tokens_latencies_and_placements(tiny_tokenizer: Tokenizer) -> None:
+    client, _ = make_client(tiny_tokenizer, "abcdef")
+    for stream in (False, True):
+        assert (
+            client.post("/v1/completions", json={"model": "tiny", "prompt": "hey", "stream": stream}).status_code == 200
+        )
+    assert client.post("/v1/completions", json={"model": "nope", "prompt": "x"}).status_code == 404
+    assert client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "n": 2}).status_code == 400
+    m = _samples(client.get("/metrics").text)
+    assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 2
+    assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "404")))] == 1
+    assert m[("pdserve_router_rejections_total", (("reason", "model_not_found"),))] == 1
+    assert m[("pdserve_router_generation_tokens_total", ())] == 12
+    assert m[("pdserve_router_prompt_tokens_total", ())] == 2 * len(tiny_tokenizer.encode("hey"))
+    assert m[("pdserve_router_cached_tokens_total", ())] == 2 * 128
+    assert m[("pdserve_router_time_to_first_token_seconds_count", ())] == 2
+    assert m[("pdserve_router_e2e_request_latency_seconds_count", ())] == 2
+    assert m[("pdserve_router_inter_token_latency_seconds_count", ())] == 2 * 4  # 6 tokens, 2 per step, first excluded
+    assert m[("pdserve_router_disagg_decisions_total", (("decision", "remote"),))] == 2
+    placed = (("policy", "round-robin"), ("role", "prefill"), ("worker", "prefill:1"))
+    assert m[("pdserve_router_placement_decisions_total", placed)] == 2
+    assert m[("pdserve_router_inflight_requests", ())] == 0

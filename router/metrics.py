@@ -1,0 +1,100 @@
+"""Router metrics for Prometheus (``GET /metrics``). One instance per app, own registry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from pdserve.types import WorkerId
+from router.orchestrator import Chunk
+
+# Buckets in seconds, from vLLM's own histograms of the same quantities.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0)
+ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
+
+
+class RouterMetrics:
+    """Implements the orchestrator's ``Observer``; wraps chunk streams for latencies."""
+
+    def __init__(self, policy: str) -> None:
+        self._policy = policy
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pdserve_router_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "pdserve_router_time_to_first_token_seconds", "Arrival to first token", buckets=TTFT_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            "pdserve_router_inter_token_latency_seconds", "Time between output tokens", buckets=ITL_BUCKETS, registry=r
+        )
+        self.e2e = Histogram(
+            "pdserve_router_e2e_request_latency_seconds", "Arrival to last token", buckets=E2E_BUCKETS, registry=r
+        )
+        self.queue_time = Histogram(
+            "pdserve_router_queue_time_seconds",
+            "Arrival to the first worker RPC (tokenize, validate, place)",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("pdserve_router_prompt_tokens", "Prompt tokens", registry=r)
+        self.cached_tokens = Counter(
+            "pdserve_router_cached_tokens", "Prompt tokens the prefill side had cached", registry=r
+        )
+        self.generation_tokens = Counter("pdserve_router_generation_tokens", "Generated tokens", registry=r)
+        self.placements = Counter(
+            "pdserve_router_placement_decisions",
+            "Worker chosen per request and role",
+            ["role", "policy", "worker"],
+            registry=r,
+        )
+        self.disagg = Counter(
+            "pdserve_router_disagg_decisions",
+            "remote = prefill worker, local = decode worker",
+            ["decision"],
+            registry=r,
+        )
+        self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
+        self.rejections = Counter(
+            "pdserve_router_rejections", "Requests refused before reaching a worker", ["reason"], registry=r
+        )
+
+    def placed(self, role: str, worker: WorkerId) -> None:
+        self.placements.labels(role, self._policy, worker).inc()
+
+    def disaggregated(self, remote: bool) -> None:
+        self.disagg.labels("remote" if remote else "local").inc()
+
+    def dispatched(self, queued_s: float) -> None:
+        self.queue_time.observe(queued_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def observe(self, arrival: float, prompt_tokens: int, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """Pass chunks through, timing them: TTFT at the first, ITL per token after."""
+        self.inflight.inc()
+        last = arrival
+        first = True
+        try:
+            async for chunk in chunks:
+                now = time.perf_counter()
+                if first:
+                    self.ttft.observe(now - arrival)
+                    first = False
+                elif chunk.token_ids:
+                    gap = (now - last) / len(chunk.token_ids)
+                    for _ in chunk.token_ids:
+                        self.itl.observe(gap)
+                last = now
+                if chunk.finish_reason is not None:
+                    self.e2e.observe(now - arrival)
+                    self.prompt_tokens.inc(prompt_tokens)
+                    self.cached_tokens.inc(chunk.cached_tokens)
+                    self.generation_tokens.inc(chunk.completion_tokens)
+                yield chunk
+        finally:
+            self.inflight.dec()
