@@ -11,11 +11,12 @@ from pdserve.config import run_async, setup_logging
 from pdserve.engine import make_decode_engine
 from pdserve.rpc.metrics import WorkerMetrics
 from pdserve.rpc.server import Admission, run_worker
+from pdserve.worker_config import WorkerConfig
 
 log = logging.getLogger("decode_worker")
 
 
-async def serve(cfg: config.DecodeWorkerConfig) -> int:
+async def serve(cfg: WorkerConfig) -> int:
     engine = make_decode_engine(cfg.engine)
     admission = Admission()
     metrics = WorkerMetrics("decode", cfg.engine.served_model_name)

@@ -9,13 +9,14 @@ from pdserve.config import run_async, setup_logging
 from pdserve.engine import make_prefill_engine
 from pdserve.rpc.metrics import WorkerMetrics
 from pdserve.rpc.server import Admission, run_worker
+from pdserve.worker_config import WorkerConfig
 from prefill_worker import config
 from prefill_worker.servicer import PrefillServicer, register
 
 log = logging.getLogger("prefill_worker")
 
 
-async def serve(cfg: config.PrefillWorkerConfig) -> int:
+async def serve(cfg: WorkerConfig) -> int:
     engine = make_prefill_engine(cfg.engine)
     admission = Admission()
     metrics = WorkerMetrics("prefill", cfg.engine.served_model_name)
