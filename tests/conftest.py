@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from pdserve.local import READY_LINE
@@ -95,13 +97,20 @@ def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
 
 
 def stop_up(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM `pdserve up` (it stops its children in order); then make sure no engine
+    process outlives it — orphaned vLLM CPU engines spin and slow every later test."""
+    descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        return proc.wait(90)
+        code = proc.wait(90)
     except subprocess.TimeoutExpired:
         proc.kill()
-        return proc.wait()
+        code = proc.wait()
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    return code
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ status codes, cancellation, SIGTERM drain and engine death."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -53,7 +55,9 @@ def start_decode_worker(model: Path, log: Path) -> Worker:
         "--grace",
         "60",
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=engine_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=engine_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     worker = Worker(f"127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + 300
     while asyncio.run(_health(worker.addr)) != health_pb2.HealthCheckResponse.SERVING:
@@ -78,9 +82,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _stop(worker: Worker) -> None:
+    """SIGTERM, then SIGKILL for the whole process group: vLLM's engine-core and worker
+    processes outlive a worker that is killed alone, and spin on the CPU."""
     if worker.proc.poll() is None:
-        worker.proc.kill()
-        worker.proc.wait()
+        worker.proc.terminate()
+        try:
+            worker.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait()
 
 
 @pytest.fixture(scope="module")
