@@ -36,7 +36,10 @@ class WorkerMetrics(Collector):
         self._errors.labels(code.name).inc()
 
     def serve(self, host: str, port: int) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ValueError(f"metrics_port: {host}:{port} is not free ({exc.strerror})") from None
 
     async def poll(self, engine: PrefillEngine | DecodeEngine) -> None:
         """Refresh the engine snapshot until cancelled."""

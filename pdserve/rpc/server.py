@@ -79,6 +79,10 @@ async def run_worker(
     metrics: WorkerMetrics | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (exit code 0) or engine death (exit code 1)."""
+    serve_metrics = metrics is not None and options.metrics_port > 0
+    if metrics is not None and serve_metrics:  # before the engine: a taken port fails in seconds
+        metrics.serve(options.host, options.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", options.host, options.metrics_port)
     await _start_engine(engine, options.startup_timeout_s)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     register(server)
@@ -89,10 +93,8 @@ async def run_worker(
     await _set_health(health_servicer, options.service_name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving on %s:%d", options.host, port)
     background = [asyncio.create_task(_watch_engine(engine, stop := asyncio.Event()))]
-    if metrics is not None and options.metrics_port:
-        metrics.serve(options.host, options.metrics_port)
+    if metrics is not None and serve_metrics:
         background.append(asyncio.create_task(metrics.poll(engine)))
-        log.info("metrics on http://%s:%d/metrics", options.host, options.metrics_port)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

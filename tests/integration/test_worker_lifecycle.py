@@ -54,6 +54,8 @@ def start_decode_worker(model: Path, log: Path) -> Worker:
         "4096",
         "--grace",
         "60",
+        "--metrics-port",
+        str(free_port()),
     ]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=engine_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
