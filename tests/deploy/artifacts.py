@@ -1,0 +1,43 @@
+"""Loading the deployment artifacts: rendered overlays, interpolated compose; paths and names."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.deploy import kustomize
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+OVERLAYS = ("cpu", "gpu")
+WORKER_ROLES = ("prefill", "decode")
+
+
+@functools.cache
+def render(overlay: str) -> tuple[kustomize.Resource, ...]:
+    return tuple(kustomize.build(DEPLOY / "k8s" / "overlays" / overlay))
+
+
+def find(resources: tuple[kustomize.Resource, ...], kind: str, name: str) -> kustomize.Resource:
+    (found,) = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+# Compose interpolation, the forms compose.yaml may use: ${VAR}, ${VAR:-default}, $$.
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    text = _VAR.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", text)
+    if "$" in text.replace("$$", ""):
+        raise ValueError("compose.yaml uses an interpolation form the tests do not emulate")
+    return text.replace("$$", "$")
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    raw = (DEPLOY / "compose" / "compose.yaml").read_text()
+    return dict(yaml.safe_load(interpolate(raw, env or {})))

@@ -1,0 +1,100 @@
+"""deploy/compose: valid against the Compose specification's schema, and each profile is a
+whole topology whose names, ports and GPUs line up."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy.artifacts import DEPLOY, WORKER_ROLES, load_compose
+
+PROFILES = {
+    "gpu": {"prefill": "prefill", "decode": "decode"},
+    "cpu": {"prefill": "prefill-cpu", "decode": "decode-cpu"},
+}
+PDSERVE_IMAGES = ("router", "worker-gpu", "worker-cpu")
+
+
+def compose_schema() -> dict[str, Any]:
+    # The Compose specification's own JSON Schema, as vendored by check-jsonschema.
+    vendor = importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+    return dict(json.loads(vendor.joinpath("compose-spec.json").read_text()))
+
+
+@pytest.mark.parametrize("env", [{}, {"PDSERVE_MODEL_DIR": "/srv/models/llama", "PDSERVE_PREFILL_GPU": "2"}])
+def test_validates_against_the_compose_schema(env: dict[str, str]) -> None:
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema, format_checker=jsonschema.FormatChecker())
+    errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(load_compose(env))]
+    assert not errors, "\n".join(errors)
+
+
+def active(compose: dict[str, Any], profile: str) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in compose["services"].items() if profile in s.get("profiles", [profile])}
+
+
+def hostnames(name: str, service: dict[str, Any]) -> set[str]:
+    aliases = service.get("networks", {}).get("default", {}) or {}
+    return {name, *aliases.get("aliases", [])}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_profile_is_a_whole_topology(profile: str) -> None:
+    services = active(load_compose(), profile)
+    names = {h for n, s in services.items() for h in hostnames(n, s)}
+    router_env = services["router"]["environment"]
+    for role, name in PROFILES[profile].items():
+        worker = services[name]
+        env = worker["environment"]
+        assert worker["command"] == [role]  # the worker images' entrypoint is `pdserve`
+        assert role in hostnames(name, worker)
+        assert router_env[f"PDSERVE_{role.upper()}"] == f"{role}:{env['PDSERVE_PORT']}"
+        assert env["PDSERVE_KV_HOST"] in hostnames(name, worker), "peers reach the NIXL side channel there"
+        assert worker["volumes"] == services["router"]["volumes"], "router and workers read one model directory"
+        assert float(worker["stop_grace_period"].rstrip("s")) > float(env["PDSERVE_GRACE_S"])
+        for dep in worker.get("depends_on", {}):
+            assert dep in services or worker["depends_on"][dep].get("required") is False, dep
+    assert {"redis", "prometheus", "grafana"} <= names
+    assert services["router"]["environment"]["PDSERVE_REDIS_URL"].startswith("redis://redis:")
+
+
+def test_gpu_workers_are_pinned_to_different_gpus() -> None:
+    services = load_compose()["services"]
+    pinned = []
+    for name in PROFILES["gpu"].values():
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        pinned += device["device_ids"]
+    assert pinned == ["0", "1"]
+    assert not any("deploy" in services[n] for n in PROFILES["cpu"].values())
+
+
+def test_every_pdserve_service_is_health_checked_and_built_from_the_dockerfile() -> None:
+    """Health checks come from the images' HEALTHCHECK; images are built from one Dockerfile."""
+    compose = load_compose()
+    for name, service in compose["services"].items():
+        image = service["image"]
+        if not image.startswith("pdserve/"):
+            continue
+        target = image.split("/")[1].split(":")[0]
+        assert target in PDSERVE_IMAGES
+        assert service["build"] == {"context": "../..", "dockerfile": "deploy/docker/Dockerfile", "target": target}
+        assert "healthcheck" not in service or not service["healthcheck"].get("disable"), name
+    assert "healthcheck" in compose["services"]["redis"]
+
+
+def test_prometheus_scrapes_every_role_where_compose_runs_it() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
+    compose = load_compose()
+    assert targets.pop("router") == ["router:8000"]
+    for profile, workers in PROFILES.items():
+        for role in WORKER_ROLES:
+            env = active(compose, profile)[workers[role]]["environment"]
+            assert targets[role] == [f"{role}:{env['PDSERVE_METRICS_PORT']}"], profile
+    assert set(targets) == set(WORKER_ROLES)
