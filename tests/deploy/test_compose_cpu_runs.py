@@ -1,0 +1,154 @@
+"""The compose `cpu` profile run as plain processes (no container engine here): each service
+is its image's ENTRYPOINT + the service's command, with the image's ENV and the service's
+environment. Only what a container network provides is mapped: service names → 127.0.0.1,
+published ports → free local ports, the model volume → the cached default model, and UCX on
+loopback. Real vLLM CPU engines, real NIXL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.deploy.artifacts import REPO, load_compose
+from tests.deploy.test_docker import command, python_argv, stages
+
+pytestmark = pytest.mark.engine
+
+SERVICES = {
+    "prefill-cpu": ("worker-cpu", "prefill"),
+    "decode-cpu": ("worker-cpu", "decode"),
+    "router": ("router", None),
+}
+HOSTS = ("prefill", "decode", "redis", "router")
+PORT_VARS = ("PDSERVE_PORT", "PDSERVE_KV_PORT", "PDSERVE_METRICS_PORT")
+
+
+def image_env(target: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in (c for c in stages()[target].instructions if c.cmd == "ENV"):
+        pairs = instruction.value
+        env.update(zip(pairs[::2], pairs[1::2], strict=True))
+    return env
+
+
+def localize(value: str, ports: dict[str, str]) -> str:
+    host, sep, port = value.rpartition(":")
+    if sep and host in HOSTS and port in ports:
+        return f"127.0.0.1:{ports[port]}"
+    return "127.0.0.1" if value in HOSTS else ports.get(value, value)
+
+
+def service_env(service: dict, target: str, ports: dict[str, str], model: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
+    env.update(image_env(target))
+    env.update(
+        {
+            k: localize(str(v), ports)
+            if k in (*PORT_VARS, "PDSERVE_PREFILL", "PDSERVE_DECODE", "PDSERVE_KV_HOST")
+            else str(v)
+            for k, v in service.get("environment", {}).items()
+        }
+    )
+    env.update(
+        PDSERVE_MODEL=str(model),
+        PDSERVE_HOST="127.0.0.1",
+        PDSERVE_ROUTER_HOST="127.0.0.1",
+        UCX_NET_DEVICES="lo",
+        OMP_NUM_THREADS="1",
+    )  # two engines share 2 cores here
+    return env
+
+
+@pytest.fixture
+def cpu_profile(tmp_path: Path, default_model: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    compose = load_compose()["services"]
+    ports = {str(p): str(free_port()) for p in (50051, 50052, 5600, 5601, 9100, 9101, 8000)}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, (target, role) in SERVICES.items():
+            env = service_env(compose[name], target, ports, default_model)
+            if name == "router":
+                env["PDSERVE_ROUTER_PORT"] = ports["8000"]
+            argv = python_argv(command(target, role))
+            procs[name] = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
+                stdout=(tmp_path / f"{name}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+        procs["_ports"] = ports  # type: ignore[assignment]
+        yield procs
+    finally:
+        for proc in (p for n, p in procs.items() if n != "_ports"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _stream_chat(url: str) -> tuple[str, dict]:
+    body = {
+        "model": "smollm2-135m-instruct",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 12,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Name a colour."}],
+    }
+    text, usage = "", {}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                text += "".join(c["delta"].get("content") or "" for c in event["choices"])
+                usage = event.get("usage") or usage
+    return text, usage
+
+
+def _kv_transfers(metrics_url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text)
+    return sum(s.value for f in families for s in f.samples if s.name == "pdserve_worker_kv_transfers_total")
+
+
+def test_cpu_profile_services_serve_pd_from_the_image_entrypoints(cpu_profile: dict, tmp_path: Path) -> None:
+    ports, logs = cpu_profile["_ports"], tmp_path
+    url = f"http://127.0.0.1:{ports['8000']}"
+    deadline = time.monotonic() + 600
+    while True:
+        for name in SERVICES:
+            assert cpu_profile[name].poll() is None, f"{name} exited"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the cpu profile did not come up"
+        time.sleep(2)
+    decode_metrics = f"http://127.0.0.1:{ports['9101']}/metrics"
+    for _ in range(3):  # the first P/D request may pay (or miss) NIXL's handshake
+        text, usage = _stream_chat(url)
+        assert text and usage["completion_tokens"] >= 1
+        time.sleep(1.5)  # worker metrics are polled once a second
+        if _kv_transfers(decode_metrics) > 0:
+            break
+    assert _kv_transfers(decode_metrics) > 0, "the decode worker never pulled KV from the prefill worker"
+    for name in ("router", "decode-cpu", "prefill-cpu"):  # the order compose stops them in reverse
+        cpu_profile[name].send_signal(signal.SIGTERM)
+        code = cpu_profile[name].wait(90)
+        if name == "router":  # uvicorn shuts down gracefully, then re-raises the signal it caught
+            assert code in (0, -signal.SIGTERM)
+            assert "Application shutdown complete" in (logs / "router.log").read_text()
+        else:
+            assert code == 0, name
