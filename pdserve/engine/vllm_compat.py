@@ -43,7 +43,7 @@ except ImportError:  # 0.26
 __all__ = ["CLIENT_ERRORS", "VLLM_VERSION", "AsyncLLM", "VllmEngineDeadError"]
 
 KvRole = Literal["kv_producer", "kv_consumer"]
-KV_ROLES: dict[str, KvRole | None] = {"prefill": "kv_producer", "decode": "kv_consumer", "colocated": None}
+KV_ROLES: dict[str, KvRole] = {"prefill": "kv_producer", "decode": "kv_consumer"}
 
 
 def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:

@@ -199,12 +199,6 @@ class VllmDecodeEngine(_VllmRuntime):
                 )
 
 
-class VllmColocatedEngine(VllmDecodeEngine):
-    """One engine with no KV connector: the reference a P/D pair must match."""
-
-    role = "colocated"
-
-
 def _check_port_free(host: str, port: int) -> None:
     # vLLM's NIXL listener thread dies on a taken port and engine start-up then hangs.
     with socket.socket() as sock:
