@@ -84,7 +84,6 @@ class StreamDecoder:
 
     def __init__(self, tok: PreTrainedTokenizerBase, prompt_ids: Sequence[int]) -> None:
         self._backend = tok.backend_tokenizer
-        self._special = set(tok.all_special_ids)
         # Prefix with the prompt's tail so the first generated token is decoded in
         # context (leading-space handling); DecodeStream drops the prefix's text.
         self._stream = DecodeStream(skip_special_tokens=True)

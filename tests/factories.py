@@ -15,6 +15,20 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
+MetricKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def metric_samples(text: str) -> dict[MetricKey, float]:
+    """Prometheus exposition text → {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def make_tiny_llama(path: Path, *, seed: int = 0) -> Path:
     """Write a random 2-layer Llama with a byte-level tokenizer into ``path``."""
     import torch

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import free_port
 from tests.deploy.artifacts import REPO, load_compose
 from tests.deploy.test_docker import command, python_argv, stages
+from tests.factories import metric_samples
 
 pytestmark = pytest.mark.engine
 
@@ -118,10 +119,8 @@ def _stream_chat(url: str) -> tuple[str, dict]:
 
 
 def _kv_transfers(metrics_url: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    families = text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text)
-    return sum(s.value for f in families for s in f.samples if s.name == "pdserve_worker_kv_transfers_total")
+    samples = metric_samples(httpx.get(metrics_url, timeout=10).text)
+    return sum(v for (name, _), v in samples.items() if name == "pdserve_worker_kv_transfers_total")
 
 
 def test_cpu_profile_services_serve_pd_from_the_image_entrypoints(cpu_profile: dict, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
 from tests.e2e.prompts import CASES, MAX_TOKENS
+from tests.factories import MetricKey, metric_samples
 
 pytestmark = pytest.mark.engine
 
@@ -227,15 +228,8 @@ def test_engine_threads_keep_every_core(cluster: Cluster) -> None:
             assert os.sched_getaffinity(thread.id) == allowed, (proc.name(), thread.id)
 
 
-def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(url, timeout=10).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def _scrape(url: str) -> dict[MetricKey, float]:
+    return metric_samples(httpx.get(url, timeout=10).text)
 
 
 def test_metrics_of_router_and_both_workers_parse_and_move(cluster: Cluster) -> None:

@@ -18,7 +18,7 @@ from router.placement import RoundRobin
 from router.pool import ModelPool
 from router.service import RouterService
 from router.tokenizer import Tokenizer
-from tests.factories import make_tiny_llama
+from tests.factories import make_tiny_llama, metric_samples
 
 
 @pytest.fixture(scope="module")
@@ -166,16 +166,6 @@ def test_tokenizer_decodes_incrementally_like_whole(tiny_tokenizer: Tokenizer, t
     assert "".join(decoder.step(t) for t in ids) == tiny_tokenizer.decode(ids) == text
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_metrics_count_requests_tokens_latencies_and_placements(tiny_tokenizer: Tokenizer) -> None:
     client, _ = make_client(tiny_tokenizer, "abcdef")
     for stream in (False, True):
@@ -184,7 +174,7 @@ def test_metrics_count_requests_tokens_latencies_and_placements(tiny_tokenizer: 
         )
     assert client.post("/v1/completions", json={"model": "nope", "prompt": "x"}).status_code == 404
     assert client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "n": 2}).status_code == 400
-    m = _samples(client.get("/metrics").text)
+    m = metric_samples(client.get("/metrics").text)
     assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 2
     assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "404")))] == 1
     assert m[("pdserve_router_rejections_total", (("reason", "model_not_found"),))] == 1
