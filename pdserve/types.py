@@ -6,3 +6,4 @@ from typing import NewType
 
 RequestId = NewType("RequestId", str)
 WorkerId = NewType("WorkerId", str)  # the worker's gRPC address, "host:port"
+BlockHash = NewType("BlockHash", int)  # pdserve's chained hash of one full KV block (pdserve.kv.hashing)
