@@ -1,0 +1,108 @@
+"""A shared store with a local fallback: routers keep serving while Redis is down.
+
+Writes go to the local ``MemoryStore`` always and to the shared store when it
+answers; reads come from the shared store, or from the local view when it does
+not (this router's own predictions, the last registry it read). After a
+failure the shared store is skipped for ``retry_s`` (a circuit breaker: no
+request waits on a dead Redis) and then tried again; ``on_change`` is told of
+every transition (metrics, logs). Nothing needs replaying on recovery: workers
+re-register and rewrite their block sets themselves (pdserve.kv.feed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from pdserve.state.base import StateStore, StoreUnavailable, WorkerRecord
+from pdserve.state.memory import MemoryStore
+from pdserve.types import BlockHash, WorkerId
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class FallbackStore:
+    def __init__(
+        self, shared: StateStore, retry_s: float = 1.0, on_change: Callable[[bool], None] | None = None
+    ) -> None:
+        self.shared = shared
+        self.local = MemoryStore()
+        self.up = True
+        self._retry_s = retry_s
+        self._retry_at = 0.0
+        self._on_change = on_change
+        self._last_workers: list[WorkerRecord] = []
+
+    async def _try(self, call: Callable[[], Awaitable[T]]) -> T:
+        if not self.up and time.monotonic() < self._retry_at:
+            raise StoreUnavailable("shared store marked down")
+        try:
+            result = await call()
+        except StoreUnavailable as exc:
+            self._set(False, str(exc))
+            raise
+        self._set(True)
+        return result
+
+    def _set(self, up: bool, why: str = "") -> None:
+        if not up:
+            self._retry_at = time.monotonic() + self._retry_s
+        if up == self.up:
+            return
+        self.up = up
+        if up:
+            log.info("shared state store is back; serving from the shared view")
+        else:
+            log.warning("shared state store unreachable (%s); serving from this router's local view", why)
+        if self._on_change is not None:
+            self._on_change(up)
+
+    async def register(self, record: WorkerRecord, ttl_s: float) -> None:
+        await self.local.register(record, ttl_s)
+        await self._try(lambda: self.shared.register(record, ttl_s))
+
+    async def heartbeat(self, worker_id: WorkerId, ttl_s: float) -> bool:
+        await self.local.heartbeat(worker_id, ttl_s)
+        return await self._try(lambda: self.shared.heartbeat(worker_id, ttl_s))
+
+    async def deregister(self, worker_id: WorkerId) -> None:
+        await self.local.deregister(worker_id)
+        await self._try(lambda: self.shared.deregister(worker_id))
+
+    async def workers(self) -> list[WorkerRecord]:
+        try:
+            self._last_workers = await self._try(self.shared.workers)
+        except StoreUnavailable:
+            pass  # the registry as last seen
+        return list(self._last_workers)
+
+    async def add_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
+        await self.local.add_blocks(model, worker_id, hashes)
+        await self._try(lambda: self.shared.add_blocks(model, worker_id, hashes))
+
+    async def remove_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
+        await self.local.remove_blocks(model, worker_id, hashes)
+        await self._try(lambda: self.shared.remove_blocks(model, worker_id, hashes))
+
+    async def replace_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
+        await self.local.replace_blocks(model, worker_id, hashes)
+        await self._try(lambda: self.shared.replace_blocks(model, worker_id, hashes))
+
+    async def predict(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash], ttl_s: float) -> None:
+        await self.local.predict(model, worker_id, hashes, ttl_s)
+        await self._try(lambda: self.shared.predict(model, worker_id, hashes, ttl_s))
+
+    async def match(self, model: str, hashes: Sequence[BlockHash]) -> dict[WorkerId, int]:
+        try:
+            return await self._try(lambda: self.shared.match(model, hashes))
+        except StoreUnavailable:
+            return await self.local.match(model, hashes)
+
+    async def ping(self) -> None:
+        await self._try(self.shared.ping)
+
+    async def close(self) -> None:
+        await self.shared.close()

@@ -1,0 +1,105 @@
+"""One contract suite for every StateStore: in-memory and Redis (a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pdserve.kv.hashing import block_hashes
+from pdserve.state import StateStore, WorkerRecord, make_store
+from pdserve.types import WorkerId
+from tests.redis_server import RedisServer
+
+A, B = WorkerId("10.0.0.1:50051"), WorkerId("10.0.0.2:50051")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[StateStore]:
+    if request.param == "redis":
+        redis_server.flush(db=1)
+        s = make_store(redis_server.db_url(1))
+    else:
+        s = make_store("memory://")
+    yield s
+    await s.close()
+
+
+def record(worker: WorkerId, model: str = "m", role: str = "prefill") -> WorkerRecord:
+    return WorkerRecord(worker, role, model, 16, "pdserve-blake2b64-v1", 4096, uuid.uuid4().hex)
+
+
+def hashes(n: int, model: str = "m", salt: int = 0) -> list:
+    return block_hashes(model, [salt + i for i in range(16 * n)], 16)
+
+
+async def test_registry_round_trip_and_ttl(store: StateStore) -> None:
+    await store.register(record(A), ttl_s=0.4)
+    await store.register(record(B, role="decode"), ttl_s=30)
+    assert {r.worker_id: r.role for r in await store.workers()} == {A: "prefill", B: "decode"}
+    assert await store.heartbeat(A, ttl_s=0.4)
+    await asyncio.sleep(0.6)  # A stops heart-beating
+    assert [r.worker_id for r in await store.workers()] == [B]
+    assert not await store.heartbeat(A, ttl_s=0.4)  # expired: must register again
+
+
+async def test_record_survives_serialisation(store: StateStore) -> None:
+    rec = WorkerRecord(A, "decode", "org/model:v2", 128, "s", 1 << 20, "i1", "tcp://h:1", "tcp://h:2")
+    await store.register(rec, ttl_s=30)
+    assert await store.workers() == [rec]
+
+
+async def test_match_counts_leading_blocks_only(store: StateStore) -> None:
+    h = hashes(4)
+    await store.add_blocks("m", A, h[:3])
+    await store.add_blocks("m", B, [h[0], h[2], h[3]])  # a hole at block 1
+    assert await store.match("m", h) == {A: 3, B: 1}
+    assert await store.match("m", h[1:]) == {A: 2}
+    assert await store.match("m", hashes(2, salt=999)) == {}
+    assert await store.match("m", []) == {}
+
+
+async def test_models_never_match_each_other(store: StateStore) -> None:
+    tokens = list(range(64))
+    await store.add_blocks("m1", A, block_hashes("m1", tokens, 16))
+    assert await store.match("m2", block_hashes("m2", tokens, 16)) == {}
+    assert await store.match("m2", block_hashes("m1", tokens, 16)) == {}  # same hash, other namespace
+    assert await store.match("m1", block_hashes("m1", tokens, 16)) == {A: 4}
+
+
+async def test_remove_and_replace(store: StateStore) -> None:
+    h = hashes(3)
+    await store.add_blocks("m", A, h)
+    await store.add_blocks("m", A, h[:1])  # idempotent
+    await store.remove_blocks("m", A, [h[1]])
+    await store.remove_blocks("m", A, hashes(1, salt=7))  # absent: no-op
+    assert await store.match("m", h) == {A: 1}
+    await store.replace_blocks("m", A, h[1:])
+    assert await store.match("m", h) == {}
+    assert await store.match("m", h[1:]) == {A: 2}
+    await store.replace_blocks("m", A, [])
+    assert await store.match("m", h[1:]) == {}
+
+
+async def test_predictions_expire(store: StateStore) -> None:
+    h = hashes(2)
+    await store.add_blocks("m", A, h[:1])
+    await store.predict("m", B, h, ttl_s=0.4)
+    assert await store.match("m", h) == {A: 1, B: 2}
+    await asyncio.sleep(0.6)
+    assert await store.match("m", h) == {A: 1}
+
+
+async def test_deregister_removes_record_and_blocks(store: StateStore) -> None:
+    await store.register(record(A), ttl_s=30)
+    await store.add_blocks("m", A, hashes(2))
+    await store.add_blocks("m", B, hashes(2))
+    await store.deregister(A)
+    assert await store.workers() == []
+    assert await store.match("m", hashes(2)) == {B: 2}
+
+
+async def test_ping(store: StateStore) -> None:
+    await store.ping()
