@@ -13,6 +13,7 @@ DEFAULTS = WorkerDefaults(
     port=50052,
     kv_port=5601,
     metrics_port=9101,
+    kv_events_port=5567,  # replay on 5568
 )
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
 from pdserve.config import add_server_flags, resolve_model
 from pdserve.engine.config import EngineConfig, add_engine_flags, engine_config_from_args
+from pdserve.rpc.registration import RegistrationOptions
 from pdserve.rpc.server import ServerOptions
 
 
@@ -20,12 +22,14 @@ class WorkerDefaults:
     port: int
     kv_port: int
     metrics_port: int
+    kv_events_port: int
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     engine: EngineConfig
     server: ServerOptions
+    registration: RegistrationOptions
     log_level: str
 
 
@@ -33,7 +37,25 @@ def worker_parser(defaults: WorkerDefaults) -> argparse.ArgumentParser:
     # No abbreviations: flags we do not know go to vLLM, and must never match a prefix of ours.
     p = argparse.ArgumentParser(prog=defaults.prog, allow_abbrev=False, description=defaults.description)
     add_server_flags(p, defaults.port, defaults.metrics_port)
-    add_engine_flags(p, defaults.kv_port)
+    add_engine_flags(p, defaults.kv_port, defaults.kv_events_port)
+    g = p.add_argument_group("registry")
+    g.add_argument(
+        "--state-url",
+        default=os.environ.get("PDSERVE_STATE_URL", ""),
+        help="register in this shared store (redis://host:port) and feed it the engine's KV events; "
+        "empty: the router has a static worker list [PDSERVE_STATE_URL]",
+    )
+    g.add_argument(
+        "--advertise",
+        default=os.environ.get("PDSERVE_ADVERTISE", ""),
+        help="host:port routers dial (default --host:--port; required when --host is 0.0.0.0) [PDSERVE_ADVERTISE]",
+    )
+    g.add_argument(
+        "--heartbeat-ttl",
+        type=float,
+        default=float(os.environ.get("PDSERVE_HEARTBEAT_TTL_S", "10")),
+        help="seconds a registration lives without a heartbeat [PDSERVE_HEARTBEAT_TTL_S]",
+    )
     return p
 
 
@@ -51,5 +73,12 @@ def worker_config(defaults: WorkerDefaults, argv: list[str] | None = None) -> Wo
             metrics_port=args.metrics_port,
             service_name=defaults.service_name,
         ),
+        registration=_registration(args),
         log_level=args.log_level,
     )
+
+
+def _registration(args: argparse.Namespace) -> RegistrationOptions:
+    if args.state_url and not args.advertise and args.host in ("0.0.0.0", "::", ""):
+        raise ValueError("advertise: set --advertise host:port when listening on all interfaces")
+    return RegistrationOptions(state_url=args.state_url, advertise=args.advertise, ttl_s=args.heartbeat_ttl)

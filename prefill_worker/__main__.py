@@ -21,7 +21,7 @@ async def serve(cfg: WorkerConfig) -> int:
     admission = Admission()
     metrics = WorkerMetrics("prefill", cfg.engine.served_model_name)
     servicer = PrefillServicer(engine, admission, metrics.error)
-    return await run_worker(engine, admission, register(servicer), cfg.server, metrics)
+    return await run_worker(engine, admission, register(servicer), cfg.server, metrics, cfg.registration)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ DEFAULTS = WorkerDefaults(
     port=50051,
     kv_port=5600,
     metrics_port=9100,
+    kv_events_port=5557,  # vLLM's default; replay on 5558
 )
 
 

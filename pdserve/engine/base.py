@@ -94,6 +94,9 @@ class EngineInfo:
     kv_capacity_tokens: int
     max_model_len: int
     engine: str
+    kv_events: str = ""  # ZMQ endpoint of the engine's KV event publisher ("" = not published)
+    kv_replay: str = ""  # its replay endpoint
+    model_path: str = ""  # where the worker loaded the model (a router on the same host reads the tokenizer)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class EngineConfig:
     kv_connector: str = "nixl"  # "none": a plain engine (colocated baseline, decode-only)
     kv_host: str = "127.0.0.1"  # NIXL side channel host the peer connects to
     kv_port: int = 5600  # NIXL side channel port, one per engine
+    kv_events_port: int = 0  # KV event publisher (ZMQ PUB); replay on the next port; 0 = off
     engine_args: dict[str, Any] = field(default_factory=dict)  # passed to vLLM unchanged
 
     def __post_init__(self) -> None:
@@ -38,13 +39,22 @@ class EngineConfig:
             raise ValueError(f"kv_connector must be one of {sorted(KV_CONNECTORS)}")
         if not 0 < self.kv_port < 65536:
             raise ValueError("kv_port must be a TCP port")
+        if not 0 <= self.kv_events_port < 65535:
+            raise ValueError("kv_events_port must be a TCP port (0 = off)")
+
+    @property
+    def kv_events_endpoints(self) -> tuple[str, str]:
+        """(events, replay) endpoints as peers reach them; ("", "") when off."""
+        if not self.kv_events_port:
+            return "", ""
+        return f"tcp://{self.kv_host}:{self.kv_events_port}", f"tcp://{self.kv_host}:{self.kv_events_port + 1}"
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int) -> None:
+def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int, default_events_port: int) -> None:
     """Engine flags of both worker CLIs; each falls back to a PDSERVE_* variable."""
     g = parser.add_argument_group("engine")
     g.add_argument(
@@ -101,6 +111,13 @@ def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int) -> N
         help="NIXL side-channel port [PDSERVE_KV_PORT]",
     )
     g.add_argument(
+        "--kv-events-port",
+        type=int,
+        default=int(_env("PDSERVE_KV_EVENTS_PORT", str(default_events_port))),
+        help="publish KV cache events (vLLM's ZMQ format) on this port, replay on the next; 0 = off "
+        "[PDSERVE_KV_EVENTS_PORT]",
+    )
+    g.add_argument(
         "--engine-arg",
         action="append",
         default=[],
@@ -154,5 +171,6 @@ def engine_config_from_args(args: argparse.Namespace, model_dir: Path, rest: lis
         kv_connector=args.kv_connector,
         kv_host=args.kv_host,
         kv_port=args.kv_port,
+        kv_events_port=args.kv_events_port,
         engine_args={**passthrough_engine_args(rest or []), **dict(parse_engine_arg(a) for a in args.engine_arg)},
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import vllm
 from vllm import SamplingParams
-from vllm.config import KVTransferConfig
+from vllm.config import KVEventsConfig, KVTransferConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
@@ -60,7 +60,8 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
         enforce_eager=cfg.enforce_eager,
         enable_prefix_caching=True,
         disable_log_stats=True,  # our stat logger is the only consumer
-        kv_transfer_config=None if kv_role is None else KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role),
+        kv_transfer_config=None if kv_role is None else _kv_transfer_config(kv_role),
+        kv_events_config=_kv_events_config(cfg),
     )
     kwargs.update(cfg.engine_args)
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
@@ -71,6 +72,18 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
     if dropped:
         log.warning("vLLM %s lacks %s; using its defaults", VLLM_VERSION, dropped)
     return AsyncEngineArgs(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def _kv_events_config(cfg: EngineConfig) -> KVEventsConfig | None:
+    if not cfg.kv_events_port:
+        return None
+    # "*" makes vLLM bind (instead of connect); peers use cfg.kv_events_endpoints.
+    return KVEventsConfig(
+        enable_kv_cache_events=True,
+        publisher="zmq",
+        endpoint=f"tcp://*:{cfg.kv_events_port}",
+        replay_endpoint=f"tcp://*:{cfg.kv_events_port + 1}",
+    )
 
 
 def _kv_transfer_config(kv_role: KvRole) -> KVTransferConfig:

@@ -104,6 +104,9 @@ class _VllmRuntime:
             kv_capacity_tokens=compat.num_kv_blocks(self.llm) * self.config.block_size,
             max_model_len=self.config.max_model_len,
             engine="vllm",
+            kv_events=self.config.kv_events_endpoints[0],
+            kv_replay=self.config.kv_events_endpoints[1],
+            model_path=self.config.model,
         )
 
     async def load(self) -> EngineLoad:

@@ -90,6 +90,9 @@ def info_to_pb(info: EngineInfo) -> pb.WorkerInfo:
         kv_capacity_tokens=info.kv_capacity_tokens,
         max_model_len=info.max_model_len,
         engine=info.engine,
+        kv_events=info.kv_events,
+        kv_replay=info.kv_replay,
+        model_path=info.model_path,
     )
 
 
@@ -102,6 +105,9 @@ def info_from_pb(msg: pb.WorkerInfo) -> EngineInfo:
         kv_capacity_tokens=msg.kv_capacity_tokens,
         max_model_len=msg.max_model_len,
         engine=msg.engine,
+        kv_events=msg.kv_events,
+        kv_replay=msg.kv_replay,
+        model_path=msg.model_path,
     )
 
 

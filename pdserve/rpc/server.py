@@ -23,6 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pdserve.engine.base import DecodeEngine, EngineDeadError, PrefillEngine
 from pdserve.rpc.errors import DrainingError
 from pdserve.rpc.metrics import WorkerMetrics
+from pdserve.rpc.registration import Registration, RegistrationOptions
+from pdserve.types import WorkerId
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ async def run_worker(
     register: Callable[[grpc.aio.Server], None],
     options: ServerOptions,
     metrics: WorkerMetrics | None = None,
+    registration: RegistrationOptions | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (exit code 0) or engine death (exit code 1)."""
     serve_metrics = metrics is not None and options.metrics_port > 0
@@ -95,6 +98,11 @@ async def run_worker(
     background = [asyncio.create_task(_watch_engine(engine, stop := asyncio.Event()))]
     if metrics is not None and serve_metrics:
         background.append(asyncio.create_task(metrics.poll(engine)))
+    registered: Registration | None = None
+    if registration is not None and registration.state_url:
+        advertise = registration.advertise or f"{options.host}:{port}"
+        registered = Registration.create(registration, WorkerId(advertise), engine.info())
+        background.append(asyncio.create_task(registered.run()))
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,6 +113,9 @@ async def run_worker(
         task.cancel()
 
     await _set_health(health_servicer, options.service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if registered is not None:  # routers stop placing here before we stop accepting
+        await registered.deregister()
+        await registered.close()
     if dead:
         log.error("engine died; exiting so the supervisor restarts this worker")
     else:

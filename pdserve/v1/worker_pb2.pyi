@@ -89,7 +89,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "block_size", "vllm_version", "kv_capacity_tokens", "max_model_len", "engine")
+    __slots__ = ("role", "model", "block_size", "vllm_version", "kv_capacity_tokens", "max_model_len", "engine", "kv_events", "kv_replay", "model_path")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,9 @@ class WorkerInfo(_message.Message):
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    KV_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    KV_REPLAY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     block_size: int
@@ -104,7 +107,10 @@ class WorkerInfo(_message.Message):
     kv_capacity_tokens: int
     max_model_len: int
     engine: str
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., vllm_version: _Optional[str] = ..., kv_capacity_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., engine: _Optional[str] = ...) -> None: ...
+    kv_events: str
+    kv_replay: str
+    model_path: str
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., vllm_version: _Optional[str] = ..., kv_capacity_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., engine: _Optional[str] = ..., kv_events: _Optional[str] = ..., kv_replay: _Optional[str] = ..., model_path: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ()

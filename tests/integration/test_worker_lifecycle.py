@@ -36,7 +36,7 @@ class Worker:
     log: Path
 
 
-def start_decode_worker(model: Path, log: Path) -> Worker:
+def start_decode_worker(model: Path, log: Path, *extra: str) -> Worker:
     port = free_port()
     cmd = [
         sys.executable,
@@ -56,6 +56,9 @@ def start_decode_worker(model: Path, log: Path) -> Worker:
         "60",
         "--metrics-port",
         str(free_port()),
+        "--kv-events-port",
+        str(free_port()),
+        *extra,
     ]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=engine_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True

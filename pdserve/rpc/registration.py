@@ -1,0 +1,103 @@
+"""A worker's presence in the shared registry, and its KV events in the block index.
+
+Runs only when the worker is given a state store (``--state-url``); with static
+worker lists the router finds workers itself. ``Registration.run`` registers,
+heart-beats every ``ttl_s / 3`` (registering again if the entry expired, e.g.
+while Redis was down) and follows the engine's KV events into the index.
+``deregister`` is the first step of a graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+
+from pdserve.engine.base import EngineInfo
+from pdserve.kv.events import EventSubscriber
+from pdserve.kv.feed import IndexFeed, follow
+from pdserve.kv.hashing import SCHEME
+from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, make_store
+from pdserve.types import WorkerId
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    state_url: str = ""  # "" = not registered (the router has a static list)
+    advertise: str = ""  # host:port the router dials; default: --host:--port
+    ttl_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.ttl_s <= 0:
+            raise ValueError("heartbeat_ttl_s must be > 0")
+
+
+class Registration:
+    def __init__(self, store: StateStore, record: WorkerRecord, ttl_s: float) -> None:
+        self._store = store
+        self.record = record
+        self._ttl_s = ttl_s
+        self._up: bool | None = None
+        self._feed: IndexFeed | None = None
+
+    @classmethod
+    def create(cls, options: RegistrationOptions, worker_id: WorkerId, info: EngineInfo) -> Registration:
+        record = WorkerRecord(
+            worker_id=worker_id,
+            role=info.role,
+            model=info.model,
+            block_size=info.block_size,
+            hash_scheme=SCHEME,
+            capacity_tokens=info.kv_capacity_tokens,
+            instance_id=uuid.uuid4().hex,
+            kv_events=info.kv_events,
+            kv_replay=info.kv_replay,
+        )
+        return cls(make_store(options.state_url), record, options.ttl_s)
+
+    async def run(self) -> None:
+        """Heartbeat and follow KV events until cancelled."""
+        tasks = [asyncio.create_task(self._heartbeat())]
+        if self.record.kv_events:
+            self._feed = IndexFeed(self._store, self.record.model, self.record.worker_id, self.record.block_size)
+            subscriber = EventSubscriber(self.record.kv_events, self.record.kv_replay)
+            tasks.append(asyncio.create_task(follow(subscriber, self._feed)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        registered = False
+        while True:
+            try:
+                if not registered or not await self._store.heartbeat(self.record.worker_id, self._ttl_s):
+                    await self._store.register(self.record, self._ttl_s)
+                    log.info("registered as %s (%s, %s)", self.record.worker_id, self.record.role, self.record.model)
+                    if registered and self._feed is not None:  # the store lost us (e.g. Redis restarted empty)
+                        self._feed.dirty = True
+                        await self._feed.resync()
+                registered = True
+                self._set_up(True)
+            except StoreUnavailable as exc:
+                self._set_up(False, str(exc))
+            await asyncio.sleep(self._ttl_s / 3)
+
+    def _set_up(self, up: bool, why: str = "") -> None:
+        if up != self._up:
+            (log.info if up else log.warning)("state store %s%s", "reachable" if up else "unreachable: ", why)
+        self._up = up
+
+    async def deregister(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.deregister(self.record.worker_id)
+            log.info("deregistered %s", self.record.worker_id)
+
+    async def close(self) -> None:
+        await self._store.close()
