@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
@@ -12,39 +11,48 @@ import uvicorn
 from fastapi import FastAPI
 
 from pdserve.config import setup_logging
-from pdserve.types import WorkerId
+from pdserve.state import StateStore, make_store
+from pdserve.state.fallback import FallbackStore
 from router import config
 from router.api.app import create_app
-from router.clients import DecodeClient, PrefillClient
+from router.fleet import Fleet, FleetOptions, TokenizerSource
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
-from router.placement import make_picker
-from router.pool import ModelPool, check_agree, wait_for_info
+from router.placement import make_policy
+from router.placement.decider import ThresholdDecider
+from router.placement.placer import Placer
 from router.service import RouterService
-from router.tokenizer import load_tokenizer
 
 log = logging.getLogger("router")
 
 
-async def build_service(cfg: config.RouterConfig) -> RouterService:
-    """Connect to the configured workers, learn their model and limits, build the pool."""
-    prefill = {WorkerId(a): PrefillClient(a) for a in cfg.prefill}
-    decode = {WorkerId(a): DecodeClient(a) for a in cfg.decode}
-    clients: list[PrefillClient | DecodeClient] = [*prefill.values(), *decode.values()]
-    infos = await asyncio.gather(*(wait_for_info(c, cfg.startup_timeout_s) for c in clients))
-    info = check_agree(list(infos))
-    pool = ModelPool(
-        name=info.model,
-        tokenizer=load_tokenizer(cfg.model_dir),
-        max_model_len=min(i.max_model_len for i in infos),
-        block_size=info.block_size,
-        prefill=prefill,
-        decode=decode,
-    )
-    log.info("model %s: %d prefill, %d decode worker(s)", pool.name, len(prefill), len(decode))
+def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[StateStore, bool]:
+    """(store, whether this router follows the workers' KV events itself)."""
+    store = make_store(cfg.state_url)
+    if cfg.state_url.startswith("memory"):
+        return store, True
+    return FallbackStore(store, on_change=metrics.store_available), False
+
+
+async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet, StateStore]:
+    """Connect to the configured and registered workers; build pools, placement, service."""
     metrics = RouterMetrics(cfg.policy)
-    orchestrator = Orchestrator(make_picker(cfg.policy), make_picker(cfg.policy), cfg.timeouts, metrics)
-    return RouterService({pool.name: pool}, orchestrator, metrics)
+    store, follow_events = build_store(cfg, metrics)
+    fleet = Fleet(
+        store,
+        TokenizerSource(cfg.tokenizers, cfg.model_dir),
+        FleetOptions(follow_events=follow_events),
+        on_change=metrics.fleet_changed,
+    )
+    await fleet.add_static(list(cfg.prefill), list(cfg.decode), cfg.startup_timeout_s)
+    await fleet.refresh()
+    fleet.start()
+    for pool in fleet.pools.values():
+        log.info("model %s: %d prefill, %d decode worker(s)", pool.name, len(pool.prefill), len(pool.decode))
+    decider = ThresholdDecider(cfg.disagg_min_tokens, cfg.prefill_saturated_waiting)
+    placer = Placer(make_policy(cfg.policy, cfg.weights), decider, store, cfg.predict_ttl_s)
+    orchestrator = Orchestrator(placer, cfg.timeouts, metrics)
+    return RouterService(fleet.pools, orchestrator, metrics), fleet, store
 
 
 def make_app(cfg: config.RouterConfig) -> FastAPI:
@@ -52,13 +60,14 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder["service"] = await build_service(cfg)
-        log.info("router ready on http://%s:%d/v1", cfg.host, cfg.port)
+        service, fleet, store = await build_service(cfg)
+        holder["service"] = service
+        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, cfg.state_url)
         try:
             yield
         finally:
-            for pool in holder["service"].pools.values():
-                await pool.close()
+            await fleet.close()
+            await store.close()
 
     return create_app(lambda: holder["service"], lifespan)
 

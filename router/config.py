@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pdserve.config import resolve_model
 from router.orchestrator import Timeouts
 from router.placement import POLICIES
+from router.placement.scorers import parse_weights
 
 
 @dataclass(frozen=True)
@@ -17,15 +18,21 @@ class RouterConfig:
     port: int
     prefill: tuple[str, ...]
     decode: tuple[str, ...]
-    model_dir: str  # for the tokenizer and chat template; must be the workers' model
-    policy: str = "least-loaded"
+    model_dir: str  # fallback tokenizer dir (a model whose workers report no readable directory)
+    policy: str = "prefix-aware"
+    weights: dict[str, float] = field(default_factory=dict)  # prefill scorer weights; {} = the policy's
+    state_url: str = "memory://"  # memory:// (embedded) or redis://host:port (shared by router replicas)
+    tokenizers: dict[str, str] = field(default_factory=dict)  # served model name → tokenizer dir
+    disagg_min_tokens: int = 0  # uncached prompt tokens below which the decode worker prefills locally
+    prefill_saturated_waiting: int = 8  # a prefill worker with this many queued requests is saturated
+    predict_ttl_s: float = 10.0  # lifetime of the index entries written at placement time
     startup_timeout_s: float = 300.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if not self.decode:
-            raise ValueError("decode: at least one decode worker address is required")
+        if not self.decode and self.state_url.startswith("memory"):
+            raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {sorted(POLICIES)}")
         for addr in (*self.prefill, *self.decode):
@@ -68,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--policy",
-        default=env("PDSERVE_POLICY", "least-loaded"),
+        default=env("PDSERVE_POLICY", "prefix-aware"),
         choices=sorted(POLICIES),
         help="placement policy [PDSERVE_POLICY]",
     )
@@ -84,6 +91,38 @@ def parser() -> argparse.ArgumentParser:
         default=float(env("PDSERVE_REQUEST_TIMEOUT_S", "600")),
         help="deadline of one request, seconds [PDSERVE_REQUEST_TIMEOUT_S]",
     )
+    p.add_argument(
+        "--weights",
+        default=env("PDSERVE_WEIGHTS", ""),
+        help="prefill scorer weights of prefix-aware, e.g. prefix=2,queue=1,kv=0.25,prefill_tokens=1 [PDSERVE_WEIGHTS]",
+    )
+    p.add_argument(
+        "--state-url",
+        default=env("PDSERVE_STATE_URL", "memory://"),
+        help="worker registry and block index: memory:// (this router only) or redis://host:port (shared by "
+        "router replicas; workers register there) [PDSERVE_STATE_URL]",
+    )
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="MODEL=DIR",
+        help="tokenizer directory of a served model (default: the directory its workers report); repeatable",
+    )
+    p.add_argument(
+        "--disagg-min-tokens",
+        type=int,
+        default=int(env("PDSERVE_DISAGG_MIN_TOKENS", "0")),
+        help="prefill on the decode worker when fewer prompt tokens than this are uncached there "
+        "[PDSERVE_DISAGG_MIN_TOKENS]",
+    )
+    p.add_argument(
+        "--prefill-saturated-waiting",
+        type=int,
+        default=int(env("PDSERVE_PREFILL_SATURATED_WAITING", "8")),
+        help="queued requests at which a prefill worker counts as saturated; all saturated → local prefill "
+        "[PDSERVE_PREFILL_SATURATED_WAITING]",
+    )
     p.add_argument("--log-level", default=env("PDSERVE_LOG_LEVEL", "INFO"), help="[PDSERVE_LOG_LEVEL]")
     return p
 
@@ -98,7 +137,19 @@ def from_args(argv: list[str] | None = None) -> RouterConfig:
         decode=_addresses(args.decode if args.decode is not None else _env_list("PDSERVE_DECODE")),
         model_dir=str(model_dir),
         policy=args.policy,
+        weights=parse_weights(args.weights),
+        state_url=args.state_url,
+        tokenizers=dict(_pair(t) for t in args.tokenizer),
+        disagg_min_tokens=args.disagg_min_tokens,
+        prefill_saturated_waiting=args.prefill_saturated_waiting,
         startup_timeout_s=args.startup_timeout,
         timeouts=Timeouts(prefill_s=min(300.0, args.request_timeout), request_s=args.request_timeout),
         log_level=args.log_level,
     )
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"tokenizer: expected MODEL=DIR, got {item!r}")
+    return name, path

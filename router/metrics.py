@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pdserve.types import WorkerId
 from router.orchestrator import Chunk
+from router.pool import ModelPool
 
 # Buckets in seconds, from vLLM's own histograms of the same quantities.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0)
@@ -53,10 +54,23 @@ class RouterMetrics:
         )
         self.disagg = Counter(
             "pdserve_router_disagg_decisions",
-            "remote = prefill worker, local = decode worker",
-            ["decision"],
+            "remote = prefill worker, local = decode worker prefills; reason = why",
+            ["decision", "reason"],
             registry=r,
         )
+        self.prefix_matched = Counter(
+            "pdserve_router_prefix_matched_tokens",
+            "Prompt tokens the block index placed on a worker that holds them (over prompt_tokens: prefix-hit ratio)",
+            registry=r,
+        )
+        self.placed_prompt_tokens = Counter(
+            "pdserve_router_placed_prompt_tokens", "Prompt tokens of placed requests", registry=r
+        )
+        self.store_up = Gauge(
+            "pdserve_router_state_store_up", "1 while the shared state store (Redis) answers", registry=r
+        )
+        self.store_up.set(1)
+        self.workers = Gauge("pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r)
         self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
         self.rejections = Counter(
             "pdserve_router_rejections", "Requests refused before reaching a worker", ["reason"], registry=r
@@ -65,8 +79,20 @@ class RouterMetrics:
     def placed(self, role: str, worker: WorkerId) -> None:
         self.placements.labels(role, self._policy, worker).inc()
 
-    def disaggregated(self, remote: bool) -> None:
-        self.disagg.labels("remote" if remote else "local").inc()
+    def disaggregated(self, reason: str) -> None:
+        self.disagg.labels("remote" if reason == "remote" else "local", reason).inc()
+
+    def prefix(self, matched_tokens: int, prompt_tokens: int) -> None:
+        self.prefix_matched.inc(matched_tokens)
+        self.placed_prompt_tokens.inc(prompt_tokens)
+
+    def store_available(self, up: bool) -> None:
+        self.store_up.set(1 if up else 0)
+
+    def fleet_changed(self, pools: Mapping[str, ModelPool]) -> None:
+        for pool in pools.values():
+            self.workers.labels(pool.name, "prefill").set(len(pool.prefill))
+            self.workers.labels(pool.name, "decode").set(len(pool.decode))
 
     def dispatched(self, queued_s: float) -> None:
         self.queue_time.observe(queued_s)

@@ -1,7 +1,7 @@
 """The prefill → decode flow for one request, from token ids to text chunks.
 
-1. pick a decode worker, then a prefill worker (none configured → the decode
-   worker prefills locally);
+1. place it (router/placement/placer.py): decode worker, whether to prefill
+   remotely, prefill worker;
 2. Prefill RPC (max_tokens=1, KV kept for the decode side);
 3. Decode RPC with the prefill's kv_transfer_params, streamed;
 4. detokenize incrementally and apply stop strings.
@@ -15,13 +15,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pdserve.engine.base import FinishReason, SamplingSpec, TokenDelta
 from pdserve.types import RequestId, WorkerId
-from router.placement import Picker
+from router.placement.placer import NoWorkersError, Placement, Placer
 from router.pool import ModelPool
 from router.tokenizer import StopMatcher
 
@@ -55,8 +55,7 @@ class Timeouts:
     request_s: float = 600.0
 
 
-class NoWorkersError(Exception):
-    """No decode worker is available for the model."""
+__all__ = ["NoWorkersError", "Orchestrator"]
 
 
 class BrokenStreamError(Exception):
@@ -68,46 +67,42 @@ class Observer(Protocol):
 
     def placed(self, role: str, worker: WorkerId) -> None: ...
 
-    def disaggregated(self, remote: bool) -> None: ...
+    def disaggregated(self, reason: str) -> None: ...
+
+    def prefix(self, matched_tokens: int, prompt_tokens: int) -> None: ...
 
     def dispatched(self, queued_s: float) -> None: ...
 
 
 class Orchestrator:
-    def __init__(
-        self, prefill_picker: Picker, decode_picker: Picker, timeouts: Timeouts, observer: Observer | None = None
-    ) -> None:
-        self._prefill_picker = prefill_picker
-        self._decode_picker = decode_picker
+    def __init__(self, placer: Placer, timeouts: Timeouts, observer: Observer | None = None) -> None:
+        self._placer = placer
         self._timeouts = timeouts
         self._observer = observer
 
     async def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
-        if not pool.decode:
-            raise NoWorkersError(f"no decode worker serves {pool.name!r}")
         request_id = RequestId(f"cmpl-{uuid.uuid4().hex}")
-        decode_id = self._decode_picker.pick(list(pool.decode), pool.inflight)
-        prefill_id = self._prefill_picker.pick(list(pool.prefill), pool.inflight) if pool.prefill else None
-        self._notify(decode_id, prefill_id, gen.arrival)
-        with _counted(pool, decode_id):
+        where = await self._placer.place(pool, gen.prompt_ids)
+        self._notify(where, len(gen.prompt_ids), gen.arrival)
+        uncached = len(gen.prompt_ids) - where.matched_tokens
+        with pool.counted(where.decode, 0 if where.prefill else uncached):
             kv_params, cached = None, 0
-            if prefill_id is not None:
-                with _counted(pool, prefill_id):
-                    result = await pool.prefill[prefill_id].prefill(
+            if where.prefill is not None:
+                with pool.counted(where.prefill, uncached):
+                    result = await pool.prefill[where.prefill].prefill(
                         request_id, gen.prompt_ids, gen.spec, timeout=self._timeouts.prefill_s
                     )
                 kv_params, cached = result.kv_transfer_params, result.cached_tokens
-                log.info(
-                    "%s: %d prompt tokens, prefill on %s (%d cached) -> decode on %s",
-                    request_id,
-                    len(gen.prompt_ids),
-                    prefill_id,
-                    cached,
-                    decode_id,
-                )
-            else:
-                log.info("%s: %d prompt tokens, prefill and decode on %s", request_id, len(gen.prompt_ids), decode_id)
-            deltas = pool.decode[decode_id].decode(
+            log.info(
+                "%s: %d prompt tokens, prefill on %s (%d cached), decode on %s (%s)",
+                request_id,
+                len(gen.prompt_ids),
+                where.prefill or where.decode,
+                cached,
+                where.decode,
+                where.reason,
+            )
+            deltas = pool.decode[where.decode].decode(
                 request_id, gen.prompt_ids, gen.spec, kv_params, timeout=self._timeouts.request_s
             )
             async with contextlib.aclosing(deltas):
@@ -116,13 +111,14 @@ class Orchestrator:
                     if chunk.finish_reason is not None:
                         return  # a stop string ended it: closing `deltas` aborts the decode
 
-    def _notify(self, decode_id: WorkerId, prefill_id: WorkerId | None, arrival: float) -> None:
+    def _notify(self, where: Placement, prompt_tokens: int, arrival: float) -> None:
         if self._observer is None:
             return
-        self._observer.placed("decode", decode_id)
-        if prefill_id is not None:
-            self._observer.placed("prefill", prefill_id)
-        self._observer.disaggregated(prefill_id is not None)
+        self._observer.placed("decode", where.decode)
+        if where.prefill is not None:
+            self._observer.placed("prefill", where.prefill)
+        self._observer.disaggregated(where.reason)
+        self._observer.prefix(where.matched_tokens, prompt_tokens)
         self._observer.dispatched(time.perf_counter() - arrival)
 
 
@@ -151,12 +147,3 @@ async def _to_text(
         if delta.token_ids:
             yield Chunk("".join(text), count, None, cached, delta.token_ids)
     raise BrokenStreamError("the decode stream ended without a finish reason")
-
-
-@contextlib.contextmanager
-def _counted(pool: ModelPool, worker: WorkerId) -> Iterator[None]:
-    pool.inflight[worker] += 1
-    try:
-        yield
-    finally:
-        pool.inflight[worker] -= 1

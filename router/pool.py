@@ -1,17 +1,23 @@
-"""The workers serving one model, discovered from their Info RPC at start-up."""
+"""The workers serving one model, and what the router knows of their load.
+
+Mutated on the event loop only (fleet refresh, load polls, request accounting).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
 
-from pdserve.engine.base import EngineInfo
+from pdserve.engine.base import EngineInfo, EngineLoad
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient, WorkerError
+from router.placement.base import WorkerView
 from router.tokenizer import TokenIdsOnly, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -21,19 +27,49 @@ INFO_WAIT_S = 15.0
 
 @dataclass
 class ModelPool:
-    """One served model: its tokenizer, limits and workers. Mutated on the event loop only."""
+    """One served model: its tokenizer, limits and workers."""
 
     name: str
     tokenizer: Tokenizer | TokenIdsOnly
     max_model_len: int
     block_size: int
+    vllm_version: str = ""
     prefill: dict[WorkerId, PrefillClient] = field(default_factory=dict)
     decode: dict[WorkerId, DecodeClient] = field(default_factory=dict)
     inflight: Counter[WorkerId] = field(default_factory=Counter)
+    prefill_tokens: Counter[WorkerId] = field(default_factory=Counter)  # uncached prompt tokens in flight
+    loads: dict[WorkerId, EngineLoad] = field(default_factory=dict)  # last Load poll
+    down: set[WorkerId] = field(default_factory=set)  # failed their last Load poll
 
-    async def close(self) -> None:
-        for client in [*self.prefill.values(), *self.decode.values()]:
-            await client.close()
+    def live(self, role: str) -> list[WorkerId]:
+        workers = self.prefill if role == "prefill" else self.decode
+        # Every decode worker failing its poll: try them anyway rather than refuse outright.
+        return [w for w in workers if w not in self.down] or (list(workers) if role == "decode" else [])
+
+    def view(self, worker: WorkerId, matched_blocks: int = 0) -> WorkerView:
+        load = self.loads.get(worker, EngineLoad())
+        return WorkerView(
+            worker_id=worker,
+            inflight=self.inflight[worker],
+            running=load.num_running,
+            waiting=load.num_waiting,
+            kv_usage=load.kv_cache_usage,
+            prefill_tokens=self.prefill_tokens[worker],
+            matched_blocks=matched_blocks,
+        )
+
+    @contextmanager
+    def counted(self, worker: WorkerId, prefill_tokens: int = 0) -> Iterator[None]:
+        self.inflight[worker] += 1
+        self.prefill_tokens[worker] += prefill_tokens
+        try:
+            yield
+        finally:
+            self.inflight[worker] -= 1
+            self.prefill_tokens[worker] -= prefill_tokens
+
+    def clients(self) -> list[PrefillClient | DecodeClient]:
+        return [*self.prefill.values(), *self.decode.values()]
 
 
 async def wait_for_info(client: PrefillClient | DecodeClient, deadline_s: float) -> EngineInfo:
@@ -49,11 +85,10 @@ async def wait_for_info(client: PrefillClient | DecodeClient, deadline_s: float)
             log.info("still waiting for worker %s", client.worker)
 
 
-def check_agree(infos: list[EngineInfo]) -> EngineInfo:
-    """Values that must agree across the P/D pair: model, block size, vLLM version."""
-    first = infos[0]
-    for info in infos[1:]:
-        for attr in ("model", "block_size", "vllm_version"):
-            if getattr(info, attr) != getattr(first, attr):
-                raise ValueError(f"workers disagree on {attr}: {getattr(first, attr)!r} vs {getattr(info, attr)!r}")
-    return first
+def check_joins(pool: ModelPool, info: EngineInfo, worker: WorkerId) -> None:
+    """Values that must agree within a model's pool (the P/D pair shares KV layout)."""
+    for attr in ("block_size", "vllm_version"):
+        if getattr(info, attr) != getattr(pool, attr):
+            raise ValueError(
+                f"worker {worker}: {attr} {getattr(info, attr)!r}, pool {pool.name!r} has {getattr(pool, attr)!r}"
+            )

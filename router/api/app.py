@@ -45,6 +45,7 @@ def create_app(get_service: Callable[[], RouterService], lifespan: Lifespan | No
         data = [
             {"id": name, "object": "model", "created": now, "owned_by": "pdserve", "max_model_len": pool.max_model_len}
             for name, pool in get_service().pools.items()
+            if pool.decode  # a model whose workers all left is not served
         ]
         return {"object": "list", "data": data}
 

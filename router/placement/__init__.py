@@ -1,52 +1,55 @@
 """Placement policies, named in one registry and chosen by config.
 
-Contract: ``pick`` is called on the router's event loop, once per request and
-role, with a non-empty candidate list and the router's count of requests in
-flight per worker; it returns one of the candidates and never blocks.
+A policy is one picker per role. ``prefix-aware`` (default) scores prefill
+workers by prefix overlap, queue, KV usage and prefill tokens in flight, and
+decode workers by queue and KV headroom; ``round-robin`` and ``least-loaded``
+ignore the block index (baselines for the benchmarks).
 """
 
 from __future__ import annotations
 
-import itertools
 import random
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from pdserve.types import WorkerId
+from router.placement.base import Picker, Request, WorkerView
+from router.placement.pickers import Guard, LeastLoaded, RoundRobin, Weighted
 
+__all__ = ["POLICIES", "Picker", "Policy", "Request", "WorkerView", "make_policy"]
 
-class Picker(Protocol):
-    def pick(self, candidates: Sequence[WorkerId], inflight: Mapping[WorkerId, int]) -> WorkerId: ...
-
-
-class RoundRobin:
-    def __init__(self) -> None:
-        self._counter = itertools.count()
-
-    def pick(self, candidates: Sequence[WorkerId], inflight: Mapping[WorkerId, int]) -> WorkerId:
-        return candidates[next(self._counter) % len(candidates)]
+PREFILL_WEIGHTS = {"prefix": 2.0, "queue": 1.0, "kv": 0.25, "prefill_tokens": 1.0}
+DECODE_WEIGHTS = {"prefix": 0.5, "queue": 1.0, "kv": 1.0}
 
 
-class LeastLoaded:
-    """Fewest requests in flight from this router; ties broken at random so that
-    replicas of the router do not all pick the same idle worker."""
-
-    def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = rng or random.Random()
-
-    def pick(self, candidates: Sequence[WorkerId], inflight: Mapping[WorkerId, int]) -> WorkerId:
-        low = min(inflight.get(w, 0) for w in candidates)
-        return self._rng.choice([w for w in candidates if inflight.get(w, 0) == low])
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    prefill: Picker
+    decode: Picker
+    uses_index: bool  # look the prompt up in the block index (and write predictions)
 
 
-POLICIES: dict[str, Callable[[], Picker]] = {
-    "round-robin": RoundRobin,
-    "least-loaded": LeastLoaded,
+def _prefix_aware(weights: Mapping[str, float], guard: Guard, rng: random.Random | None) -> Policy:
+    prefill = Weighted(weights or PREFILL_WEIGHTS, guard, rng=rng)
+    decode = Weighted(DECODE_WEIGHTS, guard, rng=rng)
+    return Policy("prefix-aware", prefill, decode, uses_index=prefill.uses_prefix or decode.uses_prefix)
+
+
+POLICIES: dict[str, Callable[[Mapping[str, float], Guard, random.Random | None], Policy]] = {
+    "round-robin": lambda w, g, r: Policy("round-robin", RoundRobin(), RoundRobin(), uses_index=False),
+    "least-loaded": lambda w, g, r: Policy("least-loaded", LeastLoaded(r), LeastLoaded(r), uses_index=False),
+    "prefix-aware": _prefix_aware,
 }
 
 
-def make_picker(name: str) -> Picker:
+def make_policy(
+    name: str,
+    weights: Mapping[str, float] | None = None,
+    guard: Guard | None = None,
+    rng: random.Random | None = None,  # tests pass a seeded one
+) -> Policy:
     try:
-        return POLICIES[name]()
+        factory = POLICIES[name]
     except KeyError:
         raise ValueError(f"policy: unknown placement policy {name!r}; choose one of {sorted(POLICIES)}") from None
+    return factory(weights or {}, guard or Guard(), rng)

@@ -10,11 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta
+from pdserve.state.memory import MemoryStore
 from pdserve.types import WorkerId
 from router.api.app import create_app
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator, Timeouts
-from router.placement import RoundRobin
+from router.placement import make_policy
+from router.placement.decider import ThresholdDecider
+from router.placement.placer import Placer
 from router.pool import ModelPool
 from router.service import RouterService
 from router.tokenizer import Tokenizer
@@ -69,7 +72,8 @@ def make_client(tok: Tokenizer, output_text: str, *, with_decode: bool = True) -
         decode={WorkerId("decode:1"): decode} if with_decode else {},
     )  # type: ignore[dict-item]
     metrics = RouterMetrics("round-robin")
-    service = RouterService({"tiny": pool}, Orchestrator(RoundRobin(), RoundRobin(), Timeouts(), metrics), metrics)
+    placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
+    service = RouterService({"tiny": pool}, Orchestrator(placer, Timeouts(), metrics), metrics)
     return TestClient(create_app(lambda: service)), decode
 
 
@@ -184,7 +188,7 @@ def test_metrics_count_requests_tokens_latencies_and_placements(tiny_tokenizer: 
     assert m[("pdserve_router_time_to_first_token_seconds_count", ())] == 2
     assert m[("pdserve_router_e2e_request_latency_seconds_count", ())] == 2
     assert m[("pdserve_router_inter_token_latency_seconds_count", ())] == 2 * 4  # 6 tokens, 2 per step, first excluded
-    assert m[("pdserve_router_disagg_decisions_total", (("decision", "remote"),))] == 2
+    assert m[("pdserve_router_disagg_decisions_total", (("decision", "remote"), ("reason", "remote")))] == 2
     placed = (("policy", "round-robin"), ("role", "prefill"), ("worker", "prefill:1"))
     assert m[("pdserve_router_placement_decisions_total", placed)] == 2
     assert m[("pdserve_router_inflight_requests", ())] == 0

@@ -1,0 +1,225 @@
+"""The router's view of the fleet: pools per model, kept current.
+
+Sources of workers: the static ``--prefill/--decode`` lists (asked for their
+Info at start-up) and the shared registry (workers that register themselves,
+re-read every ``refresh_s``; one that stops heart-beating leaves when its
+entry expires). Every worker's Load is polled every ``poll_s``; one that fails
+a poll is out of placement until it answers again. With an in-process store
+the router also follows each worker's KV events into its block index (with
+Redis, the workers feed the index themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from pdserve.engine.base import EngineInfo
+from pdserve.kv.events import EventSubscriber
+from pdserve.kv.feed import IndexFeed, follow
+from pdserve.kv.hashing import SCHEME
+from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
+from pdserve.types import WorkerId
+from router.clients import DecodeClient, PrefillClient, WorkerError
+from router.pool import ModelPool, check_joins, wait_for_info
+from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+Client = PrefillClient | DecodeClient
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    refresh_s: float = 1.0
+    poll_s: float = 0.5
+    rpc_timeout_s: float = 2.0
+    follow_events: bool = True  # the router feeds its own (in-process) block index
+    # A registered worker leaves the pool once its entry has been gone this long (a
+    # restarted, empty Redis is refilled by the workers' next heartbeats). It leaves
+    # placement sooner: at its first failed Load poll.
+    missing_grace_s: float = 5.0
+
+
+class TokenizerSource:
+    """Tokenizer per served model: an explicit ``--tokenizer NAME=DIR``, else the
+    directory the worker reports (same host or shared volume), else ``fallback``."""
+
+    def __init__(self, explicit: dict[str, str], fallback: str) -> None:
+        self._explicit = explicit
+        self._fallback = fallback
+        self._cache: dict[str, Tokenizer | TokenIdsOnly] = {}
+
+    def get(self, model: str, model_path: str) -> Tokenizer | TokenIdsOnly:
+        if model not in self._cache:
+            path = self._explicit.get(model) or (
+                model_path if model_path and (Path(model_path) / "config.json").is_file() else self._fallback
+            )
+            self._cache[model] = load_tokenizer(path)
+            log.info("model %s: tokenizer from %s", model, path)
+        return self._cache[model]
+
+
+class Fleet:
+    def __init__(
+        self,
+        store: StateStore,
+        tokenizers: TokenizerSource,
+        options: FleetOptions,
+        on_change: Callable[[dict[str, ModelPool]], None] | None = None,
+    ) -> None:
+        self.pools: dict[str, ModelPool] = {}
+        self._store = store
+        self._tokenizers = tokenizers
+        self._options = options
+        self._on_change = on_change
+        self._where: dict[WorkerId, str] = {}  # worker → model
+        self._static: set[WorkerId] = set()
+        self._instances: dict[WorkerId, str] = {}  # registry instance ids seen
+        self._missing_since: dict[WorkerId, float] = {}
+        self._followers: dict[WorkerId, asyncio.Task[None]] = {}
+        self._retired: list[Client] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def add_static(self, prefill: list[str], decode: list[str], startup_timeout_s: float) -> None:
+        clients: list[Client] = [*(PrefillClient(a) for a in prefill), *(DecodeClient(a) for a in decode)]
+        infos = await asyncio.gather(*(wait_for_info(c, startup_timeout_s) for c in clients))
+        for client, info in zip(clients, infos, strict=True):
+            self._static.add(client.worker)
+            self._add(client, info)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._poll_loop())]
+
+    def _add(self, client: Client, info: EngineInfo) -> None:
+        worker = client.worker
+        if info.role != ("prefill" if isinstance(client, PrefillClient) else "decode"):
+            raise ValueError(f"worker {worker} is a {info.role} worker")
+        pool = self.pools.get(info.model)
+        if pool is None:
+            pool = ModelPool(
+                name=info.model,
+                tokenizer=self._tokenizers.get(info.model, info.model_path),
+                max_model_len=info.max_model_len,
+                block_size=info.block_size,
+                vllm_version=info.vllm_version,
+            )
+            self.pools[info.model] = pool
+        check_joins(pool, info, worker)
+        pool.max_model_len = min(pool.max_model_len, info.max_model_len)
+        if isinstance(client, PrefillClient):
+            pool.prefill[worker] = client
+        else:
+            pool.decode[worker] = client
+        self._where[worker] = info.model
+        if self._options.follow_events and info.kv_events:
+            feed = IndexFeed(self._store, info.model, worker, info.block_size)
+            subscriber = EventSubscriber(info.kv_events, info.kv_replay)
+            self._followers[worker] = asyncio.create_task(follow(subscriber, feed))
+        log.info("%s worker %s joined model %s", info.role, worker, info.model)
+        self._changed()
+
+    def _remove(self, worker: WorkerId) -> None:
+        model = self._where.pop(worker, None)
+        pool = self.pools.get(model or "")
+        if pool is None:
+            return
+        client = pool.prefill.pop(worker, None) or pool.decode.pop(worker, None)
+        if client is not None:
+            self._retired.append(client)  # requests in flight may still use it
+        pool.loads.pop(worker, None)
+        pool.down.discard(worker)
+        follower = self._followers.pop(worker, None)
+        if follower is not None:
+            follower.cancel()
+        log.info("worker %s left model %s", worker, model)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.pools)
+
+    async def refresh(self) -> None:
+        """Join registered workers that are new (or restarted); drop expired ones."""
+        try:
+            records = await self._store.workers()
+        except StoreUnavailable:
+            return  # keep the current view
+        live = {r.worker_id: r for r in records}
+        now = asyncio.get_running_loop().time()
+        for worker in [w for w in self._where if w not in self._static and w not in live]:
+            since = self._missing_since.setdefault(worker, now)
+            if now - since >= self._options.missing_grace_s:
+                self._remove(worker)
+                self._instances.pop(worker, None)
+                self._missing_since.pop(worker, None)
+        for worker in live:
+            self._missing_since.pop(worker, None)
+        for record in records:
+            if self._instances.get(record.worker_id) == record.instance_id or record.worker_id in self._static:
+                continue
+            if record.worker_id in self._where:
+                self._remove(record.worker_id)  # restarted: a new instance
+            await self._join(record)
+
+    async def _join(self, record: WorkerRecord) -> None:
+        if record.hash_scheme != SCHEME:
+            log.error(
+                "worker %s hashes blocks with %s, this router with %s", record.worker_id, record.hash_scheme, SCHEME
+            )
+            return
+        client: Client = PrefillClient(record.worker_id) if record.role == "prefill" else DecodeClient(record.worker_id)
+        try:
+            info = await client.info(timeout=self._options.rpc_timeout_s)
+            self._add(client, info)
+            self._instances[record.worker_id] = record.instance_id
+        except (WorkerError, ValueError) as exc:
+            log.warning("registered worker %s not joined: %s", record.worker_id, exc)
+            await client.close()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._options.refresh_s)
+
+    async def poll(self) -> None:
+        pools = list(self.pools.values())
+        jobs = [(pool, c) for pool in pools for c in pool.clients()]
+        results = await asyncio.gather(
+            *(c.load(timeout=self._options.rpc_timeout_s) for _, c in jobs), return_exceptions=True
+        )
+        for (pool, client), result in zip(jobs, results, strict=True):
+            if isinstance(result, WorkerError) and result.code is not grpc.StatusCode.UNAVAILABLE:
+                continue  # slow (a busy CPU engine answers late), not gone: keep it in placement
+            if isinstance(result, WorkerError):
+                if client.worker not in pool.down:
+                    log.warning("worker %s is out of placement: %s", client.worker, result)
+                pool.down.add(client.worker)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                if client.worker in pool.down:
+                    log.info("worker %s is back", client.worker)
+                pool.down.discard(client.worker)
+                pool.loads[client.worker] = result
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await self.poll()
+            await asyncio.sleep(self._options.poll_s)
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *self._followers.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pool in self.pools.values():
+            for client in pool.clients():
+                await client.close()
+        for client in self._retired:
+            await client.close()

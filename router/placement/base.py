@@ -1,0 +1,47 @@
+"""What placement sees of a worker, and the picker seam.
+
+Contract: ``Picker.pick`` is called on the router's event loop, once per
+request and role, with a non-empty candidate list; it returns one candidate's
+id and never blocks. ``Scorer.score`` returns a score in [0, 1] for EVERY
+candidate (1 is best); scores are combined as a weighted sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pdserve.types import WorkerId
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    worker_id: WorkerId
+    inflight: int = 0  # this router's requests on the worker now
+    running: int = 0  # engine's running requests at the last Load poll (all routers)
+    waiting: int = 0  # engine's queue at the last Load poll
+    kv_usage: float = 0.0  # [0, 1]
+    prefill_tokens: int = 0  # uncached prompt tokens this router has in flight on it
+    matched_blocks: int = 0  # leading blocks of this prompt the worker holds (block index)
+
+    @property
+    def load(self) -> int:
+        """Requests on the worker: our fresh count, or the engine's if other routers add more."""
+        return max(self.inflight, self.running + self.waiting)
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt_tokens: int
+    prompt_blocks: int  # full blocks in the prompt
+
+
+class Picker(Protocol):
+    def pick(self, candidates: Sequence[WorkerView], request: Request) -> WorkerId: ...
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, candidates: Sequence[WorkerView], request: Request) -> Mapping[WorkerId, float]: ...
