@@ -15,6 +15,7 @@ from pdserve.engine.config import EngineConfig
 # name → (prefill class, decode class), as "module:attr" so nothing heavy loads early.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "vllm": ("pdserve.engine.vllm_engine:VllmPrefillEngine", "pdserve.engine.vllm_engine:VllmDecodeEngine"),
+    "sim": ("pdserve.engine.sim.engine:SimPrefillEngine", "pdserve.engine.sim.engine:SimDecodeEngine"),
 }
 
 
