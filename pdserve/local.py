@@ -1,6 +1,7 @@
 """``pdserve up``: a whole P/D cluster on this machine as child processes.
 
-Starts one prefill worker, one decode worker and the router (``--colocated``:
+Starts ``--prefill-workers`` prefill workers (default 1), one decode worker and
+the router (``--colocated``:
 one plain decode engine, no prefill worker — the baseline P/D is measured
 against), waits until the router answers, and on Ctrl-C / SIGTERM stops the
 router first, then the workers, each with SIGTERM so they drain.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import logging
 import os
 import signal
@@ -42,6 +42,16 @@ class UpConfig:
     colocated: bool
     ready_timeout_s: float
     worker_args: tuple[str, ...]
+    prefill_workers: int = 1
+    kv_events_port_base: int = 5557
+    state_url: str = ""  # "" = the router's in-process store, static worker lists
+    router_args: tuple[str, ...] = ()
+
+    def prefill_port_of(self, i: int) -> int:
+        return self.prefill_port + 2 * i  # the decode worker keeps prefill_port + 1
+
+    def prefill_addrs(self) -> list[str]:
+        return [f"127.0.0.1:{self.prefill_port_of(i)}" for i in range(self.prefill_workers)]
 
 
 def add_up_parser(sub: Any) -> None:
@@ -59,14 +69,40 @@ def add_up_parser(sub: Any) -> None:
         default=int(os.environ.get("PDSERVE_ROUTER_PORT", "8000")),
         help="router HTTP port [PDSERVE_ROUTER_PORT]",
     )
-    p.add_argument("--prefill-port", type=int, default=50051, help="prefill worker gRPC port")
+    p.add_argument("--prefill-workers", type=int, default=1, help="number of prefill workers")
+    p.add_argument(
+        "--prefill-port", type=int, default=50051, help="gRPC port of prefill worker 0 (worker i: port + 2i)"
+    )
     p.add_argument("--decode-port", type=int, default=50052, help="decode worker gRPC port")
-    p.add_argument("--kv-port-base", type=int, default=5600, help="NIXL side-channel ports: base and base+1")
+    p.add_argument(
+        "--kv-port-base",
+        type=int,
+        default=5600,
+        help="NIXL side-channel ports: decode base+1, prefill worker i base+2i",
+    )
+    p.add_argument(
+        "--kv-events-port-base",
+        type=int,
+        default=5557,
+        help="KV event ports (each + replay on the next): decode base+2, prefill worker i base+4i",
+    )
+    p.add_argument(
+        "--state-url",
+        default=os.environ.get("PDSERVE_STATE_URL", ""),
+        help="shared store (redis://host:port) for the router and the workers; default: in the router",
+    )
+    p.add_argument(
+        "--router-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra router flag, e.g. --router-arg=--policy=round-robin",
+    )
     p.add_argument(
         "--metrics-port-base",
         type=int,
         default=9100,
-        help="worker /metrics ports: prefill base, decode base+1 (the router's is on --port)",
+        help="worker /metrics ports: decode base+1, prefill worker i base+2i (the router's is on --port)",
     )
     p.add_argument(
         "--colocated",
@@ -98,6 +134,10 @@ def _config(a: argparse.Namespace) -> UpConfig:
         a.colocated,
         a.ready_timeout,
         tuple(a.worker_arg),
+        prefill_workers=0 if a.colocated else a.prefill_workers,
+        kv_events_port_base=a.kv_events_port_base,
+        state_url=a.state_url,
+        router_args=tuple(a.router_arg),
     )
 
 
@@ -130,50 +170,51 @@ def _is_cpu_build() -> bool:
 
 def commands(cfg: UpConfig) -> list[tuple[str, list[str]]]:
     py = [sys.executable, "-m"]
-    model = ["--model", cfg.model, "--served-model-name", cfg.served_model_name]
+    shared = ["--model", cfg.model, "--served-model-name", cfg.served_model_name]
+    if cfg.state_url:
+        shared += ["--state-url", cfg.state_url]
     decode = [
         *py,
         "decode_worker",
-        *model,
+        *shared,
         "--port",
         str(cfg.decode_port),
         "--kv-port",
         str(cfg.kv_port_base + 1),
+        "--kv-events-port",
+        str(cfg.kv_events_port_base + 2),
         "--metrics-port",
         str(cfg.metrics_port_base + 1),
         *cfg.worker_args,
     ]
-    router = [
-        *py,
-        "router",
-        "--model",
-        cfg.model,
-        "--host",
-        cfg.host,
-        "--port",
-        str(cfg.port),
-        "--decode",
-        f"127.0.0.1:{cfg.decode_port}",
-    ]
     if cfg.colocated:
-        return [("decode", [*decode, "--kv-connector", "none"]), ("router", router)]
-    prefill = [
-        *py,
-        "prefill_worker",
-        *model,
-        "--port",
-        str(cfg.prefill_port),
-        "--kv-port",
-        str(cfg.kv_port_base),
-        "--metrics-port",
-        str(cfg.metrics_port_base),
-        *cfg.worker_args,
+        decode += ["--kv-connector", "none"]
+    prefills = [
+        (
+            f"prefill{i}" if i else "prefill",
+            [
+                *py,
+                "prefill_worker",
+                *shared,
+                "--port",
+                str(cfg.prefill_port_of(i)),
+                "--kv-port",
+                str(cfg.kv_port_base + 2 * i),
+                "--kv-events-port",
+                str(cfg.kv_events_port_base + 4 * i),
+                "--metrics-port",
+                str(cfg.metrics_port_base + 2 * i),
+                *cfg.worker_args,
+            ],
+        )
+        for i in range(cfg.prefill_workers)
     ]
-    return [
-        ("prefill", prefill),
-        ("decode", decode),
-        ("router", [*router, "--prefill", f"127.0.0.1:{cfg.prefill_port}"]),
-    ]
+    router = [*py, "router", "--model", cfg.model, "--host", cfg.host, "--port", str(cfg.port)]
+    router += ["--decode", f"127.0.0.1:{cfg.decode_port}"]
+    router += [f"--prefill={a}" for a in cfg.prefill_addrs()]
+    if cfg.state_url:
+        router += ["--state-url", cfg.state_url]
+    return [*prefills, ("decode", decode), ("router", [*router, *cfg.router_args])]
 
 
 def up(cfg: UpConfig) -> int:
@@ -191,8 +232,8 @@ def up(cfg: UpConfig) -> int:
     try:
         if not _wait_ready(url, procs, stop, cfg.ready_timeout_s):
             return 1
-        if not cfg.colocated:
-            _warm_up(url, cfg.served_model_name, f"127.0.0.1:{cfg.decode_port}")
+        for prefill in cfg.prefill_addrs():
+            _warm_up(prefill, f"127.0.0.1:{cfg.decode_port}")
         print(
             f"\npdserve is up: OpenAI API at {url}/v1 (model {cfg.served_model_name!r}). Ctrl-C stops it.\n", flush=True
         )
@@ -231,29 +272,45 @@ def _wait_ready(
     return False
 
 
-def _warm_up(url: str, model: str, decode_addr: str, attempts: int = 3) -> bool:
-    """Send a tiny request through P/D until the decode worker reports a KV transfer.
+def _warm_up(prefill_addr: str, decode_addr: str, attempts: int = 3) -> bool:
+    """Run a tiny request from this prefill worker to the decode worker until the
+    decode side reports a KV transfer (straight over gRPC, so every prefill
+    worker is warmed whatever the router's policy would pick).
 
     NIXL connects a decode engine to a prefill engine on the first request
     between them; doing it here keeps that cost (and, on a busy CPU host, vLLM's
     5 s handshake timeout) away from the first user request.
     """
+    import uuid
+
     import grpc
 
     from pdserve.v1 import worker_pb2 as pb
     from pdserve.v1 import worker_pb2_grpc as pb_grpc
 
-    body = json.dumps({"model": model, "prompt": "warm up", "max_tokens": 1}).encode()
-    with grpc.insecure_channel(decode_addr) as channel:
-        stub = pb_grpc.DecodeWorkerStub(channel)
+    sampling = pb.SamplingParams(max_tokens=1, temperature=0.0, top_p=1.0)
+    with grpc.insecure_channel(prefill_addr) as p_chan, grpc.insecure_channel(decode_addr) as d_chan:
+        prefill, decode = pb_grpc.PrefillWorkerStub(p_chan), pb_grpc.DecodeWorkerStub(d_chan)
+        before = decode.Load(pb.LoadRequest(), timeout=10).kv_transfers
         for _ in range(attempts):
-            req = urllib.request.Request(f"{url}/v1/completions", body, {"Content-Type": "application/json"})
+            rid = f"warmup-{uuid.uuid4().hex}"
+            prompt = [1, 2, 3, 4]
             try:
-                urllib.request.urlopen(req, timeout=120).read()
-                if stub.Load(pb.LoadRequest(), timeout=10).kv_transfers > 0:
-                    log.info("KV transfer path checked: decode pulled the prefill's KV over NIXL")
+                done = prefill.Prefill(
+                    pb.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=sampling), timeout=120
+                )
+                req = pb.DecodeRequest(
+                    request_id=rid,
+                    prompt_token_ids=prompt,
+                    sampling=sampling,
+                    kv_transfer_params_json=done.kv_transfer_params_json,
+                )
+                for _ in decode.Decode(req, timeout=120):
+                    pass
+                if decode.Load(pb.LoadRequest(), timeout=10).kv_transfers > before:
+                    log.info("KV path %s -> %s checked: decode pulled the KV over NIXL", prefill_addr, decode_addr)
                     return True
-            except (OSError, grpc.RpcError) as exc:
+            except grpc.RpcError as exc:
                 log.warning("warm-up request failed: %s", exc)
     log.warning("no KV transfer seen after %d warm-up requests; decode will recompute prompts", attempts)
     return False

@@ -19,26 +19,27 @@ import psutil
 import pytest
 
 from pdserve.local import READY_LINE
+from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    """A free port below Linux's ephemeral range (32768+), where vLLM's own ZMQ
-    sockets take their random ports, so the two never collide."""
+def free_port(span: int = 2) -> int:
+    """A free port, and the ``span - 1`` after it, below Linux's ephemeral range
+    (32768+), where vLLM's own ZMQ sockets take their random ports."""
     while True:
         port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))  # `pdserve up --kv-port-base` takes two ports
-            except OSError:
-                continue
-        return port
+        if all(_bindable(port + i) for i in range(span)):
+            return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +55,24 @@ class Cluster:
 
     url: str
     model: str
-    prefill_addr: str
+    prefill_addrs: tuple[str, ...]
     decode_addr: str
     proc: subprocess.Popen[bytes]
     log: Path
-    worker_metrics: tuple[str, str]  # prefill, decode /metrics URLs
+    worker_metrics: tuple[str, str]  # first prefill worker's, decode worker's /metrics URLs
+
+    @property
+    def prefill_addr(self) -> str:
+        return self.prefill_addrs[0]
 
 
-def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
-    port, pport, dport, kv, mport = free_port(), free_port(), free_port(), free_port(), free_port()
+PREFILL_WORKERS = 2  # the session cluster: placement has a choice to make
+
+
+def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1) -> Cluster:
+    n = prefill_workers
+    port, dport, mport = free_port(), free_port(), free_port(2 * n)
+    pport, kv, events = free_port(2 * n), free_port(2 * n), free_port(4 * n)
     log = tmp / f"{name}.log"
     cmd = [
         sys.executable,
@@ -79,6 +89,10 @@ def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
         str(kv),
         "--metrics-port-base",
         str(mport),
+        "--kv-events-port-base",
+        str(events),
+        "--prefill-workers",
+        str(n),
         *extra,
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -90,7 +104,8 @@ def start_up(tmp: Path, *extra: str, name: str = "up") -> Cluster:
         if READY_LINE in log.read_text(errors="replace"):  # printed after the NIXL warm-up
             models = httpx.get(f"{url}/v1/models", timeout=10).json()
             metrics = (f"http://127.0.0.1:{mport}/metrics", f"http://127.0.0.1:{mport + 1}/metrics")
-            return Cluster(url, models["data"][0]["id"], f"127.0.0.1:{pport}", f"127.0.0.1:{dport}", proc, log, metrics)
+            prefills = tuple(f"127.0.0.1:{pport + 2 * i}" for i in range(n))
+            return Cluster(url, models["data"][0]["id"], prefills, f"127.0.0.1:{dport}", proc, log, metrics)
         time.sleep(1)
     stop_up(proc)
     raise RuntimeError(f"pdserve up was not ready in time; see {log}")
@@ -114,13 +129,20 @@ def stop_up(proc: subprocess.Popen[bytes]) -> int:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory, reference_outputs: dict) -> Iterator[Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, reference_outputs: dict, redis_server: RedisServer
+) -> Iterator[Cluster]:
     """The README's run command (`pdserve up`) on the embedded default model.
 
     Depends on ``reference_outputs`` so the colocated reference engine has finished
     before these engines start (idle vLLM CPU engines spin and slow each other).
     """
-    c = start_up(tmp_path_factory.mktemp("cluster"))
+    c = start_up(
+        tmp_path_factory.mktemp("cluster"),
+        f"--worker-arg=--state-url={redis_server.url}",  # workers also feed Redis (tests/e2e/test_placement.py)
+        "--worker-arg=--heartbeat-ttl=3",
+        prefill_workers=PREFILL_WORKERS,
+    )
     yield c
     stop_up(c.proc)
 
@@ -169,3 +191,11 @@ def reference_outputs(tmp_path_factory: pytest.TempPathFactory, default_model: P
     )
     outputs = json.loads((tmp / "out.json").read_text())["outputs"]
     return {c.name: {"prompt": p, "output": o} for c, p, o in zip(CASES, spec["prompts"], outputs, strict=True)}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests that stop it start their own."""
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

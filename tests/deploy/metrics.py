@@ -27,6 +27,10 @@ ROUTER = ROUTER_HISTOGRAMS | {
     "pdserve_router_disagg_decisions_total",
     "pdserve_router_inflight_requests",
     "pdserve_router_rejections_total",
+    "pdserve_router_prefix_matched_tokens_total",
+    "pdserve_router_placed_prompt_tokens_total",
+    "pdserve_router_state_store_up",
+    "pdserve_router_workers",
 }
 WORKER = frozenset(
     {

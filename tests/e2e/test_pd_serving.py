@@ -185,7 +185,8 @@ async def _load(addr: str, service: str) -> EngineLoad:
 
 
 def _idle(cluster: Cluster) -> bool:
-    loads = [asyncio.run(_load(cluster.prefill_addr, "prefill")), asyncio.run(_load(cluster.decode_addr, "decode"))]
+    loads = [asyncio.run(_load(a, "prefill")) for a in cluster.prefill_addrs]
+    loads.append(asyncio.run(_load(cluster.decode_addr, "decode")))
     return all(x.num_running == 0 and x.num_waiting == 0 and x.num_inflight == 0 for x in loads)
 
 
@@ -247,5 +248,5 @@ def test_metrics_of_router_and_both_workers_parse_and_move(cluster: Cluster) -> 
     assert decode[("pdserve_worker_kv_transfer_bytes_total", labels)] > 0
     assert ("vllm:num_requests_running", (("model_name", cluster.model), ("role", "prefill"))) in prefill
     assert prefill[("vllm:prefix_cache_queries_total", (("model_name", cluster.model), ("role", "prefill")))] > 0
-    assert router[("pdserve_router_disagg_decisions_total", (("decision", "remote"),))] >= 1
+    assert router[("pdserve_router_disagg_decisions_total", (("decision", "remote"), ("reason", "remote")))] >= 1
     assert router[("pdserve_router_time_to_first_token_seconds_count", ())] >= 1
