@@ -53,7 +53,9 @@ class Placer:
             matched = await self._match(pool.name, hashes)
         request = Request(len(prompt), len(hashes))
         decode_views = [pool.view(w, matched.get(w, 0)) for w in decode_ids]
-        decode = self.policy.decode.pick(decode_views, request)
+        # Without prefill workers every decode worker prefills its own prompts: choose
+        # it the way a prefill worker is chosen (prefix overlap first).
+        decode = (self.policy.decode if prefill_ids else self.policy.prefill).pick(decode_views, request)
         uncached = len(prompt) - matched.get(decode, 0) * pool.block_size
         prefill_views = [pool.view(w, matched.get(w, 0)) for w in prefill_ids]
         decision = self._decider.decide(uncached, prefill_views)

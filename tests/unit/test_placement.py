@@ -123,6 +123,21 @@ async def test_placer_follows_the_index_and_writes_predictions() -> None:
     assert await store.match("m", block_hashes("m", prompt, 16)) == {WorkerId("p1:1"): 6, WorkerId("d0:1"): 6}
 
 
+async def test_without_prefill_workers_the_decode_worker_is_chosen_by_prefix() -> None:
+    """Colocated pools (decode workers prefill their own prompts) weigh the prefix
+    like a prefill choice: the decode weights alone (prefix 0.5 vs queue 1 + kv 1)
+    would trade a cached 6-block prefix for one fewer request in flight."""
+    store = MemoryStore()
+    pool = make_pool(0, n_decode=2)
+    prompt = list(range(100))
+    await store.add_blocks("m", WorkerId("d1:1"), block_hashes("m", prompt, 16))
+    pool.inflight[WorkerId("d1:1")] = 1  # busier, but within the imbalance guard
+    placer = Placer(make_policy("prefix-aware", rng=random.Random(0)), ThresholdDecider(), store)
+    where = await placer.place(pool, prompt)
+    assert (where.decode, where.prefill, where.reason) == ("d1:1", None, "no_prefill_workers")
+    assert where.matched_tokens == 96
+
+
 async def test_placer_skips_down_workers_and_fails_without_decode() -> None:
     pool = make_pool(2)
     pool.down.add(WorkerId("p0:1"))
