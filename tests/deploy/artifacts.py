@@ -13,7 +13,7 @@ from tests.deploy import kustomize
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "sim")
 WORKER_ROLES = ("prefill", "decode")
 
 

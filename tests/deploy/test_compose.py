@@ -16,6 +16,7 @@ from tests.deploy.artifacts import DEPLOY, WORKER_ROLES, load_compose
 PROFILES = {
     "gpu": {"prefill": "prefill", "decode": "decode"},
     "cpu": {"prefill": "prefill-cpu", "decode": "decode-cpu"},
+    "sim": {"prefill": "prefill-sim", "decode": "decode-sim"},
 }
 PDSERVE_IMAGES = ("router", "worker-gpu", "worker-cpu")
 
@@ -51,16 +52,20 @@ def test_each_profile_is_a_whole_topology(profile: str) -> None:
     for role, name in PROFILES[profile].items():
         worker = services[name]
         env = worker["environment"]
-        assert worker["command"] == [role]  # the worker images' entrypoint is `pdserve`
+        assert worker["command"][0] == role  # the worker images' entrypoint is `pdserve`
         assert role in hostnames(name, worker)
-        assert router_env[f"PDSERVE_{role.upper()}"] == f"{role}:{env['PDSERVE_PORT']}"
+        # routers find workers through the registry, at the address each one advertises
+        assert env["PDSERVE_ADVERTISE"] == f"{role}:{env['PDSERVE_PORT']}"
+        assert env["PDSERVE_STATE_URL"] == router_env["PDSERVE_STATE_URL"]
+        assert (profile == "sim") == (env.get("PDSERVE_ENGINE") == "sim")
         assert env["PDSERVE_KV_HOST"] in hostnames(name, worker), "peers reach the NIXL side channel there"
         assert worker["volumes"] == services["router"]["volumes"], "router and workers read one model directory"
         assert float(worker["stop_grace_period"].rstrip("s")) > float(env["PDSERVE_GRACE_S"])
         for dep in worker.get("depends_on", {}):
             assert dep in services or worker["depends_on"][dep].get("required") is False, dep
     assert {"redis", "prometheus", "grafana"} <= names
-    assert services["router"]["environment"]["PDSERVE_REDIS_URL"].startswith("redis://redis:")
+    assert router_env["PDSERVE_STATE_URL"].startswith("redis://redis:")
+    assert "PDSERVE_PREFILL" not in router_env and "PDSERVE_DECODE" not in router_env  # no static list
 
 
 def test_gpu_workers_are_pinned_to_different_gpus() -> None:

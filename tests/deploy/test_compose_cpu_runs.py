@@ -1,8 +1,9 @@
 """The compose `cpu` profile run as plain processes (no container engine here): each service
 is its image's ENTRYPOINT + the service's command, with the image's ENV and the service's
 environment. Only what a container network provides is mapped: service names → 127.0.0.1,
-published ports → free local ports, the model volume → the cached default model, and UCX on
-loopback. Real vLLM CPU engines, real NIXL."""
+published ports → free local ports, the model volume → the cached default model, the redis
+service → a redis-server of the test's own, and UCX on loopback. Real vLLM CPU engines, real
+NIXL; the router finds the workers through their registration in Redis, as in compose."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.conftest import free_port
 from tests.deploy.artifacts import REPO, load_compose
 from tests.deploy.test_docker import command, python_argv, stages
 from tests.factories import metric_samples
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.engine
 
@@ -31,7 +33,8 @@ SERVICES = {
     "router": ("router", None),
 }
 HOSTS = ("prefill", "decode", "redis", "router")
-PORT_VARS = ("PDSERVE_PORT", "PDSERVE_KV_PORT", "PDSERVE_METRICS_PORT")
+PORT_VARS = ("PDSERVE_PORT", "PDSERVE_KV_PORT", "PDSERVE_METRICS_PORT", "PDSERVE_KV_EVENTS_PORT")
+ADDRESS_VARS = ("PDSERVE_ADVERTISE", "PDSERVE_KV_HOST")
 
 
 def image_env(target: str) -> dict[str, str]:
@@ -43,6 +46,8 @@ def image_env(target: str) -> dict[str, str]:
 
 
 def localize(value: str, ports: dict[str, str]) -> str:
+    if value.startswith("redis://redis:"):  # the state store URL
+        return value.replace("redis://redis:6379", f"redis://127.0.0.1:{ports['6379']}")
     host, sep, port = value.rpartition(":")
     if sep and host in HOSTS and port in ports:
         return f"127.0.0.1:{ports[port]}"
@@ -54,9 +59,7 @@ def service_env(service: dict, target: str, ports: dict[str, str], model: Path) 
     env.update(image_env(target))
     env.update(
         {
-            k: localize(str(v), ports)
-            if k in (*PORT_VARS, "PDSERVE_PREFILL", "PDSERVE_DECODE", "PDSERVE_KV_HOST")
-            else str(v)
+            k: localize(str(v), ports) if k in (*PORT_VARS, *ADDRESS_VARS, "PDSERVE_STATE_URL") else str(v)
             for k, v in service.get("environment", {}).items()
         }
     )
@@ -73,7 +76,8 @@ def service_env(service: dict, target: str, ports: dict[str, str], model: Path) 
 @pytest.fixture
 def cpu_profile(tmp_path: Path, default_model: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     compose = load_compose()["services"]
-    ports = {str(p): str(free_port()) for p in (50051, 50052, 5600, 5601, 9100, 9101, 8000)}
+    ports = {str(p): str(free_port()) for p in (50051, 50052, 5600, 5601, 9100, 9101, 8000, 5557, 5567, 6379)}
+    redis_server = RedisServer(int(ports["6379"]), tmp_path / "redis").start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, (target, role) in SERVICES.items():
@@ -96,6 +100,7 @@ def cpu_profile(tmp_path: Path, default_model: Path) -> Iterator[dict[str, subpr
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        redis_server.stop()
 
 
 def _stream_chat(url: str) -> tuple[str, dict]:
@@ -118,6 +123,13 @@ def _stream_chat(url: str) -> tuple[str, dict]:
     return text, usage
 
 
+def _joined(url: str) -> bool:
+    """Both workers registered in Redis and joined the router's pool."""
+    samples = metric_samples(httpx.get(f"{url}/metrics", timeout=10).text)
+    roles = {dict(labels)["role"] for (name, labels), v in samples.items() if name == "pdserve_router_workers" and v}
+    return roles == {"prefill", "decode"}
+
+
 def _kv_transfers(metrics_url: str) -> float:
     samples = metric_samples(httpx.get(metrics_url, timeout=10).text)
     return sum(v for (name, _), v in samples.items() if name == "pdserve_worker_kv_transfers_total")
@@ -130,8 +142,8 @@ def test_cpu_profile_services_serve_pd_from_the_image_entrypoints(cpu_profile: d
     while True:
         for name in SERVICES:
             assert cpu_profile[name].poll() is None, f"{name} exited"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+        with contextlib.suppress(httpx.HTTPError):  # served once both workers registered
+            if _joined(url):
                 break
         assert time.monotonic() < deadline, "the cpu profile did not come up"
         time.sleep(2)

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tests.deploy.artifacts import DEPLOY, REPO, WORKER_ROLES, load_compose, render
+from tests.deploy.artifacts import DEPLOY, OVERLAYS, REPO, WORKER_ROLES, load_compose, render
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
@@ -122,7 +122,7 @@ def test_compose_and_k8s_run_the_worker_roles_the_entrypoint_knows() -> None:
     for name, service in load_compose()["services"].items():
         if "worker-" in service["image"] and name != "model-init":
             assert service["command"][0] in WORKER_ROLES, name
-    for overlay in ("cpu", "gpu"):
+    for overlay in OVERLAYS:
         for res in render(overlay):
             if res["kind"] == "Deployment" and res["metadata"]["name"] != "pdserve-router":
                 assert res["spec"]["template"]["spec"]["containers"][0]["args"][0] in WORKER_ROLES
@@ -136,14 +136,13 @@ def test_every_pdserve_variable_set_is_one_a_service_reads(
     names = re.compile(r"PDSERVE_[A-Z_]+[A-Z]")
     known = {name for proc in help_of.values() for name in names.findall(proc.stdout)}
     compose = (DEPLOY / "compose" / "compose.yaml").read_text()
-    texts = [DOCKERFILE.read_text(), compose, *(json.dumps(render(o)) for o in ("cpu", "gpu"))]
+    texts = [DOCKERFILE.read_text(), compose, *(json.dumps(render(o)) for o in OVERLAYS)]
     used = {name for text in texts for name in names.findall(text)}
     # Compose's own knobs: ${PDSERVE_...} that no service gets under that name.
     settings = set(re.findall(r"^\s*(PDSERVE_\w+):", compose, re.MULTILINE))
     compose_knobs = set(re.findall(r"\$\{(PDSERVE_\w+)", compose)) - settings
     # PDSERVE_CACHE: where pdserve.model converts the embedded model (the worker-cpu build).
-    # PDSERVE_REDIS_URL: set before the code reads it, for the Redis state store (DESIGN §5).
-    others = {"PDSERVE_CACHE", "PDSERVE_REDIS_URL"}
+    others = {"PDSERVE_CACHE"}
     assert sorted(used - known - compose_knobs - others) == []
 
 

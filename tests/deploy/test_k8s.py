@@ -126,6 +126,11 @@ def test_worker_deployment_has_role_label_probes_placement_and_autoscaler(overla
     env = {e["name"]: e for e in worker["env"]}
     assert env["PDSERVE_PORT"]["value"] == str(GRPC_PORT[role])
     assert env["PDSERVE_KV_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    # each pod registers its own address (the pod IP, expanded by the kubelet) in Redis
+    names = [e["name"] for e in worker["env"]]
+    assert env["PDSERVE_ADVERTISE"]["value"] == f"$(PDSERVE_KV_HOST):{GRPC_PORT[role]}"
+    assert names.index("PDSERVE_KV_HOST") < names.index("PDSERVE_ADVERTISE"), "$(VAR) needs VAR defined first"
+    assert config_data(resources)["PDSERVE_STATE_URL"].startswith("redis://pdserve-redis:")
 
     gpus = worker["resources"]["limits"].get("nvidia.com/gpu")
     if overlay == "gpu":
@@ -198,11 +203,12 @@ def test_selectors_and_ports_connect(overlay: str) -> None:
 
     router = find(resources, "Deployment", "pdserve-router")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in router["env"]}
+    assert "PDSERVE_PREFILL" not in env and "PDSERVE_DECODE" not in env, "workers are found through Redis"
+    host, port = config_data(resources)["PDSERVE_STATE_URL"].removeprefix("redis://").split("/")[0].split(":")
+    assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}  # the Redis Service
     for role in WORKER_ROLES:
-        host, port = env[f"PDSERVE_{role.upper()}"].split(":")
-        svc = services[host]
+        svc = services[f"pdserve-{role}"]
         assert svc["spec"]["clusterIP"] == "None", "headless: the name resolves to the worker pods"
-        assert int(port) in {p["port"] for p in svc["spec"]["ports"]}
         assert svc["spec"]["selector"]["app.kubernetes.io/component"] == role
 
 
