@@ -86,7 +86,9 @@ class Orchestrator:
         self._notify(where, len(gen.prompt_ids), gen.arrival)
         uncached = len(gen.prompt_ids) - where.matched_tokens
         with pool.counted(where.decode, 0 if where.prefill else uncached):
-            kv_params, cached = None, 0
+            # cached_tokens: what the prefilling engine found in its prefix cache — the prefill
+            # worker's count, or (local prefill) the decode worker's own, from its stream.
+            kv_params, cached = None, None
             if where.prefill is not None:
                 with pool.counted(where.prefill, uncached):
                     result = await pool.prefill[where.prefill].prefill(
@@ -94,11 +96,11 @@ class Orchestrator:
                     )
                 kv_params, cached = result.kv_transfer_params, result.cached_tokens
             log.info(
-                "%s: %d prompt tokens, prefill on %s (%d cached), decode on %s (%s)",
+                "%s: %d prompt tokens, prefill on %s (%s cached), decode on %s (%s)",
                 request_id,
                 len(gen.prompt_ids),
                 where.prefill or where.decode,
-                cached,
+                "?" if cached is None else cached,
                 where.decode,
                 where.reason,
             )
@@ -123,13 +125,14 @@ class Orchestrator:
 
 
 async def _to_text(
-    pool: ModelPool, gen: Generation, deltas: AsyncIterator[TokenDelta], cached: int
+    pool: ModelPool, gen: Generation, deltas: AsyncIterator[TokenDelta], prefill_cached: int | None
 ) -> AsyncIterator[Chunk]:
     """One chunk per engine step (as vLLM streams), cut short by a stop string."""
     decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
     stops = StopMatcher(gen.stops)
     count = 0
     async for delta in deltas:
+        cached = delta.cached_tokens if prefill_cached is None else prefill_cached
         if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
             raise BrokenStreamError(f"the decode worker ended the request ({delta.finish_reason.value})")
         text: list[str] = []

@@ -48,7 +48,8 @@ class ScriptedDecode:
             for i in range(0, len(out), 2):
                 done = i + 2 >= len(out)
                 reason = (FinishReason.LENGTH if len(out) == spec.max_tokens else FinishReason.STOP) if done else None
-                yield TokenDelta(tuple(out[i : i + 2]), min(i + 2, len(out)), reason)
+                # the decode engine's own prefix-cache count (what a local prefill found)
+                yield TokenDelta(tuple(out[i : i + 2]), min(i + 2, len(out)), reason, cached_tokens=32)
         except GeneratorExit:
             self.closed_early = True
             raise
@@ -61,14 +62,16 @@ class ScriptedPrefill:
         return PrefillResult(prompt[0], 128, {"remote_block_ids": [[1]], "remote_request_id": request_id})
 
 
-def make_client(tok: Tokenizer, output_text: str, *, with_decode: bool = True) -> tuple[TestClient, ScriptedDecode]:
+def make_client(
+    tok: Tokenizer, output_text: str, *, with_decode: bool = True, with_prefill: bool = True
+) -> tuple[TestClient, ScriptedDecode]:
     decode = ScriptedDecode(tok.encode(output_text)[0:] if output_text else [])
     pool = ModelPool(
         "tiny",
         tok,
         max_model_len=256,
         block_size=32,
-        prefill={WorkerId("prefill:1"): ScriptedPrefill()},  # type: ignore[dict-item]
+        prefill={WorkerId("prefill:1"): ScriptedPrefill()} if with_prefill else {},  # type: ignore[dict-item]
         decode={WorkerId("decode:1"): decode} if with_decode else {},
     )  # type: ignore[dict-item]
     metrics = RouterMetrics("round-robin")
@@ -87,6 +90,14 @@ def test_completion_runs_prefill_then_decode_with_its_kv_params(tiny_tokenizer: 
     assert decode.calls[0]["kv"]["remote_block_ids"] == [[1]]
     assert decode.calls[0]["prompt"] == tiny_tokenizer.encode("Hi")
     assert tiny_tokenizer.eos_token_ids[0] in decode.calls[0]["spec"].stop_token_ids
+
+
+def test_local_prefill_reports_the_decode_workers_cached_tokens(tiny_tokenizer: Tokenizer) -> None:
+    client, decode = make_client(tiny_tokenizer, "Hello world", with_prefill=False)
+    resp = client.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 50})
+    assert resp.status_code == 200, resp.text
+    assert decode.calls[0]["kv"] is None  # prefilled on the decode worker itself
+    assert resp.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 32
 
 
 def test_stop_string_ends_stream_and_closes_decode(tiny_tokenizer: Tokenizer) -> None:
