@@ -8,12 +8,18 @@ and each keeps its own ``--help``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from pdserve.config import setup_logging
 
-SERVICES = {"router": "router", "prefill": "prefill_worker", "decode": "decode_worker"}
+SERVICES = {
+    "router": "router",
+    "prefill": "prefill_worker",
+    "decode": "decode_worker",
+    "sim-http": "pdserve.engine.sim.http",  # OpenAI HTTP over one sim engine, for peer routers
+}
 
 
 def _exec_service(name: str, argv: list[str]) -> int:
@@ -29,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pdserve", description="Disaggregated prefill/decode serving on vLLM.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
-        sub.add_parser(name, help=f"run the {name} service (see `pdserve {name} --help`)", add_help=False)
-    from pdserve.bench import load, pd_vs_colocated
+        sub.add_parser(name, help=f"run {name} (see `pdserve {name} --help`)", add_help=False)
+    from pdserve.bench import compare, load, pd_vs_colocated, run
     from pdserve.local import add_up_parser
 
     add_up_parser(sub)
@@ -38,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     pd_vs_colocated.add_parser(bench_sub)
     load.add_parser(bench_sub)
+    run.add_parser(bench_sub)
+    compare.add_parser(bench_sub)
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("PDSERVE_LOG_LEVEL", "INFO"))
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per bench request drowns everything else
     return int(args.run(args))
 
 

@@ -18,7 +18,9 @@ class Timing:
     e2e_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
     completion_tokens: int = 0
+    cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens, when the server reports it
     error: str = ""
+    start_s: float = 0.0  # send time, from the start of the run
 
 
 def random_prompt(rng: random.Random, n_tokens: int, vocab: int, low: int = 100) -> list[int]:
@@ -27,8 +29,16 @@ def random_prompt(rng: random.Random, n_tokens: int, vocab: int, low: int = 100)
 
 
 async def timed_completion(
-    client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int
+    client: httpx.AsyncClient, url: str, model: str, prompt: list[int] | str, max_tokens: int
 ) -> Timing:
+    """Stream one completion (greedy, ``ignore_eos``); HTTP and stream errors land in ``error``."""
+    try:
+        return await _timed(client, url, model, prompt, max_tokens)
+    except httpx.HTTPError as exc:
+        return Timing(prompt_tokens=0, error=f"{type(exc).__name__}: {exc}")
+
+
+async def _timed(client: httpx.AsyncClient, url: str, model: str, prompt: list[int] | str, max_tokens: int) -> Timing:
     body = {
         "model": model,
         "prompt": prompt,
@@ -38,7 +48,7 @@ async def timed_completion(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    timing = Timing(prompt_tokens=len(prompt))
+    timing = Timing(prompt_tokens=len(prompt) if isinstance(prompt, list) else 0)
     start = last = time.perf_counter()
     async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
         if resp.status_code != 200:
@@ -58,7 +68,10 @@ async def timed_completion(
                     timing.itl_s.append(now - last)
                 last = now
             if event.get("usage"):
-                timing.completion_tokens = event["usage"]["completion_tokens"]
+                usage = event["usage"]
+                timing.completion_tokens = usage["completion_tokens"]
+                timing.prompt_tokens = usage.get("prompt_tokens") or timing.prompt_tokens
+                timing.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     timing.e2e_s = time.perf_counter() - start
     return timing
 

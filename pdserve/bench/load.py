@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from pdserve.bench.client import Timing, percentile, random_prompt, timed_completion
+from pdserve.bench.client import Timing, random_prompt, timed_completion
+from pdserve.bench.report import Slo, summarize
 
 
 def add_parser(sub: Any) -> None:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     }
     for rate in [float(r) for r in args.rates.split(",")]:
         timings, wall = asyncio.run(_sweep_point(args, model, rate))
-        summary = summarize(timings, wall, args.slo_ttft, args.slo_tpot)
+        summary = summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
         print(json.dumps({"rate": rate, **summary}), flush=True)
         summary["per_request"] = [  # raw, so goodput can be recomputed under any SLO
             {"prompt": t.prompt_tokens, "out": t.completion_tokens, "ttft": t.ttft_s, "e2e": t.e2e_s, "err": t.error}
@@ -86,29 +87,3 @@ async def _sweep_point(args: argparse.Namespace, model: str, rate: float) -> tup
             await asyncio.sleep(rng.expovariate(rate))
         timings = await asyncio.gather(*tasks)
         return list(timings), time.perf_counter() - start
-
-
-def tpot(t: Timing) -> float:
-    return (t.e2e_s - t.ttft_s) / max(1, t.completion_tokens - 1)
-
-
-def summarize(timings: list[Timing], wall_s: float, slo_ttft: float, slo_tpot: float) -> dict[str, Any]:
-    ok = [t for t in timings if not t.error]
-    good = [t for t in ok if t.ttft_s <= slo_ttft and tpot(t) <= slo_tpot]
-    itl = [x for t in ok for x in t.itl_s]
-    return {
-        "requests": len(timings),
-        "errors": len(timings) - len(ok),
-        "wall_s": wall_s,
-        "ttft_p50_s": percentile([t.ttft_s for t in ok], 50),
-        "ttft_p90_s": percentile([t.ttft_s for t in ok], 90),
-        "ttft_p99_s": percentile([t.ttft_s for t in ok], 99),
-        "tpot_p50_s": percentile([tpot(t) for t in ok], 50),
-        "tpot_p90_s": percentile([tpot(t) for t in ok], 90),
-        "itl_p50_s": percentile(itl, 50),
-        "itl_p99_s": percentile(itl, 99),
-        "e2e_p50_s": percentile([t.e2e_s for t in ok], 50),
-        "output_tok_s": sum(t.completion_tokens for t in ok) / wall_s,
-        "goodput_req_s": len(good) / wall_s,
-        "slo_attainment": len(good) / max(1, len(timings)),
-    }

@@ -1,0 +1,331 @@
+"""``pdserve bench compare``: side-by-side runs over simulated fleets, one command each.
+
+- ``placement``: one shared-prefix workload over 8 simulated workers behind each
+  router: pdserve (``round-robin``, ``least-loaded``, ``prefix-aware``),
+  sglang-router (``cache_aware``), vllm-router (``cache_aware``, and ``kv_aware`` fed
+  by the workers' KV events). A fresh fleet per contender (no cache carried over),
+  the same prompts and arrival times for all.
+- ``overhead``: zero-latency sim workers; sequential requests measure the latency
+  each router adds over calling a worker directly, then a closed loop measures
+  the request rate each sustains.
+- ``disagg``: pdserve only; P/D (2 prefill + 2 decode workers) versus colocated
+  (4 workers that prefill themselves) on a long-prompt workload, swept over rates:
+  goodput under a TTFT + TPOT SLO.
+
+pdserve drives sim workers over gRPC (``pdserve decode --engine sim``); the peer
+routers drive ``pdserve sim-http`` processes (the same sim engine and profile
+behind an OpenAI HTTP server). The peers come from PyPI, installed once into
+``$PDSERVE_CACHE/peers`` (``--peers-venv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdserve.bench import workloads
+from pdserve.bench.client import Timing
+from pdserve.bench.procs import Procs, free_ports, python
+from pdserve.bench.report import Slo, plot, raw, summarize, write_json
+from pdserve.bench.run import drive
+from pdserve.bench.workloads import Item
+from pdserve.config import resolve_model
+
+PEERS = ("sglang-router==0.3.2", "vllm-router==0.1.17")
+MODEL = "sim"
+BLOCK = 128
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The simulated workers every contender gets."""
+
+    workers: int
+    engine_args: dict[str, str]  # sim profile and overrides
+    max_model_len: int = 8192
+
+    def args(self) -> list[str]:
+        out = ["--served-model-name", MODEL, "--block-size", str(BLOCK), "--max-model-len", str(self.max_model_len)]
+        for key, value in self.engine_args.items():
+            out += ["--engine-arg", f"{key}={value}"]
+        return out
+
+
+# A contender starts its router (and fleet) under ``procs`` and returns the URL clients use.
+Contender = Callable[[Procs, Fleet], str]
+
+
+def _sim_worker(procs: Procs, fleet: Fleet, role: str, name: str, colocated: bool) -> str:
+    port, events = free_ports(1)[0], free_ports(1, span=2)[0]
+    module = "prefill_worker" if role == "prefill" else "decode_worker"
+    argv = python(module, "--engine", "sim", "--port", str(port), "--metrics-port", "0")
+    argv += ["--kv-events-port", str(events), "--log-level", "WARNING", *fleet.args()]
+    if colocated:
+        argv += ["--kv-connector", "none"]
+    procs.start(name, argv)
+    return f"127.0.0.1:{port}"
+
+
+def pdserve(policy: str, prefill: int = 0) -> Contender:
+    """pdserve's router over gRPC sim workers: ``prefill`` P workers + the rest decode
+    (0 = every worker colocated: it prefills its own prompts)."""
+
+    def start(procs: Procs, fleet: Fleet) -> str:
+        pre = [_sim_worker(procs, fleet, "prefill", f"prefill{i}", False) for i in range(prefill)]
+        dec = [_sim_worker(procs, fleet, "decode", f"decode{i}", not pre) for i in range(fleet.workers - prefill)]
+        port = free_ports(1)[0]
+        argv = python("router", "--port", str(port), "--policy", policy, "--decode", ",".join(dec))
+        argv += [f"--prefill={a}" for a in pre] + ["--log-level", "WARNING", "--model", str(_model_dir())]
+        procs.start("router", argv)
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_http(f"{url}/v1/models", ready=lambda r: bool(r.json()["data"]))
+        return url
+
+    return start
+
+
+def _facades(procs: Procs, fleet: Fleet) -> list[tuple[str, int]]:
+    """``fleet.workers`` sim-http servers: (URL, KV events port)."""
+    out = []
+    for i in range(fleet.workers):
+        port, events = free_ports(1)[0], free_ports(1, span=2)[0]
+        argv = python("pdserve.engine.sim.http", "--port", str(port), "--kv-events-port", str(events), *fleet.args())
+        procs.start(f"sim{i}", argv)
+        out.append((f"http://127.0.0.1:{port}", events))
+    for url, _ in out:
+        procs.wait_http(f"{url}/health")
+    return out
+
+
+def sglang(policy: str) -> Contender:
+    def start(procs: Procs, fleet: Fleet) -> str:
+        urls = [u for u, _ in _facades(procs, fleet)]
+        port, prom = free_ports(2)
+        argv = [str(peer_bin() / "python"), "-m", "sglang_router.launch_router", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--policy", policy, "--prometheus-port", str(prom), "--worker-urls", *urls]
+        procs.start("sglang-router", argv)
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_http(f"{url}/readiness")  # its /health is 200 before workers are registered
+        return url
+
+    return start
+
+
+def vllm_router(policy: str) -> Contender:
+    def start(procs: Procs, fleet: Fleet) -> str:
+        workers = _facades(procs, fleet)
+        port, prom = free_ports(2)
+        argv = [str(peer_bin() / "vllm-router"), "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
+        argv += ["--prometheus-port", str(prom), "--worker-startup-check-interval", "1"]
+        argv += ["--worker-urls", *(u for u, _ in workers)]
+        if policy == "kv_aware":  # vLLM's ZMQ KV events, one publisher per worker
+            for u, events in workers:
+                argv += ["--kv-event-source", f"{u}=tcp://127.0.0.1:{events}"]
+            argv += ["--kv-event-block-size", str(BLOCK), "--kv-event-model", MODEL]
+        procs.start("vllm-router", argv)
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_http(f"{url}/v1/models", timeout_s=120)
+        return url
+
+    return start
+
+
+def _model_dir() -> Path:
+    return resolve_model(os.environ.get("PDSERVE_MODEL", ""), "")[0]
+
+
+def peer_bin(venv: Path | None = None) -> Path:
+    """The peers' venv (created and filled from PyPI on first use); its bin/ directory."""
+    cache = Path(os.environ.get("PDSERVE_CACHE", Path.home() / ".cache" / "pdserve"))
+    venv = venv or cache / "peers"
+    stamp = venv / ".pdserve-peers"
+    if not stamp.is_file() or stamp.read_text() != " ".join(PEERS):
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *PEERS], check=True)
+        stamp.write_text(" ".join(PEERS))
+    return venv / "bin"
+
+
+@dataclass(frozen=True)
+class Load:
+    items: Sequence[Item]
+    rate: float = 0.0  # 0: closed loop at ``concurrency``
+    concurrency: int = 1
+
+
+def run_one(name: str, contender: Contender, fleet: Fleet, load: Load, out: Path) -> tuple[list[Timing], float]:
+    with Procs(out / "logs" / name) as procs:
+        url = contender(procs, fleet)
+        drive_ = drive(url, MODEL, load.items, load.rate, load.concurrency, seed=1, progress=sys.stderr.isatty())
+        return asyncio.run(drive_)
+
+
+def _machine() -> str:
+    return f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
+
+
+def _table(rows: dict[str, dict[str, Any]], cols: Sequence[tuple[str, str, float]]) -> str:
+    """Markdown: one row per run; ``cols`` = (header, summary key, scale)."""
+    head = "| run | " + " | ".join(h for h, _, _ in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for name, s in rows.items():
+        cells = [f"{s[k] * scale:.3g}" if isinstance(s[k], float) else str(s[k]) for _, k, scale in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+LATENCY_COLS = (
+    ("TTFT p50 ms", "ttft_p50_s", 1000.0),
+    ("TTFT p90 ms", "ttft_p90_s", 1000.0),
+    ("TTFT p99 ms", "ttft_p99_s", 1000.0),
+    ("ITL p50 ms", "itl_p50_s", 1000.0),
+    ("ITL p99 ms", "itl_p99_s", 1000.0),
+    ("e2e p50 ms", "e2e_p50_s", 1000.0),
+    ("e2e p99 ms", "e2e_p99_s", 1000.0),
+    ("out tok/s", "output_tok_s", 1.0),
+    ("goodput req/s", "goodput_req_s", 1.0),
+    ("cached %", "cached_ratio", 100.0),
+    ("errors", "errors", 1.0),
+)
+
+
+def _finish(out: Path, kind: str, args: argparse.Namespace, runs: dict[str, list[Timing]], summaries: dict) -> None:
+    table = _table(summaries, LATENCY_COLS)
+    meta = {"kind": kind, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "command": sys.argv}
+    data = {**meta, "args": vars(args), "summaries": summaries, "requests": {n: raw(t) for n, t in runs.items()}}
+    write_json(out / f"{kind}.json", data)
+    plot(out / f"{kind}.png", runs, summaries, f"pdserve bench compare {kind}")
+    (out / f"{kind}.md").write_text(table + "\n")
+    print(f"\n{meta['machine']}, {meta['date']}\n\n{table}\n")
+
+
+def placement(args: argparse.Namespace) -> int:
+    profile = {"profile": args.profile, "kv_capacity_tokens": str(args.kv_tokens), "slow_factor": str(args.slow)}
+    fleet = Fleet(args.workers, profile)
+    items = workloads.shared_prefix(
+        random.Random(args.seed),
+        args.groups,
+        args.per_group,
+        args.prefix_tokens,
+        args.question_tokens,
+        args.output_tokens,
+    )
+    contenders: dict[str, Contender] = {
+        "pdserve round-robin": pdserve("round-robin"),
+        "pdserve least-loaded": pdserve("least-loaded"),
+        "pdserve prefix-aware": pdserve("prefix-aware"),
+        "sglang-router cache_aware": sglang("cache_aware"),
+        "vllm-router cache_aware": vllm_router("cache_aware"),
+        "vllm-router kv_aware": vllm_router("kv_aware"),
+    }
+    chosen = {n: c for n, c in contenders.items() if not args.only or any(o in n for o in args.only.split(","))}
+    runs, summaries = {}, {}
+    for name, contender in chosen.items():
+        timings, wall = run_one(name.replace(" ", "_"), contender, fleet, Load(items, rate=args.rate), args.out)
+        runs[name], summaries[name] = timings, summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
+        print(json.dumps({"run": name, **{k: summaries[name][k] for k in ("ttft_p50_s", "cached_ratio", "errors")}}))
+    _finish(args.out, "placement", args, runs, summaries)
+    return 0
+
+
+def overhead(args: argparse.Namespace) -> int:
+    fleet = Fleet(args.workers, {"profile": "zero"})
+    rng = random.Random(args.seed)
+    items = workloads.random_lengths(rng, args.requests, (48, 64), (args.output_tokens, args.output_tokens))
+    direct: Contender = lambda procs, f: _facades(procs, Fleet(1, f.engine_args))[0][0]  # noqa: E731
+    contenders: dict[str, Contender] = {
+        "direct (no router)": direct,
+        "pdserve prefix-aware": pdserve("prefix-aware"),
+        "sglang-router cache_aware": sglang("cache_aware"),
+        "vllm-router cache_aware": vllm_router("cache_aware"),
+    }
+    runs, summaries = {}, {}
+    for name, contender in contenders.items():
+        closed = Load(items * 3, concurrency=args.concurrency)
+        for mode, load in (("seq", Load(items, concurrency=1)), (f"c{args.concurrency}", closed)):
+            key = f"{name} [{mode}]"
+            timings, wall = run_one(key.replace(" ", "_"), contender, fleet, load, args.out)
+            runs[key], summaries[key] = timings, summarize(timings, wall, Slo(1.0, 0.05))
+    base = summaries["direct (no router) [seq]"]
+    for s in summaries.values():
+        s["added_e2e_p50_ms"] = (s["e2e_p50_s"] - base["e2e_p50_s"]) * 1000
+        s["added_e2e_p99_ms"] = (s["e2e_p99_s"] - base["e2e_p99_s"]) * 1000
+    _finish(args.out, "overhead", args, runs, summaries)
+    cols = (
+        ("added e2e p50 ms", "added_e2e_p50_ms", 1.0),
+        ("added e2e p99 ms", "added_e2e_p99_ms", 1.0),
+        ("req/s", "req_s", 1.0),
+        ("errors", "errors", 1.0),
+    )
+    print(_table(summaries, cols))
+    (args.out / "overhead-added.md").write_text(_table(summaries, cols) + "\n")
+    return 0
+
+
+def disagg(args: argparse.Namespace) -> int:
+    fleet = Fleet(args.workers, {"profile": args.profile, "slow_factor": str(args.slow)}, max_model_len=16384)
+    contenders = {"P/D 2+2": pdserve("prefix-aware", prefill=args.workers // 2), "colocated": pdserve("prefix-aware")}
+    runs, summaries = {}, {}
+    for rate in [float(r) for r in args.rates.split(",")]:
+        rng = random.Random(f"{args.seed}-{rate}")
+        items = workloads.random_lengths(rng, args.requests, args.prompt_tokens, (args.output_tokens,) * 2)
+        for name, contender in contenders.items():
+            key = f"{name} @ {rate:g} req/s"
+            log_name = key.replace(" ", "_").replace("/", "")
+            timings, wall = run_one(log_name, contender, fleet, Load(items, rate=rate), args.out)
+            runs[key], summaries[key] = timings, summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
+    _finish(args.out, "disagg", args, runs, summaries)
+    return 0
+
+
+def _pair(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    return int(lo), int(hi or lo)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("compare", help="side-by-side runs over simulated fleets (placement, overhead, disagg)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, default=Path("bench-out/compare"), help="results directory")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--output-tokens", type=int, default=16)
+    common.add_argument("--slo-ttft", type=float, default=0.5, help="TTFT SLO, seconds")
+    common.add_argument("--slo-tpot", type=float, default=0.05, help="TPOT SLO, seconds")
+    common.add_argument("--profile", default="llama-3.1-8b-h200", help="sim profile")
+    common.add_argument("--slow", type=float, default=1.0, help="sim slow_factor: stretch modelled time")
+
+    p1 = kinds.add_parser("placement", parents=[common], help="our policies vs sglang-router and vllm-router")
+    p1.add_argument("--workers", type=int, default=8)
+    p1.add_argument("--kv-tokens", type=int, default=16384, help="KV capacity of each simulated worker, tokens")
+    p1.add_argument("--groups", type=int, default=32)
+    p1.add_argument("--per-group", type=int, default=8)
+    p1.add_argument("--prefix-tokens", type=int, default=1024)
+    p1.add_argument("--question-tokens", type=int, default=24)
+    p1.add_argument("--rate", type=float, default=20.0, help="Poisson arrivals, req/s")
+    p1.add_argument("--only", default="", help="comma-separated substrings of run names to keep")
+    p1.set_defaults(run=placement)
+
+    p2 = kinds.add_parser("overhead", parents=[common], help="latency added and req/s sustained, zero-latency fleet")
+    p2.add_argument("--workers", type=int, default=2)
+    p2.add_argument("--requests", type=int, default=200)
+    p2.add_argument("--concurrency", type=int, default=32)
+    p2.set_defaults(run=overhead, output_tokens=8)
+
+    p3 = kinds.add_parser("disagg", parents=[common], help="P/D vs colocated goodput, same number of workers")
+    p3.add_argument("--workers", type=int, default=4)
+    p3.add_argument("--requests", type=int, default=60)
+    p3.add_argument("--prompt-tokens", type=_pair, default=(3000, 6000))
+    p3.add_argument("--rates", default="2,4,6")
+    p3.set_defaults(run=disagg, output_tokens=64)

@@ -1,0 +1,92 @@
+"""Benchmark workloads and summaries: structure and arithmetic, no network."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from pdserve.bench import workloads
+from pdserve.bench.client import Timing
+from pdserve.bench.report import Slo, summarize, tpot
+from pdserve.bench.run import arrivals
+
+
+def test_shared_prefix_groups_share_exactly_their_system_prompt() -> None:
+    items = workloads.shared_prefix(
+        random.Random(3), groups=4, per_group=5, prefix_tokens=200, question_tokens=10, max_tokens=7
+    )
+    assert len(items) == 20 and {i.max_tokens for i in items} == {7}
+    by_group: dict[str, list[str]] = {}
+    for item in items:
+        by_group.setdefault(item.group, []).append(item.prompt)
+    assert sorted(len(v) for v in by_group.values()) == [5] * 4
+    systems = {g: {p.split("\n")[0] for p in prompts} for g, prompts in by_group.items()}
+    assert all(len(s) == 1 for s in systems.values())  # one system prompt per group
+    assert len({next(iter(s)) for s in systems.values()}) == 4  # and a different one per group
+    assert all(len(next(iter(s)).split()) >= 200 for s in systems.values())
+    assert [i.group for i in items] != sorted(i.group for i in items)  # interleaved, not in blocks
+    again = workloads.shared_prefix(random.Random(3), 4, 5, 200, 10, 7)
+    assert again == items  # the same seed is the same workload for every contender
+
+
+def test_multi_turn_each_turn_extends_the_previous_prompt() -> None:
+    items = workloads.multi_turn(
+        random.Random(1), conversations=3, turns=4, turn_tokens=20, answer_tokens=15, max_tokens=5
+    )
+    assert len(items) == 12
+    for conv in {i.group for i in items}:
+        prompts = [i.prompt for i in items if i.group == conv]
+        assert len(prompts) == 4
+        assert all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(prompts))
+
+
+def test_trace_maps_equal_hash_ids_to_equal_text_and_scales(tmp_path: Path) -> None:
+    rows = [
+        {"timestamp": 1000, "input_length": 1024, "output_length": 100, "hash_ids": [7, 8]},
+        {"timestamp": 1500, "input_length": 1000, "output_length": 40, "hash_ids": [7, 9]},
+        {"timestamp": 3000, "input_length": 512, "output_length": 10, "hash_ids": [5]},
+    ]
+    path = tmp_path / "trace.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    items = workloads.trace(path, limit=10, scale=16, time_scale=2.0, max_output=5)
+    assert [i.at_s for i in items] == [0.0, 0.25, 1.0]  # relative, replayed twice as fast
+    first, second, third = (i.prompt.split() for i in items)
+    assert len(first) == 64 and len(second) == 62 and len(third) == 32  # input_length / 16
+    assert first[:32] == second[:32] and first[32:] != second[32:62]  # shared block 7, then 8 vs 9
+    assert first[:32] != third
+    assert [i.max_tokens for i in items] == [5, 2, 1]  # output / 16, capped, at least 1
+
+
+def test_arrivals_are_poisson_at_the_rate_or_the_trace_times() -> None:
+    items = workloads.random_lengths(random.Random(0), 2000, (5, 5), (1, 1))
+    times = arrivals(items, rate=50.0, rng=random.Random(0))
+    assert times[0] == 0.0 and times == sorted(times)
+    assert 2000 / times[-1] == pytest.approx(50.0, rel=0.1)
+    timed = [workloads.Item("x", 1, at_s=t) for t in (0.0, 0.5, 2.0)]
+    assert arrivals(timed, rate=1.0, rng=random.Random(0)) == [0.0, 0.5, 2.0]
+
+
+def timing(ttft: float, e2e: float, out: int, error: str = "", cached: int = 0) -> Timing:
+    return Timing(prompt_tokens=100, ttft_s=ttft, e2e_s=e2e, completion_tokens=out, error=error, cached_tokens=cached)
+
+
+def test_summary_counts_goodput_against_both_slos_and_errors() -> None:
+    timings = [
+        timing(0.1, 1.1, 11, cached=50),  # tpot 0.1: misses a 0.05 TPOT SLO
+        timing(0.1, 0.6, 11, cached=50),  # tpot 0.05: meets both
+        timing(2.0, 2.2, 11),  # TTFT too slow
+        timing(0.1, 0.3, 5),  # tpot 0.05: meets both
+        timing(0.0, 0.0, 0, error="HTTP 503"),
+    ]
+    assert tpot(timings[1]) == pytest.approx(0.05)
+    s = summarize(timings, wall_s=2.0, slo=Slo(ttft_s=0.5, tpot_s=0.05))
+    assert (s["requests"], s["errors"], s["error_kinds"]) == (5, 1, ["HTTP 503"])
+    assert s["goodput_req_s"] == pytest.approx(1.0)  # 2 good requests in 2 s
+    assert s["slo_attainment"] == pytest.approx(0.4)
+    assert s["output_tok_s"] == pytest.approx(38 / 2.0)
+    assert s["ttft_p50_s"] == pytest.approx(0.1) and s["ttft_p99_s"] > 1.9
+    assert s["cached_ratio"] == pytest.approx(100 / 400)
