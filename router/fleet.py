@@ -133,6 +133,7 @@ class Fleet:
         if client is not None:
             self._retired.append(client)  # requests in flight may still use it
         pool.loads.pop(worker, None)
+        pool.polled_inflight.pop(worker, None)
         pool.down.discard(worker)
         follower = self._followers.pop(worker, None)
         if follower is not None:
@@ -207,6 +208,7 @@ class Fleet:
                     log.info("worker %s is back", client.worker)
                 pool.down.discard(client.worker)
                 pool.loads[client.worker] = result
+                pool.polled_inflight[client.worker] = pool.inflight[client.worker]
 
     async def _poll_loop(self) -> None:
         while True:

@@ -39,6 +39,7 @@ class ModelPool:
     inflight: Counter[WorkerId] = field(default_factory=Counter)
     prefill_tokens: Counter[WorkerId] = field(default_factory=Counter)  # uncached prompt tokens in flight
     loads: dict[WorkerId, EngineLoad] = field(default_factory=dict)  # last Load poll
+    polled_inflight: Counter[WorkerId] = field(default_factory=Counter)  # ``inflight`` at that poll
     down: set[WorkerId] = field(default_factory=set)  # failed their last Load poll
 
     def live(self, role: str) -> list[WorkerId]:
@@ -56,6 +57,7 @@ class ModelPool:
             kv_usage=load.kv_cache_usage,
             prefill_tokens=self.prefill_tokens[worker],
             matched_blocks=matched_blocks,
+            polled_inflight=self.polled_inflight[worker],
         )
 
     @contextmanager

@@ -21,6 +21,7 @@ class Timing:
     cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens, when the server reports it
     error: str = ""
     start_s: float = 0.0  # send time, from the start of the run
+    text: str = ""  # the completion's text, streamed pieces joined
 
 
 def random_prompt(rng: random.Random, n_tokens: int, vocab: int, low: int = 100) -> list[int]:
@@ -62,6 +63,7 @@ async def _timed(client: httpx.AsyncClient, url: str, model: str, prompt: list[i
             if event.get("error"):
                 timing.error = event["error"]["message"]
             elif event.get("choices"):
+                timing.text += "".join(c.get("text") or "" for c in event["choices"])
                 if timing.ttft_s == 0.0:
                     timing.ttft_s = now - start
                 else:

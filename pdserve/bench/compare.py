@@ -5,6 +5,8 @@
   sglang-router (``cache_aware``), vllm-router (``cache_aware``, and ``kv_aware`` fed
   by the workers' KV events). A fresh fleet per contender (no cache carried over),
   the same prompts and arrival times for all.
+- ``real`` (pdserve/bench/real.py): pdserve versus vllm-router, both P/D on real
+  vLLM CPU engines with NIXL: identical greedy outputs, TTFT and tok/s.
 - ``overhead``: zero-latency sim workers; sequential requests measure the latency
   each router adds over calling a worker directly, then a closed loop measures
   the request rate each sustains.
@@ -200,7 +202,7 @@ LATENCY_COLS = (
 )
 
 
-def _finish(out: Path, kind: str, args: argparse.Namespace, runs: dict[str, list[Timing]], summaries: dict) -> None:
+def finish(out: Path, kind: str, args: argparse.Namespace, runs: dict[str, list[Timing]], summaries: dict) -> None:
     table = _table(summaries, LATENCY_COLS)
     meta = {"kind": kind, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "command": sys.argv}
     data = {**meta, "args": vars(args), "summaries": summaries, "requests": {n: raw(t) for n, t in runs.items()}}
@@ -235,7 +237,7 @@ def placement(args: argparse.Namespace) -> int:
         timings, wall = run_one(name.replace(" ", "_"), contender, fleet, Load(items, rate=args.rate), args.out)
         runs[name], summaries[name] = timings, summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
         print(json.dumps({"run": name, **{k: summaries[name][k] for k in ("ttft_p50_s", "cached_ratio", "errors")}}))
-    _finish(args.out, "placement", args, runs, summaries)
+    finish(args.out, "placement", args, runs, summaries)
     return 0
 
 
@@ -261,7 +263,7 @@ def overhead(args: argparse.Namespace) -> int:
     for s in summaries.values():
         s["added_e2e_p50_ms"] = (s["e2e_p50_s"] - base["e2e_p50_s"]) * 1000
         s["added_e2e_p99_ms"] = (s["e2e_p99_s"] - base["e2e_p99_s"]) * 1000
-    _finish(args.out, "overhead", args, runs, summaries)
+    finish(args.out, "overhead", args, runs, summaries)
     cols = (
         ("added e2e p50 ms", "added_e2e_p50_ms", 1.0),
         ("added e2e p99 ms", "added_e2e_p99_ms", 1.0),
@@ -285,7 +287,7 @@ def disagg(args: argparse.Namespace) -> int:
             log_name = key.replace(" ", "_").replace("/", "")
             timings, wall = run_one(log_name, contender, fleet, Load(items, rate=rate), args.out)
             runs[key], summaries[key] = timings, summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
-    _finish(args.out, "disagg", args, runs, summaries)
+    finish(args.out, "disagg", args, runs, summaries)
     return 0
 
 
@@ -294,15 +296,20 @@ def _pair(text: str) -> tuple[int, int]:
     return int(lo), int(hi or lo)
 
 
+def output_and_slo(p: argparse.ArgumentParser, output_tokens: int, slo_ttft: float, slo_tpot: float) -> None:
+    # Per comparison, not in the shared parent: argparse parents share their Action
+    # objects, so one subcommand's set_defaults would change every other's default.
+    p.add_argument("--output-tokens", type=int, default=output_tokens, help="output tokens per request")
+    p.add_argument("--slo-ttft", type=float, default=slo_ttft, help="TTFT SLO, seconds")
+    p.add_argument("--slo-tpot", type=float, default=slo_tpot, help="time per output token SLO, seconds")
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("compare", help="side-by-side runs over simulated fleets (placement, overhead, disagg)")
     kinds = p.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, default=Path("bench-out/compare"), help="results directory")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--output-tokens", type=int, default=16)
-    common.add_argument("--slo-ttft", type=float, default=0.5, help="TTFT SLO, seconds")
-    common.add_argument("--slo-tpot", type=float, default=0.05, help="TPOT SLO, seconds")
     common.add_argument("--profile", default="llama-3.1-8b-h200", help="sim profile")
     common.add_argument("--slow", type=float, default=1.0, help="sim slow_factor: stretch modelled time")
 
@@ -315,17 +322,24 @@ def add_parser(sub: Any) -> None:
     p1.add_argument("--question-tokens", type=int, default=24)
     p1.add_argument("--rate", type=float, default=20.0, help="Poisson arrivals, req/s")
     p1.add_argument("--only", default="", help="comma-separated substrings of run names to keep")
+    output_and_slo(p1, output_tokens=16, slo_ttft=0.5, slo_tpot=0.05)
     p1.set_defaults(run=placement)
 
     p2 = kinds.add_parser("overhead", parents=[common], help="latency added and req/s sustained, zero-latency fleet")
     p2.add_argument("--workers", type=int, default=2)
     p2.add_argument("--requests", type=int, default=200)
     p2.add_argument("--concurrency", type=int, default=32)
-    p2.set_defaults(run=overhead, output_tokens=8)
+    output_and_slo(p2, output_tokens=8, slo_ttft=0.5, slo_tpot=0.05)
+    p2.set_defaults(run=overhead)
 
     p3 = kinds.add_parser("disagg", parents=[common], help="P/D vs colocated goodput, same number of workers")
     p3.add_argument("--workers", type=int, default=4)
     p3.add_argument("--requests", type=int, default=60)
     p3.add_argument("--prompt-tokens", type=_pair, default=(3000, 6000))
     p3.add_argument("--rates", default="2,4,6")
-    p3.set_defaults(run=disagg, output_tokens=64)
+    output_and_slo(p3, output_tokens=64, slo_ttft=1.0, slo_tpot=0.025)
+    p3.set_defaults(run=disagg)
+
+    from pdserve.bench import real  # real engines: a module of its own
+
+    real.add_parser(kinds, common, _pair, output_and_slo)

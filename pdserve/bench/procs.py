@@ -52,10 +52,11 @@ class Procs:
         self._env = {**os.environ, **(env or {})}
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(list(argv), env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        full_env = {**self._env, **(env or {})}
+        proc = subprocess.Popen(list(argv), env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._procs.append((name, proc))
         return proc
 

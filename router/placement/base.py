@@ -24,11 +24,14 @@ class WorkerView:
     kv_usage: float = 0.0  # [0, 1]
     prefill_tokens: int = 0  # uncached prompt tokens this router has in flight on it
     matched_blocks: int = 0  # leading blocks of this prompt the worker holds (block index)
+    polled_inflight: int = 0  # ``inflight`` when running/waiting were polled
 
     @property
     def load(self) -> int:
-        """Requests on the worker: our fresh count, or the engine's if other routers add more."""
-        return max(self.inflight, self.running + self.waiting)
+        """Requests on the worker: our fresh count plus what other routers had there at the
+        last poll. (The poll is up to a poll interval old: taking the engine's total as is
+        would keep counting our own requests that have finished since.)"""
+        return self.inflight + max(0, self.running + self.waiting - self.polled_inflight)
 
 
 @dataclass(frozen=True)

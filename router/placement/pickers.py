@@ -36,10 +36,12 @@ class LeastLoaded:
 class Guard:
     """Imbalance guard: a worker whose load exceeds ``ratio`` * mean + ``slack`` is
     not a candidate while another one is below it. Bounds the busiest worker near
-    the mean however strongly the prefix score pulls (one shared system prompt)."""
+    the mean however strongly the prefix score pulls (one shared system prompt).
+    ``slack`` keeps it out of the way at low load, where two requests on the worker
+    that holds the prefix are batching, not a hot spot."""
 
     ratio: float = 1.25
-    slack: int = 1
+    slack: int = 2
 
     def allowed(self, candidates: Sequence[WorkerView]) -> list[WorkerView]:
         mean = sum(c.load for c in candidates) / len(candidates)
@@ -48,8 +50,8 @@ class Guard:
 
 
 class Weighted:
-    """Weighted sum of scorers; the winner is drawn at random among candidates
-    within ``tie`` of the best total, so equal workers share the traffic."""
+    """Weighted sum of scorers; the winner is drawn at random among the candidates
+    within ``tie`` of the best total that hold the most of the prompt."""
 
     def __init__(
         self,
@@ -79,6 +81,11 @@ class Weighted:
         return totals
 
     def pick(self, candidates: Sequence[WorkerView], request: Request) -> WorkerId:
-        totals = self.totals(self._guard.allowed(candidates), request)
+        allowed = self._guard.allowed(candidates)
+        totals = self.totals(allowed, request)
         best = max(totals.values())
-        return self._rng.choice([w for w, t in totals.items() if t >= best - self._tie])
+        tied = [c for c in allowed if totals[c.worker_id] >= best - self._tie]
+        # Near-ties go to the workers holding most of the prompt (the cache is used, not
+        # recomputed elsewhere), at random among those: equal workers share the traffic.
+        most = max(c.matched_blocks for c in tied)
+        return self._rng.choice([c.worker_id for c in tied if c.matched_blocks == most])

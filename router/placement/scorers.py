@@ -20,8 +20,9 @@ class PrefixScorer:
         return {c.worker_id: min(1.0, c.matched_blocks / request.prompt_blocks) for c in candidates}
 
 
-def _inverse(values: Mapping[WorkerId, float]) -> dict[WorkerId, float]:
-    top = max(values.values(), default=0.0)
+def _inverse(values: Mapping[WorkerId, float], scale: float = 0.0) -> dict[WorkerId, float]:
+    """1 - value / max(busiest candidate, ``scale``): 1 for idle, 0 for the busiest."""
+    top = max(max(values.values(), default=0.0), scale)
     return {w: 1.0 if top <= 0 else 1.0 - v / top for w, v in values.items()}
 
 
@@ -44,12 +45,15 @@ class KvUsageScorer:
 
 
 class PrefillTokensScorer:
-    """Fewer uncached prompt tokens in flight (prefill work queued) is better."""
+    """Fewer uncached prompt tokens in flight (prefill work queued) is better, measured
+    against this request's own size: a worker whose queued prefill is small next to
+    this prompt is barely busier than an idle one. (Relative to the busiest candidate
+    alone, one short request in flight would score 0 and cancel a whole prefix match.)"""
 
     name = "prefill_tokens"
 
     def score(self, candidates: Sequence[WorkerView], request: Request) -> Mapping[WorkerId, float]:
-        return _inverse({c.worker_id: float(c.prefill_tokens) for c in candidates})
+        return _inverse({c.worker_id: float(c.prefill_tokens) for c in candidates}, float(request.prompt_tokens))
 
 
 SCORERS: dict[str, type[Scorer]] = {s.name: s for s in (PrefixScorer, QueueScorer, KvUsageScorer, PrefillTokensScorer)}
