@@ -140,7 +140,7 @@ def cluster(
     c = start_up(
         tmp_path_factory.mktemp("cluster"),
         f"--worker-arg=--state-url={redis_server.url}",  # workers also feed Redis (tests/e2e/test_placement.py)
-        "--worker-arg=--heartbeat-ttl=3",
+        "--worker-arg=--heartbeat-ttl=10",  # the default; shorter ones expire while 3 engines starve the CPU
         prefill_workers=PREFILL_WORKERS,
     )
     yield c
