@@ -214,15 +214,18 @@ def finish(out: Path, kind: str, args: argparse.Namespace, runs: dict[str, list[
 
 def placement(args: argparse.Namespace) -> int:
     profile = {"profile": args.profile, "kv_capacity_tokens": str(args.kv_tokens), "slow_factor": str(args.slow)}
-    fleet = Fleet(args.workers, profile)
-    items = workloads.shared_prefix(
-        random.Random(args.seed),
-        args.groups,
-        args.per_group,
-        args.prefix_tokens,
-        args.question_tokens,
-        args.output_tokens,
-    )
+    fleet = Fleet(args.workers, profile, max_model_len=32768 if args.trace else 8192)
+    if args.trace is not None:  # a Mooncake trace keeps its own arrival times
+        items = workloads.trace(args.trace, args.trace_requests, args.scale, args.time_scale, args.output_tokens)
+    else:
+        items = workloads.shared_prefix(
+            random.Random(args.seed),
+            args.groups,
+            args.per_group,
+            args.prefix_tokens,
+            args.question_tokens,
+            args.output_tokens,
+        )
     contenders: dict[str, Contender] = {
         "pdserve round-robin": pdserve("round-robin"),
         "pdserve least-loaded": pdserve("least-loaded"),
@@ -237,7 +240,7 @@ def placement(args: argparse.Namespace) -> int:
         timings, wall = run_one(name.replace(" ", "_"), contender, fleet, Load(items, rate=args.rate), args.out)
         runs[name], summaries[name] = timings, summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
         print(json.dumps({"run": name, **{k: summaries[name][k] for k in ("ttft_p50_s", "cached_ratio", "errors")}}))
-    finish(args.out, "placement", args, runs, summaries)
+    finish(args.out, "placement" if args.trace is None else f"placement-{args.trace.stem}", args, runs, summaries)
     return 0
 
 
@@ -322,6 +325,10 @@ def add_parser(sub: Any) -> None:
     p1.add_argument("--question-tokens", type=int, default=24)
     p1.add_argument("--rate", type=float, default=20.0, help="Poisson arrivals, req/s")
     p1.add_argument("--only", default="", help="comma-separated substrings of run names to keep")
+    p1.add_argument("--trace", type=Path, help="replay this Mooncake-format trace instead of shared prefixes")
+    p1.add_argument("--trace-requests", type=int, default=300, help="trace: its first N requests")
+    p1.add_argument("--scale", type=float, default=8.0, help="trace: divide lengths by this")
+    p1.add_argument("--time-scale", type=float, default=1.0, help="trace: replay this many times faster")
     output_and_slo(p1, output_tokens=16, slo_ttft=0.5, slo_tpot=0.05)
     p1.set_defaults(run=placement)
 
