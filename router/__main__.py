@@ -51,7 +51,7 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
         log.info("model %s: %d prefill, %d decode worker(s)", pool.name, len(pool.prefill), len(pool.decode))
     decider = ThresholdDecider(cfg.disagg_min_tokens, cfg.prefill_saturated_waiting)
     placer = Placer(make_policy(cfg.policy, cfg.weights), decider, store, cfg.predict_ttl_s)
-    orchestrator = Orchestrator(placer, cfg.timeouts, metrics)
+    orchestrator = Orchestrator(placer, cfg.timeouts, metrics, cfg.recovery)
     return RouterService(fleet.pools, orchestrator, metrics), fleet, store
 
 

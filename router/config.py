@@ -10,6 +10,7 @@ from pdserve.config import resolve_model
 from router.orchestrator import Timeouts
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
+from router.recovery import Recovery
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class RouterConfig:
     predict_ttl_s: float = 10.0  # lifetime of the index entries written at placement time
     startup_timeout_s: float = 300.0
     timeouts: Timeouts = field(default_factory=Timeouts)
+    recovery: Recovery = field(default_factory=Recovery)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -123,6 +125,27 @@ def parser() -> argparse.ArgumentParser:
         help="queued requests at which a prefill worker counts as saturated; all saturated → local prefill "
         "[PDSERVE_PREFILL_SATURATED_WAITING]",
     )
+    p.add_argument(
+        "--prefill-retries",
+        type=int,
+        default=int(env("PDSERVE_PREFILL_RETRIES", "1")),
+        help="other prefill workers tried after a prefill fails, before the decode worker prefills itself "
+        "[PDSERVE_PREFILL_RETRIES]",
+    )
+    p.add_argument(
+        "--decode-retries",
+        type=int,
+        default=int(env("PDSERVE_DECODE_RETRIES", "1")),
+        help="times a request is placed again when its decode worker fails before the first token "
+        "[PDSERVE_DECODE_RETRIES]",
+    )
+    p.add_argument(
+        "--migrations",
+        type=int,
+        default=int(env("PDSERVE_MIGRATIONS", "2")),
+        help="times a stream moves to another decode worker when its worker fails mid-generation; 0 = off "
+        "[PDSERVE_MIGRATIONS]",
+    )
     p.add_argument("--log-level", default=env("PDSERVE_LOG_LEVEL", "INFO"), help="[PDSERVE_LOG_LEVEL]")
     return p
 
@@ -144,6 +167,7 @@ def from_args(argv: list[str] | None = None) -> RouterConfig:
         prefill_saturated_waiting=args.prefill_saturated_waiting,
         startup_timeout_s=args.startup_timeout,
         timeouts=Timeouts(prefill_s=min(300.0, args.request_timeout), request_s=args.request_timeout),
+        recovery=Recovery(args.prefill_retries, args.decode_retries, args.migrations),
         log_level=args.log_level,
     )
 

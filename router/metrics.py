@@ -71,6 +71,16 @@ class RouterMetrics:
         )
         self.store_up.set(1)
         self.workers = Gauge("pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r)
+        self.retries = Counter(
+            "pdserve_router_retries",
+            "Recoveries from a failed worker: prefill (another prefill worker), local_prefill "
+            "(the decode worker prefills), decode (placed again before the first token)",
+            ["kind"],
+            registry=r,
+        )
+        self.migrations = Counter(
+            "pdserve_router_migrations", "Streams moved to another decode worker mid-generation", registry=r
+        )
         self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
         self.rejections = Counter(
             "pdserve_router_rejections", "Requests refused before reaching a worker", ["reason"], registry=r
@@ -85,6 +95,12 @@ class RouterMetrics:
     def prefix(self, matched_tokens: int, prompt_tokens: int) -> None:
         self.prefix_matched.inc(matched_tokens)
         self.placed_prompt_tokens.inc(prompt_tokens)
+
+    def retried(self, kind: str) -> None:
+        self.retries.labels(kind).inc()
+
+    def migrated(self) -> None:
+        self.migrations.inc()
 
     def store_available(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)

@@ -5,24 +5,29 @@
 2. Prefill RPC (max_tokens=1, KV kept for the decode side);
 3. Decode RPC with the prefill's kv_transfer_params, streamed;
 4. detokenize incrementally and apply stop strings.
-Cancelling the consumer (client gone, deadline) cancels the in-flight RPC, and
-the worker aborts the engine request.
+A worker that fails is worked around as router/recovery.py says (retry, local
+prefill, re-place, migrate mid-stream); the client sees one stream. Cancelling
+the consumer (client gone, deadline) cancels the in-flight RPC, and the worker
+aborts the engine request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pdserve.engine.base import FinishReason, SamplingSpec, TokenDelta
 from pdserve.types import RequestId, WorkerId
+from router.clients import WorkerError
 from router.placement.placer import NoWorkersError, Placement, Placer
 from router.pool import ModelPool
+from router.recovery import BrokenStreamError, Recovery, retryable
 from router.tokenizer import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -55,15 +60,11 @@ class Timeouts:
     request_s: float = 600.0
 
 
-__all__ = ["NoWorkersError", "Orchestrator"]
-
-
-class BrokenStreamError(Exception):
-    """The decode stream ended without finishing (worker aborted or vanished)."""
+__all__ = ["BrokenStreamError", "NoWorkersError", "Orchestrator"]
 
 
 class Observer(Protocol):
-    """Told about each placement (metrics). Called on the event loop; must not block."""
+    """Told about each placement and recovery (metrics). Called on the event loop; must not block."""
 
     def placed(self, role: str, worker: WorkerId) -> None: ...
 
@@ -73,47 +74,174 @@ class Observer(Protocol):
 
     def dispatched(self, queued_s: float) -> None: ...
 
+    def retried(self, kind: str) -> None:
+        """kind: prefill (another prefill worker), local_prefill (the decode worker
+        prefills after prefill failures), decode (placed again before the first token)."""
+        ...
+
+    def migrated(self) -> None: ...
+
+
+class _Text:
+    """Generated ids → text chunks, across every decode stream of one request: a
+    migrated request continues the same detokenizer, stop matcher and count."""
+
+    def __init__(self, pool: ModelPool, gen: Generation) -> None:
+        self._decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
+        self._stops = StopMatcher(gen.stops)
+        self.produced: list[int] = []
+        self.cached: int | None = None  # the first placement's prefill-side count
+
+    def feed(self, delta: TokenDelta, cached: int) -> Chunk | None:
+        if self.cached is None:
+            self.cached = cached
+        text: list[str] = []
+        for i, token_id in enumerate(delta.token_ids):
+            self.produced.append(token_id)
+            piece, stopped = self._stops.feed(self._decoder.step(token_id))
+            text.append(piece)
+            if stopped:
+                return Chunk("".join(text), len(self.produced), "stop", self.cached, delta.token_ids[: i + 1])
+        if delta.finish_reason is not None:
+            reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
+            return Chunk("".join(text) + self._stops.flush(), len(self.produced), reason, self.cached, delta.token_ids)
+        return Chunk("".join(text), len(self.produced), None, self.cached, delta.token_ids) if delta.token_ids else None
+
+
+def _remaining(spec: SamplingSpec, produced: int) -> SamplingSpec:
+    """The sampling of a migrated request: what is left of its token budget."""
+    return dataclasses.replace(
+        spec, max_tokens=spec.max_tokens - produced, min_tokens=max(0, spec.min_tokens - produced)
+    )
+
 
 class Orchestrator:
-    def __init__(self, placer: Placer, timeouts: Timeouts, observer: Observer | None = None) -> None:
+    def __init__(
+        self, placer: Placer, timeouts: Timeouts, observer: Observer | None = None, recovery: Recovery | None = None
+    ) -> None:
         self._placer = placer
         self._timeouts = timeouts
         self._observer = observer
+        self._recovery = recovery or Recovery()
 
     async def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
-        request_id = RequestId(f"cmpl-{uuid.uuid4().hex}")
-        where = await self._placer.place(pool, gen.prompt_ids)
-        self._notify(where, len(gen.prompt_ids), gen.arrival)
-        uncached = len(gen.prompt_ids) - where.matched_tokens
+        base_id = f"cmpl-{uuid.uuid4().hex}"
+        text = _Text(pool, gen)
+        failed: set[WorkerId] = set()
+        restarts = migrations = 0
+        while True:
+            attempt = RequestId(base_id if not restarts + migrations else f"{base_id}-{restarts + migrations}")
+            prompt = gen.prompt_ids + text.produced  # a migration replays what was streamed
+            try:
+                first = not restarts + migrations
+                async for chunk in self._attempt(pool, gen, attempt, prompt, text, failed, first):
+                    yield chunk
+                return  # _attempt ends with a finish chunk, or raises
+            except (WorkerError, BrokenStreamError) as exc:
+                if not retryable(exc):
+                    raise
+                self._out(pool, exc.worker, failed, exc)
+                if text.produced:
+                    migrations += 1
+                    if migrations > self._recovery.migrations:
+                        raise
+                    self._tell("migrated")
+                else:
+                    restarts += 1
+                    if restarts > self._recovery.decode_retries:
+                        raise
+                    self._tell("retried", "decode")
+                await self._recovery.backoff(restarts + migrations - 1)
+
+    async def _attempt(
+        self,
+        pool: ModelPool,
+        gen: Generation,
+        request_id: RequestId,
+        prompt: list[int],
+        text: _Text,
+        failed: set[WorkerId],
+        first: bool,
+    ) -> AsyncIterator[Chunk]:
+        where = await self._placer.place(pool, prompt, exclude=frozenset(failed))
+        self._notify(where, len(prompt), gen.arrival if first else None)
+        uncached = len(prompt) - where.matched_tokens
+        spec = _remaining(gen.spec, len(text.produced))
         with pool.counted(where.decode, 0 if where.prefill else uncached):
-            # cached_tokens: what the prefilling engine found in its prefix cache — the prefill
-            # worker's count, or (local prefill) the decode worker's own, from its stream.
-            kv_params, cached = None, None
-            if where.prefill is not None:
-                with pool.counted(where.prefill, uncached):
-                    result = await pool.prefill[where.prefill].prefill(
-                        request_id, gen.prompt_ids, gen.spec, timeout=self._timeouts.prefill_s
-                    )
-                kv_params, cached = result.kv_transfer_params, result.cached_tokens
+            kv_params, cached = await self._prefill(pool, where, request_id, prompt, spec, failed)
             log.info(
                 "%s: %d prompt tokens, prefill on %s (%s cached), decode on %s (%s)",
                 request_id,
-                len(gen.prompt_ids),
-                where.prefill or where.decode,
+                len(prompt),
+                where.prefill if kv_params is not None else where.decode,
                 "?" if cached is None else cached,
                 where.decode,
                 where.reason,
             )
             deltas = pool.decode[where.decode].decode(
-                request_id, gen.prompt_ids, gen.spec, kv_params, timeout=self._timeouts.request_s
+                request_id, prompt, spec, kv_params, timeout=self._timeouts.request_s
             )
             async with contextlib.aclosing(deltas):
-                async for chunk in _to_text(pool, gen, deltas, cached):
-                    yield chunk
-                    if chunk.finish_reason is not None:
-                        return  # a stop string ended it: closing `deltas` aborts the decode
+                async for delta in deltas:
+                    if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
+                        raise BrokenStreamError(
+                            where.decode, f"the decode worker ended the request ({delta.finish_reason.value})"
+                        )
+                    # cached_tokens: what the prefilling engine found in its prefix cache — the
+                    # prefill worker's count, or (local prefill) the decode worker's own.
+                    chunk = text.feed(delta, delta.cached_tokens if cached is None else cached)
+                    if chunk is not None:
+                        yield chunk
+                        if chunk.finish_reason is not None:
+                            return  # a stop string ended it: closing `deltas` aborts the decode
+        raise BrokenStreamError(where.decode, "the decode stream ended without a finish reason")
 
-    def _notify(self, where: Placement, prompt_tokens: int, arrival: float) -> None:
+    async def _prefill(
+        self,
+        pool: ModelPool,
+        where: Placement,
+        request_id: RequestId,
+        prompt: list[int],
+        spec: SamplingSpec,
+        failed: set[WorkerId],
+    ) -> tuple[dict[str, Any] | None, int | None]:
+        """(kv_transfer_params, cached tokens) of a remote prefill, retried on other prefill
+        workers; (None, None) when the decode worker is to prefill itself."""
+        worker, tries = where.prefill, 0
+        while worker is not None:
+            try:
+                with pool.counted(worker, len(prompt) - where.matched_tokens):
+                    result = await pool.prefill[worker].prefill(
+                        request_id, prompt, spec, timeout=self._timeouts.prefill_s
+                    )
+                return result.kv_transfer_params, result.cached_tokens
+            except WorkerError as exc:
+                if not retryable(exc):
+                    raise
+                self._out(pool, worker, failed, exc)
+                tries += 1
+                if tries > self._recovery.prefill_retries:
+                    break
+                self._tell("retried", "prefill")
+                await self._recovery.backoff(tries - 1)
+                worker = await self._placer.pick_prefill(pool, prompt, exclude=frozenset(failed))
+        if where.prefill is not None:
+            log.warning("%s: no prefill worker succeeded; the decode worker %s prefills it", request_id, where.decode)
+            self._tell("retried", "local_prefill")
+        return None, None
+
+    def _out(self, pool: ModelPool, worker: WorkerId, failed: set[WorkerId], exc: BaseException) -> None:
+        """A worker that failed a request: not tried again for it, and out of placement
+        until its next successful Load poll (the circuit breaker's probe)."""
+        log.warning("worker %s failed a request: %s", worker, exc)
+        failed.add(worker)
+        pool.down.add(worker)
+
+    def _tell(self, event: str, *args: str) -> None:
+        if self._observer is not None:
+            getattr(self._observer, event)(*args)
+
+    def _notify(self, where: Placement, prompt_tokens: int, arrival: float | None) -> None:
         if self._observer is None:
             return
         self._observer.placed("decode", where.decode)
@@ -121,32 +249,5 @@ class Orchestrator:
             self._observer.placed("prefill", where.prefill)
         self._observer.disaggregated(where.reason)
         self._observer.prefix(where.matched_tokens, prompt_tokens)
-        self._observer.dispatched(time.perf_counter() - arrival)
-
-
-async def _to_text(
-    pool: ModelPool, gen: Generation, deltas: AsyncIterator[TokenDelta], prefill_cached: int | None
-) -> AsyncIterator[Chunk]:
-    """One chunk per engine step (as vLLM streams), cut short by a stop string."""
-    decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
-    stops = StopMatcher(gen.stops)
-    count = 0
-    async for delta in deltas:
-        cached = delta.cached_tokens if prefill_cached is None else prefill_cached
-        if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
-            raise BrokenStreamError(f"the decode worker ended the request ({delta.finish_reason.value})")
-        text: list[str] = []
-        for i, token_id in enumerate(delta.token_ids):
-            count += 1
-            piece, stopped = stops.feed(decoder.step(token_id))
-            text.append(piece)
-            if stopped:
-                yield Chunk("".join(text), count, "stop", cached, delta.token_ids[: i + 1])
-                return
-        if delta.finish_reason is not None:
-            reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
-            yield Chunk("".join(text) + stops.flush(), delta.completion_tokens, reason, cached, delta.token_ids)
-            return
-        if delta.token_ids:
-            yield Chunk("".join(text), count, None, cached, delta.token_ids)
-    raise BrokenStreamError("the decode stream ended without a finish reason")
+        if arrival is not None:  # the first placement only
+            self._observer.dispatched(time.perf_counter() - arrival)

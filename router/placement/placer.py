@@ -42,8 +42,12 @@ class Placer:
         self._store = store
         self._predict_ttl_s = predict_ttl_s
 
-    async def place(self, pool: ModelPool, prompt: Sequence[int]) -> Placement:
-        decode_ids, prefill_ids = pool.live("decode"), pool.live("prefill")
+    async def place(
+        self, pool: ModelPool, prompt: Sequence[int], exclude: frozenset[WorkerId] = frozenset()
+    ) -> Placement:
+        """``exclude``: workers that already failed this request."""
+        decode_ids = [w for w in pool.live("decode") if w not in exclude]
+        prefill_ids = [w for w in pool.live("prefill") if w not in exclude]
         if not decode_ids:
             raise NoWorkersError(f"no decode worker is available for {pool.name!r}")
         hashes: list[BlockHash] = []
@@ -64,6 +68,18 @@ class Placer:
         if hashes:
             await self._predict(pool.name, [first, decode] if prefill else [decode], hashes)
         return Placement(decode, prefill, decision.reason, matched.get(first, 0) * pool.block_size)
+
+    async def pick_prefill(
+        self, pool: ModelPool, prompt: Sequence[int], exclude: frozenset[WorkerId]
+    ) -> WorkerId | None:
+        """Another prefill worker for a request whose prefill failed; None if none is left."""
+        prefill_ids = [w for w in pool.live("prefill") if w not in exclude]
+        if not prefill_ids:
+            return None
+        hashes = block_hashes(pool.name, prompt, pool.block_size) if self.policy.uses_index else []
+        matched = await self._match(pool.name, hashes) if hashes else {}
+        views = [pool.view(w, matched.get(w, 0)) for w in prefill_ids]
+        return self.policy.prefill.pick(views, Request(len(prompt), len(hashes)))
 
     async def _match(self, model: str, hashes: list[BlockHash]) -> dict[WorkerId, int]:
         try:

@@ -31,6 +31,8 @@ ROUTER = ROUTER_HISTOGRAMS | {
     "pdserve_router_placed_prompt_tokens_total",
     "pdserve_router_state_store_up",
     "pdserve_router_workers",
+    "pdserve_router_retries_total",
+    "pdserve_router_migrations_total",
 }
 WORKER = frozenset(
     {

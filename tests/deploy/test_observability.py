@@ -23,6 +23,9 @@ REQUIRED = {
     "prefix-hit ratio (cached)": "pdserve_router_cached_tokens_total",
     "prefix-hit ratio (prompt)": "pdserve_router_prompt_tokens_total",
     "disaggregation decisions": "pdserve_router_disagg_decisions_total",
+    "retries": "pdserve_router_retries_total",
+    "migrations": "pdserve_router_migrations_total",
+    "Redis availability": "pdserve_router_state_store_up",
 }
 
 
