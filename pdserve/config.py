@@ -31,6 +31,18 @@ def add_server_flags(parser: argparse.ArgumentParser, default_port: int, default
         help="Prometheus /metrics port; 0 disables [PDSERVE_METRICS_PORT]",
     )
     g.add_argument(
+        "--token-file",
+        default=os.environ.get("PDSERVE_WORKER_TOKEN_FILE", ""),
+        help="refuse RPCs without one of the tokens in this file (one per line; also the comma-separated "
+        "PDSERVE_WORKER_TOKEN); health checks stay open [PDSERVE_WORKER_TOKEN_FILE]",
+    )
+    for name, what in (("cert", "certificate"), ("key", "private key"), ("ca", "CA: require client certificates")):
+        g.add_argument(
+            f"--tls-{name}",
+            default=os.environ.get(f"PDSERVE_TLS_{name.upper()}", ""),
+            help=f"serve gRPC over TLS: PEM {what} [PDSERVE_TLS_{name.upper()}]",
+        )
+    g.add_argument(
         "--grace",
         type=float,
         default=float(os.environ.get("PDSERVE_GRACE_S", "30")),

@@ -10,6 +10,7 @@ from pdserve.config import add_server_flags, resolve_model
 from pdserve.engine.config import EngineConfig, add_engine_flags, engine_config_from_args
 from pdserve.rpc.registration import RegistrationOptions
 from pdserve.rpc.server import ServerOptions
+from pdserve.security import TlsFiles, read_secrets
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ def worker_config(defaults: WorkerDefaults, argv: list[str] | None = None) -> Wo
             startup_timeout_s=args.startup_timeout,
             metrics_port=args.metrics_port,
             service_name=defaults.service_name,
+            tokens=read_secrets(args.token_file, "PDSERVE_WORKER_TOKEN"),
+            tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
         ),
         registration=_registration(args),
         log_level=args.log_level,

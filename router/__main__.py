@@ -41,7 +41,7 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     fleet = Fleet(
         store,
         TokenizerSource(cfg.tokenizers, cfg.model_dir),
-        FleetOptions(follow_events=follow_events),
+        FleetOptions(follow_events=follow_events, link=cfg.link),
         on_change=metrics.fleet_changed,
     )
     await fleet.add_static(list(cfg.prefill), list(cfg.decode), cfg.startup_timeout_s)
@@ -69,7 +69,7 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
             await fleet.close()
             await store.close()
 
-    return create_app(lambda: holder["service"], lifespan)
+    return create_app(lambda: holder["service"], lifespan, cfg.api_keys)
 
 
 def main(argv: list[str] | None = None) -> int:

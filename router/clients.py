@@ -13,6 +13,7 @@ import grpc
 
 from pdserve.engine.base import EngineInfo, EngineLoad, PrefillResult, SamplingSpec, TokenDelta
 from pdserve.rpc import convert
+from pdserve.security import WorkerLink
 from pdserve.types import RequestId, WorkerId
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
@@ -42,9 +43,11 @@ def _error(worker: WorkerId, exc: grpc.aio.AioRpcError) -> WorkerError:
 
 
 class _WorkerClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, link: WorkerLink | None = None) -> None:
         self.worker = WorkerId(address)
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        link = link or WorkerLink()
+        self._channel = link.channel(address, CHANNEL_OPTIONS)
+        self._metadata = link.metadata  # the worker token, sent with every call
 
     _stub: Any  # both services have Info and Load
 
@@ -54,21 +57,25 @@ class _WorkerClient:
     async def info(self, timeout: float, wait_for_ready: bool = False) -> EngineInfo:
         """``wait_for_ready``: wait (within ``timeout``) for a worker that is still starting."""
         try:
-            msg = await self._stub.Info(pb.InfoRequest(), timeout=timeout, wait_for_ready=wait_for_ready)
+            msg = await self._stub.Info(
+                pb.InfoRequest(), timeout=timeout, wait_for_ready=wait_for_ready, metadata=self._metadata
+            )
             return convert.info_from_pb(msg)
         except grpc.aio.AioRpcError as exc:
             raise _error(self.worker, exc) from None
 
     async def load(self, timeout: float) -> EngineLoad:
         try:
-            return convert.load_from_pb(await self._stub.Load(pb.LoadRequest(), timeout=timeout))
+            return convert.load_from_pb(
+                await self._stub.Load(pb.LoadRequest(), timeout=timeout, metadata=self._metadata)
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error(self.worker, exc) from None
 
 
 class PrefillClient(_WorkerClient):
-    def __init__(self, address: str) -> None:
-        super().__init__(address)
+    def __init__(self, address: str, link: WorkerLink | None = None) -> None:
+        super().__init__(address, link)
         self._stub = pb_grpc.PrefillWorkerStub(self._channel)
 
     async def prefill(
@@ -76,7 +83,7 @@ class PrefillClient(_WorkerClient):
     ) -> PrefillResult:
         req = pb.PrefillRequest(request_id=request_id, prompt_token_ids=prompt, sampling=convert.sampling_to_pb(spec))
         try:
-            resp = await self._stub.Prefill(req, timeout=timeout)
+            resp = await self._stub.Prefill(req, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _error(self.worker, exc) from None
         params = convert.kv_params_from_json(resp.kv_transfer_params_json) or {}
@@ -84,8 +91,8 @@ class PrefillClient(_WorkerClient):
 
 
 class DecodeClient(_WorkerClient):
-    def __init__(self, address: str) -> None:
-        super().__init__(address)
+    def __init__(self, address: str, link: WorkerLink | None = None) -> None:
+        super().__init__(address, link)
         self._stub = pb_grpc.DecodeWorkerStub(self._channel)
 
     async def decode(
@@ -103,7 +110,7 @@ class DecodeClient(_WorkerClient):
             sampling=convert.sampling_to_pb(spec),
             kv_transfer_params_json=convert.kv_params_to_json(kv_transfer_params),
         )
-        call = self._stub.Decode(req, timeout=timeout)
+        call = self._stub.Decode(req, timeout=timeout, metadata=self._metadata)
         try:
             async for chunk in call:
                 yield convert.delta_from_pb(chunk)

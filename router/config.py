@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from pdserve.config import resolve_model
+from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from router.orchestrator import Timeouts
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
@@ -30,6 +31,8 @@ class RouterConfig:
     startup_timeout_s: float = 300.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     recovery: Recovery = field(default_factory=Recovery)
+    api_keys: tuple[str, ...] = ()  # clients must send one (Bearer); () = open
+    link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -146,6 +149,27 @@ def parser() -> argparse.ArgumentParser:
         help="times a stream moves to another decode worker when its worker fails mid-generation; 0 = off "
         "[PDSERVE_MIGRATIONS]",
     )
+    p.add_argument(
+        "--api-keys-file",
+        default=env("PDSERVE_API_KEYS_FILE", ""),
+        help="require Authorization: Bearer <key> on /v1/*, keys one per line (also the comma-separated "
+        "PDSERVE_API_KEYS) [PDSERVE_API_KEYS_FILE]",
+    )
+    p.add_argument(
+        "--worker-token-file",
+        default=env("PDSERVE_WORKER_TOKEN_FILE", ""),
+        help="token sent to workers: the file's first line (or PDSERVE_WORKER_TOKEN) [PDSERVE_WORKER_TOKEN_FILE]",
+    )
+    for name, what in (
+        ("cert", "client certificate"),
+        ("key", "its private key"),
+        ("ca", "CA that signed the workers'"),
+    ):
+        p.add_argument(
+            f"--worker-tls-{name}",
+            default=env(f"PDSERVE_WORKER_TLS_{name.upper()}", ""),
+            help=f"dial workers over TLS: PEM {what} [PDSERVE_WORKER_TLS_{name.upper()}]",
+        )
     p.add_argument("--log-level", default=env("PDSERVE_LOG_LEVEL", "INFO"), help="[PDSERVE_LOG_LEVEL]")
     return p
 
@@ -168,6 +192,11 @@ def from_args(argv: list[str] | None = None) -> RouterConfig:
         startup_timeout_s=args.startup_timeout,
         timeouts=Timeouts(prefill_s=min(300.0, args.request_timeout), request_s=args.request_timeout),
         recovery=Recovery(args.prefill_retries, args.decode_retries, args.migrations),
+        api_keys=read_secrets(args.api_keys_file, "PDSERVE_API_KEYS"),
+        link=WorkerLink(
+            TlsFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca),
+            next(iter(read_secrets(args.worker_token_file, "PDSERVE_WORKER_TOKEN")), ""),
+        ),
         log_level=args.log_level,
     )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,7 @@ from pdserve.engine.base import EngineInfo
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
 from pdserve.kv.hashing import SCHEME
+from pdserve.security import WorkerLink
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient, WorkerError
@@ -40,6 +41,7 @@ class FleetOptions:
     poll_s: float = 0.5
     rpc_timeout_s: float = 2.0
     follow_events: bool = True  # the router feeds its own (in-process) block index
+    link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
     # A registered worker leaves the pool once its entry has been gone this long (a
     # restarted, empty Redis is refilled by the workers' next heartbeats). It leaves
     # placement sooner: at its first failed Load poll.
@@ -87,7 +89,8 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def add_static(self, prefill: list[str], decode: list[str], startup_timeout_s: float) -> None:
-        clients: list[Client] = [*(PrefillClient(a) for a in prefill), *(DecodeClient(a) for a in decode)]
+        link = self._options.link
+        clients: list[Client] = [*(PrefillClient(a, link) for a in prefill), *(DecodeClient(a, link) for a in decode)]
         infos = await asyncio.gather(*(wait_for_info(c, startup_timeout_s) for c in clients))
         for client, info in zip(clients, infos, strict=True):
             self._static.add(client.worker)
@@ -174,7 +177,8 @@ class Fleet:
                 "worker %s hashes blocks with %s, this router with %s", record.worker_id, record.hash_scheme, SCHEME
             )
             return
-        client: Client = PrefillClient(record.worker_id) if record.role == "prefill" else DecodeClient(record.worker_id)
+        kind = PrefillClient if record.role == "prefill" else DecodeClient
+        client: Client = kind(record.worker_id, self._options.link)
         try:
             info = await client.info(timeout=self._options.rpc_timeout_s)
             self._add(client, info)

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +24,7 @@ from pdserve.engine.base import DecodeEngine, EngineDeadError, PrefillEngine
 from pdserve.rpc.errors import DrainingError
 from pdserve.rpc.metrics import WorkerMetrics
 from pdserve.rpc.registration import Registration, RegistrationOptions
+from pdserve.security import TlsFiles, TokenInterceptor
 from pdserve.types import WorkerId
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class ServerOptions:
     startup_timeout_s: float = 900.0
     metrics_port: int = 0  # 0: no metrics endpoint
     service_name: str = ""  # health service name reported alongside "" (overall)
+    tokens: tuple[str, ...] = ()  # callers must present one of these (pdserve.security); () = open
+    tls: TlsFiles = field(default_factory=TlsFiles)  # serve TLS (mutual with a CA) when a certificate is given
 
 
 async def run_worker(
@@ -87,11 +90,16 @@ async def run_worker(
         metrics.serve(options.host, options.metrics_port)
         log.info("metrics on http://%s:%d/metrics", options.host, options.metrics_port)
     await _start_engine(engine, options.startup_timeout_s)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    interceptors = [TokenInterceptor(options.tokens)] if options.tokens else None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    address = f"{options.host}:{options.port}"
+    if options.tls.cert:
+        port = server.add_secure_port(address, options.tls.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
     await server.start()
     await _set_health(health_servicer, options.service_name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving on %s:%d", options.host, port)

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pdserve.security import bearer_ok
 from router.api import errors, render
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
 from router.orchestrator import Chunk, Generation
@@ -20,9 +21,23 @@ from router.service import RouterService
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def create_app(get_service: Callable[[], RouterService], lifespan: Lifespan | None = None) -> FastAPI:
+def create_app(
+    get_service: Callable[[], RouterService], lifespan: Lifespan | None = None, api_keys: tuple[str, ...] = ()
+) -> FastAPI:
+    """``api_keys``: if any, every /v1/* request needs ``Authorization: Bearer <one of them>``."""
     app = FastAPI(title="pdserve router", version="0.1.0", lifespan=lifespan)
     errors.install(app, lambda: get_service().metrics)
+
+    if api_keys:
+
+        @app.middleware("http")
+        async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            # /health and /metrics stay open for probes and Prometheus.
+            if request.url.path.startswith("/v1/") and not bearer_ok(request.headers.get("authorization"), api_keys):
+                get_service().metrics.rejections.labels("unauthenticated").inc()
+                err = errors.APIError(401, "Incorrect or missing API key.", code="invalid_api_key")
+                return JSONResponse(errors.error_body(err), status_code=401)
+            return await call_next(request)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

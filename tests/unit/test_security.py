@@ -1,0 +1,78 @@
+"""API keys at the router, secrets files, TLS configuration errors (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pdserve.security import TlsFiles, bearer_ok, read_secrets
+from pdserve.state.memory import MemoryStore
+from router.api.app import create_app
+from router.metrics import RouterMetrics
+from router.orchestrator import Orchestrator, Timeouts
+from router.placement import make_policy
+from router.placement.decider import ThresholdDecider
+from router.placement.placer import Placer
+from router.service import RouterService
+from tests.factories import metric_samples
+
+
+def test_secrets_come_from_the_file_then_the_env_without_comments_or_repeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "keys"
+    f.write_text("# rotated monthly\nsk-new\n\n  sk-old  \n")
+    monkeypatch.setenv("PDSERVE_TEST_KEYS", "sk-env, sk-new")
+    assert read_secrets(str(f), "PDSERVE_TEST_KEYS") == ("sk-new", "sk-old", "sk-env")
+    assert read_secrets("", "PDSERVE_UNSET_VARIABLE") == ()
+    with pytest.raises(ValueError, match="secrets file"):
+        read_secrets(str(tmp_path / "missing"))
+
+
+def test_bearer_matches_any_configured_secret_and_nothing_else() -> None:
+    keys = ("sk-a", "sk-b")
+    assert bearer_ok("Bearer sk-b", keys) and bearer_ok("Bearer sk-a", keys)
+    for header in (None, "", "Bearer", "Bearer ", "Bearer sk-c", "sk-a", "Basic sk-a", "Bearer sk-a sk-b"):
+        assert not bearer_ok(header, keys), header
+    assert bearer_ok("bearer  sk-a ", keys)  # the scheme is case-insensitive (RFC 6750), spaces trimmed
+    assert not bearer_ok("Bearer ", ("",))  # an empty secret never authenticates anyone
+
+
+def app_with_keys(keys: tuple[str, ...]) -> tuple[TestClient, RouterMetrics]:
+    metrics = RouterMetrics("round-robin")
+    placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
+    service = RouterService({}, Orchestrator(placer, Timeouts(), metrics), metrics)
+    return TestClient(create_app(lambda: service, api_keys=keys)), metrics
+
+
+def test_the_api_needs_a_key_when_keys_are_configured() -> None:
+    client, _ = app_with_keys(("sk-1", "sk-2"))
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "sk-1"}):
+        resp = client.get("/v1/models", headers=headers)
+        assert resp.status_code == 401, headers
+        assert resp.json()["error"]["code"] == "invalid_api_key"
+        assert "sk-1" not in resp.text
+    resp = client.post("/v1/completions", json={"model": "m", "prompt": "x"})
+    assert resp.status_code == 401  # rejected before the body is looked at
+    assert client.get("/v1/models", headers={"Authorization": "Bearer sk-2"}).status_code == 200
+    assert client.get("/health").status_code == 200  # probes and Prometheus need no key
+    assert client.get("/metrics").status_code == 200
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("pdserve_router_rejections_total", (("reason", "unauthenticated"),))] == 4
+
+
+def test_without_keys_the_api_is_open() -> None:
+    client, _ = app_with_keys(())
+    assert client.get("/v1/models").status_code == 200
+
+
+def test_tls_configuration_errors_name_the_field(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ValueError, match="both a certificate and its key"):
+        TlsFiles(cert=str(cert))
+    with pytest.raises(ValueError, match="tls_ca"):
+        TlsFiles(ca=str(tmp_path / "missing.pem"))
+    assert not TlsFiles().enabled and TlsFiles(ca=str(cert)).enabled
