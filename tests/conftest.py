@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from pdserve.bench import procs
 from pdserve.local import READY_LINE
 from tests.redis_server import RedisServer
 
@@ -25,21 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port(span: int = 2) -> int:
-    """A free port, and the ``span - 1`` after it, below Linux's ephemeral range
-    (32768+), where vLLM's own ZMQ sockets take their random ports."""
-    while True:
-        port = random.randrange(20000, 32000)
-        if all(_bindable(port + i) for i in range(span)):
-            return port
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    """A free port and the one after it (ZMQ replay, NIXL) by default."""
+    return procs.free_port(span)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,14 +22,21 @@ from types import TracebackType
 import httpx
 
 
+def free_port(span: int = 1) -> int:
+    """A free loopback port and the ``span - 1`` after it, below Linux's ephemeral range
+    (32768+), where vLLM's own ZMQ sockets take their random ports."""
+    while True:
+        port = random.randrange(20000, 32000)
+        if all(_bindable(port + i) for i in range(span)):
+            return port
+
+
 def free_ports(n: int, span: int = 1) -> list[int]:
-    """``n`` free loopback ports, each followed by ``span - 1`` free ones (ZMQ replay = port + 1)."""
+    """``n`` ports as ``free_port`` gives them, their spans not overlapping."""
     out: list[int] = []
     while len(out) < n:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + span < 65536 and all(_bindable(port + i) for i in range(span)) and port not in out:
+        port = free_port(span)
+        if all(abs(port - other) >= span for other in out):
             out.append(port)
     return out
 

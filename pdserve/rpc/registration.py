@@ -24,6 +24,8 @@ from pdserve.types import WorkerId
 
 log = logging.getLogger(__name__)
 
+STORE_TIMEOUT_S = 2.0
+
 
 @dataclass(frozen=True)
 class RegistrationOptions:
@@ -57,7 +59,9 @@ class Registration:
             kv_events=info.kv_events,
             kv_replay=info.kv_replay,
         )
-        return cls(make_store(options.state_url), record, options.ttl_s)
+        # Heartbeats and index writes run in the background: a longer timeout than a
+        # router's per-request reads, so a starved CPU does not flap the registration.
+        return cls(make_store(options.state_url, timeout_s=STORE_TIMEOUT_S), record, options.ttl_s)
 
     async def run(self) -> None:
         """Heartbeat and follow KV events until cancelled."""
