@@ -168,7 +168,7 @@ class Orchestrator:
         uncached = len(prompt) - where.matched_tokens
         spec = _remaining(gen.spec, len(text.produced))
         with pool.counted(where.decode, 0 if where.prefill else uncached):
-            kv_params, cached = await self._prefill(pool, where, request_id, prompt, spec, failed)
+            kv_params, cached = await self._prefill(pool, where, request_id, prompt, spec, failed, uncached)
             log.info(
                 "%s: %d prompt tokens, prefill on %s (%s cached), decode on %s (%s)",
                 request_id,
@@ -204,13 +204,14 @@ class Orchestrator:
         prompt: list[int],
         spec: SamplingSpec,
         failed: set[WorkerId],
+        uncached: int,
     ) -> tuple[dict[str, Any] | None, int | None]:
         """(kv_transfer_params, cached tokens) of a remote prefill, retried on other prefill
         workers; (None, None) when the decode worker is to prefill itself."""
         worker, tries = where.prefill, 0
         while worker is not None:
             try:
-                with pool.counted(worker, len(prompt) - where.matched_tokens):
+                with pool.counted(worker, uncached):
                     result = await pool.prefill[worker].prefill(
                         request_id, prompt, spec, timeout=self._timeouts.prefill_s
                     )

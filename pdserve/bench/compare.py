@@ -40,7 +40,7 @@ from pdserve.bench import workloads
 from pdserve.bench.client import Timing
 from pdserve.bench.procs import Procs, free_ports, python
 from pdserve.bench.report import Slo, plot, raw, summarize, write_json
-from pdserve.bench.run import drive
+from pdserve.bench.run import drive, int_range
 from pdserve.bench.workloads import Item
 from pdserve.config import resolve_model
 
@@ -88,7 +88,7 @@ def pdserve(policy: str, prefill: int = 0) -> Contender:
         dec = [_sim_worker(procs, fleet, "decode", f"decode{i}", not pre) for i in range(fleet.workers - prefill)]
         port = free_ports(1)[0]
         argv = python("router", "--port", str(port), "--policy", policy, "--decode", ",".join(dec))
-        argv += [f"--prefill={a}" for a in pre] + ["--log-level", "WARNING", "--model", str(_model_dir())]
+        argv += [f"--prefill={a}" for a in pre] + ["--log-level", "WARNING", "--model", str(model_dir())]
         procs.start("router", argv)
         url = f"http://127.0.0.1:{port}"
         procs.wait_http(f"{url}/v1/models", ready=lambda r: bool(r.json()["data"]))
@@ -143,7 +143,8 @@ def vllm_router(policy: str) -> Contender:
     return start
 
 
-def _model_dir() -> Path:
+def model_dir() -> Path:
+    """The model the bench serves: $PDSERVE_MODEL, else the embedded default."""
     return resolve_model(os.environ.get("PDSERVE_MODEL", ""), "")[0]
 
 
@@ -294,11 +295,6 @@ def disagg(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pair(text: str) -> tuple[int, int]:
-    lo, _, hi = text.partition(":")
-    return int(lo), int(hi or lo)
-
-
 def output_and_slo(p: argparse.ArgumentParser, output_tokens: int, slo_ttft: float, slo_tpot: float) -> None:
     # Per comparison, not in the shared parent: argparse parents share their Action
     # objects, so one subcommand's set_defaults would change every other's default.
@@ -342,11 +338,11 @@ def add_parser(sub: Any) -> None:
     p3 = kinds.add_parser("disagg", parents=[common], help="P/D vs colocated goodput, same number of workers")
     p3.add_argument("--workers", type=int, default=4)
     p3.add_argument("--requests", type=int, default=100, help="requests per rate")
-    p3.add_argument("--prompt-tokens", type=_pair, default=(3000, 6000))
+    p3.add_argument("--prompt-tokens", type=int_range, default=(3000, 6000))
     p3.add_argument("--rates", default="4,8,12,16")
     output_and_slo(p3, output_tokens=64, slo_ttft=1.0, slo_tpot=0.010)  # TPOT: 2x the profile's 5 ms step
     p3.set_defaults(run=disagg)
 
     from pdserve.bench import real  # real engines: a module of its own
 
-    real.add_parser(kinds, common, _pair, output_and_slo)
+    real.add_parser(kinds, common, int_range, output_and_slo)

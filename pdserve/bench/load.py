@@ -20,6 +20,7 @@ import httpx
 
 from pdserve.bench.client import Timing, random_prompt, timed_completion
 from pdserve.bench.report import Slo, summarize
+from pdserve.bench.run import int_range
 
 
 def add_parser(sub: Any) -> None:
@@ -37,11 +38,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--label", default="", help="name of this run in the output")
     p.add_argument("--out", default="bench-out/load.json")
     p.set_defaults(run=run)
-
-
-def _range(text: str) -> tuple[int, int]:
-    lo, _, hi = text.partition(":")
-    return int(lo), int(hi or lo)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
 async def _sweep_point(args: argparse.Namespace, model: str, rate: float) -> tuple[list[Timing], float]:
     # A different stream per rate: prompts repeated across rates would hit the prefix cache.
     rng = random.Random(f"{args.seed}-{rate}")
-    plo, phi = _range(args.prompt_tokens)
-    olo, ohi = _range(args.output_tokens)
+    plo, phi = int_range(args.prompt_tokens)
+    olo, ohi = int_range(args.output_tokens)
     work = [
         (random_prompt(rng, rng.randint(plo, phi), args.vocab_size), rng.randint(olo, ohi))
         for _ in range(args.requests)

@@ -36,7 +36,6 @@ from pdserve.bench.client import Timing
 from pdserve.bench.procs import Procs, free_ports, python
 from pdserve.bench.report import Slo, summarize
 from pdserve.bench.run import drive
-from pdserve.config import resolve_model
 from pdserve.local import child_env
 
 NAME = "smollm2-135m-instruct"
@@ -113,9 +112,9 @@ def _vllm_router(procs: Procs, model: Path, peer_bin: Path) -> str:
 
 
 def real(args: argparse.Namespace) -> int:
-    from pdserve.bench.compare import finish, peer_bin  # one results layout for every comparison
+    from pdserve.bench.compare import finish, model_dir, peer_bin  # one results layout for every comparison
 
-    model = resolve_model(os.environ.get("PDSERVE_MODEL", ""), "")[0]
+    model = model_dir()
     rng = random.Random(args.seed)
     items = workloads.random_lengths(rng, args.requests, args.prompt_tokens, (args.output_tokens,) * 2)
     warm = workloads.random_lengths(random.Random(-1), 2, (8, 8), (4, 4))  # NIXL handshakes, first compiles

@@ -27,7 +27,8 @@ from pdserve.bench.report import Slo, plot, raw, summarize, write_json
 from pdserve.bench.workloads import Item
 
 
-def _pair(text: str) -> tuple[int, int]:
+def int_range(text: str) -> tuple[int, int]:
+    """``"LO:HI"`` (or ``"N"`` for N:N) → (LO, HI); the bench CLIs' length flags."""
     lo, _, hi = text.partition(":")
     return int(lo), int(hi or lo)
 
@@ -43,7 +44,7 @@ def add_workload_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--turns", type=int, default=4, help="multi-turn: turns each")
     g.add_argument("--turn-tokens", type=int, default=128, help="multi-turn: user turn length (answers: same)")
     g.add_argument("--requests", type=int, default=100, help="random: requests; trace: at most this many rows")
-    g.add_argument("--prompt-tokens", type=_pair, default=(256, 1024), help="random: LO:HI prompt length")
+    g.add_argument("--prompt-tokens", type=int_range, default=(256, 1024), help="random: LO:HI prompt length")
     g.add_argument("--output-tokens", type=int, default=32, help="output tokens per request (trace: cap)")
     g.add_argument("--trace", type=Path, help="trace: Mooncake-format JSONL file")
     g.add_argument("--scale", type=float, default=16.0, help="trace: divide lengths by this")

@@ -46,15 +46,10 @@ class Placer:
         self, pool: ModelPool, prompt: Sequence[int], exclude: frozenset[WorkerId] = frozenset()
     ) -> Placement:
         """``exclude``: workers that already failed this request."""
-        decode_ids = [w for w in pool.live("decode") if w not in exclude]
-        prefill_ids = [w for w in pool.live("prefill") if w not in exclude]
+        decode_ids, prefill_ids = _candidates(pool, "decode", exclude), _candidates(pool, "prefill", exclude)
         if not decode_ids:
             raise NoWorkersError(f"no decode worker is available for {pool.name!r}")
-        hashes: list[BlockHash] = []
-        matched: dict[WorkerId, int] = {}
-        if self.policy.uses_index:
-            hashes = block_hashes(pool.name, prompt, pool.block_size)
-            matched = await self._match(pool.name, hashes)
+        hashes, matched = await self._lookup(pool, prompt)
         request = Request(len(prompt), len(hashes))
         decode_views = [pool.view(w, matched.get(w, 0)) for w in decode_ids]
         # Without prefill workers every decode worker prefills its own prompts: choose
@@ -73,19 +68,23 @@ class Placer:
         self, pool: ModelPool, prompt: Sequence[int], exclude: frozenset[WorkerId]
     ) -> WorkerId | None:
         """Another prefill worker for a request whose prefill failed; None if none is left."""
-        prefill_ids = [w for w in pool.live("prefill") if w not in exclude]
+        prefill_ids = _candidates(pool, "prefill", exclude)
         if not prefill_ids:
             return None
-        hashes = block_hashes(pool.name, prompt, pool.block_size) if self.policy.uses_index else []
-        matched = await self._match(pool.name, hashes) if hashes else {}
+        hashes, matched = await self._lookup(pool, prompt)
         views = [pool.view(w, matched.get(w, 0)) for w in prefill_ids]
         return self.policy.prefill.pick(views, Request(len(prompt), len(hashes)))
 
-    async def _match(self, model: str, hashes: list[BlockHash]) -> dict[WorkerId, int]:
+    async def _lookup(self, pool: ModelPool, prompt: Sequence[int]) -> tuple[list[BlockHash], dict[WorkerId, int]]:
+        """The prompt's block hashes and, per worker, how many leading blocks it holds
+        (both empty for policies that ignore the index)."""
+        if not self.policy.uses_index:
+            return [], {}
+        hashes = block_hashes(pool.name, prompt, pool.block_size)
         try:
-            return await self._store.match(model, hashes)
+            return hashes, await self._store.match(pool.name, hashes)
         except StoreUnavailable:
-            return {}  # placement degrades to load only
+            return hashes, {}  # placement degrades to load only
 
     async def _predict(self, model: str, workers: list[WorkerId], hashes: list[BlockHash]) -> None:
         try:
@@ -93,3 +92,7 @@ class Placer:
                 await self._store.predict(model, worker, hashes, self._predict_ttl_s)
         except StoreUnavailable:
             pass  # the FallbackStore kept them locally
+
+
+def _candidates(pool: ModelPool, role: str, exclude: frozenset[WorkerId]) -> list[WorkerId]:
+    return [w for w in pool.live(role) if w not in exclude]
