@@ -200,12 +200,14 @@ def test_client_disconnect_mid_stream_aborts_on_both_workers(cluster: Cluster) -
         "stream": True,
     }
     with httpx.stream("POST", cluster.url + "/v1/completions", json=body, timeout=120) as r:
+        # Hold the line iterator: leaving a `for` over it would close it, and httpcore closes
+        # the connection with it — the disconnect would race the load check below.
+        lines = r.iter_lines()
         events: list[str] = []
-        for line in r.iter_lines():
+        while len(events) < 3:
+            line = next(lines)
             if line.startswith("data: "):
                 events.append(line)
-            if len(events) >= 3:
-                break
         # the decode engine is busy with this request right now
         busy = asyncio.run(_load(cluster.decode_addr, "decode"))
         assert busy.num_running + busy.num_inflight >= 1, events  # (an error event would show here)
