@@ -15,6 +15,9 @@ Contract (tests/contract/test_state_store.py runs it against every store):
   none are absent. The value is in [1, len(hashes)].
 - ``predict`` entries expire after ``ttl_s``; ``add_blocks`` entries stay until
   removed or cleared. Adding a present block or removing an absent one is a no-op.
+- ``count(key, amount, window_s)`` adds ``amount`` (may be negative) to a
+  counter and returns its new value; a counter starts at 0 on its first add
+  and is gone ``window_s`` after it (a fixed window: rate limits).
 - Every method either completes or raises ``StoreUnavailable`` within the
   store's timeout; a failed write may have been partly applied (callers
   resynchronise with ``replace_blocks``).
@@ -89,6 +92,8 @@ class StateStore(Protocol):
     async def predict(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash], ttl_s: float) -> None: ...
 
     async def match(self, model: str, hashes: Sequence[BlockHash]) -> dict[WorkerId, int]: ...
+
+    async def count(self, key: str, amount: int, window_s: float) -> int: ...
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the store cannot be reached."""

@@ -101,6 +101,14 @@ class FallbackStore:
         except StoreUnavailable:
             return await self.local.match(model, hashes)
 
+    async def count(self, key: str, amount: int, window_s: float) -> int:
+        """The shared counter; while it is unreachable, this router's own count."""
+        local = await self.local.count(key, amount, window_s)
+        try:
+            return await self._try(lambda: self.shared.count(key, amount, window_s))
+        except StoreUnavailable:
+            return local
+
     async def ping(self) -> None:
         await self._try(self.shared.ping)
 

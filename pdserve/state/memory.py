@@ -17,6 +17,7 @@ class MemoryStore:
         self._stored: defaultdict[tuple[str, BlockHash], set[WorkerId]] = defaultdict(set)
         self._owned: defaultdict[tuple[str, WorkerId], set[BlockHash]] = defaultdict(set)
         self._predicted: defaultdict[tuple[str, BlockHash], dict[WorkerId, float]] = defaultdict(dict)
+        self._counters: dict[str, tuple[int, float]] = {}  # key → (value, expiry)
 
     async def register(self, record: WorkerRecord, ttl_s: float) -> None:
         self._workers[record.worker_id] = (record, self._clock() + ttl_s)
@@ -82,6 +83,16 @@ class MemoryStore:
                 break
             holders.append(held)
         return prefix_lengths(holders)
+
+    async def count(self, key: str, amount: int, window_s: float) -> int:
+        now = self._clock()
+        if len(self._counters) > 4096:  # expired windows are dropped now and then
+            self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
+        value, expires = self._counters.get(key, (0, 0.0))
+        if expires <= now:
+            value, expires = 0, now + window_s
+        self._counters[key] = (value + amount, expires)
+        return value + amount
 
     async def ping(self) -> None:
         return None

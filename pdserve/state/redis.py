@@ -6,6 +6,7 @@ Keys (``prefix`` default ``pdserve``):
   {p}:b:{model}:{hash}      set of workers holding the block (from KV events)
   {p}:p:{model}:{hash}      hash worker → expiry (ms) of predicted entries; the key expires too
   {p}:o:{model}:{worker}    set of the worker's blocks (to clear them)
+  {p}:c:{key}               a counter (``count``), expires one window after its first add
 Every command has the client's socket timeout; connection and timeout errors
 become ``StoreUnavailable``.
 """
@@ -142,6 +143,14 @@ class RedisStore:
                 break
             holders.append(held)
         return prefix_lengths(holders)
+
+    async def count(self, key: str, amount: int, window_s: float) -> int:
+        async with _reachable(self.url):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.incrby(f"{self._p}:c:{key}", amount)
+            pipe.pexpire(f"{self._p}:c:{key}", max(1, int(window_s * 1000)), nx=True)
+            value, _ = await pipe.execute()
+        return int(value)
 
     async def ping(self) -> None:
         async with _reachable(self.url):

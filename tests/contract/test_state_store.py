@@ -10,19 +10,22 @@ import pytest
 
 from pdserve.kv.hashing import block_hashes
 from pdserve.state import StateStore, WorkerRecord, make_store
+from pdserve.state.fallback import FallbackStore
 from pdserve.types import WorkerId
 from tests.redis_server import RedisServer
 
 A, B = WorkerId("10.0.0.1:50051"), WorkerId("10.0.0.2:50051")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "fallback"])
 async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[StateStore]:
-    if request.param == "redis":
+    if request.param == "memory":
+        s = make_store("memory://")
+    else:
         redis_server.flush(db=1)
         s = make_store(redis_server.db_url(1))
-    else:
-        s = make_store("memory://")
+        if request.param == "fallback":  # the router's wrapper, while Redis answers
+            s = FallbackStore(s)
     yield s
     await s.close()
 
@@ -103,3 +106,13 @@ async def test_deregister_removes_record_and_blocks(store: StateStore) -> None:
 
 async def test_ping(store: StateStore) -> None:
     await store.ping()
+
+
+async def test_counters_add_up_within_their_window_and_start_again_after(store: StateStore) -> None:
+    key = f"k{uuid.uuid4().hex}"
+    assert await store.count(key, 3, window_s=0.5) == 3
+    assert await store.count(key, 4, window_s=0.5) == 7
+    assert await store.count(key, -2, window_s=0.5) == 5  # a refund
+    assert await store.count("other" + key, 1, window_s=0.5) == 1  # counters are independent
+    await asyncio.sleep(0.7)
+    assert await store.count(key, 1, window_s=0.5) == 1  # a new window
