@@ -14,6 +14,7 @@ from pdserve.config import setup_logging
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
 from router import config
+from router.admission import Admission
 from router.api.app import create_app
 from router.fleet import Fleet, FleetOptions, TokenizerSource
 from router.metrics import RouterMetrics
@@ -52,7 +53,8 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     decider = ThresholdDecider(cfg.disagg_min_tokens, cfg.prefill_saturated_waiting)
     placer = Placer(make_policy(cfg.policy, cfg.weights), decider, store, cfg.predict_ttl_s)
     orchestrator = Orchestrator(placer, cfg.timeouts, metrics, cfg.recovery)
-    return RouterService(fleet.pools, orchestrator, metrics), fleet, store
+    admission = Admission(cfg.admission, store)
+    return RouterService(fleet.pools, orchestrator, metrics, admission), fleet, store
 
 
 def make_app(cfg: config.RouterConfig) -> FastAPI:
@@ -69,7 +71,7 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
             await fleet.close()
             await store.close()
 
-    return create_app(lambda: holder["service"], lifespan, cfg.api_keys)
+    return create_app(lambda: holder["service"], lifespan, cfg.api_keys, cfg.max_body_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:

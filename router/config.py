@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pdserve.config import resolve_model
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
+from router.admission import AdmissionLimits
 from router.orchestrator import Timeouts
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
@@ -32,12 +33,16 @@ class RouterConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     recovery: Recovery = field(default_factory=Recovery)
     api_keys: tuple[str, ...] = ()  # clients must send one (Bearer); () = open
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    max_body_bytes: int = 8 << 20  # larger request bodies are refused before they are read
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if not self.decode and self.state_url.startswith("memory"):
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be ≥ 1")
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {sorted(POLICIES)}")
         for addr in (*self.prefill, *self.decode):
@@ -150,6 +155,44 @@ def parser() -> argparse.ArgumentParser:
         "[PDSERVE_MIGRATIONS]",
     )
     p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=int(env("PDSERVE_MAX_INFLIGHT", "512")),
+        help="requests generating at once; more wait in the queue; 0 = no limit [PDSERVE_MAX_INFLIGHT]",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=int(env("PDSERVE_MAX_QUEUED", "1024")),
+        help="requests waiting for a slot; past this → 503 with Retry-After [PDSERVE_MAX_QUEUED]",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=float(env("PDSERVE_QUEUE_TIMEOUT_S", "30")),
+        help="seconds a request waits for a slot before 503 [PDSERVE_QUEUE_TIMEOUT_S]",
+    )
+    p.add_argument(
+        "--rate-limit-rpm",
+        type=int,
+        default=int(env("PDSERVE_RATE_LIMIT_RPM", "0")),
+        help="requests per minute per API key (shared across routers through --state-url); 0 = none "
+        "[PDSERVE_RATE_LIMIT_RPM]",
+    )
+    p.add_argument(
+        "--rate-limit-tpm",
+        type=int,
+        default=int(env("PDSERVE_RATE_LIMIT_TPM", "0")),
+        help="tokens (prompt + max_tokens, unused ones refunded) per minute per API key; 0 = none "
+        "[PDSERVE_RATE_LIMIT_TPM]",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=int(env("PDSERVE_MAX_BODY_BYTES", str(8 << 20))),
+        help="larger request bodies get 413 before they are read [PDSERVE_MAX_BODY_BYTES]",
+    )
+    p.add_argument(
         "--api-keys-file",
         default=env("PDSERVE_API_KEYS_FILE", ""),
         help="require Authorization: Bearer <key> on /v1/*, keys one per line (also the comma-separated "
@@ -193,6 +236,14 @@ def from_args(argv: list[str] | None = None) -> RouterConfig:
         timeouts=Timeouts(prefill_s=min(300.0, args.request_timeout), request_s=args.request_timeout),
         recovery=Recovery(args.prefill_retries, args.decode_retries, args.migrations),
         api_keys=read_secrets(args.api_keys_file, "PDSERVE_API_KEYS"),
+        admission=AdmissionLimits(
+            max_inflight=args.max_inflight,
+            max_queued=args.max_queued,
+            queue_timeout_s=args.queue_timeout,
+            requests_per_minute=args.rate_limit_rpm,
+            tokens_per_minute=args.rate_limit_tpm,
+        ),
+        max_body_bytes=args.max_body_bytes,
         link=WorkerLink(
             TlsFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca),
             next(iter(read_secrets(args.worker_token_file, "PDSERVE_WORKER_TOKEN")), ""),

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pdserve.types import WorkerId
+from router.admission import Gate
 from router.orchestrator import Chunk
 from router.pool import ModelPool
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped off the event loop's thread
+        return 0
+
 
 # Buckets in seconds, from vLLM's own histograms of the same quantities.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0)
@@ -82,9 +92,17 @@ class RouterMetrics:
             "pdserve_router_migrations", "Streams moved to another decode worker mid-generation", registry=r
         )
         self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
+        self.queued = Gauge(
+            "pdserve_router_queued_requests", "Requests waiting for a slot (--max-inflight)", registry=r
+        )
+        self.tasks = Gauge("pdserve_router_asyncio_tasks", "asyncio tasks alive in the router (leak check)", registry=r)
+        self.tasks.set_function(_task_count)
         self.rejections = Counter(
             "pdserve_router_rejections", "Requests refused before reaching a worker", ["reason"], registry=r
         )
+
+    def watch(self, gate: Gate) -> None:
+        self.queued.set_function(lambda: gate.queued)
 
     def placed(self, role: str, worker: WorkerId) -> None:
         self.placements.labels(role, self._policy, worker).inc()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from pdserve.engine.base import SamplingSpec
+from pdserve.state.memory import MemoryStore
+from router.admission import ANONYMOUS, Admission, AdmissionLimits
 from router.api.schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from router.metrics import RouterMetrics
 from router.orchestrator import Chunk, Generation, Orchestrator
@@ -28,10 +30,18 @@ class BadRequestError(ValueError):
 
 
 class RouterService:
-    def __init__(self, pools: dict[str, ModelPool], orchestrator: Orchestrator, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        pools: dict[str, ModelPool],
+        orchestrator: Orchestrator,
+        metrics: RouterMetrics,
+        admission: Admission | None = None,
+    ) -> None:
         self.pools = pools
         self._orchestrator = orchestrator
         self.metrics = metrics
+        self.admission = admission or Admission(AdmissionLimits(), MemoryStore())
+        metrics.watch(self.admission.gate)
 
     def pool(self, model: str) -> ModelPool:
         try:
@@ -65,8 +75,11 @@ class RouterService:
         limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         return pool, self._generation(pool, req, ids, limit, arrival)
 
-    def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
-        return self._orchestrator.generate(pool, gen)
+    def generate(self, pool: ModelPool, gen: Generation, client: str = ANONYMOUS) -> AsyncIterator[Chunk]:
+        """The request's chunks, once admission control lets it in (``RateLimited`` /
+        ``Overloaded`` are raised by the first ``anext``)."""
+        chunks = self._orchestrator.generate(pool, gen)
+        return self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens, chunks)
 
     def _generation(
         self, pool: ModelPool, req: _SamplingFields, ids: Sequence[int], max_tokens: int | None, arrival: float

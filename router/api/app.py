@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok
+from router.admission import ANONYMOUS, client_id
 from router.api import errors, render
+from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
 from router.orchestrator import Chunk, Generation
 from router.pool import ModelPool
@@ -22,21 +24,28 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def create_app(
-    get_service: Callable[[], RouterService], lifespan: Lifespan | None = None, api_keys: tuple[str, ...] = ()
+    get_service: Callable[[], RouterService],
+    lifespan: Lifespan | None = None,
+    api_keys: tuple[str, ...] = (),
+    max_body_bytes: int = 8 << 20,
 ) -> FastAPI:
-    """``api_keys``: if any, every /v1/* request needs ``Authorization: Bearer <one of them>``."""
+    """``api_keys``: if any, every /v1/* request needs ``Authorization: Bearer <one of them>``,
+    and rate limits count per key. Bodies over ``max_body_bytes`` get 413 unread."""
     app = FastAPI(title="pdserve router", version="0.1.0", lifespan=lifespan)
     errors.install(app, lambda: get_service().metrics)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     if api_keys:
 
         @app.middleware("http")
         async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             # /health and /metrics stay open for probes and Prometheus.
-            if request.url.path.startswith("/v1/") and not bearer_ok(request.headers.get("authorization"), api_keys):
+            header = request.headers.get("authorization")
+            if request.url.path.startswith("/v1/") and not bearer_ok(header, api_keys):
                 get_service().metrics.rejections.labels("unauthenticated").inc()
                 err = errors.APIError(401, "Incorrect or missing API key.", code="invalid_api_key")
                 return JSONResponse(errors.error_body(err), status_code=401)
+            request.state.client = client_id(header.split(None, 1)[-1] if header else None)
             return await call_next(request)
 
     @app.middleware("http")
@@ -65,16 +74,20 @@ def create_app(
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Response:
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         pool, gen = get_service().completion(body, time.perf_counter())
-        return await _respond(get_service(), pool, gen, body, chat=False)
+        return await _respond(get_service(), pool, gen, body, _client(request), chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         pool, gen = get_service().chat(body, time.perf_counter())
-        return await _respond(get_service(), pool, gen, body, chat=True)
+        return await _respond(get_service(), pool, gen, body, _client(request), chat=True)
 
     return app
+
+
+def _client(request: Request) -> str:
+    return getattr(request.state, "client", ANONYMOUS)
 
 
 async def _respond(
@@ -82,6 +95,7 @@ async def _respond(
     pool: ModelPool,
     gen: Generation,
     body: CompletionRequest | ChatCompletionRequest,
+    client: str,
     chat: bool,
 ) -> Response:
     shape = render.Shape(
@@ -91,7 +105,7 @@ async def _respond(
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         return_token_ids=body.return_token_ids,
     )
-    chunks = service.metrics.observe(gen.arrival, len(gen.prompt_ids), service.generate(pool, gen))
+    chunks = service.metrics.observe(gen.arrival, len(gen.prompt_ids), service.generate(pool, gen, client))
     if not body.stream:
         return JSONResponse(await render.collect(shape, chunks))
     first = await _first(chunks)  # errors before the first token keep their HTTP status

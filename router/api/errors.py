@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from router.admission import Overloaded, RateLimited
 from router.clients import WorkerError
 from router.metrics import RouterMetrics
 from router.orchestrator import BrokenStreamError, NoWorkersError
@@ -31,9 +32,11 @@ class APIError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
 
 
 def error_body(err: APIError) -> dict[str, Any]:
@@ -48,6 +51,12 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(404, str(exc.args[0]), param="model", code="model_not_found")
     if isinstance(exc, BadRequestError):
         return APIError(400, str(exc), param=exc.param)
+    if isinstance(exc, RateLimited):
+        return APIError(
+            429, str(exc), type_="rate_limit_error", code="rate_limit_exceeded", retry_after_s=exc.retry_after_s
+        )
+    if isinstance(exc, Overloaded):
+        return APIError(503, str(exc), type_="service_unavailable", code="overloaded", retry_after_s=exc.retry_after_s)
     if isinstance(exc, NoWorkersError):
         return APIError(503, str(exc), type_="service_unavailable", code="no_workers")
     if isinstance(exc, WorkerError):
@@ -64,7 +73,7 @@ def to_api_error(exc: BaseException) -> APIError:
 
 
 def _response(err: APIError) -> JSONResponse:
-    return JSONResponse(error_body(err), status_code=err.status)
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -103,6 +112,8 @@ def install(app: FastAPI, get_metrics: Callable[[], RouterMetrics]) -> None:
         NoWorkersError,
         WorkerError,
         BrokenStreamError,
+        RateLimited,
+        Overloaded,
         Exception,
     ):
         app.add_exception_handler(known, _mapped)

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta
 from pdserve.state.memory import MemoryStore
 from pdserve.types import WorkerId
+from router.admission import Admission, AdmissionLimits
 from router.api.app import create_app
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator, Timeouts
@@ -63,7 +64,14 @@ class ScriptedPrefill:
 
 
 def make_client(
-    tok: Tokenizer, output_text: str, *, with_decode: bool = True, with_prefill: bool = True
+    tok: Tokenizer,
+    output_text: str,
+    *,
+    with_decode: bool = True,
+    with_prefill: bool = True,
+    limits: AdmissionLimits | None = None,
+    api_keys: tuple[str, ...] = (),
+    max_body_bytes: int = 8 << 20,
 ) -> tuple[TestClient, ScriptedDecode]:
     decode = ScriptedDecode(tok.encode(output_text)[0:] if output_text else [])
     pool = ModelPool(
@@ -76,8 +84,11 @@ def make_client(
     )  # type: ignore[dict-item]
     metrics = RouterMetrics("round-robin")
     placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
-    service = RouterService({"tiny": pool}, Orchestrator(placer, Timeouts(), metrics), metrics)
-    return TestClient(create_app(lambda: service)), decode
+    admission = Admission(limits or AdmissionLimits(), MemoryStore())
+    service = RouterService({"tiny": pool}, Orchestrator(placer, Timeouts(), metrics), metrics, admission)
+    app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes)
+    app.state.service = service  # for tests that look inside
+    return TestClient(app), decode
 
 
 def test_completion_runs_prefill_then_decode_with_its_kv_params(tiny_tokenizer: Tokenizer) -> None:

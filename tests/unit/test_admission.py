@@ -1,0 +1,201 @@
+"""Admission control: the bounded gate, per-client rate limits, and what HTTP clients see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from pdserve.state.memory import MemoryStore
+from router.admission import Admission, AdmissionLimits, Gate, Overloaded, RateLimited, RateLimiter, client_id
+from router.orchestrator import Chunk
+from router.tokenizer import Tokenizer
+from tests.unit.test_router_http import make_client, tiny_tokenizer  # noqa: F401 - fixture
+
+
+async def test_gate_admits_up_to_the_limit_queues_the_next_and_refuses_past_the_queue() -> None:
+    gate = Gate(max_inflight=1, max_queued=1, queue_timeout_s=5)
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with gate.slot():
+            order.append(name)
+            await release.wait()
+
+    first = asyncio.create_task(hold("first"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(hold("second"))
+    await asyncio.sleep(0)
+    assert (gate.inflight, gate.queued) == (1, 1)
+    with pytest.raises(Overloaded) as refused:
+        async with gate.slot():
+            pass
+    assert refused.value.retry_after_s >= 1
+    release.set()
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"]
+    assert (gate.inflight, gate.queued) == (0, 0)
+
+
+async def test_gate_gives_up_after_the_queue_timeout_and_frees_the_queue_place() -> None:
+    gate = Gate(max_inflight=1, max_queued=4, queue_timeout_s=0.05)
+    async with gate.slot():
+        with pytest.raises(Overloaded):
+            async with gate.slot():
+                pass
+        assert gate.queued == 0
+    async with gate.slot():  # the slot came back
+        assert gate.inflight == 1
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_requests_per_minute_per_client_with_retry_after_to_the_window_end() -> None:
+    clock = Clock(600.0 + 45)  # 15 s before the minute ends
+    limiter = RateLimiter(MemoryStore(clock), requests_per_minute=2, tokens_per_minute=0, clock=clock)
+    await limiter.charge("a", 10)
+    await limiter.charge("a", 10)
+    with pytest.raises(RateLimited) as over:
+        await limiter.charge("a", 10)
+    assert over.value.retry_after_s == 15
+    await limiter.charge("b", 10)  # another client has its own budget
+    clock.now += 15  # the next window
+    await limiter.charge("a", 10)
+
+
+async def test_tokens_per_minute_charges_up_front_and_refunds_what_was_not_generated() -> None:
+    clock = Clock(0.0)
+    limiter = RateLimiter(MemoryStore(clock), requests_per_minute=0, tokens_per_minute=100, clock=clock)
+    charge = await limiter.charge("a", 60)
+    with pytest.raises(RateLimited):
+        await limiter.charge("a", 60)  # 120 > 100, and the refusal is not counted
+    await limiter.refund(charge, 30)  # generated 30 fewer than reserved: 30 in use
+    await limiter.charge("a", 70)  # exactly at the limit
+    with pytest.raises(RateLimited, match=r"1000 tokens.*100 per minute"):
+        await RateLimiter(MemoryStore(), 0, 100).charge("a", 1000)  # can never fit
+
+
+def test_clients_are_counted_by_a_digest_never_the_key() -> None:
+    assert client_id("sk-secret") != "sk-secret"
+    assert "secret" not in client_id("sk-secret")
+    assert client_id("sk-secret") == client_id("sk-secret") != client_id("sk-other")
+    assert client_id(None) == client_id("") == "anonymous"
+
+
+def _chunks(n: int) -> AsyncIterator[Chunk]:
+    async def gen() -> AsyncIterator[Chunk]:
+        for i in range(1, n + 1):
+            yield Chunk("x", i, "length" if i == n else None)
+
+    return gen()
+
+
+async def test_admitted_stream_refunds_unused_tokens_and_frees_its_slot() -> None:
+    store = MemoryStore()
+    admission = Admission(AdmissionLimits(max_inflight=1, tokens_per_minute=100), store)
+    out = [c async for c in admission.admitted("a", 10, 50, _chunks(20))]
+    assert len(out) == 20
+    assert admission.gate.inflight == 0
+    # 10 prompt + 20 generated remain charged: 70 more fit, 71 do not
+    await admission.limiter.charge("a", 70)
+    with pytest.raises(RateLimited):
+        await admission.limiter.charge("a", 1)
+
+
+async def test_closing_an_admitted_stream_early_closes_the_inner_one_and_frees_the_slot() -> None:
+    closed = asyncio.Event()
+
+    async def endless() -> AsyncIterator[Chunk]:
+        try:
+            i = 0
+            while True:
+                i += 1
+                yield Chunk("x", i)
+        finally:
+            closed.set()
+
+    admission = Admission(AdmissionLimits(max_inflight=1), MemoryStore())
+    stream = admission.admitted("a", 1, 1000, endless())
+    await anext(stream)
+    assert admission.gate.inflight == 1
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert closed.is_set() and admission.gate.inflight == 0
+
+
+# --- over HTTP -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def body() -> dict:
+    return {"model": "tiny", "prompt": "Hi", "max_tokens": 4}
+
+
+def test_rate_limited_request_gets_429_with_retry_after_per_api_key(tiny_tokenizer: Tokenizer, body: dict) -> None:  # noqa: F811
+    client, decode = make_client(
+        tiny_tokenizer, "ab", limits=AdmissionLimits(requests_per_minute=1), api_keys=("k1", "k2")
+    )
+    one, two = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    assert client.post("/v1/completions", json=body, headers=one).status_code == 200
+    over = client.post("/v1/completions", json=body, headers=one)
+    assert over.status_code == 429
+    assert 1 <= int(over.headers["Retry-After"]) <= 60
+    assert over.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "k1" not in over.text
+    assert client.post("/v1/completions", json=body, headers=two).status_code == 200  # its own budget
+    assert len(decode.calls) == 2  # the refused one never reached a worker
+
+
+def test_over_capacity_gets_503_overloaded(tiny_tokenizer: Tokenizer, body: dict) -> None:  # noqa: F811
+    client, _ = make_client(tiny_tokenizer, "ab", limits=AdmissionLimits(max_inflight=1, max_queued=0))
+    gate = client.app.state.service.admission.gate
+    with _held(gate):
+        for stream in (False, True):
+            resp = client.post("/v1/completions", json={**body, "stream": stream})
+            assert resp.status_code == 503, resp.text
+            assert resp.headers["Retry-After"] == "1"
+            assert resp.json()["error"]["code"] == "overloaded"
+    assert client.post("/v1/completions", json=body).status_code == 200
+
+
+class _held:
+    """Occupy the gate's one slot from this thread (the TestClient runs the app on its own
+    event loop and reads each response whole, so a held stream cannot do it)."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def __enter__(self) -> None:
+        assert self.gate._slots is not None
+        self.gate._slots._value = 0
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.gate._slots is not None
+        self.gate._slots._value = 1
+
+
+def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> None:  # noqa: F811
+    client, decode = make_client(tiny_tokenizer, "ab", max_body_bytes=1000)
+    big = json.dumps({"model": "tiny", "prompt": "x" * 2000, "max_tokens": 1}).encode()
+    resp = client.post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for i in range(0, len(big), 100):
+            yield big[i : i + 100]
+
+    resp = client.post("/v1/completions", content=chunked(), headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
+    assert "larger than 1000 bytes" in resp.json()["error"]["message"]
+    assert not decode.calls
+    small = {"model": "tiny", "prompt": "x", "max_tokens": 1}
+    assert client.post("/v1/completions", json=small).status_code == 200
