@@ -97,11 +97,16 @@ class RouterService:
         if any(t >= vocab for t in ids):
             raise BadRequestError(f"token ids must be below the vocabulary size {vocab}", "prompt")
         stop_ids = tuple(req.stop_token_ids or ())
+        if any(t >= vocab for t in stop_ids):
+            raise BadRequestError(f"stop_token_ids must be below the vocabulary size {vocab}", "stop_token_ids")
         if not req.ignore_eos:
             stop_ids += tuple(t for t in pool.tokenizer.eos_token_ids if t not in stop_ids)
+        # Like vLLM: a max_tokens past the context is reduced to what fits.
+        limit = min(max_tokens, room) if max_tokens is not None else room
+        if req.min_tokens > limit:
+            raise BadRequestError(f"min_tokens ({req.min_tokens}) is more than max_tokens ({limit})", "min_tokens")
         spec = SamplingSpec(
-            # Like vLLM: a max_tokens past the context is reduced to what fits.
-            max_tokens=min(max_tokens, room) if max_tokens is not None else room,
+            max_tokens=limit,
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=max(req.top_k, 0),

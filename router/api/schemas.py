@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_STRINGS = 4
+INT32_MAX, INT64 = 2**31 - 1, 2**63  # what the worker protocol carries (proto/pdserve/v1/worker.proto)
+
+
+def _encodable(v: str) -> str:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it has a lone surrogate)") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_encodable)]  # what reaches the tokenizer
 
 
 class StreamOptions(BaseModel):
@@ -20,12 +32,12 @@ class _SamplingFields(BaseModel):
     model: str
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=-1)] = 0  # vLLM extension; -1 and 0 disable
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None  # vLLM extension
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] = 0  # vLLM extension; -1 and 0 disable
+    seed: Annotated[int, Field(ge=-INT64, lt=INT64)] | None = None
+    stop: Text | list[Text] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None  # vLLM extension
     ignore_eos: bool = False  # vLLM extension
-    min_tokens: Annotated[int, Field(ge=0)] = 0  # vLLM extension
+    min_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0  # vLLM extension
     n: Annotated[int, Field(ge=1, le=128)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -51,7 +63,7 @@ class _SamplingFields(BaseModel):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | list[str]
+    prompt: Text | Annotated[list[Annotated[int, Field(ge=0, le=INT32_MAX)]], Field(min_length=1)] | list[Text]
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
     echo: bool = False
     suffix: str | None = None
@@ -60,15 +72,15 @@ class CompletionRequest(_SamplingFields):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None:

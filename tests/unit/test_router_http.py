@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,23 @@ def test_metrics_count_requests_tokens_latencies_and_placements(tiny_tokenizer: 
     placed = (("policy", "round-robin"), ("role", "prefill"), ("worker", "prefill:1"))
     assert m[("pdserve_router_placement_decisions_total", placed)] == 2
     assert m[("pdserve_router_inflight_requests", ())] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"min_tokens": 10, "max_tokens": 5}, "min_tokens"),
+        ({"stop_token_ids": [10**6]}, "stop_token_ids"),
+        ({"seed": 2**63}, "seed"),
+        ({"top_k": 2**31}, "top_k"),
+        ({"prompt": "\ud800"}, "prompt"),
+        ({"stop": ["\udfff"]}, "stop"),
+    ],
+)
+def test_values_the_workers_cannot_take_are_400s(tiny_tokenizer: Tokenizer, extra: dict, param: str) -> None:
+    client, decode = make_client(tiny_tokenizer, "ab")
+    body = json.dumps({"model": "tiny", "prompt": "Hi", **extra})  # ASCII: lone surrogates escaped
+    resp = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert (resp.json()["error"]["param"] or "").startswith(param)
+    assert not decode.calls
