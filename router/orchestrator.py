@@ -56,11 +56,15 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Timeouts:
-    prefill_s: float = 300.0
-    request_s: float = 600.0
+    prefill_s: float = 300.0  # one prefill RPC
+    request_s: float = 600.0  # the whole request from its arrival: queue, retries, migrations, stream
 
 
-__all__ = ["BrokenStreamError", "NoWorkersError", "Orchestrator"]
+class RequestTimeout(Exception):
+    """The request's deadline passed before it finished."""
+
+
+__all__ = ["BrokenStreamError", "NoWorkersError", "Orchestrator", "RequestTimeout"]
 
 
 class Observer(Protocol):
@@ -108,6 +112,14 @@ class _Text:
         return Chunk("".join(text), len(self.produced), None, self.cached, delta.token_ids) if delta.token_ids else None
 
 
+def _left(deadline: float) -> float:
+    """Seconds to the request's deadline; ``RequestTimeout`` once it has passed."""
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        raise RequestTimeout("the request did not finish within its deadline")
+    return left
+
+
 def _remaining(spec: SamplingSpec, produced: int) -> SamplingSpec:
     """The sampling of a migrated request: what is left of its token budget."""
     return dataclasses.replace(
@@ -129,12 +141,13 @@ class Orchestrator:
         text = _Text(pool, gen)
         failed: set[WorkerId] = set()
         restarts = migrations = 0
+        deadline = gen.arrival + self._timeouts.request_s  # gRPC deadlines below end it on the workers too
         while True:
             attempt = RequestId(base_id if not restarts + migrations else f"{base_id}-{restarts + migrations}")
             prompt = gen.prompt_ids + text.produced  # a migration replays what was streamed
             try:
                 first = not restarts + migrations
-                async for chunk in self._attempt(pool, gen, attempt, prompt, text, failed, first):
+                async for chunk in self._attempt(pool, gen, attempt, prompt, text, failed, first, deadline):
                     yield chunk
                 return  # _attempt ends with a finish chunk, or raises
             except (WorkerError, BrokenStreamError) as exc:
@@ -162,13 +175,14 @@ class Orchestrator:
         text: _Text,
         failed: set[WorkerId],
         first: bool,
+        deadline: float,
     ) -> AsyncIterator[Chunk]:
         where = await self._placer.place(pool, prompt, exclude=frozenset(failed))
         self._notify(where, len(prompt), gen.arrival if first else None)
         uncached = len(prompt) - where.matched_tokens
         spec = _remaining(gen.spec, len(text.produced))
         with pool.counted(where.decode, 0 if where.prefill else uncached):
-            kv_params, cached = await self._prefill(pool, where, request_id, prompt, spec, failed, uncached)
+            kv_params, cached = await self._prefill(pool, where, request_id, prompt, spec, failed, uncached, deadline)
             log.info(
                 "%s: %d prompt tokens, prefill on %s (%s cached), decode on %s (%s)",
                 request_id,
@@ -178,9 +192,7 @@ class Orchestrator:
                 where.decode,
                 where.reason,
             )
-            deltas = pool.decode[where.decode].decode(
-                request_id, prompt, spec, kv_params, timeout=self._timeouts.request_s
-            )
+            deltas = pool.decode[where.decode].decode(request_id, prompt, spec, kv_params, timeout=_left(deadline))
             async with contextlib.aclosing(deltas):
                 async for delta in deltas:
                     if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
@@ -205,6 +217,7 @@ class Orchestrator:
         spec: SamplingSpec,
         failed: set[WorkerId],
         uncached: int,
+        deadline: float,
     ) -> tuple[dict[str, Any] | None, int | None]:
         """(kv_transfer_params, cached tokens) of a remote prefill, retried on other prefill
         workers; (None, None) when the decode worker is to prefill itself."""
@@ -213,7 +226,7 @@ class Orchestrator:
             try:
                 with pool.counted(worker, uncached):
                     result = await pool.prefill[worker].prefill(
-                        request_id, prompt, spec, timeout=self._timeouts.prefill_s
+                        request_id, prompt, spec, timeout=min(self._timeouts.prefill_s, _left(deadline))
                     )
                 return result.kv_transfer_params, result.cached_tokens
             except WorkerError as exc:

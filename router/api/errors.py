@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router.admission import Overloaded, RateLimited
 from router.clients import WorkerError
 from router.metrics import RouterMetrics
-from router.orchestrator import BrokenStreamError, NoWorkersError
+from router.orchestrator import BrokenStreamError, NoWorkersError, RequestTimeout
 from router.service import BadRequestError, UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,17 @@ def to_api_error(exc: BaseException) -> APIError:
         )
     if isinstance(exc, Overloaded):
         return APIError(503, str(exc), type_="service_unavailable", code="overloaded", retry_after_s=exc.retry_after_s)
+    if isinstance(exc, RequestTimeout):
+        return APIError(504, str(exc), type_="timeout", code="request_timeout")
     if isinstance(exc, NoWorkersError):
         return APIError(503, str(exc), type_="service_unavailable", code="no_workers")
     if isinstance(exc, WorkerError):
         if exc.code is grpc.StatusCode.INVALID_ARGUMENT:
             return APIError(400, exc.details)
         if exc.code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return APIError(504, "the request timed out", type_="timeout")
+            return APIError(
+                504, "the request did not finish within its deadline", type_="timeout", code="request_timeout"
+            )
         if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return APIError(503, "no worker could take the request", type_="service_unavailable")
     if isinstance(exc, BrokenStreamError):
@@ -112,6 +116,7 @@ def install(app: FastAPI, get_metrics: Callable[[], RouterMetrics]) -> None:
         NoWorkersError,
         WorkerError,
         BrokenStreamError,
+        RequestTimeout,
         RateLimited,
         Overloaded,
         Exception,

@@ -6,7 +6,6 @@ every error an OpenAI-shaped body; the router must still serve afterwards."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,30 +18,16 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from pdserve.bench.procs import Procs
-from tests.conftest import free_port
+from tests.integration.simfleet import ZERO, sim_worker, start_router
 
 MAX_BODY = 64 * 1024  # small, so the fuzzer and the tests below reach it
-
-
-def sim(procs: Procs, role: str) -> str:
-    port = free_port()
-    module = "prefill_worker" if role == "prefill" else "decode_worker"
-    argv = [sys.executable, "-m", module, "--engine", "sim", "--engine-arg", "profile=zero", "--port", str(port)]
-    argv += ["--metrics-port", "0", "--kv-events-port", str(free_port()), "--log-level", "WARNING"]
-    procs.start(role, argv)
-    return f"127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[str]:
     with Procs(tmp_path_factory.mktemp("fuzz")) as procs:
-        prefill, decode = sim(procs, "prefill"), sim(procs, "decode")
-        port = free_port()
-        argv = [sys.executable, "-m", "router", "--port", str(port), "--model", str(default_model)]
-        argv += ["--prefill", prefill, "--decode", decode, "--max-body-bytes", str(MAX_BODY)]
-        procs.start("router", argv)
-        url = f"http://127.0.0.1:{port}"
-        procs.wait_http(f"{url}/v1/models", timeout_s=300, ready=lambda r: bool(r.json()["data"]))
+        prefill, decode = sim_worker(procs, "prefill", profile=ZERO), sim_worker(procs, "decode", profile=ZERO)
+        _, url = start_router(procs, default_model, prefill, decode, "--max-body-bytes", str(MAX_BODY))
         yield url
         log = (procs.log_dir / "router.log").read_text(errors="replace")
         assert "Traceback" not in log, log[-3000:]  # nothing went unhandled, even in the log

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -13,28 +12,13 @@ import httpx
 import pytest
 
 from pdserve.bench.procs import Procs
-from tests.conftest import free_port
-
-
-def sim(procs: Procs, role: str) -> str:
-    port = free_port()
-    module = "prefill_worker" if role == "prefill" else "decode_worker"
-    argv = [sys.executable, "-m", module, "--engine", "sim", "--engine-arg", "profile=llama-3.1-8b-h200"]
-    argv += ["--port", str(port), "--metrics-port", "0", "--kv-events-port", str(free_port()), "--log-level", "WARNING"]
-    procs.start(role, argv)
-    return f"127.0.0.1:{port}"
+from tests.integration.simfleet import served_model, sim_worker, start_router
 
 
 def test_sigterm_lets_streams_in_flight_finish_then_exits(tmp_path: Path, default_model: Path) -> None:
     with Procs(tmp_path) as procs:
-        prefill, decode = sim(procs, "prefill"), sim(procs, "decode")
-        port = free_port()
-        argv = [sys.executable, "-m", "router", "--port", str(port), "--model", str(default_model)]
-        router = procs.start("router", [*argv, "--prefill", prefill, "--decode", decode])
-        url = f"http://127.0.0.1:{port}"
-        procs.wait_http(f"{url}/v1/models", timeout_s=300, ready=lambda r: bool(r.json()["data"]))
-        model = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
-        # ~8 ms a token in the llama-3.1-8b-h200 profile: 400 tokens stream for ~3 s
+        router, url = start_router(procs, default_model, sim_worker(procs, "prefill"), sim_worker(procs, "decode"))
+        model = served_model(url)
         body = {"model": model, "prompt": "drain me", "max_tokens": 400, "ignore_eos": True, "stream": True}
         body |= {"stream_options": {"include_usage": True}}
         events: list[dict] = []
