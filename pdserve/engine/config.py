@@ -26,6 +26,11 @@ class EngineConfig:
     kv_host: str = "127.0.0.1"  # NIXL side channel host the peer connects to
     kv_port: int = 5600  # NIXL side channel port, one per engine
     kv_events_port: int = 0  # KV event publisher (ZMQ PUB); replay on the next port; 0 = off
+    # Seconds a prefill engine keeps finished prompts' KV blocks for a decode side that
+    # never pulls them; None = the vLLM release's default. Set the same value on both
+    # roles: the decode side's heartbeat interval (lease / 6) must stay below the
+    # prefill side's extension per heartbeat (lease * 2/3).
+    kv_lease_s: int | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)  # passed to vLLM unchanged
 
     def __post_init__(self) -> None:
@@ -41,6 +46,8 @@ class EngineConfig:
             raise ValueError("kv_port must be a TCP port")
         if not 0 <= self.kv_events_port < 65535:
             raise ValueError("kv_events_port must be a TCP port (0 = off)")
+        if self.kv_lease_s is not None and self.kv_lease_s < 1:
+            raise ValueError("kv_lease_s must be >= 1 second")
 
     @property
     def kv_events_endpoints(self) -> tuple[str, str]:
@@ -118,6 +125,15 @@ def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int, defa
         "[PDSERVE_KV_EVENTS_PORT]",
     )
     g.add_argument(
+        "--kv-lease-s",
+        type=int,
+        default=_optional_int(_env("PDSERVE_KV_LEASE_S", "")),
+        help="seconds a prefill engine holds the KV blocks of a finished prompt that no decode side has "
+        "pulled, then frees them (NixlConnector's lease; a waiting decode side's heartbeats extend it). "
+        "Default: the vLLM release's own (30 s in vLLM 0.32; 480 s in releases that read "
+        "VLLM_NIXL_ABORT_REQUEST_TIMEOUT). Give both roles the same value [PDSERVE_KV_LEASE_S]",
+    )
+    g.add_argument(
         "--engine-arg",
         action="append",
         default=[],
@@ -125,6 +141,10 @@ def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int, defa
         help="extra vLLM engine argument, VALUE parsed as JSON when it can be "
         "(e.g. load_format=dummy, gpu_memory_utilization=0.8); repeatable",
     )
+
+
+def _optional_int(raw: str) -> int | None:
+    return int(raw) if raw else None
 
 
 def parse_engine_arg(item: str) -> tuple[str, Any]:
@@ -172,5 +192,6 @@ def engine_config_from_args(args: argparse.Namespace, model_dir: Path, rest: lis
         kv_host=args.kv_host,
         kv_port=args.kv_port,
         kv_events_port=args.kv_events_port,
+        kv_lease_s=args.kv_lease_s,
         engine_args={**passthrough_engine_args(rest or []), **dict(parse_engine_arg(a) for a in args.engine_arg)},
     )

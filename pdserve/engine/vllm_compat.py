@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import vllm
+import vllm.envs
 from vllm import SamplingParams
 from vllm.config import KVEventsConfig, KVTransferConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -60,7 +61,7 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
         enforce_eager=cfg.enforce_eager,
         enable_prefix_caching=True,
         disable_log_stats=True,  # our stat logger is the only consumer
-        kv_transfer_config=None if kv_role is None else _kv_transfer_config(kv_role),
+        kv_transfer_config=None if kv_role is None else _kv_transfer_config(kv_role, cfg.kv_lease_s),
         kv_events_config=_kv_events_config(cfg),
     )
     kwargs.update(cfg.engine_args)
@@ -86,13 +87,23 @@ def _kv_events_config(cfg: EngineConfig) -> KVEventsConfig | None:
     )
 
 
-def _kv_transfer_config(kv_role: KvRole) -> KVTransferConfig:
+# Releases before the lease/heartbeat protocol read the prefill side's KV hold time
+# from this variable (default 480 s); later ones from kv_connector_extra_config
+# "kv_lease_duration" (0.32: default 30 s, nixl/base_scheduler.py and base_worker.py).
+_LEGACY_LEASE_ENV = "VLLM_NIXL_ABORT_REQUEST_TIMEOUT"
+_LEGACY_LEASE = _LEGACY_LEASE_ENV in vllm.envs.environment_variables
+
+
+def _kv_transfer_config(kv_role: KvRole, lease_s: int | None) -> KVTransferConfig:
     extra: dict[str, Any] = {}
     if "kv_load_failure_policy" in {f.name for f in dataclasses.fields(KVTransferConfig)}:
         # A failed pull (handshake timeout, peer gone) recomputes the prompt on the
         # decode engine instead of failing the request: slower, nothing lost.
         extra["kv_load_failure_policy"] = "recompute"
-    return KVTransferConfig(kv_connector="NixlConnector", kv_role=kv_role, **extra)
+    connector_extra = {} if lease_s is None or _LEGACY_LEASE else {"kv_lease_duration": lease_s}
+    return KVTransferConfig(
+        kv_connector="NixlConnector", kv_role=kv_role, kv_connector_extra_config=connector_extra, **extra
+    )
 
 
 def kv_transfer_totals(kv_connector_stats: dict[str, Any] | None) -> tuple[int, int, int, float]:
@@ -126,11 +137,14 @@ def _find_nixl_data(node: Any) -> dict[str, Any] | None:
     return None
 
 
-def export_side_channel(cfg: EngineConfig) -> None:
-    """NIXL reads its handshake address from the environment of the engine-core
-    process, which inherits ours: set it before the engine starts."""
+def export_env(cfg: EngineConfig) -> None:
+    """NIXL reads its handshake address (and, in older releases, the KV lease) from
+    the environment of the engine-core process, which inherits ours: set it before
+    the engine starts."""
     os.environ["VLLM_NIXL_SIDE_CHANNEL_HOST"] = cfg.kv_host
     os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(cfg.kv_port)
+    if _LEGACY_LEASE and cfg.kv_lease_s is not None:
+        os.environ[_LEGACY_LEASE_ENV] = str(cfg.kv_lease_s)
 
 
 def sampling_params(

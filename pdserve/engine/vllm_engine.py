@@ -1,9 +1,10 @@
 """vLLM engines: ``AsyncLLM`` in-process with NixlConnector, one class per role.
 
 Prefill runs as ``kv_producer``: it computes the prompt, samples one token and
-keeps the KV blocks until the decode side pulls them (or NIXL's abort timeout
-frees them). Decode runs as ``kv_consumer``: given the prefill's
-kv_transfer_params it pulls those blocks, then generates.
+keeps the KV blocks until the decode side pulls them (or NIXL's lease,
+``EngineConfig.kv_lease_s``, runs out and frees them). Decode runs as
+``kv_consumer``: given the prefill's kv_transfer_params it pulls those blocks,
+then generates.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class _VllmRuntime:
     async def start(self) -> None:
         if self.config.kv_connector != "none":
             _check_port_free(self.config.kv_host, self.config.kv_port)
-        compat.export_side_channel(self.config)
+        compat.export_env(self.config)
         allowed = os.sched_getaffinity(0)
         self._llm = compat.AsyncLLM.from_engine_args(
             compat.engine_args(self.config, self.role),

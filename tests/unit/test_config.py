@@ -122,3 +122,14 @@ def test_unknown_flags_pass_through_to_vllm_in_its_spelling(model_dir: Path) -> 
 def test_stray_positional_argument_is_rejected(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="unexpected"):
         prefill_config.from_args(["--model", str(model_dir), "oops"])
+
+
+def test_kv_lease_flag_env_and_default(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PDSERVE_KV_LEASE_S", raising=False)
+    assert prefill_config.from_args(["--model", str(model_dir)]).engine.kv_lease_s is None  # vLLM's default
+    assert prefill_config.from_args(["--model", str(model_dir), "--kv-lease-s", "12"]).engine.kv_lease_s == 12
+    monkeypatch.setenv("PDSERVE_KV_LEASE_S", "7")
+    assert decode_config.from_args(["--model", str(model_dir)]).engine.kv_lease_s == 7
+    assert decode_config.from_args(["--model", str(model_dir), "--kv-lease-s=9"]).engine.kv_lease_s == 9
+    with pytest.raises(ValueError, match="kv_lease_s"):
+        prefill_config.from_args(["--model", str(model_dir), "--kv-lease-s", "0"])

@@ -1,0 +1,151 @@
+"""A prefill whose decode side never arrives: the prefill engine frees the prompt's KV
+blocks when its lease (``--kv-lease-s``, NixlConnector's ``kv_lease_duration``) runs out.
+
+One real prefill worker (vLLM CPU, the default model) with a short lease; Prefill RPCs
+sent straight to it and never decoded. vLLM stamps the lease when the prefill finishes
+and checks it on every engine step (the engine keeps stepping while it holds finished
+requests' blocks), so the blocks come back about one lease after the prefill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pdserve.bench.procs import Procs, python
+from pdserve.engine.base import EngineLoad
+from pdserve.rpc.convert import load_from_pb
+from pdserve.v1 import worker_pb2 as pb
+from pdserve.v1 import worker_pb2_grpc as pb_grpc
+from tests.conftest import engine_env, free_port
+
+pytestmark = pytest.mark.engine
+
+LEASE_S = 10  # vLLM's default is 30: a lease that did not apply fails the upper bound
+# The lease is checked between engine steps and a step already queued when the prefill
+# finished delays it (vLLM rebases the deadline onto the worker's clock, lengthening it);
+# then the freeing step's stats reach Load. Seconds, on 2 busy cores.
+SLACK_S = 10.0
+PROMPTS, PROMPT_TOKENS = 3, 400  # 4 blocks of 128 each (3 full) per request, no shared prefix
+START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class PrefillWorker:
+    addr: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def prefill_worker(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[PrefillWorker]:
+    logs = tmp_path_factory.mktemp("kv_lease")
+    port = free_port()
+    argv = python("prefill_worker", "--model", str(default_model), "--port", str(port))
+    argv += ["--kv-port", str(free_port()), "--kv-events-port", "0", "--metrics-port", "0"]
+    argv += ["--kv-lease-s", str(LEASE_S)]
+    with Procs(logs, env=engine_env()) as procs:
+        proc = procs.start("prefill", argv)
+        worker = PrefillWorker(f"127.0.0.1:{port}", logs / "prefill.log")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not asyncio.run(_answers(worker.addr)):
+            assert proc.poll() is None, worker.log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, f"prefill worker not up in {START_TIMEOUT_S:.0f}s; see {worker.log}"
+            time.sleep(1)
+        yield worker
+
+
+async def _answers(addr: str) -> bool:
+    try:
+        await _load(addr)
+        return True
+    except grpc.aio.AioRpcError:
+        return False
+
+
+async def _load(addr: str) -> EngineLoad:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        # Load asks the engine core between steps; a prefill step can take seconds here.
+        return load_from_pb(await pb_grpc.PrefillWorkerStub(ch).Load(pb.LoadRequest(), timeout=30))
+
+
+async def _kv_blocks(addr: str) -> int:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        info = await pb_grpc.PrefillWorkerStub(ch).Info(pb.InfoRequest(), timeout=5)
+    return info.kv_capacity_tokens // info.block_size
+
+
+async def _prefill_all(addr: str, prompts: dict[str, list[int]]) -> None:
+    sampling = pb.SamplingParams(max_tokens=1, temperature=0, top_p=1)
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = pb_grpc.PrefillWorkerStub(ch)
+        replies = await asyncio.gather(
+            *(
+                stub.Prefill(pb.PrefillRequest(request_id=rid, prompt_token_ids=ids, sampling=sampling), timeout=120)
+                for rid, ids in prompts.items()
+            )
+        )
+    handles = [json.loads(r.kv_transfer_params_json) for r in replies]
+    assert all(h["do_remote_prefill"] and h["remote_block_ids"] for h in handles), handles
+
+
+def test_undecoded_prefill_kv_is_freed_when_the_lease_runs_out(prefill_worker: PrefillWorker) -> None:
+    addr = prefill_worker.addr
+    blocks = asyncio.run(_kv_blocks(addr)) - 1  # vLLM's usage leaves out its null block
+    baseline = asyncio.run(_load(addr)).kv_cache_usage
+    rng = random.Random(11)
+    prompts = {f"lease-{i}": [rng.randrange(1000, 40000) for _ in range(PROMPT_TOKENS)] for i in range(PROMPTS)}
+
+    sent = time.monotonic()
+    asyncio.run(_prefill_all(addr, prompts))
+    answered = time.monotonic()
+    held = asyncio.run(_load(addr)).kv_cache_usage
+    assert time.monotonic() - sent < LEASE_S, "the prefills took longer than the lease; raise LEASE_S"
+    # Every prompt's blocks are held: no lease can have run out yet.
+    assert round((held - baseline) * blocks) >= PROMPTS * -(-PROMPT_TOKENS // 128), (baseline, held, blocks)
+
+    first_freed, usage = _wait_for_release(addr, held, baseline, deadline=answered + LEASE_S + SLACK_S)
+    assert usage == baseline
+    # Not freed by anything but the lease: a lease starts when its prefill finishes
+    # (after `sent`), and Load's usage lags the engine, never leads it.
+    assert first_freed - sent >= LEASE_S, f"blocks freed {first_freed - sent:.1f}s after sending"
+    assert _expired_in_log(prefill_worker.log, set(prompts)) == set(prompts)
+
+
+def _wait_for_release(addr: str, held: float, baseline: float, deadline: float) -> tuple[float, float]:
+    """Poll Load until KV usage is back at ``baseline``: (when it first fell below
+    ``held``, the final usage)."""
+    first: float | None = None
+    usage = held
+    while usage > baseline:
+        assert time.monotonic() < deadline, f"KV still held ({usage:.4f} > {baseline:.4f})"
+        time.sleep(0.2)
+        usage = asyncio.run(_load(addr)).kv_cache_usage
+        if first is None and usage < held:
+            first = time.monotonic()
+    assert first is not None
+    return first, usage
+
+
+def _expired_in_log(log: Path, request_ids: set[str]) -> set[str]:
+    """Our request ids in vLLM's "Releasing expired KV blocks" warnings (it appends
+    a suffix to each id); waits a little for the engine process's output."""
+    found: set[str] = set()
+    deadline = time.monotonic() + 10
+    while found != request_ids and time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        found = {
+            rid
+            for rid in request_ids
+            if re.search(rf"Releasing expired KV blocks for request {rid}-\w+ which were retrieved by 0 ", text)
+        }
+        time.sleep(0.2)
+    return found
