@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -30,11 +32,12 @@ VOCAB = 32000  # the llama-3.1-8b-h200 profile's
 REQUESTS, RATE, OUTPUT = 400, 25.0, 24
 
 
-def sim_worker(procs: Procs, role: str, i: int) -> tuple[str, int]:
+def sim_worker(procs: Procs, role: str, i: int, *extra: str) -> tuple[str, int]:
     port = free_port()
     module = "prefill_worker" if role == "prefill" else "decode_worker"
     argv = [sys.executable, "-m", module, "--engine", "sim", "--engine-arg", "profile=llama-3.1-8b-h200"]
     argv += ["--port", str(port), "--metrics-port", "0", "--kv-events-port", str(free_port()), "--log-level", "WARNING"]
+    argv += extra
     proc = procs.start(f"{role}{i}", argv)
     return f"127.0.0.1:{port}", proc.pid
 
@@ -74,6 +77,7 @@ def expected(prompt: list[int], n: int) -> list[int]:
 
 
 async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]) -> list[int] | str:
+    """The completion's token ids, or what went wrong (an error keeps its body: see ``clean``)."""
     body = {"model": model, "prompt": prompt, "max_tokens": OUTPUT, "temperature": 0, "ignore_eos": True}
     body |= {"stream": True, "return_token_ids": True}
     for attempt in range(2):
@@ -83,12 +87,12 @@ async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]
             async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
                 started = True
                 if resp.status_code != 200:
-                    return f"HTTP {resp.status_code}"
+                    return f"HTTP {resp.status_code}: {(await resp.aread()).decode(errors='replace')}"
                 async for line in resp.aiter_lines():
                     if line.startswith("data: {"):
                         event = json.loads(line[6:])
                         if "error" in event:
-                            return str(event["error"])
+                            return f"error event: {json.dumps(event['error'])}"
                         for choice in event["choices"]:
                             got += choice.get("token_ids") or []
             return got
@@ -101,9 +105,63 @@ async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]
     return "unreachable"
 
 
+def clean(failure: str) -> bool:
+    """An error a client can act on: an OpenAI-shaped ``{"error": {"message", "type"}}``,
+    as the HTTP body of a status other than 500 or in the stream, with no internal error
+    or traceback. A broken connection or stream is not clean."""
+    kind, _, rest = failure.partition(": ")
+    try:
+        error = json.loads(rest)
+    except ValueError:
+        return False
+    if kind.startswith("HTTP "):
+        if kind == "HTTP 500" or not isinstance(error, dict):
+            return False
+        error = error.get("error")
+    elif kind != "error event":
+        return False
+    return (
+        isinstance(error, dict)
+        and isinstance(error.get("message"), str)
+        and error.get("type") not in (None, "internal_error")
+        and "Traceback" not in rest
+    )
+
+
+async def timed(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]) -> tuple[list[int] | str, float]:
+    """``one`` and its end-to-end latency in seconds, as the client sees it."""
+    start = time.perf_counter()
+    result = await one(client, url, model, prompt)
+    return result, time.perf_counter() - start
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
+    if not values:
+        return float("nan")
+    ranked = sorted(values)
+    rank = math.ceil(len(ranked) * q / 100)  # 1-based
+    return ranked[min(len(ranked), max(1, rank)) - 1]
+
+
+def summary(name: str, results: Sequence[tuple[list[int] | str, float]], metrics: str, wall_s: float) -> str:
+    """One line of figures for docs/BENCHMARKS.md: requests, outcomes, the router's
+    recoveries (from its /metrics text) and client-side e2e latency of the successes."""
+    samples = metric_samples(metrics)
+    migrations = samples.get(("pdserve_router_migrations_total", ()), 0)
+    retries = sum(v for (n, _), v in samples.items() if n == "pdserve_router_retries_total")
+    ok = [lat for r, lat in results if not isinstance(r, str)]
+    failed = [r for r, _ in results if isinstance(r, str)]
+    return (
+        f"SUMMARY {name}: {len(results)} requests, {len(ok)} succeeded, {sum(map(clean, failed))} clean errors, "
+        f"{sum(not clean(f) for f in failed)} other failures; {migrations:.0f} migrations, {retries:.0f} retries; "
+        f"e2e p50 {percentile(ok, 50):.3f} s, p99 {percentile(ok, 99):.3f} s; wall {wall_s:.1f} s"
+    )
+
+
 async def load(
     url: str, prefill: list[tuple[str, int]], decode: list[tuple[str, int]]
-) -> list[tuple[list[int], list[int] | str]]:
+) -> list[tuple[list[int], tuple[list[int] | str, float]]]:
     rng = random.Random(7)
     model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
     prompts = [[rng.randrange(300, VOCAB) for _ in range(rng.randint(100, 600))] for _ in range(REQUESTS)]
@@ -114,7 +172,7 @@ async def load(
                 _, decode_pid = await busiest(decode)
                 for pid in (decode_pid, prefill[0][1]):
                     os.killpg(pid, signal.SIGKILL)
-            tasks.append(asyncio.create_task(one(client, url, model, prompt)))
+            tasks.append(asyncio.create_task(timed(client, url, model, prompt)))
             await asyncio.sleep(rng.expovariate(RATE))
         results = await asyncio.gather(*tasks)
     return list(zip(prompts, results, strict=True))
@@ -124,12 +182,17 @@ def test_killing_a_decode_and_a_prefill_worker_mid_run_loses_no_request(
     fleet: tuple[str, list[tuple[str, int]], list[tuple[str, int]]],
 ) -> None:
     url, prefill, decode = fleet
-    results = asyncio.run(load(url, prefill, decode))
+    start = time.monotonic()
+    timings = asyncio.run(load(url, prefill, decode))
+    wall_s = time.monotonic() - start
+    metrics = httpx.get(f"{url}/metrics").text
+    print(f"\n{summary('failover (2P+4D sim, SIGKILL 1P+1D)', [t for _, t in timings], metrics, wall_s)}")
+    results = [(p, r) for p, (r, _) in timings]
     failed = [r for _, r in results if isinstance(r, str)]
     assert len(failed) <= REQUESTS * 0.001, failed[:3]  # >= 99.9 % succeed (here: all)
     wrong = [i for i, (p, r) in enumerate(results) if not isinstance(r, str) and r != expected(p, OUTPUT)]
     assert wrong == [], f"{len(wrong)} completions differ from an uninterrupted run, e.g. #{wrong[0]}"
-    samples = metric_samples(httpx.get(f"{url}/metrics").text)
+    samples = metric_samples(metrics)
     migrations = samples.get(("pdserve_router_migrations_total", ()), 0)
     retries = sum(v for (name, _), v in samples.items() if name == "pdserve_router_retries_total")
     assert migrations >= 1, f"the killed decode worker had streams in flight: they must have moved (retries: {retries})"
