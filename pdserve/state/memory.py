@@ -18,6 +18,7 @@ class MemoryStore:
         self._owned: defaultdict[tuple[str, WorkerId], set[BlockHash]] = defaultdict(set)
         self._predicted: defaultdict[tuple[str, BlockHash], dict[WorkerId, float]] = defaultdict(dict)
         self._counters: dict[str, tuple[int, float]] = {}  # key → (value, expiry)
+        self._sweep_at = 0.0  # next pass over predictions nobody asked for again
 
     async def register(self, record: WorkerRecord, ttl_s: float) -> None:
         self._workers[record.worker_id] = (record, self._clock() + ttl_s)
@@ -65,7 +66,16 @@ class MemoryStore:
             await self.add_blocks(model, worker_id, hashes)
 
     async def predict(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash], ttl_s: float) -> None:
-        expires = self._clock() + ttl_s
+        now = self._clock()
+        if now >= self._sweep_at:  # at most once a TTL: expired entries of prefixes never matched again
+            self._sweep_at = now + ttl_s
+            for key in list(self._predicted):
+                live = {w: exp for w, exp in self._predicted[key].items() if exp > now}
+                if live:
+                    self._predicted[key] = live
+                else:
+                    del self._predicted[key]
+        expires = now + ttl_s
         for h in hashes:
             self._predicted[(model, h)][worker_id] = expires
 
