@@ -53,6 +53,7 @@ class Cluster:
 
 
 PREFILL_WORKERS = 2  # the session cluster: placement has a choice to make
+KV_LEASE_S = 30  # the session cluster's prefill-side KV lease (vLLM 0.32's default, set explicitly)
 
 
 def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1) -> Cluster:
@@ -127,6 +128,7 @@ def cluster(
         tmp_path_factory.mktemp("cluster"),
         f"--worker-arg=--state-url={redis_server.url}",  # workers also feed Redis (tests/e2e/test_placement.py)
         "--worker-arg=--heartbeat-ttl=10",  # the default; shorter ones expire while 3 engines starve the CPU
+        f"--worker-arg=--kv-lease-s={KV_LEASE_S}",  # tests/e2e/test_soak.py waits for orphans this long
         prefill_workers=PREFILL_WORKERS,
     )
     yield c
