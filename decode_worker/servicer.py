@@ -39,6 +39,18 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
             async for delta in deltas:
                 yield convert.delta_to_pb(delta)
 
+    async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+        # Not admitted: a notice takes no engine capacity, and a draining worker still
+        # frees a prefill's KV that its own failed decode would have pulled.
+        async def call() -> pb.ReleaseResponse:
+            params = convert.kv_params_from_json(request.kv_transfer_params_json)
+            if not params:
+                raise ValueError("kv_transfer_params_json is empty: nothing to release")
+            await self._engine.release(RequestId(request.request_id), params)
+            return pb.ReleaseResponse()
+
+        return await errors.unary(context, call, self._on_error)
+
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.WorkerInfo:
         async def call() -> pb.WorkerInfo:
             return convert.info_to_pb(self._engine.info())

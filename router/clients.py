@@ -118,3 +118,13 @@ class DecodeClient(_WorkerClient):
             raise _error(self.worker, exc) from None
         finally:
             call.cancel()  # no-op when the stream already ended
+
+    async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any], timeout: float) -> None:
+        """Have the prefill worker named in ``kv_transfer_params`` free that KV unread."""
+        req = pb.ReleaseRequest(
+            request_id=request_id, kv_transfer_params_json=convert.kv_params_to_json(kv_transfer_params)
+        )
+        try:
+            await self._stub.Release(req, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(self.worker, exc) from None

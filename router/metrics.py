@@ -91,6 +91,12 @@ class RouterMetrics:
         self.migrations = Counter(
             "pdserve_router_migrations", "Streams moved to another decode worker mid-generation", registry=r
         )
+        self.released = Counter(
+            "pdserve_router_kv_released",
+            "Releases of a remote prefill's KV that no decode read (the decode failed, or its "
+            "client left, before the first token) a decode worker accepted",
+            registry=r,
+        )
         self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
         self.queued = Gauge(
             "pdserve_router_queued_requests", "Requests waiting for a slot (--max-inflight)", registry=r
@@ -119,6 +125,9 @@ class RouterMetrics:
 
     def migrated(self) -> None:
         self.migrations.inc()
+
+    def kv_released(self) -> None:
+        self.released.inc()
 
     def store_available(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)

@@ -8,7 +8,8 @@
 A worker that fails is worked around as router/recovery.py says (retry, local
 prefill, re-place, migrate mid-stream); the client sees one stream. Cancelling
 the consumer (client gone, deadline) cancels the in-flight RPC, and the worker
-aborts the engine request.
+aborts the engine request. A remote prefill's KV that no decode token shows was
+read is released (router/release.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from router.clients import WorkerError
 from router.placement.placer import NoWorkersError, Placement, Placer
 from router.pool import ModelPool
 from router.recovery import BrokenStreamError, Recovery, retryable
+from router.release import KvReleaser
 from router.tokenizer import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Chunk:
 class Timeouts:
     prefill_s: float = 300.0  # one prefill RPC
     request_s: float = 600.0  # the whole request from its arrival: queue, retries, migrations, stream
+    release_s: float = 3.0  # one Release RPC; off the request's path (router/release.py)
 
 
 class RequestTimeout(Exception):
@@ -84,6 +87,10 @@ class Observer(Protocol):
         ...
 
     def migrated(self) -> None: ...
+
+    def kv_released(self) -> None:
+        """A decode worker freed a remote prefill's KV that no decode read."""
+        ...
 
 
 class _Text:
@@ -135,6 +142,7 @@ class Orchestrator:
         self._timeouts = timeouts
         self._observer = observer
         self._recovery = recovery or Recovery()
+        self._releaser = KvReleaser(timeouts.release_s, lambda: self._tell("kv_released"))
 
     async def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
         base_id = f"cmpl-{uuid.uuid4().hex}"
@@ -192,20 +200,29 @@ class Orchestrator:
                 where.decode,
                 where.reason,
             )
-            deltas = pool.decode[where.decode].decode(request_id, prompt, spec, kv_params, timeout=_left(deadline))
-            async with contextlib.aclosing(deltas):
-                async for delta in deltas:
-                    if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
-                        raise BrokenStreamError(
-                            where.decode, f"the decode worker ended the request ({delta.finish_reason.value})"
-                        )
-                    # cached_tokens: what the prefilling engine found in its prefix cache — the
-                    # prefill worker's count, or (local prefill) the decode worker's own.
-                    chunk = text.feed(delta, delta.cached_tokens if cached is None else cached)
-                    if chunk is not None:
-                        yield chunk
-                        if chunk.finish_reason is not None:
-                            return  # a stop string ended it: closing `deltas` aborts the decode
+            unread = kv_params  # the prefill's KV, until a token shows the decode engine has it
+            try:
+                deltas = pool.decode[where.decode].decode(request_id, prompt, spec, kv_params, timeout=_left(deadline))
+                async with contextlib.aclosing(deltas):
+                    async for delta in deltas:
+                        if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
+                            raise BrokenStreamError(
+                                where.decode, f"the decode worker ended the request ({delta.finish_reason.value})"
+                            )
+                        if delta.token_ids:
+                            unread = None
+                        # cached_tokens: what the prefilling engine found in its prefix cache — the
+                        # prefill worker's count, or (local prefill) the decode worker's own.
+                        chunk = text.feed(delta, delta.cached_tokens if cached is None else cached)
+                        if chunk is not None:
+                            yield chunk
+                            if chunk.finish_reason is not None:
+                                return  # a stop string ended it: closing `deltas` aborts the decode
+            finally:
+                # Failed, cancelled or past its deadline before the first token: the
+                # decode may never read the KV, which the prefill worker would hold to its lease.
+                if unread is not None:
+                    self._releaser.release(pool, request_id, unread, where.decode)
         raise BrokenStreamError(where.decode, "the decode stream ended without a finish reason")
 
     async def _prefill(

@@ -9,8 +9,8 @@ Contract shared by both roles:
   raises ``InvalidRequestError``.
 - Cancelling the awaiting task (``asyncio.CancelledError``) aborts the engine
   request before the error propagates: no running request or KV is left behind
-  by a cancelled caller (prefill KV held for a remote decode is the exception; the
-  engine's KV lease frees it).
+  by a cancelled caller (prefill KV held for a remote decode is the exception: the
+  decode side's pull or ``DecodeEngine.release`` frees it, else the KV lease).
 - ``InvalidRequestError``: the request can never succeed (e.g. prompt longer than
   the context). ``EngineDeadError``: the engine is gone; the process should exit.
 """
@@ -157,5 +157,16 @@ class DecodeEngine(_EngineLifecycle, Protocol):
         """Stream the completion. With ``kv_transfer_params`` the prompt's KV is
         pulled from the prefill engine named there; with ``None`` the prompt is
         prefilled locally. Closing the iterator early aborts the request.
+        """
+        ...
+
+    async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:
+        """Have the prefill engine named in ``kv_transfer_params`` free that KV now,
+        without pulling it: for a prefill whose decode will not run (it failed before
+        its first token, or its caller left). Any decode engine can do it, not only the
+        one the request was placed on. Returns once the notice is queued; the prefill
+        side frees the blocks a step or two later. A notice that never arrives leaves
+        the blocks to the prefill's KV lease. ``request_id`` names the notice in logs;
+        it need not be unique.
         """
         ...

@@ -204,5 +204,20 @@ async def engine_core_has_work(llm: AsyncLLM) -> bool:
         return True
 
 
+async def release_remote_kv(llm: AsyncLLM, request_id: str, kv_transfer_params: dict[str, Any]) -> bool:
+    """Have the prefill engine free the KV that ``kv_transfer_params`` names, unread.
+
+    vLLM's own server does this for a decode request it rejects: a pre-aborted request
+    whose connector hook sends NIXL's notify-only message, which frees the prefill's
+    blocks as if read (0.32: v1/engine/async_llm.py, nixl/pull_scheduler.py
+    request_finished). False where the release lacks it: the lease frees them.
+    """
+    notify = getattr(llm, "notify_kv_transfer_request_rejected", None)
+    if notify is None:
+        return False
+    await notify(request_id, kv_transfer_params)
+    return True
+
+
 def num_kv_blocks(llm: AsyncLLM) -> int:
     return int(llm.vllm_config.cache_config.num_gpu_blocks or 0)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -201,6 +202,17 @@ class VllmDecodeEngine(_VllmRuntime):
                     finish_reason=reason,
                     cached_tokens=int(output.num_cached_tokens or 0),
                 )
+
+    async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:
+        # The notice is a request of its own in the engine core: an id of its own keeps
+        # it clear of a live request (e.g. the decode it replaces) and of a repeat.
+        notice = f"{request_id}-release-{uuid.uuid4().hex[:8]}"
+        try:
+            released = await compat.release_remote_kv(self.llm, notice, kv_transfer_params)
+        except compat.VllmEngineDeadError as exc:
+            raise EngineDeadError(str(exc)) from exc
+        if not released:
+            log.warning("%s: vLLM %s cannot release remote KV; the lease frees it", request_id, compat.VLLM_VERSION)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -197,6 +197,11 @@ class DecodeWorkerStub:
                 request_serializer=pdserve_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
                 response_deserializer=pdserve_dot_v1_dot_worker__pb2.DecodeChunk.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/pdserve.v1.DecodeWorker/Release',
+                request_serializer=pdserve_dot_v1_dot_worker__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=pdserve_dot_v1_dot_worker__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/pdserve.v1.DecodeWorker/Info',
                 request_serializer=pdserve_dot_v1_dot_worker__pb2.InfoRequest.SerializeToString,
@@ -213,6 +218,12 @@ class DecodeWorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Decode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,6 +248,11 @@ def add_DecodeWorkerServicer_to_server(servicer, server):
                     servicer.Decode,
                     request_deserializer=pdserve_dot_v1_dot_worker__pb2.DecodeRequest.FromString,
                     response_serializer=pdserve_dot_v1_dot_worker__pb2.DecodeChunk.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=pdserve_dot_v1_dot_worker__pb2.ReleaseRequest.FromString,
+                    response_serializer=pdserve_dot_v1_dot_worker__pb2.ReleaseResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -276,6 +292,33 @@ class DecodeWorker:
             '/pdserve.v1.DecodeWorker/Decode',
             pdserve_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
             pdserve_dot_v1_dot_worker__pb2.DecodeChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdserve.v1.DecodeWorker/Release',
+            pdserve_dot_v1_dot_worker__pb2.ReleaseRequest.SerializeToString,
+            pdserve_dot_v1_dot_worker__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,9 @@ ROUTER = ROUTER_HISTOGRAMS | {
     "pdserve_router_workers",
     "pdserve_router_retries_total",
     "pdserve_router_migrations_total",
+    "pdserve_router_kv_released_total",
+    "pdserve_router_queued_requests",
+    "pdserve_router_asyncio_tasks",
 }
 WORKER = frozenset(
     {

@@ -1,10 +1,14 @@
 """A prefill whose decode side never arrives: the prefill engine frees the prompt's KV
-blocks when its lease (``--kv-lease-s``, NixlConnector's ``kv_lease_duration``) runs out.
+blocks when its lease (``--kv-lease-s``, NixlConnector's ``kv_lease_duration``) runs out,
+or at once when a decode worker releases them (DecodeWorker.Release, as the router does
+for a decode that failed or was cancelled before its first token).
 
-One real prefill worker (vLLM CPU, the default model) with a short lease; Prefill RPCs
-sent straight to it and never decoded. vLLM stamps the lease when the prefill finishes
-and checks it on every engine step (the engine keeps stepping while it holds finished
-requests' blocks), so the blocks come back about one lease after the prefill.
+Real workers (vLLM CPU, the default model); Prefill RPCs sent straight to the prefill
+worker and never decoded. vLLM stamps the lease when the prefill finishes and checks it
+on every engine step (the engine keeps stepping while it holds finished requests'
+blocks), so unreleased blocks come back about one lease after the prefill. Each test
+starts its own workers and stops them before the next (idle engines spin: two sets at
+once slow each other down on 2 cores).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import json
 import random
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,38 +42,66 @@ LEASE_S = 10  # vLLM's default is 30: a lease that did not apply fails the upper
 SLACK_S = 10.0
 PROMPTS, PROMPT_TOKENS = 3, 400  # 4 blocks of 128 each (3 full) per request, no shared prefix
 START_TIMEOUT_S = 300.0
+# Released KV: a lease no test outlives, so only the release can free the blocks, and
+# the bound they must come back within (Load polls take seconds on 2 busy cores).
+RELEASE_LEASE_S = 120
+RELEASED_WITHIN_S = 10.0
 
 
 @dataclass(frozen=True)
-class PrefillWorker:
+class Worker:
     addr: str
     log: Path
+    role: str
+    proc: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="module")
-def prefill_worker(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[PrefillWorker]:
+@pytest.fixture
+def prefill_worker(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Worker]:
     logs = tmp_path_factory.mktemp("kv_lease")
-    port = free_port()
-    argv = python("prefill_worker", "--model", str(default_model), "--port", str(port))
-    argv += ["--kv-port", str(free_port()), "--kv-events-port", "0", "--metrics-port", "0"]
-    argv += ["--kv-lease-s", str(LEASE_S)]
     with Procs(logs, env=engine_env()) as procs:
-        proc = procs.start("prefill", argv)
-        worker = PrefillWorker(f"127.0.0.1:{port}", logs / "prefill.log")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not asyncio.run(_answers(worker.addr)):
-            assert proc.poll() is None, worker.log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, f"prefill worker not up in {START_TIMEOUT_S:.0f}s; see {worker.log}"
-            time.sleep(1)
+        worker = _start(procs, "prefill", default_model, "--kv-lease-s", str(LEASE_S))
+        _wait_up(worker)
         yield worker
 
 
-async def _answers(addr: str) -> bool:
-    try:
-        await _load(addr)
-        return True
-    except grpc.aio.AioRpcError:
-        return False
+@pytest.fixture
+def pd_pair(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[tuple[Worker, Worker]]:
+    """A prefill worker with a long lease and a decode worker, started together."""
+    logs = tmp_path_factory.mktemp("kv_release")
+    with Procs(logs, env=engine_env()) as procs:
+        prefill = _start(procs, "prefill", default_model, "--kv-lease-s", str(RELEASE_LEASE_S))
+        decode = _start(procs, "decode", default_model)
+        _wait_up(prefill)
+        _wait_up(decode)
+        yield prefill, decode
+
+
+def _start(procs: Procs, role: str, model: Path, *extra: str) -> Worker:
+    port = free_port()
+    argv = python(f"{role}_worker", "--model", str(model), "--port", str(port))
+    argv += ["--kv-port", str(free_port()), "--kv-events-port", "0", "--metrics-port", "0", *extra]
+    proc = procs.start(role, argv)
+    return Worker(f"127.0.0.1:{port}", procs.log_dir / f"{role}.log", role, proc)
+
+
+def _wait_up(worker: Worker) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not asyncio.run(_answers(worker)):
+        assert worker.proc.poll() is None, worker.log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"worker not up in {START_TIMEOUT_S:.0f}s; see {worker.log}"
+        time.sleep(1)
+
+
+async def _answers(worker: Worker) -> bool:
+    """Whether the worker serves (its server starts once its engine has)."""
+    async with grpc.aio.insecure_channel(worker.addr) as ch:
+        stub = pb_grpc.PrefillWorkerStub(ch) if worker.role == "prefill" else pb_grpc.DecodeWorkerStub(ch)
+        try:
+            await stub.Info(pb.InfoRequest(), timeout=5)
+            return True
+        except grpc.aio.AioRpcError:
+            return False
 
 
 async def _load(addr: str) -> EngineLoad:
@@ -83,7 +116,8 @@ async def _kv_blocks(addr: str) -> int:
     return info.kv_capacity_tokens // info.block_size
 
 
-async def _prefill_all(addr: str, prompts: dict[str, list[int]]) -> None:
+async def _prefill_all(addr: str, prompts: dict[str, list[int]]) -> list[str]:
+    """Prefill every prompt; their kv_transfer_params_json, in order."""
     sampling = pb.SamplingParams(max_tokens=1, temperature=0, top_p=1)
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = pb_grpc.PrefillWorkerStub(ch)
@@ -95,14 +129,43 @@ async def _prefill_all(addr: str, prompts: dict[str, list[int]]) -> None:
         )
     handles = [json.loads(r.kv_transfer_params_json) for r in replies]
     assert all(h["do_remote_prefill"] and h["remote_block_ids"] for h in handles), handles
+    return [r.kv_transfer_params_json for r in replies]
 
 
-def test_undecoded_prefill_kv_is_freed_when_the_lease_runs_out(prefill_worker: PrefillWorker) -> None:
+async def _decode(addr: str, request_id: str, prompt: list[int], kv_transfer_params_json: str) -> None:
+    sampling = pb.SamplingParams(max_tokens=1, temperature=0, top_p=1)
+    req = pb.DecodeRequest(
+        request_id=request_id,
+        prompt_token_ids=prompt,
+        sampling=sampling,
+        kv_transfer_params_json=kv_transfer_params_json,
+    )
+    async with grpc.aio.insecure_channel(addr) as ch:
+        chunks = [c async for c in pb_grpc.DecodeWorkerStub(ch).Decode(req, timeout=120)]
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH, chunks
+
+
+async def _release_all(addr: str, handles: dict[str, str]) -> None:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = pb_grpc.DecodeWorkerStub(ch)
+        await asyncio.gather(
+            *(
+                stub.Release(pb.ReleaseRequest(request_id=rid, kv_transfer_params_json=params), timeout=30)
+                for rid, params in handles.items()
+            )
+        )
+
+
+def _random_prompts(prefix: str, seed: int) -> dict[str, list[int]]:
+    rng = random.Random(seed)
+    return {f"{prefix}-{i}": [rng.randrange(1000, 40000) for _ in range(PROMPT_TOKENS)] for i in range(PROMPTS)}
+
+
+def test_undecoded_prefill_kv_is_freed_when_the_lease_runs_out(prefill_worker: Worker) -> None:
     addr = prefill_worker.addr
     blocks = asyncio.run(_kv_blocks(addr)) - 1  # vLLM's usage leaves out its null block
     baseline = asyncio.run(_load(addr)).kv_cache_usage
-    rng = random.Random(11)
-    prompts = {f"lease-{i}": [rng.randrange(1000, 40000) for _ in range(PROMPT_TOKENS)] for i in range(PROMPTS)}
+    prompts = _random_prompts("lease", 11)
 
     sent = time.monotonic()
     asyncio.run(_prefill_all(addr, prompts))
@@ -118,6 +181,30 @@ def test_undecoded_prefill_kv_is_freed_when_the_lease_runs_out(prefill_worker: P
     # (after `sent`), and Load's usage lags the engine, never leads it.
     assert first_freed - sent >= LEASE_S, f"blocks freed {first_freed - sent:.1f}s after sending"
     assert _expired_in_log(prefill_worker.log, set(prompts)) == set(prompts)
+
+
+def test_prefill_kv_a_decode_worker_releases_is_freed_long_before_the_lease(pd_pair: tuple[Worker, Worker]) -> None:
+    prefill, decode = pd_pair
+    blocks = asyncio.run(_kv_blocks(prefill.addr)) - 1
+    baseline = asyncio.run(_load(prefill.addr)).kv_cache_usage
+    # One real pull first: the decode engine sends a release's notice from its next engine
+    # step once it has a NIXL handshake with the prefill engine, and an idle one that has
+    # none would make it at its next request (vLLM 0.32: nixl/pull_worker.py
+    # start_load_kv drains handshake-ready reads only when the engine steps).
+    warm = _random_prompts("warm", 13)
+    (handle,) = asyncio.run(_prefill_all(prefill.addr, dict(list(warm.items())[:1])))
+    asyncio.run(_decode(decode.addr, "warm", next(iter(warm.values())), handle))
+    prompts = _random_prompts("release", 12)
+
+    handles = asyncio.run(_prefill_all(prefill.addr, prompts))
+    held = asyncio.run(_load(prefill.addr)).kv_cache_usage
+    assert round((held - baseline) * blocks) >= PROMPTS * -(-PROMPT_TOKENS // 128), (baseline, held, blocks)
+
+    released = time.monotonic()
+    asyncio.run(_release_all(decode.addr, dict(zip(prompts, handles, strict=True))))
+    # Within RELEASED_WITHIN_S, far inside the lease: only the release can have freed them.
+    _, usage = _wait_for_release(prefill.addr, held, baseline, deadline=released + RELEASED_WITHIN_S)
+    assert usage == baseline
 
 
 def _wait_for_release(addr: str, held: float, baseline: float, deadline: float) -> tuple[float, float]:

@@ -3,6 +3,7 @@ prefill retry, local-prefill fallback, re-placement, mid-stream migration, limit
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,19 +40,30 @@ class Decode:
     """Streams ``output`` (2 tokens a step) from where the request's budget says it is
     (requests ask for exactly ``len(output)`` tokens): a migrated request, whose
     max_tokens is what is left, continues the same text. ``fail_after``
-    steps, then it fails with ``code`` (None = never)."""
+    steps, then it fails with ``code`` (None = never); ``hang``: no token ever, the
+    call ends at its deadline. ``releases``: the Release calls it answered."""
 
     def __init__(
-        self, name: str, output: list[int], fail_after: int | None = None, code: grpc.StatusCode | None = None
+        self,
+        name: str,
+        output: list[int],
+        fail_after: int | None = None,
+        code: grpc.StatusCode | None = None,
+        hang: bool = False,
     ):
         self.worker = WorkerId(name)
         self.output, self.fail_after, self.code = output, fail_after, code or grpc.StatusCode.UNAVAILABLE
+        self.hang = hang
         self.calls: list[dict[str, Any]] = []
+        self.releases: list[tuple[str, dict[str, Any]]] = []
 
     async def decode(
         self, request_id: str, prompt: list[int], spec: SamplingSpec, kv: dict[str, Any] | None, timeout: float
     ) -> AsyncIterator[TokenDelta]:
         self.calls.append({"prompt": prompt, "spec": spec, "kv": kv})
+        if self.hang:
+            await asyncio.sleep(timeout)
+            raise WorkerError(self.worker, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
         start = len(self.output) - spec.max_tokens
         out = self.output[start:]
         for step, i in enumerate(range(0, len(out), 2)):
@@ -59,6 +71,11 @@ class Decode:
                 raise WorkerError(self.worker, self.code, "injected")
             done = i + 2 >= len(out)
             yield TokenDelta(tuple(out[i : i + 2]), i + 2, FinishReason.LENGTH if done else None, cached_tokens=7)
+
+    async def release(self, request_id: str, kv: dict[str, Any], timeout: float) -> None:
+        if self.fail_after is not None and self.code is grpc.StatusCode.UNAVAILABLE:
+            raise WorkerError(self.worker, self.code, "injected")  # a worker that is gone answers nothing
+        self.releases.append((request_id, kv))
 
 
 class Prefill:
@@ -73,7 +90,11 @@ class Prefill:
 
 
 def cluster(
-    tok: Tokenizer, prefill: list[Prefill], decode: list[Decode], recovery: Recovery | None = None
+    tok: Tokenizer,
+    prefill: list[Prefill],
+    decode: list[Decode],
+    recovery: Recovery | None = None,
+    timeouts: Timeouts | None = None,
 ) -> tuple[TestClient, ModelPool, RouterMetrics]:
     pool = ModelPool(
         "tiny",
@@ -85,7 +106,7 @@ def cluster(
     )
     metrics = RouterMetrics("round-robin")
     placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
-    orchestrator = Orchestrator(placer, Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))
+    orchestrator = Orchestrator(placer, timeouts or Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))
     return TestClient(create_app(lambda: RouterService({"tiny": pool}, orchestrator, metrics))), pool, metrics
 
 
@@ -174,3 +195,48 @@ def test_past_the_migration_limit_the_client_gets_a_clean_error(tok: Tokenizer) 
     assert status == 503 and body["error"]["type"] == "service_unavailable"
     status, _, last = complete(client, tok, stream=True)
     assert status == 200 and "error" in last  # headers were sent: the error is the last event
+
+
+def test_a_decode_failing_before_its_first_token_releases_the_prefills_kv(tok: Tokenizer) -> None:
+    # INTERNAL: the worker still answers (its engine failed the request), so it releases.
+    bad = Decode("d0:1", tok.encode(TEXT), fail_after=0, code=grpc.StatusCode.INTERNAL)
+    good = Decode("d1:1", tok.encode(TEXT))
+    client, _, metrics = cluster(tok, [Prefill("p0:1")], [bad, good])
+    status, text, _ = complete(client, tok)
+    assert status == 200 and text == tok.decode(tok.encode(TEXT))
+    assert [kv for _, kv in bad.releases] == [{"from": "p0:1"}]  # the prefill's handle, unchanged
+    assert good.releases == []  # its decode read the KV of its own, second prefill
+    assert counter(metrics, "pdserve_router_kv_released_total") == 1
+
+
+def test_when_the_failed_decode_worker_is_gone_another_one_releases(tok: Tokenizer) -> None:
+    gone = Decode("d0:1", tok.encode(TEXT), fail_after=0)  # UNAVAILABLE: answers no Release either
+    other = Decode("d1:1", tok.encode(TEXT))
+    client, _, metrics = cluster(tok, [Prefill("p0:1")], [gone, other])
+    status, _, _ = complete(client, tok)
+    assert status == 200
+    assert other.releases[0][1] == {"from": "p0:1"} and len(other.releases) == 1
+    assert counter(metrics, "pdserve_router_kv_released_total") == 1
+
+
+def test_a_request_past_its_deadline_before_the_first_token_releases_the_prefills_kv(tok: Tokenizer) -> None:
+    d = Decode("d0:1", tok.encode(TEXT), hang=True)
+    client, _, metrics = cluster(tok, [Prefill("p0:1")], [d], timeouts=Timeouts(request_s=0.3))
+    status, _, body = complete(client, tok)
+    assert status == 504 and body["error"]["code"] == "request_timeout"
+    assert [kv for _, kv in d.releases] == [{"from": "p0:1"}]
+    assert counter(metrics, "pdserve_router_kv_released_total") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_whose_decode_reads_the_kv_releases_nothing(tok: Tokenizer, stream: bool) -> None:
+    ids = tok.encode(TEXT)
+    bad, good = Decode("d0:1", ids, fail_after=2), Decode("d1:1", ids)  # migrated after 4 tokens
+    client, _, metrics = cluster(tok, [Prefill("p0:1")], [bad, good])
+    assert complete(client, tok, stream=stream)[0] == 200
+    plain = Decode("d2:1", ids)
+    client, _, plain_metrics = cluster(tok, [Prefill("p0:1")], [plain])
+    assert complete(client, tok, stream=stream)[0] == 200
+    assert bad.releases == good.releases == plain.releases == []
+    assert counter(metrics, "pdserve_router_kv_released_total") == 0
+    assert counter(plain_metrics, "pdserve_router_kv_released_total") == 0

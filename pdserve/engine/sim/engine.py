@@ -331,6 +331,11 @@ class SimDecodeEngine(_SimRuntime):
             self._transferring -= 1
         seq.computed = seq.prompt_len
 
+    async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:
+        """A no-op: a sim prefill engine frees its held blocks after the modelled pull
+        time whether or not a decode comes (SimPrefillEngine._emit), and sim engines
+        share no channel a notice could travel on."""
+
     def _emit(self, seq: _Seq) -> None:
         token = self._sample(seq)
         seq.tokens.append(token)
