@@ -199,7 +199,9 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(fresh_decode_worker: Wo
 
     chunks, refused = asyncio.run(run())
     assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH and chunks[-1].completion_tokens == 1500
-    assert refused is grpc.StatusCode.UNAVAILABLE
+    # UNAVAILABLE while draining; CANCELLED if the (tiny, fast) in-flight stream had already
+    # finished and the server was stopping. Routers retry both elsewhere (router/recovery.py).
+    assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert decode_worker.proc.wait(120) == 0
 
 
