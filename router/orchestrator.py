@@ -202,7 +202,8 @@ class Orchestrator:
             )
             unread = kv_params  # the prefill's KV, until a token shows the decode engine has it
             try:
-                deltas = pool.decode[where.decode].decode(request_id, prompt, spec, kv_params, timeout=_left(deadline))
+                client = pool.decode_client(where.decode)
+                deltas = client.decode(request_id, prompt, spec, kv_params, timeout=_left(deadline))
                 async with contextlib.aclosing(deltas):
                     async for delta in deltas:
                         if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
@@ -242,7 +243,7 @@ class Orchestrator:
         while worker is not None:
             try:
                 with pool.counted(worker, uncached):
-                    result = await pool.prefill[worker].prefill(
+                    result = await pool.prefill_client(worker).prefill(
                         request_id, prompt, spec, timeout=min(self._timeouts.prefill_s, _left(deadline))
                     )
                 return result.kv_transfer_params, result.cached_tokens

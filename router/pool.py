@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -42,6 +43,12 @@ class ModelPool:
     polled_inflight: Counter[WorkerId] = field(default_factory=Counter)  # ``inflight`` at that poll
     down: set[WorkerId] = field(default_factory=set)  # failed their last Load poll
 
+    def prefill_client(self, worker: WorkerId) -> PrefillClient:
+        return _client(self.prefill, worker)
+
+    def decode_client(self, worker: WorkerId) -> DecodeClient:
+        return _client(self.decode, worker)
+
     def live(self, role: str) -> list[WorkerId]:
         workers = self.prefill if role == "prefill" else self.decode
         # Every decode worker failing its poll: try them anyway rather than refuse outright.
@@ -72,6 +79,14 @@ class ModelPool:
 
     def clients(self) -> list[PrefillClient | DecodeClient]:
         return [*self.prefill.values(), *self.decode.values()]
+
+
+def _client(clients: dict[WorkerId, PrefillClient] | dict[WorkerId, DecodeClient], worker: WorkerId) -> Any:
+    """A worker the fleet removed after placement chose it fails like one that went away."""
+    try:
+        return clients[worker]
+    except KeyError:
+        raise WorkerError(worker, grpc.StatusCode.UNAVAILABLE, "left the pool") from None
 
 
 async def wait_for_info(client: PrefillClient | DecodeClient, deadline_s: float) -> EngineInfo:

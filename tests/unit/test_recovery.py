@@ -240,3 +240,18 @@ def test_a_request_whose_decode_reads_the_kv_releases_nothing(tok: Tokenizer, st
     assert bad.releases == good.releases == plain.releases == []
     assert counter(metrics, "pdserve_router_kv_released_total") == 0
     assert counter(plain_metrics, "pdserve_router_kv_released_total") == 0
+
+
+def test_a_worker_removed_between_placement_and_its_rpc_is_worked_around(tok: Tokenizer) -> None:
+    first, second = Decode("d0:1", tok.encode(TEXT)), Decode("d1:1", tok.encode(TEXT))
+    client, pool, _ = cluster(tok, [], [first, second])
+    lookup = pool.decode_client
+
+    def removed_after_placement(worker: WorkerId):  # type: ignore[no-untyped-def]
+        pool.decode.pop(first.worker, None)  # the fleet drops d0 (deregistered) as the RPC is made
+        return lookup(worker)
+
+    pool.decode_client = removed_after_placement  # type: ignore[method-assign]
+    status, text, _ = complete(client, tok)
+    assert (status, text) == (200, tok.decode(tok.encode(TEXT)))  # was a 500 (KeyError)
+    assert not first.calls and len(second.calls) == 1
