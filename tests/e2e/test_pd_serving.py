@@ -10,10 +10,12 @@ import json
 import os
 import time
 
+import grpc
 import httpx
 import openai
 import psutil
 import pytest
+from grpc_health.v1 import health_pb2
 
 from pdserve.engine.base import EngineLoad
 from pdserve.rpc.convert import load_from_pb
@@ -22,6 +24,7 @@ from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
 from tests.e2e.prompts import CASES, MAX_TOKENS
 from tests.factories import MetricKey, metric_samples
+from tests.integration.test_worker_lifecycle import GREEDY, _health
 
 pytestmark = pytest.mark.engine
 
@@ -177,8 +180,6 @@ def test_sdk_raises_typed_errors(cluster: Cluster) -> None:
 
 
 async def _load(addr: str, service: str) -> EngineLoad:
-    import grpc
-
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = (pb_grpc.PrefillWorkerStub if service == "prefill" else pb_grpc.DecodeWorkerStub)(ch)
         return load_from_pb(await stub.Load(pb.LoadRequest(), timeout=10))
@@ -253,3 +254,24 @@ def test_metrics_of_router_and_both_workers_parse_and_move(cluster: Cluster) -> 
     assert prefill[("vllm:prefix_cache_queries_total", (("model_name", cluster.model), ("role", "prefill")))] > 0
     assert router[("pdserve_router_disagg_decisions_total", (("decision", "remote"), ("reason", "remote")))] >= 1
     assert router[("pdserve_router_time_to_first_token_seconds_count", ())] >= 1
+
+
+def test_prefill_worker_reports_info_health_and_rejects_long_prompts(cluster: Cluster) -> None:
+    async def run() -> tuple[pb.WorkerInfo, int, grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(cluster.prefill_addr) as ch:
+            stub = pb_grpc.PrefillWorkerStub(ch)
+            info = await stub.Info(pb.InfoRequest(), timeout=5)
+            try:
+                await stub.Prefill(
+                    pb.PrefillRequest(request_id="x", prompt_token_ids=[1] * 3000, sampling=GREEDY), timeout=30
+                )
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+        return info, await _health(cluster.prefill_addr), code
+
+    info, health, code = asyncio.run(run())
+    assert info.role == "prefill" and info.model == cluster.model and info.block_size == 128
+    assert info.vllm_version.startswith("0.") and info.kv_capacity_tokens > 0 and info.max_model_len == 2048
+    assert health == health_pb2.HealthCheckResponse.SERVING
+    assert code is grpc.StatusCode.INVALID_ARGUMENT

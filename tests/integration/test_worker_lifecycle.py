@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import REPO, Cluster, engine_env, free_port
+from tests.conftest import REPO, engine_env, free_port
 from tests.factories import make_tiny_llama
 
 pytestmark = pytest.mark.engine
@@ -215,24 +215,3 @@ def test_engine_death_ends_the_worker_with_a_clear_log_line(fresh_decode_worker:
         proc.kill()
     assert decode_worker.proc.wait(120) == 1
     assert "engine died" in decode_worker.log.read_text()
-
-
-def test_prefill_worker_reports_info_health_and_rejects_long_prompts(cluster: Cluster) -> None:
-    async def run() -> tuple[pb.WorkerInfo, int, grpc.StatusCode]:
-        async with grpc.aio.insecure_channel(cluster.prefill_addr) as ch:
-            stub = pb_grpc.PrefillWorkerStub(ch)
-            info = await stub.Info(pb.InfoRequest(), timeout=5)
-            try:
-                await stub.Prefill(
-                    pb.PrefillRequest(request_id="x", prompt_token_ids=[1] * 3000, sampling=GREEDY), timeout=30
-                )
-                code = grpc.StatusCode.OK
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-        return info, await _health(cluster.prefill_addr), code
-
-    info, health, code = asyncio.run(run())
-    assert info.role == "prefill" and info.model == cluster.model and info.block_size == 128
-    assert info.vllm_version.startswith("0.") and info.kv_capacity_tokens > 0 and info.max_model_len == 2048
-    assert health == health_pb2.HealthCheckResponse.SERVING
-    assert code is grpc.StatusCode.INVALID_ARGUMENT
