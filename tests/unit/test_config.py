@@ -133,3 +133,21 @@ def test_kv_lease_flag_env_and_default(model_dir: Path, monkeypatch: pytest.Monk
     assert decode_config.from_args(["--model", str(model_dir), "--kv-lease-s=9"]).engine.kv_lease_s == 9
     with pytest.raises(ValueError, match="kv_lease_s"):
         prefill_config.from_args(["--model", str(model_dir), "--kv-lease-s", "0"])
+
+
+def test_router_admission_flags_and_env(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["--model", str(model_dir), "--decode", "d:1"]
+    default = router_config.from_args(base)
+    assert (default.admission.max_inflight, default.admission.requests_per_minute) == (512, 0)
+    assert default.max_body_bytes == 8 << 20
+    monkeypatch.setenv("PDSERVE_RATE_LIMIT_TPM", "5000")
+    cfg = router_config.from_args(
+        [*base, "--max-inflight", "4", "--max-queued", "2", "--queue-timeout", "1.5", "--rate-limit-rpm", "60"]
+    )
+    assert cfg.admission.max_inflight == 4 and cfg.admission.max_queued == 2
+    assert cfg.admission.queue_timeout_s == 1.5 and cfg.admission.requests_per_minute == 60
+    assert cfg.admission.tokens_per_minute == 5000
+    with pytest.raises(ValueError, match="requests_per_minute"):
+        router_config.from_args([*base, "--rate-limit-rpm", "-1"])
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        router_config.from_args([*base, "--max-body-bytes", "0"])
