@@ -42,16 +42,20 @@ def client_id(api_key: str | None) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
-class Overloaded(Exception):
+class Refused(Exception):
+    """Not admitted; the client may try again after ``retry_after_s`` seconds."""
+
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
 
-class RateLimited(Exception):
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+class Overloaded(Refused):
+    """No slot free and the queue full, or no slot within the queue timeout."""
+
+
+class RateLimited(Refused):
+    """The client's requests or tokens per minute are used up."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +110,10 @@ class Gate:
 
 @dataclass(frozen=True)
 class Charge:
+    """Where one admitted request was counted (its refund goes to the same window)."""
+
     requests_key: str
     tokens_key: str
-    tokens: int
 
 
 class RateLimiter:
@@ -139,7 +144,7 @@ class RateLimiter:
             )
         now = self._clock()
         window = int(now // WINDOW_S)
-        charge = Charge(f"rl:{client}:{window}:r", f"rl:{client}:{window}:t", tokens)
+        charge = Charge(f"rl:{client}:{window}:r", f"rl:{client}:{window}:t")
         requests = await self._store.count(charge.requests_key, 1, WINDOW_S) if self._rpm else 0
         used = await self._store.count(charge.tokens_key, tokens, WINDOW_S) if self._tpm else 0
         over = []
