@@ -64,7 +64,11 @@ class Timeouts:
 
 
 class RequestTimeout(Exception):
-    """The request's deadline passed before it finished."""
+    """The request's deadline passed before it finished: the router saw it, or a worker
+    RPC carrying what was left of it ended with DEADLINE_EXCEEDED."""
+
+    def __init__(self) -> None:
+        super().__init__("the request did not finish within its deadline")
 
 
 __all__ = ["BrokenStreamError", "NoWorkersError", "Orchestrator", "RequestTimeout"]
@@ -123,7 +127,7 @@ def _left(deadline: float) -> float:
     """Seconds to the request's deadline; ``RequestTimeout`` once it has passed."""
     left = deadline - time.perf_counter()
     if left <= 0:
-        raise RequestTimeout("the request did not finish within its deadline")
+        raise RequestTimeout
     return left
 
 

@@ -57,6 +57,8 @@ def to_api_error(exc: BaseException) -> APIError:
         )
     if isinstance(exc, Overloaded):
         return APIError(503, str(exc), type_="service_unavailable", code="overloaded", retry_after_s=exc.retry_after_s)
+    if isinstance(exc, WorkerError) and exc.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        exc = RequestTimeout()  # the RPC carried the request's own deadline
     if isinstance(exc, RequestTimeout):
         return APIError(504, str(exc), type_="timeout", code="request_timeout")
     if isinstance(exc, NoWorkersError):
@@ -64,10 +66,6 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, WorkerError):
         if exc.code is grpc.StatusCode.INVALID_ARGUMENT:
             return APIError(400, exc.details)
-        if exc.code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return APIError(
-                504, "the request did not finish within its deadline", type_="timeout", code="request_timeout"
-            )
         if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return APIError(503, "no worker could take the request", type_="service_unavailable")
     if isinstance(exc, BrokenStreamError):
