@@ -42,11 +42,16 @@ def read_secrets(file: str = "", env: str = "") -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme in any case); "" if none."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def bearer_ok(header: str | None, secrets: Iterable[str]) -> bool:
     """Whether ``header`` is ``Bearer <one of secrets>``. Compares against every secret
     (no early exit) with ``hmac.compare_digest``, so timing says nothing about the keys."""
-    scheme, _, token = (header or "").strip().partition(" ")
-    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    given = bearer_token(header).encode()
     ok = False
     for secret in secrets:
         ok |= hmac.compare_digest(given, secret.encode())

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pdserve.security import bearer_ok
+from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
 from router.api import errors, render
 from router.api.limits import BodyLimit
@@ -45,7 +45,7 @@ def create_app(
                 get_service().metrics.rejections.labels("unauthenticated").inc()
                 err = errors.APIError(401, "Incorrect or missing API key.", code="invalid_api_key")
                 return JSONResponse(errors.error_body(err), status_code=401)
-            request.state.client = client_id(header.split(None, 1)[-1] if header else None)
+            request.state.client = client_id(bearer_token(header))
             return await call_next(request)
 
     @app.middleware("http")
