@@ -3,7 +3,9 @@ but not a real engine's numbers."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,21 @@ SLOW = "llama-3.1-8b-h200"
 ZERO = "zero"
 
 
-def sim_worker(procs: Procs, role: str, name: str = "", profile: str = SLOW) -> str:
-    """Start a sim prefill or decode worker; its gRPC address."""
+def start_sim(
+    procs: Procs, role: str, name: str = "", profile: str = SLOW, extra: Sequence[str] = ()
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a sim prefill or decode worker (``extra``: more worker flags): (gRPC address, process)."""
     port = free_port()
     module = "prefill_worker" if role == "prefill" else "decode_worker"
     argv = [sys.executable, "-m", module, "--engine", "sim", "--engine-arg", f"profile={profile}"]
     argv += ["--port", str(port), "--metrics-port", "0", "--kv-events-port", str(free_port()), "--log-level", "WARNING"]
-    procs.start(name or role, argv)
-    return f"127.0.0.1:{port}"
+    proc = procs.start(name or role, [*argv, *extra])
+    return f"127.0.0.1:{port}", proc
+
+
+def sim_worker(procs: Procs, role: str, name: str = "", profile: str = SLOW) -> str:
+    """Start a sim prefill or decode worker; its gRPC address."""
+    return start_sim(procs, role, name, profile)[0]
 
 
 def start_router(procs: Procs, model_dir: Path, prefill: str, decode: str, *extra: str) -> tuple[Any, str]:

@@ -27,19 +27,15 @@ from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 from tests.factories import metric_samples
+from tests.integration.simfleet import SLOW, start_sim
 
 VOCAB = 32000  # the llama-3.1-8b-h200 profile's
 REQUESTS, RATE, OUTPUT = 400, 25.0, 24
 
 
 def sim_worker(procs: Procs, role: str, i: int, *extra: str) -> tuple[str, int]:
-    port = free_port()
-    module = "prefill_worker" if role == "prefill" else "decode_worker"
-    argv = [sys.executable, "-m", module, "--engine", "sim", "--engine-arg", "profile=llama-3.1-8b-h200"]
-    argv += ["--port", str(port), "--metrics-port", "0", "--kv-events-port", str(free_port()), "--log-level", "WARNING"]
-    argv += extra
-    proc = procs.start(f"{role}{i}", argv)
-    return f"127.0.0.1:{port}", proc.pid
+    addr, proc = start_sim(procs, role, f"{role}{i}", SLOW, extra)
+    return addr, proc.pid
 
 
 @pytest.fixture
