@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from decode_worker import config
 from decode_worker.servicer import DecodeServicer, register
-from pdserve.config import run_async, setup_logging
 from pdserve.engine import make_decode_engine
 from pdserve.rpc.metrics import WorkerMetrics
 from pdserve.rpc.server import Admission, run_worker
+from pdserve.rpc.worker_main import worker_main
 from pdserve.worker_config import WorkerConfig
-
-log = logging.getLogger("decode_worker")
 
 
 async def serve(cfg: WorkerConfig) -> int:
@@ -25,13 +22,7 @@ async def serve(cfg: WorkerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config.from_args(argv)
-    setup_logging(cfg.log_level)
-    try:
-        return run_async(serve(cfg))
-    except ValueError as exc:  # bad configuration found at start-up
-        log.error("cannot start: %s", exc)
-        return 2
+    return worker_main(config.from_args(argv), serve)
 
 
 if __name__ == "__main__":  # vLLM's engine core uses multiprocessing: the guard is required

@@ -4,12 +4,15 @@ Starts ``--prefill-workers`` prefill workers (default 1), one decode worker and
 the router (``--colocated``:
 one plain decode engine, no prefill worker — the baseline P/D is measured
 against), waits until the router answers, and on Ctrl-C / SIGTERM stops the
-router first, then the workers, each with SIGTERM so they drain.
+router first, then the workers, each with SIGTERM so they drain; a second Ctrl-C /
+SIGTERM kills everything at once. Every port is checked before anything starts, and
+the children die with this process however it dies (``pdserve.lifetime``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pdserve.config import resolve_model
+from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent, kill_descendants, launch_env
 
 log = logging.getLogger("pdserve.up")
 
@@ -52,6 +56,22 @@ class UpConfig:
 
     def prefill_addrs(self) -> list[str]:
         return [f"127.0.0.1:{self.prefill_port_of(i)}" for i in range(self.prefill_workers)]
+
+    def ports(self) -> list[tuple[str, str, int]]:
+        """Every ``(what, host, port)`` the cluster binds, as ``commands`` hands them out."""
+        lo, events = "127.0.0.1", self.kv_events_port_base
+        out = [("router HTTP (--port)", self.host, self.port), ("decode gRPC (--decode-port)", lo, self.decode_port)]
+        out += [("decode metrics", lo, self.metrics_port_base + 1)]
+        out += [("decode KV events", "", events + 2), ("decode KV events replay", "", events + 3)]
+        if not self.colocated:
+            out.append(("decode NIXL side channel", lo, self.kv_port_base + 1))
+        for i in range(self.prefill_workers):
+            name, ev = f"prefill worker {i}", events + 4 * i
+            out += [(f"{name} gRPC", lo, self.prefill_port_of(i))]
+            out += [(f"{name} metrics", lo, self.metrics_port_base + 2 * i)]
+            out += [(f"{name} NIXL side channel", lo, self.kv_port_base + 2 * i)]
+            out += [(f"{name} KV events", "", ev), (f"{name} KV events replay", "", ev + 1)]
+        return out
 
 
 def add_up_parser(sub: Any) -> None:
@@ -218,16 +238,26 @@ def commands(cfg: UpConfig) -> list[tuple[str, list[str]]]:
 
 
 def up(cfg: UpConfig) -> int:
+    die_with_parent()
+    try:
+        check_ports_free(cfg.ports())  # before any child: a second `up` fails at once, naming the port
+    except PortInUseError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stop = {"signal": False}
 
     def on_signal(signum: int, frame: object) -> None:
+        if stop["signal"]:  # the second one: no drain
+            log.warning("second %s: killing every process at once", signal.Signals(signum).name)
+            _kill_all(procs)
         stop["signal"] = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    env = child_env()
+    env = launch_env(child_env())
     # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-    procs = [(name, subprocess.Popen(cmd, env=env, start_new_session=True)) for name, cmd in commands(cfg)]
+    procs += [(name, subprocess.Popen(cmd, env=env, start_new_session=True)) for name, cmd in commands(cfg)]
     url = f"http://{cfg.host}:{cfg.port}"
     try:
         if not _wait_ready(url, procs, stop, cfg.ready_timeout_s):
@@ -244,6 +274,13 @@ def up(cfg: UpConfig) -> int:
         return 0
     finally:
         _stop_all(procs)
+
+
+def _kill_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    kill_descendants(os.getpid())  # engine cores too, wherever their process group is
+    for _, proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _dead(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> bool:
@@ -324,5 +361,6 @@ def _stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in %.0fs; killing it", name, STOP_TIMEOUT_S)
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -33,6 +33,16 @@ class WorkerConfig:
     registration: RegistrationOptions
     log_level: str
 
+    def ports(self) -> list[tuple[str, str, int]]:
+        """Every ``(what, host, port)`` this worker binds, for a start-up check before the engine."""
+        host, e = self.server.host, self.engine
+        ports = [("gRPC", host, self.server.port), ("metrics", host, self.server.metrics_port)]
+        if e.kv_connector != "none" and e.engine == "vllm":
+            ports.append(("NIXL side channel (--kv-port)", e.kv_host, e.kv_port))
+        if e.kv_events_port:  # the publisher binds on every interface ("*"), replay on the next port
+            ports += [("KV events", "", e.kv_events_port), ("KV events replay", "", e.kv_events_port + 1)]
+        return ports
+
 
 def worker_parser(defaults: WorkerDefaults) -> argparse.ArgumentParser:
     # No abbreviations: flags we do not know go to vLLM, and must never match a prefix of ours.

@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from pdserve.config import setup_logging
+from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
 from router import config
@@ -77,6 +78,12 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
 def main(argv: list[str] | None = None) -> int:
     cfg = config.from_args(argv)
     setup_logging(cfg.log_level)
+    die_with_parent()
+    try:
+        check_ports_free([("HTTP", cfg.host, cfg.port)])
+    except PortInUseError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     uvicorn.run(
         make_app(cfg),
         host=cfg.host,

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from pdserve.bench import procs
+from pdserve.lifetime import launch_env
 from pdserve.local import READY_LINE
 from tests.redis_server import RedisServer
 
@@ -82,7 +83,7 @@ def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1)
         str(n),
         *extra,
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -171,7 +172,7 @@ def reference_outputs(tmp_path_factory: pytest.TempPathFactory, default_model: P
     (tmp / "in.json").write_text(json.dumps(spec))
     subprocess.run(
         [sys.executable, str(REPO / "tests/e2e/reference_engine.py"), str(tmp / "in.json"), str(tmp / "out.json")],
-        env=engine_env(),
+        env=launch_env(engine_env()),
         check=True,
         timeout=900,
         stdout=(tmp / "log").open("wb"),

@@ -21,6 +21,8 @@ from types import TracebackType
 
 import httpx
 
+from pdserve.lifetime import launch_env
+
 
 def free_port(span: int = 1) -> int:
     """A free loopback port and the ``span - 1`` after it, below Linux's ephemeral range
@@ -63,7 +65,7 @@ class Procs:
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("wb")
-        full_env = {**self._env, **(env or {})}
+        full_env = launch_env({**self._env, **(env or {})})  # dies with us, however we die
         proc = subprocess.Popen(list(argv), env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._procs.append((name, proc))
         return proc

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from pdserve.engine.base import (
     TokenDelta,
 )
 from pdserve.engine.config import EngineConfig
+from pdserve.lifetime import check_ports_free
 from pdserve.types import RequestId
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class _VllmRuntime:
 
     async def start(self) -> None:
         if self.config.kv_connector != "none":
-            _check_port_free(self.config.kv_host, self.config.kv_port)
+            # vLLM's NIXL listener thread dies on a taken port and engine start-up then hangs.
+            check_ports_free([("NIXL side channel (--kv-port)", self.config.kv_host, self.config.kv_port)])
         compat.export_env(self.config)
         allowed = os.sched_getaffinity(0)
         self._llm = compat.AsyncLLM.from_engine_args(
@@ -213,15 +214,6 @@ class VllmDecodeEngine(_VllmRuntime):
             raise EngineDeadError(str(exc)) from exc
         if not released:
             log.warning("%s: vLLM %s cannot release remote KV; the lease frees it", request_id, compat.VLLM_VERSION)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    # vLLM's NIXL listener thread dies on a taken port and engine start-up then hangs.
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ValueError(f"kv_port: {host}:{port} is not free ({exc.strerror})") from None
 
 
 def restore_affinity(allowed: set[int]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pdserve.lifetime import launch_env
 from tests.conftest import free_port
 from tests.deploy.artifacts import REPO, load_compose
 from tests.deploy.test_docker import command, python_argv, stages
@@ -88,7 +89,7 @@ def cpu_profile(tmp_path: Path, default_model: Path) -> Iterator[dict[str, subpr
             procs[name] = subprocess.Popen(
                 argv,
                 cwd=REPO,
-                env=env,
+                env=launch_env(env),
                 start_new_session=True,
                 stdout=(tmp_path / f"{name}.log").open("wb"),
                 stderr=subprocess.STDOUT,

@@ -13,6 +13,9 @@ import sys
 
 
 def main() -> None:
+    from pdserve.lifetime import die_with_parent
+
+    die_with_parent()  # vLLM's engine core goes with us: kill_descendants
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

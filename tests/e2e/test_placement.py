@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from pdserve.kv.hashing import block_hashes, to_hex
+from pdserve.lifetime import launch_env
 from pdserve.state import StoreUnavailable, make_store
 from tests.conftest import REPO, Cluster, free_port
 from tests.factories import make_tiny_llama, metric_samples
@@ -41,14 +42,24 @@ class Router:
 
     def start(self) -> Router:
         cmd = [sys.executable, "-m", "router", "--port", str(self.port), *self._args]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300  # imports + tokenizer on a CPU shared with busy engines
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=launch_env(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
+        try:
+            self._wait_ready(time.monotonic() + 300)  # imports + tokenizer on a CPU shared with busy engines
+        except BaseException:
+            self.stop(signal.SIGKILL)  # a router we gave up on must not come up later, unwatched
+            raise
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self.proc is not None
         while True:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             assert time.monotonic() < deadline, "router did not start"
             try:
                 if httpx.get(self.url + "/v1/models", timeout=2).json()["data"]:
-                    return self
+                    return
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
             time.sleep(0.3)

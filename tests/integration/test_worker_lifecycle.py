@@ -19,6 +19,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pdserve.lifetime import launch_env
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import REPO, engine_env, free_port
@@ -36,7 +37,7 @@ class Worker:
     log: Path
 
 
-def start_decode_worker(model: Path, log: Path, *extra: str) -> Worker:
+def start_decode_worker(model: Path, log: Path, *extra: str, start_timeout_s: float = 300) -> Worker:
     port = free_port()
     cmd = [
         sys.executable,
@@ -60,16 +61,23 @@ def start_decode_worker(model: Path, log: Path, *extra: str) -> Worker:
         str(free_port()),
         *extra,
     ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=engine_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
+    env = launch_env(engine_env())  # the worker (and its engine core) dies with this process
+    out = log.open("wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(f"127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 300
+    try:
+        wait_serving(worker, time.monotonic() + start_timeout_s)
+    except BaseException:
+        _stop(worker, grace_s=0)  # a worker we gave up on must not come up later and spin
+        raise
+    return worker
+
+
+def wait_serving(worker: Worker, deadline: float) -> None:
     while asyncio.run(_health(worker.addr)) != health_pb2.HealthCheckResponse.SERVING:
-        assert proc.poll() is None, log.read_text()[-3000:]
+        assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
         assert time.monotonic() < deadline, "decode worker did not start"
         time.sleep(1)
-    return worker
 
 
 async def _health(addr: str) -> int:
@@ -86,13 +94,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
 
 
-def _stop(worker: Worker) -> None:
+def _stop(worker: Worker, grace_s: float = 60) -> None:
     """SIGTERM, then SIGKILL for the whole process group: vLLM's engine-core and worker
     processes outlive a worker that is killed alone, and spin on the CPU."""
-    if worker.proc.poll() is None:
+    if worker.proc.poll() is None and grace_s:
         worker.proc.terminate()
         try:
-            worker.proc.wait(60)
+            worker.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             pass
     with contextlib.suppress(ProcessLookupError):

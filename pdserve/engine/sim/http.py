@@ -37,6 +37,7 @@ from pdserve.config import resolve_model, setup_logging
 from pdserve.engine.base import EngineError, InvalidRequestError, SamplingSpec, TokenDelta
 from pdserve.engine.config import EngineConfig, add_engine_flags, engine_config_from_args
 from pdserve.engine.sim.engine import SimDecodeEngine
+from pdserve.lifetime import die_with_parent
 from pdserve.types import RequestId
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[SimHttpConfig, str]
 def main(argv: list[str] | None = None) -> int:
     cfg, level = config_from_args(argv)
     setup_logging(level)
+    die_with_parent()
     engine = SimDecodeEngine(cfg.engine)
 
     @contextlib.asynccontextmanager
