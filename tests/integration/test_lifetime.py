@@ -68,8 +68,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+Up = tuple[UpConfig, subprocess.Popen[bytes], Path]  # config, the `pdserve up` process, its log
+
+
 @pytest.fixture
-def up(tmp_path: Path, default_model: Path) -> Iterator[tuple[UpConfig, subprocess.Popen[bytes], Path]]:
+def up(tmp_path: Path, default_model: Path) -> Iterator[Up]:
+    """`pdserve up` on sim engines (the real router and tokenizer), once it says it is up."""
     cfg = up_config(default_model)
     log = tmp_path / "up.log"
     proc = subprocess.Popen(up_argv(cfg), cwd=REPO, env=launch_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -87,7 +91,7 @@ def up(tmp_path: Path, default_model: Path) -> Iterator[tuple[UpConfig, subproce
         proc.wait()
 
 
-def test_sigkilled_up_leaves_no_process_and_no_port_behind(up: tuple[UpConfig, subprocess.Popen[bytes], Path]) -> None:
+def test_sigkilled_up_leaves_no_process_and_no_port_behind(up: Up) -> None:
     cfg, proc, _ = up
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) >= 3, [c.cmdline() for c in children]  # router, prefill and decode worker at least
@@ -97,15 +101,29 @@ def test_sigkilled_up_leaves_no_process_and_no_port_behind(up: tuple[UpConfig, s
     check_ports_free(cfg.ports())  # raises, naming the port, if any is still held
 
 
-def test_second_up_on_taken_ports_fails_fast_naming_the_port(
-    up: tuple[UpConfig, subprocess.Popen[bytes], Path],
-) -> None:
+def test_second_up_on_taken_ports_fails_fast_naming_the_port(up: Up) -> None:
     cfg, first, _ = up
     second = subprocess.run(up_argv(cfg), cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"port {cfg.port} " in second.stderr and "already in use" in second.stderr, second.stderr[-2000:]
     assert "by pid " in second.stderr, second.stderr[-2000:]  # the holder: the first cluster's router
     assert first.poll() is None  # the first cluster is untouched
+
+
+def test_second_sigterm_stops_everything_without_waiting_for_the_drain(up: Up) -> None:
+    cfg, proc, _ = up
+    children = psutil.Process(proc.pid).children(recursive=True)
+    router = next(c for c in children if "router" in c.cmdline())
+    router.suspend()  # a child that cannot finish its drain: the first TERM waits up to 40 s on it
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)
+    assert proc.poll() is None  # still draining
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(GONE_WITHIN_S)
+    assert wait_gone([c.pid for c in children]) == []
+    assert time.monotonic() - t0 < GONE_WITHIN_S
+    check_ports_free(cfg.ports())
 
 
 def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path) -> None:
