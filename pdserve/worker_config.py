@@ -37,7 +37,7 @@ class WorkerConfig:
         """Every ``(what, host, port)`` this worker binds, for a start-up check before the engine."""
         host, e = self.server.host, self.engine
         ports = [("gRPC", host, self.server.port), ("metrics", host, self.server.metrics_port)]
-        if e.kv_connector != "none" and e.engine == "vllm":
+        if e.kv_connector != "none" and e.engine == "vllm":  # vLLM's NIXL listener dies on a taken port, start-up hangs
             ports.append(("NIXL side channel (--kv-port)", e.kv_host, e.kv_port))
         if e.kv_events_port:  # the publisher binds on every interface ("*"), replay on the next port
             ports += [("KV events", "", e.kv_events_port), ("KV events replay", "", e.kv_events_port + 1)]

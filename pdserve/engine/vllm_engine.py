@@ -31,7 +31,6 @@ from pdserve.engine.base import (
     TokenDelta,
 )
 from pdserve.engine.config import EngineConfig
-from pdserve.lifetime import check_ports_free
 from pdserve.types import RequestId
 
 log = logging.getLogger(__name__)
@@ -59,9 +58,6 @@ class _VllmRuntime:
         self._inflight = 0
 
     async def start(self) -> None:
-        if self.config.kv_connector != "none":
-            # vLLM's NIXL listener thread dies on a taken port and engine start-up then hangs.
-            check_ports_free([("NIXL side channel (--kv-port)", self.config.kv_host, self.config.kv_port)])
         compat.export_env(self.config)
         allowed = os.sched_getaffinity(0)
         self._llm = compat.AsyncLLM.from_engine_args(

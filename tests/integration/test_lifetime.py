@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from pdserve.bench.procs import Procs
-from pdserve.lifetime import check_ports_free, launch_env
+from pdserve.lifetime import check_ports_free, kill_descendants, launch_env
 from pdserve.local import READY_LINE, UpConfig
 from tests.conftest import REPO, free_port
 
@@ -85,8 +85,8 @@ def up(tmp_path: Path, default_model: Path) -> Iterator[Up]:
             time.sleep(0.5)
         yield cfg, proc, log
     finally:
-        for child in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
-            child.kill()
+        if proc.poll() is None:
+            kill_descendants(proc.pid)
         proc.kill()
         proc.wait()
 
