@@ -54,7 +54,3 @@ def block_hashes(
         prev = block_hash(prev, token_ids[start : start + block_size])
         out.append(prev)
     return out
-
-
-def to_hex(h: BlockHash) -> str:
-    return f"{h:016x}"

@@ -21,9 +21,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pdserve.kv.hashing import to_hex
 from pdserve.state.base import StoreUnavailable, WorkerRecord, prefix_lengths
-from pdserve.types import BlockHash, WorkerId
+from pdserve.types import BlockHash, WorkerId, to_hex
 
 
 @asynccontextmanager

@@ -20,9 +20,10 @@ import httpx
 import pytest
 import redis
 
-from pdserve.kv.hashing import block_hashes, to_hex
+from pdserve.kv.hashing import block_hashes
 from pdserve.lifetime import launch_env
 from pdserve.state import StoreUnavailable, make_store
+from pdserve.types import to_hex
 from tests.conftest import REPO, Cluster, free_port
 from tests.factories import make_tiny_llama, metric_samples
 from tests.integration.test_worker_lifecycle import Worker, _stop, start_decode_worker

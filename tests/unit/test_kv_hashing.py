@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from pdserve.kv.hashing import SCHEME, block_hash, block_hashes, root_hash, to_hex
+from pdserve.kv.hashing import SCHEME, block_hash, block_hashes, root_hash
+from pdserve.types import to_hex
 
 # Computed once and frozen: changing them means every deployed index is invalid.
 GOLDEN = {
