@@ -16,17 +16,11 @@ import httpx
 import psutil
 import pytest
 
-from pdserve.bench import procs
 from pdserve.lifetime import launch_env
 from pdserve.local import READY_LINE
+from tests.helpers.net import REPO, free_port
 from tests.redis_server import RedisServer
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port(span: int = 2) -> int:
-    """A free port and the one after it (ZMQ replay, NIXL) by default."""
-    return procs.free_port(span)
 
 
 @pytest.fixture(scope="session")

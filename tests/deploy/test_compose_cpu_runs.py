@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from pdserve.lifetime import launch_env
-from tests.conftest import free_port
+from tests.helpers.net import free_port
 from tests.deploy.artifacts import REPO, load_compose
 from tests.deploy.test_docker import command, python_argv, stages
 from tests.factories import metric_samples

@@ -24,7 +24,8 @@ from pdserve.kv.hashing import block_hashes
 from pdserve.lifetime import launch_env
 from pdserve.state import StoreUnavailable, make_store
 from pdserve.types import to_hex
-from tests.conftest import REPO, Cluster, free_port
+from tests.conftest import Cluster
+from tests.helpers.net import REPO, free_port
 from tests.factories import make_tiny_llama, metric_samples
 from tests.integration.test_worker_lifecycle import Worker, _stop, start_decode_worker
 from tests.redis_server import RedisServer

@@ -15,7 +15,7 @@ import httpx
 from pdserve.bench.procs import Procs
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import free_port
+from tests.helpers.net import free_port
 
 # ~8 ms a token and a realistic prefill: a 400-token stream lasts ~3 s
 SLOW = "llama-3.1-8b-h200"

@@ -25,7 +25,7 @@ from pdserve.bench.procs import Procs
 from pdserve.engine.sim.engine import next_token
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import free_port
+from tests.helpers.net import free_port
 from tests.factories import metric_samples
 from tests.integration.simfleet import SLOW, start_sim
 

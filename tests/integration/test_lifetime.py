@@ -20,7 +20,7 @@ import pytest
 from pdserve.bench.procs import Procs
 from pdserve.lifetime import check_ports_free, kill_descendants, launch_env
 from pdserve.local import READY_LINE, UpConfig
-from tests.conftest import REPO, free_port
+from tests.helpers.net import REPO, free_port
 
 GONE_WITHIN_S = 10.0
 

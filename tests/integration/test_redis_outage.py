@@ -22,7 +22,7 @@ import pytest
 
 from pdserve.bench.procs import Procs
 from pdserve.state import StoreUnavailable, make_store
-from tests.conftest import free_port
+from tests.helpers.net import free_port
 from tests.e2e.test_placement import index_holders
 from tests.factories import metric_samples
 from tests.integration.test_failover import OUTPUT, VOCAB, clean, expected, one, percentile, sim_worker, summary, timed

@@ -18,7 +18,7 @@ from pdserve.bench.procs import Procs
 from pdserve.bench.report import Slo, summarize
 from pdserve.bench.run import drive
 from pdserve.kv.events import BlockStored, EventBatch, EventSubscriber
-from tests.conftest import free_port
+from tests.helpers.net import free_port
 
 BLOCK = 32
 

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pdserve.bench.procs import Procs
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import free_port
+from tests.helpers.net import free_port
 
 TOKEN = "worker-secret-1"
 

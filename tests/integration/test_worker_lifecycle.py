@@ -22,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pdserve.lifetime import launch_env
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import REPO, engine_env, free_port
+from tests.conftest import engine_env
+from tests.helpers.net import REPO, free_port
 from tests.factories import make_tiny_llama
 
 pytestmark = pytest.mark.engine

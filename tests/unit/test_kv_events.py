@@ -22,7 +22,7 @@ from pdserve.kv.hashing import block_hashes
 from pdserve.kv.publisher import EventPublisher
 from pdserve.state.memory import MemoryStore
 from pdserve.types import WorkerId
-from tests.conftest import free_port
+from tests.helpers.net import free_port
 
 W = WorkerId("w:1")
 

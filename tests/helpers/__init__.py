@@ -1,0 +1,1 @@
+"""What tests share: helpers live here, so no test module imports another's privates."""
