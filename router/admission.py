@@ -29,7 +29,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pdserve.state import StateStore, StoreUnavailable
-from router.orchestrator import Chunk
+from router.errors import Overloaded, RateLimited
+from router.request import Chunk
 
 ANONYMOUS = "anonymous"  # every client of a router without API keys
 WINDOW_S = 60.0
@@ -40,22 +41,6 @@ def client_id(api_key: str | None) -> str:
     if not api_key:
         return ANONYMOUS
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
-
-
-class Refused(Exception):
-    """Not admitted; the client may try again after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class Overloaded(Refused):
-    """No slot free and the queue full, or no slot within the queue timeout."""
-
-
-class RateLimited(Refused):
-    """The client's requests or tokens per minute are used up."""
 
 
 @dataclass(frozen=True)

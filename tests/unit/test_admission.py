@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from pdserve.state import make_store
 from pdserve.state.memory import MemoryStore
-from router.admission import Admission, AdmissionLimits, Gate, Overloaded, RateLimited, RateLimiter, client_id
-from router.orchestrator import Chunk
+from router.admission import Admission, AdmissionLimits, Gate, RateLimiter, client_id
+from router.errors import Overloaded, RateLimited
+from router.request import Chunk
 from router.tokenizer import Tokenizer
+from tests.helpers.router import ScriptedDecode, ScriptedPrefill, ScriptedRouter, scripted_router
+from tests.helpers.router import tiny_tokenizer as make_tokenizer
 from tests.redis_server import RedisServer
-from tests.unit.test_router_http import make_client, tiny_tokenizer  # noqa: F401 - fixture
 
 
 async def test_gate_admits_up_to_the_limit_queues_the_next_and_refuses_past_the_queue() -> None:
@@ -136,15 +139,25 @@ async def test_closing_an_admitted_stream_early_closes_the_inner_one_and_frees_t
 # --- over HTTP -------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    return make_tokenizer(tmp_path_factory.mktemp("tiny"))
+
+
 @pytest.fixture
 def body() -> dict:
     return {"model": "tiny", "prompt": "Hi", "max_tokens": 4}
 
 
-def test_rate_limited_request_gets_429_with_retry_after_per_api_key(tiny_tokenizer: Tokenizer, body: dict) -> None:  # noqa: F811
-    client, decode = make_client(
-        tiny_tokenizer, "ab", limits=AdmissionLimits(requests_per_minute=1), api_keys=("k1", "k2")
-    )
+def router(tok: Tokenizer, **options: Any) -> tuple[ScriptedRouter, ScriptedDecode]:
+    """One prefill and one decode worker that answers "ab"."""
+    decode = ScriptedDecode(tok.encode("ab"))
+    return scripted_router(tok, [ScriptedPrefill()], [decode], **options), decode
+
+
+def test_rate_limited_request_gets_429_with_retry_after_per_api_key(tiny_tokenizer: Tokenizer, body: dict) -> None:
+    r, decode = router(tiny_tokenizer, limits=AdmissionLimits(requests_per_minute=1), api_keys=("k1", "k2"))
+    client = r.client
     one, two = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
     assert client.post("/v1/completions", json=body, headers=one).status_code == 200
     over = client.post("/v1/completions", json=body, headers=one)
@@ -156,9 +169,9 @@ def test_rate_limited_request_gets_429_with_retry_after_per_api_key(tiny_tokeniz
     assert len(decode.calls) == 2  # the refused one never reached a worker
 
 
-def test_over_capacity_gets_503_overloaded(tiny_tokenizer: Tokenizer, body: dict) -> None:  # noqa: F811
-    client, _ = make_client(tiny_tokenizer, "ab", limits=AdmissionLimits(max_inflight=1, max_queued=0))
-    gate = client.app.state.service.admission.gate
+def test_over_capacity_gets_503_overloaded(tiny_tokenizer: Tokenizer, body: dict) -> None:
+    r, _ = router(tiny_tokenizer, limits=AdmissionLimits(max_inflight=1, max_queued=0))
+    client, gate = r.client, r.service.admission.gate
     with _held(gate):
         for stream in (False, True):
             resp = client.post("/v1/completions", json={**body, "stream": stream})
@@ -184,8 +197,9 @@ class _held:
         self.gate._slots._value = 1
 
 
-def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> None:  # noqa: F811
-    client, decode = make_client(tiny_tokenizer, "ab", max_body_bytes=1000)
+def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> None:
+    r, decode = router(tiny_tokenizer, max_body_bytes=1000)
+    client = r.client
     big = json.dumps({"model": "tiny", "prompt": "x" * 2000, "max_tokens": 1}).encode()
     resp = client.post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
     assert resp.status_code == 413
