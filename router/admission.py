@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pdserve.state import StateStore, StoreUnavailable
@@ -160,11 +160,11 @@ class Admission:
         self.limiter = RateLimiter(store, limits.requests_per_minute, limits.tokens_per_minute)
 
     async def admitted(
-        self, client: str, prompt_tokens: int, max_tokens: int, chunks: AsyncIterator[Chunk]
-    ) -> AsyncIterator[Chunk]:
+        self, client: str, prompt_tokens: int, max_tokens: int, chunks: AsyncGenerator[Chunk, None]
+    ) -> AsyncGenerator[Chunk, None]:
         """``chunks`` once the client's rate limit and a slot allow; raises ``RateLimited``
         or ``Overloaded`` before the first chunk. Closing this closes ``chunks``."""
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async with contextlib.aclosing(chunks):
             charge = await self.limiter.charge(client, prompt_tokens + max_tokens)
             generated, served = 0, False
             try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from pdserve.engine.base import FinishReason
@@ -47,7 +47,7 @@ class Orchestrator:
         self._recovery = recovery or Recovery()
         self._releaser = KvReleaser(timeouts.release_s, self._observer.kv_released)
 
-    async def generate(self, pool: ModelPool, gen: Generation) -> AsyncIterator[Chunk]:
+    async def generate(self, pool: ModelPool, gen: Generation) -> AsyncGenerator[Chunk, None]:
         state = RequestState(pool, gen, self._timeouts.request_s)
         while True:
             state.begin()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import pytest
@@ -96,8 +96,8 @@ def test_clients_are_counted_by_a_digest_never_the_key() -> None:
     assert client_id(None) == client_id("") == "anonymous"
 
 
-def _chunks(n: int) -> AsyncIterator[Chunk]:
-    async def gen() -> AsyncIterator[Chunk]:
+def _chunks(n: int) -> AsyncGenerator[Chunk, None]:
+    async def gen() -> AsyncGenerator[Chunk, None]:
         for i in range(1, n + 1):
             yield Chunk("x", i, "length" if i == n else None)
 
@@ -119,7 +119,7 @@ async def test_admitted_stream_refunds_unused_tokens_and_frees_its_slot() -> Non
 async def test_closing_an_admitted_stream_early_closes_the_inner_one_and_frees_the_slot() -> None:
     closed = asyncio.Event()
 
-    async def endless() -> AsyncIterator[Chunk]:
+    async def endless() -> AsyncGenerator[Chunk, None]:
         try:
             i = 0
             while True:
@@ -132,7 +132,7 @@ async def test_closing_an_admitted_stream_early_closes_the_inner_one_and_frees_t
     stream = admission.admitted("a", 1, 1000, endless())
     await anext(stream)
     assert admission.gate.inflight == 1
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert closed.is_set() and admission.gate.inflight == 0
 
 
