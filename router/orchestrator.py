@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from pdserve.engine.base import FinishReason
@@ -52,8 +52,10 @@ class Orchestrator:
         while True:
             state.begin()
             try:
-                async for chunk in self._attempt(state):
-                    yield chunk
+                # aclosing: a consumer that leaves ends the attempt's RPCs now, not at garbage collection
+                async with contextlib.aclosing(self._attempt(state)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
                 return  # _attempt ends with a finish chunk, or raises
             except WorkerFailure as exc:
                 if not exc.retryable:
@@ -77,7 +79,7 @@ class Orchestrator:
             self._observer.retried("decode")
         return True
 
-    async def _attempt(self, state: RequestState) -> AsyncIterator[Chunk]:
+    async def _attempt(self, state: RequestState) -> AsyncGenerator[Chunk, None]:
         first = state.first
         where = await self._placer.place(state.pool, state.prompt, state.failed, state.match())
         state.placed(where)
@@ -93,16 +95,19 @@ class Orchestrator:
                 where.decode,
                 where.reason,
             )
-            async for chunk in self._decode(state, kv_params, cached):
-                yield chunk
-                if chunk.finish_reason is not None:
-                    return
+            finished = False
+            async with contextlib.aclosing(self._decode(state, kv_params, cached)) as chunks:
+                async for chunk in chunks:
+                    finished = chunk.finish_reason is not None
+                    yield chunk
+        if finished:
+            return
         raise BrokenStreamError(where.decode, "the decode stream ended without a finish reason")
 
     async def _decode(
         self, state: RequestState, kv_params: dict[str, Any] | None, cached: int | None
-    ) -> AsyncIterator[Chunk]:
-        """The attempt's decode stream as chunks, up to the finish chunk."""
+    ) -> AsyncGenerator[Chunk, None]:
+        """The attempt's decode stream as chunks; it ends after the finish chunk."""
         decode = state.placement.decode
         unread = kv_params  # the prefill's KV, until a token shows the decode engine has it
         try:
