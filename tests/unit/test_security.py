@@ -12,10 +12,10 @@ from pdserve.state.memory import MemoryStore
 from router.api.app import create_app
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
-from router.request import Timeouts
 from router.placement import make_policy
 from router.placement.decider import ThresholdDecider
 from router.placer import Placer
+from router.request import Timeouts
 from router.service import RouterService
 from tests.factories import metric_samples
 
