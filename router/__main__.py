@@ -22,7 +22,7 @@ from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.placement import make_policy
 from router.placement.decider import ThresholdDecider
-from router.placement.placer import Placer
+from router.placer import Placer
 from router.service import RouterService
 
 log = logging.getLogger("router")

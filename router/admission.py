@@ -25,11 +25,12 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pdserve.state import StateStore, StoreUnavailable
-from router.orchestrator import Chunk
+from router.errors import Overloaded, RateLimited
+from router.request import Chunk
 
 ANONYMOUS = "anonymous"  # every client of a router without API keys
 WINDOW_S = 60.0
@@ -40,22 +41,6 @@ def client_id(api_key: str | None) -> str:
     if not api_key:
         return ANONYMOUS
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
-
-
-class Refused(Exception):
-    """Not admitted; the client may try again after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class Overloaded(Refused):
-    """No slot free and the queue full, or no slot within the queue timeout."""
-
-
-class RateLimited(Refused):
-    """The client's requests or tokens per minute are used up."""
 
 
 @dataclass(frozen=True)
@@ -175,11 +160,11 @@ class Admission:
         self.limiter = RateLimiter(store, limits.requests_per_minute, limits.tokens_per_minute)
 
     async def admitted(
-        self, client: str, prompt_tokens: int, max_tokens: int, chunks: AsyncIterator[Chunk]
-    ) -> AsyncIterator[Chunk]:
+        self, client: str, prompt_tokens: int, max_tokens: int, chunks: AsyncGenerator[Chunk, None]
+    ) -> AsyncGenerator[Chunk, None]:
         """``chunks`` once the client's rate limit and a slot allow; raises ``RateLimited``
         or ``Overloaded`` before the first chunk. Closing this closes ``chunks``."""
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async with contextlib.aclosing(chunks):
             charge = await self.limiter.charge(client, prompt_tokens + max_tokens)
             generated, served = 0, False
             try:

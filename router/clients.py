@@ -1,13 +1,15 @@
 """gRPC clients for the workers. Every call carries a deadline.
 
 Errors surface as ``WorkerError`` with the gRPC status code, so the orchestrator
-decides (retry, fall back, fail) without knowing gRPC types.
+decides (retry, fall back, fail) without knowing gRPC types. What a request needs
+of a worker is the ``PrefillWorker`` / ``DecodeWorker`` Protocol: the pools hold
+those, so scripted test workers stand in without gRPC.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -17,6 +19,7 @@ from pdserve.security import WorkerLink
 from pdserve.types import RequestId, WorkerId
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
+from router.errors import WorkerError
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -28,14 +31,35 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class WorkerError(Exception):
-    """A worker RPC failed; ``code`` is the gRPC status."""
+class PrefillWorker(Protocol):
+    """A prefill worker as one request uses it. Raises ``WorkerError``."""
 
-    def __init__(self, worker: WorkerId, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{worker}: {code.name}: {details}")
-        self.worker = worker
-        self.code = code
-        self.details = details
+    @property
+    def worker(self) -> WorkerId: ...
+
+    async def prefill(
+        self, request_id: RequestId, prompt: list[int], spec: SamplingSpec, timeout: float
+    ) -> PrefillResult: ...
+
+
+class DecodeWorker(Protocol):
+    """A decode worker as one request uses it. Raises ``WorkerError``."""
+
+    @property
+    def worker(self) -> WorkerId: ...
+
+    def decode(
+        self,
+        request_id: RequestId,
+        prompt: list[int],
+        spec: SamplingSpec,
+        kv_transfer_params: dict[str, Any] | None,
+        timeout: float,
+    ) -> AsyncGenerator[TokenDelta, None]:
+        """Stream deltas. Closing the iterator ends the request on the worker."""
+        ...
+
+    async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any], timeout: float) -> None: ...
 
 
 def _error(worker: WorkerId, exc: grpc.aio.AioRpcError) -> WorkerError:

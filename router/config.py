@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pdserve.config import resolve_model
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from router.admission import AdmissionLimits
-from router.orchestrator import Timeouts
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
 from router.recovery import Recovery
+from router.request import Timeouts
 
 
 @dataclass(frozen=True)

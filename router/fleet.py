@@ -26,13 +26,28 @@ from pdserve.kv.hashing import SCHEME
 from pdserve.security import WorkerLink
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
 from pdserve.types import WorkerId
-from router.clients import DecodeClient, PrefillClient, WorkerError
-from router.pool import ModelPool, check_joins, wait_for_info
+from router.clients import DecodeClient, PrefillClient
+from router.errors import WorkerError
+from router.pool import ModelPool
 from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 Client = PrefillClient | DecodeClient
+INFO_WAIT_S = 15.0
+
+
+async def wait_for_info(client: Client, deadline_s: float) -> EngineInfo:
+    """Ask a worker for its Info, waiting while it starts (engines take ~1 min on CPU)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        try:
+            return await client.info(timeout=min(INFO_WAIT_S, max(0.1, end - loop.time())), wait_for_ready=True)
+        except WorkerError as exc:
+            if loop.time() >= end or exc.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            log.info("still waiting for worker %s", client.worker)
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class Fleet:
         self._options = options
         self._on_change = on_change
         self._where: dict[WorkerId, str] = {}  # worker → model
+        self._clients: dict[WorkerId, Client] = {}  # polled for Load, closed at the end
         self._static: set[WorkerId] = set()
         self._instances: dict[WorkerId, str] = {}  # registry instance ids seen
         self._missing_since: dict[WorkerId, float] = {}
@@ -113,13 +129,12 @@ class Fleet:
                 vllm_version=info.vllm_version,
             )
             self.pools[info.model] = pool
-        check_joins(pool, info, worker)
-        pool.max_model_len = min(pool.max_model_len, info.max_model_len)
         if isinstance(client, PrefillClient):
-            pool.prefill[worker] = client
+            pool.add_prefill(client, info)
         else:
-            pool.decode[worker] = client
+            pool.add_decode(client, info)
         self._where[worker] = info.model
+        self._clients[worker] = client
         if self._options.follow_events and info.kv_events:
             feed = IndexFeed(self._store, info.model, worker, info.block_size)
             subscriber = EventSubscriber(info.kv_events, info.kv_replay)
@@ -132,12 +147,10 @@ class Fleet:
         pool = self.pools.get(model or "")
         if pool is None:
             return
-        client = pool.prefill.pop(worker, None) or pool.decode.pop(worker, None)
+        pool.remove(worker)
+        client = self._clients.pop(worker, None)
         if client is not None:
             self._retired.append(client)  # requests in flight may still use it
-        pool.loads.pop(worker, None)
-        pool.polled_inflight.pop(worker, None)
-        pool.down.discard(worker)
         follower = self._followers.pop(worker, None)
         if follower is not None:
             follower.cancel()
@@ -193,8 +206,7 @@ class Fleet:
             await asyncio.sleep(self._options.refresh_s)
 
     async def poll(self) -> None:
-        pools = list(self.pools.values())
-        jobs = [(pool, c) for pool in pools for c in pool.clients()]
+        jobs = [(self.pools[self._where[w]], c) for w, c in self._clients.items()]
         results = await asyncio.gather(
             *(c.load(timeout=self._options.rpc_timeout_s) for _, c in jobs), return_exceptions=True
         )
@@ -202,17 +214,14 @@ class Fleet:
             if isinstance(result, WorkerError) and result.code is not grpc.StatusCode.UNAVAILABLE:
                 continue  # slow (a busy CPU engine answers late), not gone: keep it in placement
             if isinstance(result, WorkerError):
-                if client.worker not in pool.down:
+                if pool.mark_down(client.worker):
                     log.warning("worker %s is out of placement: %s", client.worker, result)
-                pool.down.add(client.worker)
             elif isinstance(result, BaseException):
                 raise result
             else:
-                if client.worker in pool.down:
+                if pool.mark_up(client.worker):
                     log.info("worker %s is back", client.worker)
-                pool.down.discard(client.worker)
-                pool.loads[client.worker] = result
-                pool.polled_inflight[client.worker] = pool.inflight[client.worker]
+                pool.record_load(client.worker, result)
 
     async def _poll_loop(self) -> None:
         while True:
@@ -224,8 +233,5 @@ class Fleet:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for pool in self.pools.values():
-            for client in pool.clients():
-                await client.close()
-        for client in self._retired:
+        for client in [*self._clients.values(), *self._retired]:
             await client.close()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pdserve.types import WorkerId
 from router.admission import Gate
-from router.orchestrator import Chunk
 from router.pool import ModelPool
+from router.request import Chunk
 
 
 def _task_count() -> int:
@@ -28,7 +28,7 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 
 
 class RouterMetrics:
-    """Implements the orchestrator's ``Observer``; wraps chunk streams for latencies."""
+    """Implements the orchestrator's ``Observer`` (router/observer.py); wraps chunk streams for latencies."""
 
     def __init__(self, policy: str) -> None:
         self._policy = policy
@@ -143,7 +143,9 @@ class RouterMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def observe(self, arrival: float, prompt_tokens: int, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    async def observe(
+        self, arrival: float, prompt_tokens: int, chunks: AsyncIterator[Chunk]
+    ) -> AsyncGenerator[Chunk, None]:
         """Pass chunks through, timing them: TTFT at the first, ITL per token after."""
         self.inflight.inc()
         last = arrival

@@ -1,111 +1,167 @@
 """The workers serving one model, and what the router knows of their load.
 
-Mutated on the event loop only (fleet refresh, load polls, request accounting).
+Mutated on the event loop only, through its own methods: the fleet joins and
+removes workers and records their Load polls, requests are counted while they
+run on a worker, a worker that fails a request is marked down. Placement reads
+a snapshot (``WorkerView`` per candidate).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import TypeVar
 
 import grpc
 
 from pdserve.engine.base import EngineInfo, EngineLoad
 from pdserve.types import WorkerId
-from router.clients import DecodeClient, PrefillClient, WorkerError
+from router.clients import DecodeWorker, PrefillWorker
+from router.errors import WorkerError
 from router.placement.base import WorkerView
 from router.tokenizer import TokenIdsOnly, Tokenizer
 
-log = logging.getLogger(__name__)
-
-INFO_WAIT_S = 15.0
+_C = TypeVar("_C", PrefillWorker, DecodeWorker)
 
 
-@dataclass
 class ModelPool:
     """One served model: its tokenizer, limits and workers."""
 
-    name: str
-    tokenizer: Tokenizer | TokenIdsOnly
-    max_model_len: int
-    block_size: int
-    vllm_version: str = ""
-    prefill: dict[WorkerId, PrefillClient] = field(default_factory=dict)
-    decode: dict[WorkerId, DecodeClient] = field(default_factory=dict)
-    inflight: Counter[WorkerId] = field(default_factory=Counter)
-    prefill_tokens: Counter[WorkerId] = field(default_factory=Counter)  # uncached prompt tokens in flight
-    loads: dict[WorkerId, EngineLoad] = field(default_factory=dict)  # last Load poll
-    polled_inflight: Counter[WorkerId] = field(default_factory=Counter)  # ``inflight`` at that poll
-    down: set[WorkerId] = field(default_factory=set)  # failed their last Load poll
+    def __init__(
+        self,
+        name: str,
+        tokenizer: Tokenizer | TokenIdsOnly,
+        max_model_len: int,
+        block_size: int,
+        vllm_version: str = "",
+        prefill: Mapping[WorkerId, PrefillWorker] | None = None,
+        decode: Mapping[WorkerId, DecodeWorker] | None = None,
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.vllm_version = vllm_version
+        self._max_model_len = max_model_len
+        self._prefill: dict[WorkerId, PrefillWorker] = dict(prefill or {})
+        self._decode: dict[WorkerId, DecodeWorker] = dict(decode or {})
+        self._inflight: Counter[WorkerId] = Counter()
+        self._prefill_tokens: Counter[WorkerId] = Counter()  # uncached prompt tokens in flight
+        self._loads: dict[WorkerId, EngineLoad] = {}  # last Load poll
+        self._polled_inflight: Counter[WorkerId] = Counter()  # ``_inflight`` at that poll
+        self._down: set[WorkerId] = set()  # failed their last Load poll, or a request
 
-    def prefill_client(self, worker: WorkerId) -> PrefillClient:
-        return _client(self.prefill, worker)
+    @property
+    def max_model_len(self) -> int:
+        """The smallest context of the pool's workers."""
+        return self._max_model_len
 
-    def decode_client(self, worker: WorkerId) -> DecodeClient:
-        return _client(self.decode, worker)
+    @property
+    def prefill(self) -> Mapping[WorkerId, PrefillWorker]:
+        return MappingProxyType(self._prefill)
 
-    def live(self, role: str) -> list[WorkerId]:
-        workers = self.prefill if role == "prefill" else self.decode
-        # Every decode worker failing its poll: try them anyway rather than refuse outright.
-        return [w for w in workers if w not in self.down] or (list(workers) if role == "decode" else [])
+    @property
+    def decode(self) -> Mapping[WorkerId, DecodeWorker]:
+        return MappingProxyType(self._decode)
 
-    def view(self, worker: WorkerId, matched_blocks: int = 0) -> WorkerView:
-        load = self.loads.get(worker, EngineLoad())
-        return WorkerView(
-            worker_id=worker,
-            inflight=self.inflight[worker],
-            running=load.num_running,
-            waiting=load.num_waiting,
-            kv_usage=load.kv_cache_usage,
-            prefill_tokens=self.prefill_tokens[worker],
-            matched_blocks=matched_blocks,
-            polled_inflight=self.polled_inflight[worker],
-        )
+    @property
+    def down(self) -> frozenset[WorkerId]:
+        return frozenset(self._down)
+
+    # --- membership (the fleet) ---------------------------------------------------------
+
+    def add_prefill(self, client: PrefillWorker, info: EngineInfo) -> None:
+        self._join(info, client.worker)
+        self._prefill[client.worker] = client
+
+    def add_decode(self, client: DecodeWorker, info: EngineInfo) -> None:
+        self._join(info, client.worker)
+        self._decode[client.worker] = client
+
+    def _join(self, info: EngineInfo, worker: WorkerId) -> None:
+        """Values that must agree within a model's pool (the P/D pair shares KV layout)."""
+        for attr in ("block_size", "vllm_version"):
+            if getattr(info, attr) != getattr(self, attr):
+                raise ValueError(
+                    f"worker {worker}: {attr} {getattr(info, attr)!r}, pool {self.name!r} has {getattr(self, attr)!r}"
+                )
+        self._max_model_len = min(self._max_model_len, info.max_model_len)
+
+    def remove(self, worker: WorkerId) -> None:
+        """The worker leaves; requests in flight on it keep the client they hold."""
+        self._prefill.pop(worker, None)
+        self._decode.pop(worker, None)
+        self._loads.pop(worker, None)
+        self._polled_inflight.pop(worker, None)
+        self._down.discard(worker)
+
+    # --- health and load ----------------------------------------------------------------
+
+    def mark_down(self, worker: WorkerId) -> bool:
+        """Out of placement until ``mark_up``; True if it was up."""
+        was_up = worker not in self._down
+        self._down.add(worker)
+        return was_up
+
+    def mark_up(self, worker: WorkerId) -> bool:
+        """Back in placement; True if it was down."""
+        was_down = worker in self._down
+        self._down.discard(worker)
+        return was_down
+
+    def record_load(self, worker: WorkerId, load: EngineLoad) -> None:
+        """A Load poll's answer, and how many of its requests were this router's then."""
+        self._loads[worker] = load
+        self._polled_inflight[worker] = self._inflight[worker]
 
     @contextmanager
     def counted(self, worker: WorkerId, prefill_tokens: int = 0) -> Iterator[None]:
-        self.inflight[worker] += 1
-        self.prefill_tokens[worker] += prefill_tokens
+        """One request on ``worker`` (and its uncached prompt tokens) while inside."""
+        self._inflight[worker] += 1
+        self._prefill_tokens[worker] += prefill_tokens
         try:
             yield
         finally:
-            self.inflight[worker] -= 1
-            self.prefill_tokens[worker] -= prefill_tokens
+            self._inflight[worker] -= 1
+            self._prefill_tokens[worker] -= prefill_tokens
 
-    def clients(self) -> list[PrefillClient | DecodeClient]:
-        return [*self.prefill.values(), *self.decode.values()]
+    # --- what placement and requests read ----------------------------------------------
+
+    def live(self, role: str, exclude: frozenset[WorkerId] = frozenset()) -> list[WorkerId]:
+        """The role's workers in placement, less ``exclude``."""
+        workers = self._prefill if role == "prefill" else self._decode
+        # Every decode worker failing its poll: try them anyway rather than refuse outright.
+        up = [w for w in workers if w not in self._down] or (list(workers) if role == "decode" else [])
+        return [w for w in up if w not in exclude]
+
+    def snapshot(self, workers: list[WorkerId], matched: Mapping[WorkerId, int]) -> list[WorkerView]:
+        """What placement sees of ``workers``; ``matched``: leading prompt blocks each holds."""
+        return [self.view(w, matched.get(w, 0)) for w in workers]
+
+    def view(self, worker: WorkerId, matched_blocks: int = 0) -> WorkerView:
+        load = self._loads.get(worker, EngineLoad())
+        return WorkerView(
+            worker_id=worker,
+            inflight=self._inflight[worker],
+            running=load.num_running,
+            waiting=load.num_waiting,
+            kv_usage=load.kv_cache_usage,
+            prefill_tokens=self._prefill_tokens[worker],
+            matched_blocks=matched_blocks,
+            polled_inflight=self._polled_inflight[worker],
+        )
+
+    def prefill_client(self, worker: WorkerId) -> PrefillWorker:
+        return _client(self._prefill, worker)
+
+    def decode_client(self, worker: WorkerId) -> DecodeWorker:
+        return _client(self._decode, worker)
 
 
-def _client(clients: dict[WorkerId, PrefillClient] | dict[WorkerId, DecodeClient], worker: WorkerId) -> Any:
+def _client(clients: dict[WorkerId, _C], worker: WorkerId) -> _C:
     """A worker the fleet removed after placement chose it fails like one that went away."""
     try:
         return clients[worker]
     except KeyError:
         raise WorkerError(worker, grpc.StatusCode.UNAVAILABLE, "left the pool") from None
-
-
-async def wait_for_info(client: PrefillClient | DecodeClient, deadline_s: float) -> EngineInfo:
-    """Ask a worker for its Info, waiting while it starts (engines take ~1 min on CPU)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while True:
-        try:
-            return await client.info(timeout=min(INFO_WAIT_S, max(0.1, end - loop.time())), wait_for_ready=True)
-        except WorkerError as exc:
-            if loop.time() >= end or exc.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise
-            log.info("still waiting for worker %s", client.worker)
-
-
-def check_joins(pool: ModelPool, info: EngineInfo, worker: WorkerId) -> None:
-    """Values that must agree within a model's pool (the P/D pair shares KV layout)."""
-    for attr in ("block_size", "vllm_version"):
-        if getattr(info, attr) != getattr(pool, attr):
-            raise ValueError(
-                f"worker {worker}: {attr} {getattr(info, attr)!r}, pool {pool.name!r} has {getattr(pool, attr)!r}"
-            )

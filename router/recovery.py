@@ -7,38 +7,15 @@
   another decode worker, which continues the same stream (up to ``migrations``);
 - a worker that failed is out of placement until its next successful Load poll
   (router/fleet.py), a circuit breaker with the poll as its half-open probe.
-Only failures of the worker are retried: a request the engine refuses
-(INVALID_ARGUMENT), the request's own deadline, or a cancelled client never are.
+Only failures of the worker are retried (``WorkerFailure.retryable``, router/errors.py):
+a request the engine refuses (INVALID_ARGUMENT), the request's own deadline, or a
+cancelled client never are.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-
-import grpc
-
-from pdserve.types import WorkerId
-from router.clients import WorkerError
-
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,  # gone, draining, engine dead
-        grpc.StatusCode.INTERNAL,  # the engine failed this request
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.CANCELLED,  # cancelled by the worker (we cancel by CancelledError)
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
-
-
-class BrokenStreamError(Exception):
-    """The decode stream ended without finishing (worker aborted or vanished)."""
-
-    def __init__(self, worker: WorkerId, message: str) -> None:
-        super().__init__(f"{worker}: {message}")
-        self.worker = worker
 
 
 @dataclass(frozen=True)
@@ -55,9 +32,3 @@ class Recovery:
 
     async def backoff(self, attempt: int) -> None:
         await asyncio.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
-
-
-def retryable(exc: BaseException) -> bool:
-    if isinstance(exc, WorkerError):
-        return exc.code in RETRYABLE
-    return isinstance(exc, BrokenStreamError)

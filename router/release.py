@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pdserve.types import RequestId, WorkerId
-from router.clients import DecodeClient, WorkerError
+from router.clients import DecodeWorker
+from router.errors import WorkerError
 from router.pool import ModelPool
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class KvReleaser:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _release(self, clients: list[DecodeClient], request_id: RequestId, params: dict[str, Any]) -> None:
+    async def _release(self, clients: list[DecodeWorker], request_id: RequestId, params: dict[str, Any]) -> None:
         for client in clients:
             try:
                 await client.release(request_id, params, timeout=self._timeout_s)

@@ -1,32 +1,22 @@
-"""The router's domain object: OpenAI request → token-space Generation → chunks.
+"""The router's domain object: one call per request, admission, orchestration and
+metrics stacked in one place.
 
-Routes call this and only translate; every rule about what a request may ask
-for lives here (vLLM's OpenAI server is the reference for edge cases).
+Routes (router/api/app.py) only translate: they validate the OpenAI body into a
+``Generation`` against the model's pool (router/api/validate.py), call ``serve``,
+and render the ``Answer``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Callable
 
-from pdserve.engine.base import SamplingSpec
 from pdserve.state.memory import MemoryStore
 from router.admission import ANONYMOUS, Admission, AdmissionLimits
-from router.api.schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from router.errors import UnknownModelError
 from router.metrics import RouterMetrics
-from router.orchestrator import Chunk, Generation, Orchestrator
+from router.orchestrator import Orchestrator
 from router.pool import ModelPool
-
-
-class UnknownModelError(LookupError):
-    pass
-
-
-class BadRequestError(ValueError):
-    """The request asks for something this server cannot do; ``param`` names the field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+from router.request import Answer, Chunk, Generation
 
 
 class RouterService:
@@ -39,7 +29,7 @@ class RouterService:
     ) -> None:
         self.pools = pools
         self._orchestrator = orchestrator
-        self.metrics = metrics
+        self._metrics = metrics
         self.admission = admission or Admission(AdmissionLimits(), MemoryStore())
         metrics.watch(self.admission.gate)
 
@@ -49,79 +39,37 @@ class RouterService:
         except KeyError:
             raise UnknownModelError(f"The model `{model}` does not exist.") from None
 
-    def completion(self, req: CompletionRequest, arrival: float) -> tuple[ModelPool, Generation]:
-        pool = self.pool(req.model)
-        _unsupported(req)
-        if req.echo or req.suffix is not None or (req.best_of or 1) > 1:
-            raise BadRequestError("echo, suffix and best_of are not supported", "echo")
-        prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise BadRequestError("only one prompt per request is supported", "prompt")
-            prompt = prompt[0]
-        ids = pool.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        return pool, self._generation(pool, req, ids, req.max_tokens, arrival)
-
-    def chat(self, req: ChatCompletionRequest, arrival: float) -> tuple[ModelPool, Generation]:
-        pool = self.pool(req.model)
-        _unsupported(req)
-        if req.tools or req.response_format not in (None, {"type": "text"}):
-            raise BadRequestError("tools and response_format are not supported", "tools")
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        try:
-            ids = pool.tokenizer.encode_chat(messages)
-        except ValueError as exc:
-            raise BadRequestError(str(exc), "messages") from None
-        limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        return pool, self._generation(pool, req, ids, limit, arrival)
-
-    def generate(self, pool: ModelPool, gen: Generation, client: str = ANONYMOUS) -> AsyncIterator[Chunk]:
-        """The request's chunks, once admission control lets it in (``RateLimited`` /
-        ``Overloaded`` are raised by the first ``anext``)."""
+    async def serve(self, model: str, generation: Callable[[ModelPool], Generation], client: str = ANONYMOUS) -> Answer:
+        """One request: ``generation`` validates it against the model's pool; admission
+        (``RateLimited`` / ``Overloaded``), placement and the first chunk happen before
+        this returns, so every error before the first token is raised here."""
+        pool = self.pool(model)
+        gen = generation(pool)
         chunks = self._orchestrator.generate(pool, gen)
-        return self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens, chunks)
+        admitted = self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens, chunks)
+        observed = self._metrics.observe(gen.arrival, len(gen.prompt_ids), admitted)
+        return Answer(pool.name, tuple(gen.prompt_ids), await _first(observed), observed)
 
-    def _generation(
-        self, pool: ModelPool, req: _SamplingFields, ids: Sequence[int], max_tokens: int | None, arrival: float
-    ) -> Generation:
-        room = pool.max_model_len - len(ids)
-        if room < 1:
-            raise BadRequestError(
-                f"This model's maximum context length is {pool.max_model_len} tokens. "
-                f"However, your prompt has {len(ids)} tokens.",
-                "messages" if hasattr(req, "messages") else "prompt",
-            )
-        if not ids:
-            raise BadRequestError("the prompt is empty", "prompt")
-        vocab = pool.tokenizer.vocab_size
-        if any(t >= vocab for t in ids):
-            raise BadRequestError(f"token ids must be below the vocabulary size {vocab}", "prompt")
-        stop_ids = tuple(req.stop_token_ids or ())
-        if any(t >= vocab for t in stop_ids):
-            raise BadRequestError(f"stop_token_ids must be below the vocabulary size {vocab}", "stop_token_ids")
-        if not req.ignore_eos:
-            stop_ids += tuple(t for t in pool.tokenizer.eos_token_ids if t not in stop_ids)
-        # Like vLLM: a max_tokens past the context is reduced to what fits.
-        limit = min(max_tokens, room) if max_tokens is not None else room
-        if req.min_tokens > limit:
-            raise BadRequestError(f"min_tokens ({req.min_tokens}) is more than max_tokens ({limit})", "min_tokens")
-        spec = SamplingSpec(
-            max_tokens=limit,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=max(req.top_k, 0),
-            seed=req.seed,
-            stop_token_ids=stop_ids,
-            ignore_eos=req.ignore_eos,
-            min_tokens=req.min_tokens,
-        )
-        return Generation(list(ids), spec, req.stop_strings(), arrival)
+    def served_models(self) -> list[tuple[str, int]]:
+        """(name, max_model_len) of each model with a decode worker: one whose workers
+        all left is not served."""
+        return [(name, pool.max_model_len) for name, pool in self.pools.items() if pool.decode]
+
+    def rejected(self, reason: str) -> None:
+        """A request refused before it reached the service (auth, validation, errors)."""
+        self._metrics.rejections.labels(reason).inc()
+
+    def responded(self, route: str, status: int) -> None:
+        self._metrics.requests.labels(route, str(status)).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of the router's metrics."""
+        return self._metrics.exposition()
 
 
-def _unsupported(req: _SamplingFields) -> None:
-    if req.n != 1:
-        raise BadRequestError("n > 1 is not supported yet", "n")
-    if req.logprobs not in (None, False):
-        raise BadRequestError("logprobs are not supported yet", "logprobs")
-    if req.presence_penalty or req.frequency_penalty:
-        raise BadRequestError("presence_penalty and frequency_penalty are not supported yet", "presence_penalty")
+async def _first(chunks: AsyncGenerator[Chunk, None]) -> Chunk:
+    try:
+        return await anext(chunks)
+    except BaseException:
+        await chunks.aclose()
+        raise

@@ -48,10 +48,14 @@ class TokenIdsOnly:
     ``load_format=dummy`` benchmark model): prompts must be token ids, and
     completions carry token ids (``return_token_ids``) with empty text."""
 
-    def __init__(self, model_dir: str | Path) -> None:
+    def __init__(self, vocab_size: int, eos_token_ids: tuple[int, ...] = ()) -> None:
+        self.vocab_size = vocab_size
+        self.eos_token_ids = eos_token_ids
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> TokenIdsOnly:
         config = json.loads((Path(model_dir) / "config.json").read_text())
-        self.vocab_size: int = int(config["vocab_size"])
-        self.eos_token_ids: tuple[int, ...] = _eos_ids(None, Path(model_dir))
+        return cls(int(config["vocab_size"]), _eos_ids(None, Path(model_dir)))
 
     def encode(self, text: str) -> list[int]:
         raise ValueError("this model has no tokenizer: send the prompt as a list of token ids")
@@ -76,7 +80,7 @@ def load_tokenizer(model_dir: str | Path) -> Tokenizer | TokenIdsOnly:
     path = Path(model_dir)
     if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         return Tokenizer(path)
-    return TokenIdsOnly(path)
+    return TokenIdsOnly.from_dir(path)
 
 
 class StreamDecoder:

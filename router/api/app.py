@@ -1,4 +1,7 @@
-"""FastAPI application: routes translate HTTP ⇄ RouterService calls, nothing more."""
+"""FastAPI application: routes translate HTTP ⇄ RouterService calls, nothing more.
+
+A generation route validates the body against the model's pool (api/validate.py),
+makes one call, ``RouterService.serve``, and renders the ``Answer`` it returns."""
 
 from __future__ import annotations
 
@@ -13,11 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
-from router.api import errors, render
+from router.api import errors, render, validate
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
-from router.orchestrator import Chunk, Generation
-from router.pool import ModelPool
+from router.request import Answer
 from router.service import RouterService
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -32,7 +34,7 @@ def create_app(
     """``api_keys``: if any, every /v1/* request needs ``Authorization: Bearer <one of them>``,
     and rate limits count per key. Bodies over ``max_body_bytes`` get 413 unread."""
     app = FastAPI(title="pdserve router", version="0.1.0", lifespan=lifespan)
-    errors.install(app, lambda: get_service().metrics)
+    errors.install(app, lambda reason: get_service().rejected(reason))
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     if api_keys:
@@ -42,7 +44,7 @@ def create_app(
             # /health and /metrics stay open for probes and Prometheus.
             header = request.headers.get("authorization")
             if request.url.path.startswith("/v1/") and not bearer_ok(header, api_keys):
-                get_service().metrics.rejections.labels("unauthenticated").inc()
+                get_service().rejected("unauthenticated")
                 err = errors.APIError(401, "Incorrect or missing API key.", code="invalid_api_key")
                 return JSONResponse(errors.error_body(err), status_code=401)
             request.state.client = client_id(bearer_token(header))
@@ -52,12 +54,12 @@ def create_app(
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         route = request.scope.get("route")  # the matched template, not the raw path: bounded labels
-        get_service().metrics.requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
+        get_service().responded(getattr(route, "path", "other"), response.status_code)
         return response
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(get_service().metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(get_service().exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -67,21 +69,26 @@ def create_app(
     async def models() -> dict[str, Any]:
         now = int(time.time())
         data = [
-            {"id": name, "object": "model", "created": now, "owned_by": "pdserve", "max_model_len": pool.max_model_len}
-            for name, pool in get_service().pools.items()
-            if pool.decode  # a model whose workers all left is not served
+            {"id": name, "object": "model", "created": now, "owned_by": "pdserve", "max_model_len": max_model_len}
+            for name, max_model_len in get_service().served_models()
         ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        pool, gen = get_service().completion(body, time.perf_counter())
-        return await _respond(get_service(), pool, gen, body, _client(request), chat=False)
+        arrival = time.perf_counter()
+        answer = await get_service().serve(
+            body.model, lambda pool: validate.completion(body, pool, arrival), _client(request)
+        )
+        return await _respond(answer, body, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        pool, gen = get_service().chat(body, time.perf_counter())
-        return await _respond(get_service(), pool, gen, body, _client(request), chat=True)
+        arrival = time.perf_counter()
+        answer = await get_service().serve(
+            body.model, lambda pool: validate.chat(body, pool, arrival), _client(request)
+        )
+        return await _respond(answer, body, chat=True)
 
     return app
 
@@ -90,34 +97,17 @@ def _client(request: Request) -> str:
     return getattr(request.state, "client", ANONYMOUS)
 
 
-async def _respond(
-    service: RouterService,
-    pool: ModelPool,
-    gen: Generation,
-    body: CompletionRequest | ChatCompletionRequest,
-    client: str,
-    chat: bool,
-) -> Response:
+async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionRequest, chat: bool) -> Response:
     shape = render.Shape(
         chat=chat,
-        model=pool.name,
-        prompt_ids=tuple(gen.prompt_ids),
+        model=answer.model,
+        prompt_ids=answer.prompt_ids,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         return_token_ids=body.return_token_ids,
     )
-    chunks = service.metrics.observe(gen.arrival, len(gen.prompt_ids), service.generate(pool, gen, client))
     if not body.stream:
-        return JSONResponse(await render.collect(shape, chunks))
-    first = await _first(chunks)  # errors before the first token keep their HTTP status
-    return StreamingResponse(_guarded(render.stream(shape, first, chunks)), media_type="text/event-stream")
-
-
-async def _first(chunks: AsyncIterator[Chunk]) -> Chunk:
-    try:
-        return await anext(chunks)
-    except BaseException:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        raise
+        return JSONResponse(await render.collect(shape, answer.chunks()))
+    return StreamingResponse(_guarded(render.stream(shape, answer.first, answer.rest)), media_type="text/event-stream")
 
 
 async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

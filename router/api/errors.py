@@ -12,11 +12,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.admission import Overloaded, RateLimited
-from router.clients import WorkerError
-from router.metrics import RouterMetrics
-from router.orchestrator import BrokenStreamError, NoWorkersError, RequestTimeout
-from router.service import BadRequestError, UnknownModelError
+from router.errors import (
+    BadRequestError,
+    BrokenStreamError,
+    NoWorkersError,
+    Overloaded,
+    RateLimited,
+    RequestTimeout,
+    RouterError,
+    UnknownModelError,
+    WorkerError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +94,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {msg}" if param else msg), param
 
 
-def install(app: FastAPI, get_metrics: Callable[[], RouterMetrics]) -> None:
+def install(app: FastAPI, rejected: Callable[[str], None]) -> None:
+    """``rejected(reason)``: counts a request refused with a 4xx or 503."""
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        get_metrics().rejections.labels("invalid_request").inc()
+        rejected("invalid_request")
         return _response(APIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -102,21 +110,10 @@ def install(app: FastAPI, get_metrics: Callable[[], RouterMetrics]) -> None:
     async def _mapped(request: Request, exc: Exception) -> JSONResponse:
         err = to_api_error(exc)
         if err.status < 500 or err.status == 503:
-            get_metrics().rejections.labels(err.code or err.type).inc()
+            rejected(err.code or err.type)
         return _response(err)
 
-    # Expected errors are handled here; anything else reaches Starlette's
-    # ServerErrorMiddleware through the Exception handler: a clean 500, logged.
-    for known in (
-        APIError,
-        UnknownModelError,
-        BadRequestError,
-        NoWorkersError,
-        WorkerError,
-        BrokenStreamError,
-        RequestTimeout,
-        RateLimited,
-        Overloaded,
-        Exception,
-    ):
+    # Expected errors (the router/errors.py ladder) are handled here; anything else reaches
+    # Starlette's ServerErrorMiddleware through the Exception handler: a clean 500, logged.
+    for known in (APIError, RouterError, Exception):
         app.add_exception_handler(known, _mapped)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from router.orchestrator import Chunk
+from router.request import Chunk
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
 
 import pytest
 
 from pdserve.state import make_store
 from pdserve.state.memory import MemoryStore
-from router.admission import Admission, AdmissionLimits, Gate, Overloaded, RateLimited, RateLimiter, client_id
-from router.orchestrator import Chunk
+from router.admission import Admission, AdmissionLimits, Gate, RateLimiter, client_id
+from router.errors import Overloaded, RateLimited
+from router.request import Chunk
 from router.tokenizer import Tokenizer
+from tests.helpers.router import ScriptedDecode, ScriptedPrefill, ScriptedRouter, scripted_router
+from tests.helpers.router import tiny_tokenizer as make_tokenizer
 from tests.redis_server import RedisServer
-from tests.unit.test_router_http import make_client, tiny_tokenizer  # noqa: F401 - fixture
 
 
 async def test_gate_admits_up_to_the_limit_queues_the_next_and_refuses_past_the_queue() -> None:
@@ -93,8 +96,8 @@ def test_clients_are_counted_by_a_digest_never_the_key() -> None:
     assert client_id(None) == client_id("") == "anonymous"
 
 
-def _chunks(n: int) -> AsyncIterator[Chunk]:
-    async def gen() -> AsyncIterator[Chunk]:
+def _chunks(n: int) -> AsyncGenerator[Chunk, None]:
+    async def gen() -> AsyncGenerator[Chunk, None]:
         for i in range(1, n + 1):
             yield Chunk("x", i, "length" if i == n else None)
 
@@ -116,7 +119,7 @@ async def test_admitted_stream_refunds_unused_tokens_and_frees_its_slot() -> Non
 async def test_closing_an_admitted_stream_early_closes_the_inner_one_and_frees_the_slot() -> None:
     closed = asyncio.Event()
 
-    async def endless() -> AsyncIterator[Chunk]:
+    async def endless() -> AsyncGenerator[Chunk, None]:
         try:
             i = 0
             while True:
@@ -129,11 +132,16 @@ async def test_closing_an_admitted_stream_early_closes_the_inner_one_and_frees_t
     stream = admission.admitted("a", 1, 1000, endless())
     await anext(stream)
     assert admission.gate.inflight == 1
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert closed.is_set() and admission.gate.inflight == 0
 
 
 # --- over HTTP -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    return make_tokenizer(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
@@ -141,10 +149,15 @@ def body() -> dict:
     return {"model": "tiny", "prompt": "Hi", "max_tokens": 4}
 
 
-def test_rate_limited_request_gets_429_with_retry_after_per_api_key(tiny_tokenizer: Tokenizer, body: dict) -> None:  # noqa: F811
-    client, decode = make_client(
-        tiny_tokenizer, "ab", limits=AdmissionLimits(requests_per_minute=1), api_keys=("k1", "k2")
-    )
+def router(tok: Tokenizer, **options: Any) -> tuple[ScriptedRouter, ScriptedDecode]:
+    """One prefill and one decode worker that answers "ab"."""
+    decode = ScriptedDecode(tok.encode("ab"))
+    return scripted_router(tok, [ScriptedPrefill()], [decode], **options), decode
+
+
+def test_rate_limited_request_gets_429_with_retry_after_per_api_key(tiny_tokenizer: Tokenizer, body: dict) -> None:
+    r, decode = router(tiny_tokenizer, limits=AdmissionLimits(requests_per_minute=1), api_keys=("k1", "k2"))
+    client = r.client
     one, two = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
     assert client.post("/v1/completions", json=body, headers=one).status_code == 200
     over = client.post("/v1/completions", json=body, headers=one)
@@ -156,9 +169,9 @@ def test_rate_limited_request_gets_429_with_retry_after_per_api_key(tiny_tokeniz
     assert len(decode.calls) == 2  # the refused one never reached a worker
 
 
-def test_over_capacity_gets_503_overloaded(tiny_tokenizer: Tokenizer, body: dict) -> None:  # noqa: F811
-    client, _ = make_client(tiny_tokenizer, "ab", limits=AdmissionLimits(max_inflight=1, max_queued=0))
-    gate = client.app.state.service.admission.gate
+def test_over_capacity_gets_503_overloaded(tiny_tokenizer: Tokenizer, body: dict) -> None:
+    r, _ = router(tiny_tokenizer, limits=AdmissionLimits(max_inflight=1, max_queued=0))
+    client, gate = r.client, r.service.admission.gate
     with _held(gate):
         for stream in (False, True):
             resp = client.post("/v1/completions", json={**body, "stream": stream})
@@ -184,8 +197,9 @@ class _held:
         self.gate._slots._value = 1
 
 
-def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> None:  # noqa: F811
-    client, decode = make_client(tiny_tokenizer, "ab", max_body_bytes=1000)
+def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> None:
+    r, decode = router(tiny_tokenizer, max_body_bytes=1000)
+    client = r.client
     big = json.dumps({"model": "tiny", "prompt": "x" * 2000, "max_tokens": 1}).encode()
     resp = client.post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
     assert resp.status_code == 413

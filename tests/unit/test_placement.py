@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 from collections import Counter
@@ -12,13 +13,17 @@ from pdserve.engine.base import EngineLoad
 from pdserve.kv.hashing import block_hashes
 from pdserve.state.memory import MemoryStore
 from pdserve.types import WorkerId
+from router.errors import NoWorkersError
 from router.placement import make_policy
 from router.placement.base import Request, WorkerView
 from router.placement.decider import ThresholdDecider
 from router.placement.pickers import Guard, LeastLoaded, RoundRobin, Weighted
-from router.placement.placer import NoWorkersError, Placer
 from router.placement.scorers import SCORERS, parse_weights
+from router.placer import Placer
 from router.pool import ModelPool
+from router.tokenizer import TokenIdsOnly
+from tests.helpers.router import ScriptedDecode, ScriptedPrefill
+from tests.helpers.router import make_pool as scripted_pool
 
 W = [WorkerId("a:1"), WorkerId("b:1"), WorkerId("c:1")]
 REQ = Request(prompt_tokens=64, prompt_blocks=4)
@@ -133,10 +138,15 @@ def test_decider_local_for_short_uncached_prompts_and_saturated_prefill() -> Non
 
 
 def make_pool(n_prefill: int, n_decode: int = 1) -> ModelPool:
-    pool = ModelPool("m", None, max_model_len=4096, block_size=16)  # type: ignore[arg-type]
-    pool.prefill = {WorkerId(f"p{i}:1"): None for i in range(n_prefill)}  # type: ignore[misc]
-    pool.decode = {WorkerId(f"d{i}:1"): None for i in range(n_decode)}  # type: ignore[misc]
-    return pool
+    """Placement reads only the workers' ids and load; the tokenizer is never asked."""
+    return scripted_pool(
+        TokenIdsOnly(vocab_size=1000),
+        [ScriptedPrefill(f"p{i}:1") for i in range(n_prefill)],
+        [ScriptedDecode([], f"d{i}:1") for i in range(n_decode)],
+        name="m",
+        max_model_len=4096,
+        block_size=16,
+    )
 
 
 async def test_placer_follows_the_index_and_writes_predictions() -> None:
@@ -159,21 +169,21 @@ async def test_without_prefill_workers_the_decode_worker_is_chosen_by_prefix() -
     pool = make_pool(0, n_decode=2)
     prompt = list(range(100))
     await store.add_blocks("m", WorkerId("d1:1"), block_hashes("m", prompt, 16))
-    pool.inflight[WorkerId("d1:1")] = 1  # busier, but within the imbalance guard
     placer = Placer(make_policy("prefix-aware", rng=random.Random(0)), ThresholdDecider(), store)
-    where = await placer.place(pool, prompt)
+    with pool.counted(WorkerId("d1:1")):  # busier, but within the imbalance guard
+        where = await placer.place(pool, prompt)
     assert (where.decode, where.prefill, where.reason) == ("d1:1", None, "no_prefill_workers")
     assert where.matched_tokens == 96
 
 
 async def test_placer_skips_down_workers_and_fails_without_decode() -> None:
     pool = make_pool(2)
-    pool.down.add(WorkerId("p0:1"))
+    pool.mark_down(WorkerId("p0:1"))
     placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
     assert {(await placer.place(pool, [1, 2, 3])).prefill for _ in range(4)} == {"p1:1"}
-    pool.down.add(WorkerId("d0:1"))  # every decode worker down: tried anyway
+    pool.mark_down(WorkerId("d0:1"))  # every decode worker down: tried anyway
     assert (await placer.place(pool, [1, 2, 3])).decode == "d0:1"
-    pool.decode.clear()
+    pool.remove(WorkerId("d0:1"))
     with pytest.raises(NoWorkersError):
         await placer.place(pool, [1, 2, 3])
 
@@ -192,24 +202,26 @@ async def test_hot_spot_one_shared_system_prompt_over_four_workers() -> None:
     placer = Placer(make_policy("prefix-aware", rng=random.Random(1)), ThresholdDecider(), store, predict_ttl_s=1e9)
     system = [rng.randrange(1000) for _ in range(512)]
     served: Counter[WorkerId] = Counter()
-    done: list[tuple[float, WorkerId]] = []  # heap of (finish time, worker)
+    done: list[tuple[float, int, contextlib.ExitStack]] = []  # heap of (finish time, seq, its count on a worker)
     worst_excess = 0.0
     now = 0.0
     hits = 0
-    for _ in range(200):
+    for i in range(200):
         now += rng.expovariate(20.0)  # 20 req/s, each busy ~0.5 s: ~10 in flight
         while done and done[0][0] <= now:
-            pool.inflight[heapq.heappop(done)[1]] -= 1
+            heapq.heappop(done)[2].close()
         prompt = system + [rng.randrange(1000) for _ in range(rng.randint(8, 40))]
         where = await placer.place(pool, prompt)
         assert where.prefill is not None
-        loads = [pool.inflight[w] for w in pool.prefill]
+        loads = [pool.view(w).inflight for w in pool.prefill]
         guard = Guard()
-        worst_excess = max(worst_excess, pool.inflight[where.prefill] - (guard.ratio * sum(loads) / 4 + guard.slack))
+        excess = pool.view(where.prefill).inflight - (guard.ratio * sum(loads) / 4 + guard.slack)
+        worst_excess = max(worst_excess, excess)
         hits += where.matched_tokens >= 512
         served[where.prefill] += 1
-        pool.inflight[where.prefill] += 1
-        heapq.heappush(done, (now + rng.uniform(0.25, 0.75), where.prefill))
+        running = contextlib.ExitStack()
+        running.enter_context(pool.counted(where.prefill))
+        heapq.heappush(done, (now + rng.uniform(0.25, 0.75), i, running))
     assert max(served.values()) <= 1.5 * 200 / 4 and len(served) >= 3, served
     assert worst_excess <= 0, worst_excess
     assert hits >= 190, hits
@@ -228,8 +240,12 @@ async def test_round_robin_ignores_the_index() -> None:
 
 def test_engine_load_feeds_the_view() -> None:
     pool = make_pool(1)
-    pool.loads[WorkerId("p0:1")] = EngineLoad(num_running=2, num_waiting=5, kv_cache_usage=0.5)
-    v = pool.view(WorkerId("p0:1"), matched_blocks=3)
-    assert (v.running, v.waiting, v.kv_usage, v.matched_blocks, v.load) == (2, 5, 0.5, 3, 7)
-    pool.polled_inflight[WorkerId("p0:1")] = 4  # 4 of those 7 were ours, and have finished since
-    assert pool.view(WorkerId("p0:1")).load == 3
+    worker = WorkerId("p0:1")
+    with contextlib.ExitStack() as ours:
+        for _ in range(4):
+            ours.enter_context(pool.counted(worker))
+        pool.record_load(worker, EngineLoad(num_running=2, num_waiting=5, kv_cache_usage=0.5))
+        v = pool.view(worker, matched_blocks=3)
+        assert (v.running, v.waiting, v.kv_usage, v.matched_blocks, v.load) == (2, 5, 0.5, 3, 7)
+    # 4 of those 7 were ours (counted when the poll answered), and have finished since
+    assert pool.view(worker).load == 3

@@ -3,65 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta
-from pdserve.state.memory import MemoryStore
-from pdserve.types import WorkerId
-from router.admission import Admission, AdmissionLimits
-from router.api.app import create_app
-from router.metrics import RouterMetrics
-from router.orchestrator import Orchestrator, Timeouts
-from router.placement import make_policy
-from router.placement.decider import ThresholdDecider
-from router.placement.placer import Placer
-from router.pool import ModelPool
-from router.service import RouterService
+from router.admission import AdmissionLimits
 from router.tokenizer import Tokenizer
-from tests.factories import make_tiny_llama, metric_samples
+from tests.factories import metric_samples
+from tests.helpers.router import ScriptedDecode, ScriptedPrefill, scripted_router
+from tests.helpers.router import tiny_tokenizer as make_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    return Tokenizer(make_tiny_llama(tmp_path_factory.mktemp("tiny")))
-
-
-class ScriptedDecode:
-    """Replays the prompt's bytes back as output, two tokens a step; records what it was sent."""
-
-    worker = WorkerId("decode:1")
-
-    def __init__(self, output: list[int]) -> None:
-        self.output = output
-        self.calls: list[dict[str, Any]] = []
-        self.closed_early = False
-
-    async def decode(
-        self, request_id: str, prompt: list[int], spec: SamplingSpec, kv: dict[str, Any] | None, timeout: float
-    ) -> AsyncIterator[TokenDelta]:
-        self.calls.append({"prompt": prompt, "spec": spec, "kv": kv})
-        out = self.output[: spec.max_tokens]
-        try:
-            for i in range(0, len(out), 2):
-                done = i + 2 >= len(out)
-                reason = (FinishReason.LENGTH if len(out) == spec.max_tokens else FinishReason.STOP) if done else None
-                # the decode engine's own prefix-cache count (what a local prefill found)
-                yield TokenDelta(tuple(out[i : i + 2]), min(i + 2, len(out)), reason, cached_tokens=32)
-        except GeneratorExit:
-            self.closed_early = True
-            raise
-
-
-class ScriptedPrefill:
-    worker = WorkerId("prefill:1")
-
-    async def prefill(self, request_id: str, prompt: list[int], spec: SamplingSpec, timeout: float) -> PrefillResult:
-        return PrefillResult(prompt[0], 128, {"remote_block_ids": [[1]], "remote_request_id": request_id})
+    return make_tokenizer(tmp_path_factory.mktemp("tiny"))
 
 
 def make_client(
@@ -74,22 +30,19 @@ def make_client(
     api_keys: tuple[str, ...] = (),
     max_body_bytes: int = 8 << 20,
 ) -> tuple[TestClient, ScriptedDecode]:
-    decode = ScriptedDecode(tok.encode(output_text)[0:] if output_text else [])
-    pool = ModelPool(
-        "tiny",
+    """One prefill worker (128 cached tokens, ``remote_block_ids`` [[1]]) and one decode
+    worker that streams ``output_text``; either can be left out."""
+    decode = ScriptedDecode(tok.encode(output_text) if output_text else [])
+    prefill = ScriptedPrefill(kv={"remote_block_ids": [[1]]})
+    router = scripted_router(
         tok,
-        max_model_len=256,
-        block_size=32,
-        prefill={WorkerId("prefill:1"): ScriptedPrefill()} if with_prefill else {},  # type: ignore[dict-item]
-        decode={WorkerId("decode:1"): decode} if with_decode else {},
-    )  # type: ignore[dict-item]
-    metrics = RouterMetrics("round-robin")
-    placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
-    admission = Admission(limits or AdmissionLimits(), MemoryStore())
-    service = RouterService({"tiny": pool}, Orchestrator(placer, Timeouts(), metrics), metrics, admission)
-    app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes)
-    app.state.service = service  # for tests that look inside
-    return TestClient(app), decode
+        [prefill] if with_prefill else [],
+        [decode] if with_decode else [],
+        limits=limits,
+        api_keys=api_keys,
+        max_body_bytes=max_body_bytes,
+    )
+    return router.client, decode
 
 
 def test_completion_runs_prefill_then_decode_with_its_kv_params(tiny_tokenizer: Tokenizer) -> None:

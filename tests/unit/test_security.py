@@ -11,10 +11,11 @@ from pdserve.security import TlsFiles, bearer_ok, read_secrets
 from pdserve.state.memory import MemoryStore
 from router.api.app import create_app
 from router.metrics import RouterMetrics
-from router.orchestrator import Orchestrator, Timeouts
+from router.orchestrator import Orchestrator
 from router.placement import make_policy
 from router.placement.decider import ThresholdDecider
-from router.placement.placer import Placer
+from router.placer import Placer
+from router.request import Timeouts
 from router.service import RouterService
 from tests.factories import metric_samples
 

@@ -9,20 +9,27 @@ before the engines' KV events arrive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from pdserve.kv.hashing import block_hashes
 from pdserve.state import StateStore, StoreUnavailable
 from pdserve.types import BlockHash, WorkerId
+from router.errors import NoWorkersError
 from router.placement import Policy
 from router.placement.base import Request
 from router.placement.decider import ThresholdDecider
 from router.pool import ModelPool
 
 
-class NoWorkersError(Exception):
-    """No live decode worker serves the model."""
+@dataclass(frozen=True)
+class PrefixMatch:
+    """A prompt's full-block hashes and, per worker, how many leading blocks the block
+    index says it holds (both empty for policies that ignore the index). One request
+    looks its prompt up once and reuses the answer for its retries."""
+
+    hashes: list[BlockHash] = field(default_factory=list)
+    matched: Mapping[WorkerId, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Placement:
     prefill: WorkerId | None
     reason: str  # the disaggregation decision's reason
     matched_tokens: int  # prompt tokens the index says the first worker holds
+    match: PrefixMatch = field(default_factory=PrefixMatch, repr=False)  # the lookup it was made with
 
 
 class Placer:
@@ -43,48 +51,59 @@ class Placer:
         self._predict_ttl_s = predict_ttl_s
 
     async def place(
-        self, pool: ModelPool, prompt: Sequence[int], exclude: frozenset[WorkerId] = frozenset()
+        self,
+        pool: ModelPool,
+        prompt: Sequence[int],
+        exclude: frozenset[WorkerId] = frozenset(),
+        match: PrefixMatch | None = None,
     ) -> Placement:
-        """``exclude``: workers that already failed this request."""
-        decode_ids, prefill_ids = _candidates(pool, "decode", exclude), _candidates(pool, "prefill", exclude)
+        """``exclude``: workers that already failed this request; ``match``: this prompt's
+        ``lookup``, if the request has one (else it is looked up here)."""
+        decode_ids, prefill_ids = pool.live("decode", exclude), pool.live("prefill", exclude)
         if not decode_ids:
             raise NoWorkersError(f"no decode worker is available for {pool.name!r}")
-        hashes, matched = await self._lookup(pool, prompt)
-        request = Request(len(prompt), len(hashes))
-        decode_views = [pool.view(w, matched.get(w, 0)) for w in decode_ids]
+        if match is None:
+            match = await self.lookup(pool, prompt)
+        matched = match.matched
+        request = Request(len(prompt), len(match.hashes))
+        decode_views = pool.snapshot(decode_ids, matched)
         # Without prefill workers every decode worker prefills its own prompts: choose
         # it the way a prefill worker is chosen (prefix overlap first).
         decode = (self.policy.decode if prefill_ids else self.policy.prefill).pick(decode_views, request)
         uncached = len(prompt) - matched.get(decode, 0) * pool.block_size
-        prefill_views = [pool.view(w, matched.get(w, 0)) for w in prefill_ids]
+        prefill_views = pool.snapshot(prefill_ids, matched)
         decision = self._decider.decide(uncached, prefill_views)
         prefill = self.policy.prefill.pick(prefill_views, request) if decision.remote else None
         first = prefill or decode
-        if hashes:
-            await self._predict(pool.name, [first, decode] if prefill else [decode], hashes)
-        return Placement(decode, prefill, decision.reason, matched.get(first, 0) * pool.block_size)
+        if match.hashes:
+            await self._predict(pool.name, [first, decode] if prefill else [decode], match.hashes)
+        return Placement(decode, prefill, decision.reason, matched.get(first, 0) * pool.block_size, match)
 
     async def pick_prefill(
-        self, pool: ModelPool, prompt: Sequence[int], exclude: frozenset[WorkerId]
+        self,
+        pool: ModelPool,
+        prompt: Sequence[int],
+        exclude: frozenset[WorkerId],
+        match: PrefixMatch | None = None,
     ) -> WorkerId | None:
         """Another prefill worker for a request whose prefill failed; None if none is left."""
-        prefill_ids = _candidates(pool, "prefill", exclude)
+        prefill_ids = pool.live("prefill", exclude)
         if not prefill_ids:
             return None
-        hashes, matched = await self._lookup(pool, prompt)
-        views = [pool.view(w, matched.get(w, 0)) for w in prefill_ids]
-        return self.policy.prefill.pick(views, Request(len(prompt), len(hashes)))
+        if match is None:
+            match = await self.lookup(pool, prompt)
+        views = pool.snapshot(prefill_ids, match.matched)
+        return self.policy.prefill.pick(views, Request(len(prompt), len(match.hashes)))
 
-    async def _lookup(self, pool: ModelPool, prompt: Sequence[int]) -> tuple[list[BlockHash], dict[WorkerId, int]]:
-        """The prompt's block hashes and, per worker, how many leading blocks it holds
-        (both empty for policies that ignore the index)."""
+    async def lookup(self, pool: ModelPool, prompt: Sequence[int]) -> PrefixMatch:
+        """Where the block index says the prompt's leading blocks are."""
         if not self.policy.uses_index:
-            return [], {}
+            return PrefixMatch()
         hashes = block_hashes(pool.name, prompt, pool.block_size)
         try:
-            return hashes, await self._store.match(pool.name, hashes)
+            return PrefixMatch(hashes, await self._store.match(pool.name, hashes))
         except StoreUnavailable:
-            return hashes, {}  # placement degrades to load only
+            return PrefixMatch(hashes)  # placement degrades to load only
 
     async def _predict(self, model: str, workers: list[WorkerId], hashes: list[BlockHash]) -> None:
         try:
@@ -92,7 +111,3 @@ class Placer:
                 await self._store.predict(model, worker, hashes, self._predict_ttl_s)
         except StoreUnavailable:
             pass  # the FallbackStore kept them locally
-
-
-def _candidates(pool: ModelPool, role: str, exclude: frozenset[WorkerId]) -> list[WorkerId]:
-    return [w for w in pool.live(role) if w not in exclude]

@@ -1,0 +1,58 @@
+"""A request as the router's domain sees it: in token space, answered in chunks.
+
+Shared by admission, orchestration, metrics and rendering; imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pdserve.engine.base import SamplingSpec
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A validated request in token space."""
+
+    prompt_ids: list[int]
+    spec: SamplingSpec
+    stops: tuple[str, ...] = ()
+    arrival: float = field(default_factory=time.perf_counter)  # when the HTTP request came in
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Text to send now. The last chunk has ``finish_reason`` and final counts."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+    cached_tokens: int = 0
+    token_ids: tuple[int, ...] = ()  # tokens consumed since the previous chunk
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    prefill_s: float = 300.0  # one prefill RPC
+    request_s: float = 600.0  # the whole request from its arrival: queue, retries, migrations, stream
+    release_s: float = 3.0  # one Release RPC; off the request's path (router/release.py)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a route renders: the request's first chunk (pulled before the response starts,
+    so errors before the first token keep their HTTP status) and the rest, admitted,
+    generated and timed. Closing ``rest`` ends the request on its workers."""
+
+    model: str
+    prompt_ids: tuple[int, ...]
+    first: Chunk
+    rest: AsyncIterator[Chunk]
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """Every chunk, the first included."""
+        yield self.first
+        async for chunk in self.rest:
+            yield chunk

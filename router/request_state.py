@@ -1,0 +1,127 @@
+"""One request's state across its attempts (re-placements and migrations).
+
+The orchestrator's steps pass this object, and only this, along. Its fields are
+written by its own methods: an attempt begins, a worker failed, a placement was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+from pdserve.engine.base import FinishReason, TokenDelta
+from pdserve.types import RequestId, WorkerId
+from router.errors import RequestTimeout
+from router.placer import Placement, PrefixMatch
+from router.pool import ModelPool
+from router.request import Chunk, Generation
+from router.tokenizer import StopMatcher
+
+
+class Output:
+    """Generated ids → text chunks, across every decode stream of one request: a
+    migrated request continues the same detokenizer, stop matcher and count."""
+
+    def __init__(self, pool: ModelPool, gen: Generation) -> None:
+        self._decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
+        self._stops = StopMatcher(gen.stops)
+        self.produced: list[int] = []
+        self.cached: int | None = None  # the first placement's prefill-side count
+
+    def feed(self, delta: TokenDelta, cached: int) -> Chunk | None:
+        if self.cached is None:
+            self.cached = cached
+        text: list[str] = []
+        for i, token_id in enumerate(delta.token_ids):
+            self.produced.append(token_id)
+            piece, stopped = self._stops.feed(self._decoder.step(token_id))
+            text.append(piece)
+            if stopped:
+                return Chunk("".join(text), len(self.produced), "stop", self.cached, delta.token_ids[: i + 1])
+        if delta.finish_reason is not None:
+            reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
+            return Chunk("".join(text) + self._stops.flush(), len(self.produced), reason, self.cached, delta.token_ids)
+        return Chunk("".join(text), len(self.produced), None, self.cached, delta.token_ids) if delta.token_ids else None
+
+
+class RequestState:
+    """``pool`` and ``gen``: what was asked; ``output``: what was streamed so far;
+    per attempt (``begin``): its request id, prompt (a migration replays what was
+    streamed), sampling (what is left of the token budget) and placement."""
+
+    def __init__(self, pool: ModelPool, gen: Generation, request_s: float) -> None:
+        self.pool = pool
+        self.gen = gen
+        self.output = Output(pool, gen)
+        self.deadline = gen.arrival + request_s  # gRPC deadlines carry it to the workers too
+        self.restarts = 0  # placed again before the first token
+        self.migrations = 0  # moved after tokens were streamed
+        self._base_id = f"cmpl-{uuid.uuid4().hex}"
+        self._failed: set[WorkerId] = set()
+        self._match: tuple[int, PrefixMatch] | None = None  # (prompt length, its lookup)
+        self.request_id = RequestId(self._base_id)
+        self.prompt = list(gen.prompt_ids)
+        self.spec = gen.spec
+        self._where: Placement | None = None
+
+    @property
+    def first(self) -> bool:
+        """The request's first attempt."""
+        return not self.restarts + self.migrations
+
+    @property
+    def failed(self) -> frozenset[WorkerId]:
+        """Workers that failed this request: not tried again for it."""
+        return frozenset(self._failed)
+
+    @property
+    def placement(self) -> Placement:
+        assert self._where is not None, "placed() comes first in an attempt"
+        return self._where
+
+    @property
+    def uncached(self) -> int:
+        """Prompt tokens of this attempt the first worker does not hold (block index)."""
+        return len(self.prompt) - self.placement.matched_tokens
+
+    def begin(self) -> None:
+        """A new attempt: its id, and the prompt and budget that are left."""
+        n = self.restarts + self.migrations
+        self.request_id = RequestId(self._base_id if not n else f"{self._base_id}-{n}")
+        produced = len(self.output.produced)
+        self.prompt = self.gen.prompt_ids + self.output.produced
+        self.spec = dataclasses.replace(
+            self.gen.spec,
+            max_tokens=self.gen.spec.max_tokens - produced,
+            min_tokens=max(0, self.gen.spec.min_tokens - produced),
+        )
+        self._where = None
+
+    def placed(self, where: Placement) -> None:
+        """This attempt's placement; its prefix lookup serves the attempts with the same prompt."""
+        self._where = where
+        self._match = (len(self.prompt), where.match)
+
+    def fail(self, worker: WorkerId) -> None:
+        self._failed.add(worker)
+
+    def restarted(self) -> None:
+        self.restarts += 1
+
+    def migrated(self) -> None:
+        self.migrations += 1
+
+    def left(self) -> float:
+        """Seconds to the request's deadline; ``RequestTimeout`` once it has passed."""
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            raise RequestTimeout
+        return left
+
+    def match(self) -> PrefixMatch | None:
+        """The block index lookup of this attempt's prompt, if an earlier placement of the
+        same prompt made it (a migration's longer prompt needs its own)."""
+        if self._match is not None and self._match[0] == len(self.prompt):
+            return self._match[1]
+        return None

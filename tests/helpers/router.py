@@ -1,0 +1,181 @@
+"""A router over scripted workers (no engines, no network): the one harness the router's
+unit tests share. ``scripted_router`` wires pool, placer, orchestrator, admission and
+metrics the way router/__main__.py does, behind FastAPI's TestClient."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
+
+from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta
+from pdserve.state import StateStore
+from pdserve.state.memory import MemoryStore
+from pdserve.types import RequestId, WorkerId
+from router.admission import Admission, AdmissionLimits
+from router.api.app import create_app
+from router.errors import WorkerError
+from router.metrics import RouterMetrics
+from router.orchestrator import Orchestrator
+from router.placement import make_policy
+from router.placement.decider import ThresholdDecider
+from router.placer import Placer
+from router.pool import ModelPool
+from router.recovery import Recovery
+from router.request import Timeouts
+from router.service import RouterService
+from router.tokenizer import TokenIdsOnly, Tokenizer
+from tests.factories import make_tiny_llama, metric_samples
+
+
+def tiny_tokenizer(tmp: Path) -> Tokenizer:
+    """The tokenizer of a tiny random Llama written to ``tmp``."""
+    return Tokenizer(make_tiny_llama(tmp))
+
+
+class ScriptedDecode:
+    """Streams ``output``, two tokens a step, and records what it was sent (``calls``).
+
+    ``resume``: start where the request's budget says it is (it asks for exactly
+    ``len(output)`` tokens), so a migrated request, whose max_tokens is what is left,
+    continues the same text; else stream from the start, cut to max_tokens.
+    ``fail_after`` steps, then it fails with ``code`` (None = never); ``hang``: no token
+    ever, the call ends at its deadline. ``releases``: the Release calls it answered.
+    ``closed_early``: the router closed the stream before it ended."""
+
+    def __init__(
+        self,
+        output: list[int],
+        name: str = "decode:1",
+        *,
+        cached_tokens: int = 32,
+        resume: bool = False,
+        fail_after: int | None = None,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        hang: bool = False,
+    ) -> None:
+        self.worker = WorkerId(name)
+        self.output, self.cached_tokens, self.resume = output, cached_tokens, resume
+        self.fail_after, self.code, self.hang = fail_after, code, hang
+        self.calls: list[dict[str, Any]] = []
+        self.releases: list[tuple[str, dict[str, Any]]] = []
+        self.closed_early = False
+
+    async def decode(
+        self,
+        request_id: RequestId,
+        prompt: list[int],
+        spec: SamplingSpec,
+        kv_transfer_params: dict[str, Any] | None,
+        timeout: float,
+    ) -> AsyncGenerator[TokenDelta, None]:
+        self.calls.append({"prompt": prompt, "spec": spec, "kv": kv_transfer_params})
+        if self.hang:
+            await asyncio.sleep(timeout)
+            raise WorkerError(self.worker, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
+        out = (
+            self.output[max(0, len(self.output) - spec.max_tokens) :] if self.resume else self.output[: spec.max_tokens]
+        )
+        try:
+            for step, i in enumerate(range(0, len(out), 2)):
+                if self.fail_after is not None and step >= self.fail_after:
+                    raise WorkerError(self.worker, self.code, "injected")
+                done = i + 2 >= len(out)
+                reason = (FinishReason.LENGTH if len(out) == spec.max_tokens else FinishReason.STOP) if done else None
+                # cached_tokens: the decode engine's own prefix-cache count (what a local prefill found)
+                yield TokenDelta(tuple(out[i : i + 2]), min(i + 2, len(out)), reason, cached_tokens=self.cached_tokens)
+        except GeneratorExit:
+            self.closed_early = True
+            raise
+
+    async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any], timeout: float) -> None:
+        if self.fail_after is not None and self.code is grpc.StatusCode.UNAVAILABLE:
+            raise WorkerError(self.worker, self.code, "injected")  # a worker that is gone answers nothing
+        self.releases.append((request_id, kv_transfer_params))
+
+
+class ScriptedPrefill:
+    """Answers every prefill with ``cached_tokens`` and kv_transfer_params ``{"from": name,
+    **kv}``, or fails with ``code``; ``calls`` counts them."""
+
+    def __init__(
+        self,
+        name: str = "prefill:1",
+        *,
+        cached_tokens: int = 128,
+        code: grpc.StatusCode | None = None,
+        kv: dict[str, Any] | None = None,
+    ) -> None:
+        self.worker = WorkerId(name)
+        self.cached_tokens, self.code, self.kv = cached_tokens, code, kv or {}
+        self.calls = 0
+
+    async def prefill(
+        self, request_id: RequestId, prompt: list[int], spec: SamplingSpec, timeout: float
+    ) -> PrefillResult:
+        self.calls += 1
+        if self.code is not None:
+            raise WorkerError(self.worker, self.code, "injected")
+        return PrefillResult(prompt[0], self.cached_tokens, {"from": str(self.worker), **self.kv})
+
+
+def make_pool(
+    tokenizer: Tokenizer | TokenIdsOnly,
+    prefill: Sequence[ScriptedPrefill] = (),
+    decode: Sequence[ScriptedDecode] = (),
+    *,
+    name: str = "tiny",
+    max_model_len: int = 256,
+    block_size: int = 32,
+) -> ModelPool:
+    return ModelPool(
+        name,
+        tokenizer,
+        max_model_len=max_model_len,
+        block_size=block_size,
+        prefill={p.worker: p for p in prefill},
+        decode={d.worker: d for d in decode},
+    )
+
+
+@dataclass
+class ScriptedRouter:
+    client: TestClient
+    service: RouterService
+    pool: ModelPool
+    metrics: RouterMetrics
+
+    def counter(self, name: str, **labels: str) -> float:
+        """A sample of the router's metrics; 0 if it was never written."""
+        samples = metric_samples(generate_latest(self.metrics.registry).decode())
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def scripted_router(
+    tokenizer: Tokenizer,
+    prefill: Sequence[ScriptedPrefill],
+    decode: Sequence[ScriptedDecode],
+    *,
+    policy: str = "round-robin",
+    store: StateStore | None = None,
+    recovery: Recovery | None = None,
+    timeouts: Timeouts | None = None,
+    limits: AdmissionLimits | None = None,
+    api_keys: tuple[str, ...] = (),
+    max_body_bytes: int = 8 << 20,
+) -> ScriptedRouter:
+    """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
+    pool = make_pool(tokenizer, prefill, decode)
+    metrics = RouterMetrics(policy)
+    placer = Placer(make_policy(policy), ThresholdDecider(), store or MemoryStore())
+    orchestrator = Orchestrator(placer, timeouts or Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))
+    admission = Admission(limits or AdmissionLimits(), MemoryStore())
+    service = RouterService({"tiny": pool}, orchestrator, metrics, admission)
+    app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes)
+    return ScriptedRouter(TestClient(app), service, pool, metrics)
