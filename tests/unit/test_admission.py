@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from pdserve.state import make_store
 from pdserve.state.memory import MemoryStore
 from router.admission import Admission, AdmissionLimits, Gate, RateLimiter, client_id
 from router.errors import Overloaded, RateLimited
@@ -17,7 +16,6 @@ from router.request import Chunk
 from router.tokenizer import Tokenizer
 from tests.helpers.router import ScriptedDecode, ScriptedPrefill, ScriptedRouter, scripted_router
 from tests.helpers.router import tiny_tokenizer as make_tokenizer
-from tests.redis_server import RedisServer
 
 
 async def test_gate_admits_up_to_the_limit_queues_the_next_and_refuses_past_the_queue() -> None:
@@ -215,17 +213,3 @@ def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> N
     assert not decode.calls
     small = {"model": "tiny", "prompt": "x", "max_tokens": 1}
     assert client.post("/v1/completions", json=small).status_code == 200
-
-
-async def test_router_replicas_share_a_clients_budget_through_redis(redis_server: RedisServer) -> None:
-    redis_server.flush(db=2)
-    stores = [make_store(redis_server.db_url(2)) for _ in range(2)]  # two routers, one Redis
-    try:
-        limiters = [RateLimiter(s, requests_per_minute=3, tokens_per_minute=0) for s in stores]
-        for limiter in (limiters[0], limiters[1], limiters[0]):
-            await limiter.charge(client_id("k"), 1)
-        with pytest.raises(RateLimited):
-            await limiters[1].charge(client_id("k"), 1)  # the fourth, on either router
-    finally:
-        for s in stores:
-            await s.close()
