@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pdserve import model
-from pdserve.model import MARKER_FILE, default_model_dir, find_gguf, read_gguf_facts
+from pdserve.tools import model
+from pdserve.tools.model import MARKER_FILE, default_model_dir, find_gguf, read_gguf_facts
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
