@@ -141,7 +141,7 @@ def test_every_pdserve_variable_set_is_one_a_service_reads(
     # Compose's own knobs: ${PDSERVE_...} that no service gets under that name.
     settings = set(re.findall(r"^\s*(PDSERVE_\w+):", compose, re.MULTILINE))
     compose_knobs = set(re.findall(r"\$\{(PDSERVE_\w+)", compose)) - settings
-    # PDSERVE_CACHE: where pdserve.tools.model converts the embedded model (the worker-cpu build).
+    # PDSERVE_CACHE: where pdserve.model converts the embedded model (the worker-cpu build).
     others = {"PDSERVE_CACHE"}
     assert sorted(used - known - compose_knobs - others) == []
 
