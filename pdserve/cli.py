@@ -1,8 +1,10 @@
-"""``pdserve``: one command for every role, plus ``up`` for a local P/D cluster.
+"""``pdserve``: one command for every role, plus the tools (``up``, ``bench``, ``sim-http``).
 
 ``router``, ``prefill`` and ``decode`` replace this process with the service's
 own entry point (``python -m <service>``), so services never import each other
-and each keeps its own ``--help``.
+and each keeps its own ``--help``. The services never convert a model: when the
+user names none, this entry point passes the embedded default's directory.
+This is the one runtime module that may import ``pdserve.tools``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ SERVICES = {
     "router": "router",
     "prefill": "prefill_worker",
     "decode": "decode_worker",
-    "sim-http": "pdserve.engine.sim.http",  # OpenAI HTTP over one sim engine, for peer routers
+    "sim-http": "pdserve.tools.sim_http",  # OpenAI HTTP over one sim engine, for peer routers
 }
+# the services that take --served-model-name (the router learns names from its workers)
+_SERVED_NAME = {"prefill", "decode"}
 
 
 def _exec_service(name: str, argv: list[str]) -> int:
+    if name != "sim-http":  # sim-http is a tool: it resolves its own default
+        from pdserve.tools.model import with_default_model
+
+        argv = with_default_model(argv, served_name=name in _SERVED_NAME)
     module = SERVICES[name]
     os.execv(sys.executable, [sys.executable, "-m", module, *argv])
     return 1  # unreachable
@@ -36,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
         sub.add_parser(name, help=f"run {name} (see `pdserve {name} --help`)", add_help=False)
-    from pdserve.bench import compare, load, pd_vs_colocated, run
-    from pdserve.local import add_up_parser
+    from pdserve.tools.bench import compare, load, pd_vs_colocated, run
+    from pdserve.tools.up import add_up_parser
 
     add_up_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks (see `pdserve bench --help`)")

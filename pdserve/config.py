@@ -66,7 +66,7 @@ def resolve_model(model: str, served_model_name: str) -> tuple[Path, str]:
         if not (path / "config.json").is_file():
             raise ValueError(f"model: {path} is not an HF model directory (no config.json)")
         return path, served_model_name or path.name
-    from pdserve.model import default_model_dir  # converts once, then cached
+    from pdserve.tools.model import default_model_dir  # converts once, then cached
 
     return default_model_dir(), served_model_name or DEFAULT_SERVED_NAME
 

@@ -17,15 +17,14 @@ import psutil
 import pytest
 
 from pdserve.lifetime import launch_env
-from pdserve.local import READY_LINE
+from pdserve.tools.up import READY_LINE
 from tests.helpers.net import REPO, free_port
 from tests.redis_server import RedisServer
 
 
-
 @pytest.fixture(scope="session")
 def default_model() -> Path:
-    from pdserve.model import default_model_dir
+    from pdserve.tools.model import default_model_dir
 
     return default_model_dir()
 
@@ -138,7 +137,7 @@ def tokenizer(default_model: Path):  # type: ignore[no-untyped-def]
 
 
 def engine_env() -> dict[str, str]:
-    from pdserve.local import child_env
+    from pdserve.tools.up import child_env
 
     return child_env()
 

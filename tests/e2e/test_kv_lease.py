@@ -25,9 +25,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pdserve.bench.procs import Procs, python
 from pdserve.engine.base import EngineLoad
 from pdserve.rpc.convert import load_from_pb
+from pdserve.tools.procs import Procs, python
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import engine_env

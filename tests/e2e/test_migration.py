@@ -27,13 +27,13 @@ import httpx
 import openai
 import pytest
 
-from pdserve.bench.procs import Procs, python
+from pdserve.tools.procs import Procs, python
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import engine_env
-from tests.helpers.net import free_port
 from tests.e2e.prompts import CASES
 from tests.factories import metric_samples
+from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.engine
 

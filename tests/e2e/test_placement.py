@@ -18,15 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from pdserve.kv.hashing import block_hashes
 from pdserve.lifetime import launch_env
 from pdserve.state import StoreUnavailable, make_store
-from pdserve.types import to_hex
 from tests.conftest import Cluster
-from tests.helpers.net import REPO, free_port
 from tests.factories import make_tiny_llama, metric_samples
+from tests.helpers.kv_index import index_holders
+from tests.helpers.net import REPO, free_port
 from tests.integration.test_worker_lifecycle import Worker, _stop, start_decode_worker
 from tests.redis_server import RedisServer
 
@@ -169,12 +167,6 @@ def redis_routers(
     yield a, b
     a.stop()
     b.stop()
-
-
-def index_holders(redis_server: RedisServer, model: str, prompt_ids: list[int]) -> list[set[str]]:
-    """Workers per block from the KV-event index only (not the routers' predictions)."""
-    r = redis.Redis(port=redis_server.port, decode_responses=True)
-    return [r.smembers(f"pdserve:b:{model}:{to_hex(h)}") for h in block_hashes(model, prompt_ids, BLOCK)]
 
 
 def test_replicas_share_placement_and_the_index_comes_from_vllm_events(

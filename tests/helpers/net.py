@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pdserve.bench import procs
+from pdserve.tools import ports
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port(span: int = 2) -> int:
     """A free port and the one after it (ZMQ replay, NIXL) by default."""
-    return procs.free_port(span)
+    return ports.free_port(span)

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdserve.bench.procs import Procs
-from tests.integration.simfleet import decode_inflight, served_model, sim_worker, start_router
+from pdserve.tools.procs import Procs
+from tests.helpers.simfleet import decode_inflight, served_model, sim_worker, start_router
 
 
 @pytest.fixture(scope="module")

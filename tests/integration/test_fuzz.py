@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from pdserve.bench.procs import Procs
-from tests.integration.simfleet import ZERO, sim_worker, start_router
+from pdserve.tools.procs import Procs
+from tests.helpers.simfleet import ZERO, sim_worker, start_router
 
 MAX_BODY = 64 * 1024  # small, so the fuzzer and the tests below reach it
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pdserve.bench.procs import Procs
 from pdserve.lifetime import check_ports_free, kill_descendants, launch_env
-from pdserve.local import READY_LINE, UpConfig
+from pdserve.tools.procs import Procs
+from pdserve.tools.up import READY_LINE, UpConfig
 from tests.helpers.net import REPO, free_port
 
 GONE_WITHIN_S = 10.0
@@ -133,7 +133,7 @@ def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from pdserve.bench.procs import Procs
+        from pdserve.tools.procs import Procs
         procs = Procs(Path({str(tmp_path)!r}))
         p = procs.start("decode", [sys.executable, "-m", "decode_worker", "--engine", "sim",
                                    "--port", "{port}", "--metrics-port", "0", "--kv-events-port", "{events}"])

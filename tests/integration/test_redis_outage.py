@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,12 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdserve.bench.procs import Procs
 from pdserve.state import StoreUnavailable, make_store
-from tests.helpers.net import free_port
-from tests.e2e.test_placement import index_holders
+from pdserve.tools.fleet import start_router
+from pdserve.tools.procs import Procs
 from tests.factories import metric_samples
-from tests.integration.test_failover import OUTPUT, VOCAB, clean, expected, one, percentile, sim_worker, summary, timed
+from tests.helpers.kv_index import index_holders
+from tests.helpers.net import free_port
+from tests.helpers.simfleet import numbered_sim_worker
+from tests.helpers.simload import OUTPUT, VOCAB, clean, expected, one, percentile, summary, timed
 from tests.redis_server import RedisServer
 
 RATE = 10.0  # requests per second, Poisson arrivals
@@ -36,7 +37,9 @@ PREDICT_TTL_S = 10.0  # the router's default: placements older than this live in
 
 
 @dataclass(frozen=True)
-class Fleet:
+class RedisSimFleet:
+    """Sim workers and a router that find each other through Redis only."""
+
     url: str
     model: str
     redis: RedisServer
@@ -49,21 +52,20 @@ def pool_sizes(metrics: str) -> dict[str, float]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, default_model: Path) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, default_model: Path) -> Iterator[RedisSimFleet]:
     redis_server = RedisServer(free_port(), tmp_path / "redis").start()
     try:
         with Procs(tmp_path) as procs:
             registered = ("--state-url", redis_server.url)  # --heartbeat-ttl: the default (10 s)
-            roles = {sim_worker(procs, r, i, *registered)[0]: r for r in ("prefill", "decode") for i in range(2)}
-            port = free_port()
-            argv = [sys.executable, "-m", "router", "--port", str(port), "--model", str(default_model)]
-            argv += ["--state-url", redis_server.url, "--log-level", "WARNING"]
-            procs.start("router", argv)
-            url = f"http://127.0.0.1:{port}"
+            roles = {
+                numbered_sim_worker(procs, r, i, *registered)[0]: r for r in ("prefill", "decode") for i in range(2)
+            }
+            args = ["--state-url", redis_server.url, "--log-level", "WARNING"]
+            url = start_router(procs, default_model, args=args, wait=False).address
             full = {"prefill": 2.0, "decode": 2.0}  # found through the registry only
             procs.wait_http(f"{url}/metrics", timeout_s=120, ready=lambda r: pool_sizes(r.text) == full)
             model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-            yield Fleet(url, model, redis_server, roles)
+            yield RedisSimFleet(url, model, redis_server, roles)
     finally:
         redis_server.stop()
 
@@ -114,7 +116,7 @@ async def within(since: float, bound_s: float, check: Callable[[], Awaitable[boo
     return time.monotonic() - since
 
 
-async def recovery(fleet: Fleet, client: httpx.AsyncClient, seen: Timeline) -> None:
+async def recovery(fleet: RedisSimFleet, client: httpx.AsyncClient, seen: Timeline) -> None:
     """Time each sign of recovery from Redis's return; each must come within the bound."""
     store = make_store(fleet.redis.url, timeout_s=2)
 
@@ -144,7 +146,7 @@ async def recovery(fleet: Fleet, client: httpx.AsyncClient, seen: Timeline) -> N
         await store.close()
 
 
-async def outage(fleet: Fleet, client: httpx.AsyncClient, seen: Timeline) -> None:
+async def outage(fleet: RedisSimFleet, client: httpx.AsyncClient, seen: Timeline) -> None:
     """The script beside the load: probes, stop Redis, read the gauge, start Redis, recovery."""
     t0 = seen.t0
     rng = random.Random(11)
@@ -175,7 +177,7 @@ async def outage(fleet: Fleet, client: httpx.AsyncClient, seen: Timeline) -> Non
         await asyncio.sleep(0.25)
 
 
-async def run(fleet: Fleet) -> tuple[list[Sent], Timeline]:
+async def run(fleet: RedisSimFleet) -> tuple[list[Sent], Timeline]:
     rng = random.Random(7)
     next_prompt = prompts(rng)
     seen = Timeline()
@@ -223,12 +225,12 @@ def matched_tokens(url: str) -> float:
     return metric_samples(httpx.get(f"{url}/metrics").text)[("pdserve_router_prefix_matched_tokens_total", ())]
 
 
-async def complete(fleet: Fleet, prompt: list[int]) -> list[int] | str:
+async def complete(fleet: RedisSimFleet, prompt: list[int]) -> list[int] | str:
     async with httpx.AsyncClient(timeout=60) as client:
         return await one(client, fleet.url, fleet.model, prompt)
 
 
-def assert_prefix_aware_again(fleet: Fleet, seen: Timeline) -> None:
+def assert_prefix_aware_again(fleet: RedisSimFleet, seen: Timeline) -> None:
     """A probe's prefix, asked again, goes to the prefill worker the index names for it.
     The router predicted every probe before Redis restarted empty and has forgotten the
     predictions since: only the workers' rewritten block sets can place it."""
@@ -243,7 +245,7 @@ def assert_prefix_aware_again(fleet: Fleet, seen: Timeline) -> None:
         assert matched_tokens(fleet.url) - matched >= PREFIX_BLOCKS * BLOCK  # found in the index
 
 
-def test_redis_down_for_30_s_under_load_fails_no_request_and_the_index_recovers(fleet: Fleet) -> None:
+def test_redis_down_for_30_s_under_load_fails_no_request_and_the_index_recovers(fleet: RedisSimFleet) -> None:
     start = time.monotonic()
     sent, seen = asyncio.run(run(fleet))
     wall_s = time.monotonic() - start

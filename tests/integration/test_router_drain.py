@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdserve.bench.procs import Procs
-from tests.integration.simfleet import served_model, sim_worker, start_router
+from pdserve.tools.procs import Procs
+from tests.helpers.simfleet import served_model, sim_worker, start_router
 
 
 def test_sigterm_lets_streams_in_flight_finish_then_exits(tmp_path: Path, default_model: Path) -> None:

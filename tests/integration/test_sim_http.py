@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdserve.bench import workloads
-from pdserve.bench.procs import Procs
-from pdserve.bench.report import Slo, summarize
-from pdserve.bench.run import drive
 from pdserve.kv.events import BlockStored, EventBatch, EventSubscriber
+from pdserve.tools.bench import workloads
+from pdserve.tools.bench.report import Slo, summarize
+from pdserve.tools.bench.run import drive
+from pdserve.tools.procs import Procs
 from tests.helpers.net import free_port
 
 BLOCK = 32

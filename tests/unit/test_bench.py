@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pdserve.bench import workloads
-from pdserve.bench.client import Timing
-from pdserve.bench.report import Slo, summarize, tpot
-from pdserve.bench.run import arrivals
+from pdserve.tools.bench import workloads
+from pdserve.tools.bench.client import Timing
+from pdserve.tools.bench.report import Slo, summarize, tpot
+from pdserve.tools.bench.run import arrivals
 
 
 def test_shared_prefix_groups_share_exactly_their_system_prompt() -> None:

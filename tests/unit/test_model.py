@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pdserve import model
-from pdserve.model import MARKER_FILE, default_model_dir, find_gguf, read_gguf_facts
+from pdserve.tools import model
+from pdserve.tools.model import MARKER_FILE, default_model_dir, find_gguf, read_gguf_facts
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -149,3 +149,24 @@ def test_failed_conversion_leaves_nothing(tmp_path: Path, stub: _StubConversion)
     with pytest.raises(RuntimeError, match="conversion failed"):
         default_model_dir(tmp_path)
     assert [p.suffix for p in (tmp_path / "models").iterdir()] == [".lock"]
+
+
+def test_service_command_lines_get_the_default_model_only_when_none_is_named(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PDSERVE_MODEL", raising=False)
+    monkeypatch.delenv("PDSERVE_SERVED_MODEL_NAME", raising=False)
+    argv = ["--port", "1"]
+    assert model.with_default_model(argv, served_name=True) == [
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        model.MODEL_NAME,
+        *argv,
+    ]
+    assert model.with_default_model(argv, served_name=False) == ["--model", str(model_dir), *argv]
+    assert model.with_default_model(["--served-model-name", "x"], served_name=True)[:2] == ["--model", str(model_dir)]
+    for named in (["--model", "/m"], ["--model=/m"], ["--help"], ["-h"]):
+        assert model.with_default_model(named, served_name=True) == named
+    monkeypatch.setenv("PDSERVE_MODEL", "/m")
+    assert model.with_default_model(argv, served_name=True) == argv

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,8 +274,41 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         handle.write("\n")
 
 
+def model_or_default(model: str, served_model_name: str) -> tuple[str, str]:
+    """The user's model and served name, or, when no model was given, the embedded
+    default's (converted once here: the services never convert a model)."""
+    if model:
+        return model, served_model_name
+    return str(default_model_dir()), served_model_name or MODEL_NAME
+
+
+def model_from_env() -> Path:
+    """The model the bench serves: $PDSERVE_MODEL, else the embedded default."""
+    from pdserve.config import resolve_model  # checks that it is a model directory
+
+    return resolve_model(*model_or_default(os.environ.get("PDSERVE_MODEL", ""), ""))[0]
+
+
+def with_default_model(argv: Sequence[str], served_name: bool) -> list[str]:
+    """A service's command line, given ``--model`` (and, with ``served_name``,
+    ``--served-model-name``) of the embedded default when neither the flag nor its
+    environment variable names one, so ``pdserve prefill|decode|router`` keep serving
+    the default model. ``--help`` converts nothing."""
+    argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv) or _given(argv, "--model", "PDSERVE_MODEL"):
+        return argv
+    model, served = model_or_default("", "")
+    if served_name and not _given(argv, "--served-model-name", "PDSERVE_SERVED_MODEL_NAME"):
+        argv = ["--served-model-name", served, *argv]
+    return ["--model", model, *argv]
+
+
+def _given(argv: Sequence[str], flag: str, env: str) -> bool:
+    return bool(os.environ.get(env)) or any(a == flag or a.startswith(f"{flag}=") for a in argv)
+
+
 def main() -> None:
-    """``python -m pdserve.model``: print the default model directory, converting if needed."""
+    """``python -m pdserve.tools.model``: print the default model directory, converting if needed."""
     print(default_model_dir())
 
 

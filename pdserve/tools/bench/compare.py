@@ -5,7 +5,7 @@
   sglang-router (``cache_aware``), vllm-router (``cache_aware``, and ``kv_aware`` fed
   by the workers' KV events). A fresh fleet per contender (no cache carried over),
   the same prompts and arrival times for all.
-- ``real`` (pdserve/bench/real.py): pdserve versus vllm-router, both P/D on real
+- ``real`` (pdserve/tools/bench/real.py): pdserve versus vllm-router, both P/D on real
   vLLM CPU engines with NIXL: identical greedy outputs, TTFT and tok/s.
 - ``overhead``: zero-latency sim workers; sequential requests measure the latency
   each router adds over calling a worker directly, then a closed loop measures
@@ -25,32 +25,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.bench import workloads
-from pdserve.bench.client import Timing
-from pdserve.bench.procs import Procs, free_ports, python
-from pdserve.bench.report import Slo, plot, raw, summarize, write_json
-from pdserve.bench.run import drive, int_range
-from pdserve.bench.workloads import Item
-from pdserve.config import resolve_model
+from pdserve.tools.bench import real, workloads
+from pdserve.tools.bench.client import Timing
+from pdserve.tools.bench.peers import peer_bin
+from pdserve.tools.bench.report import Slo, summarize
+from pdserve.tools.bench.results import finish, output_and_slo, table
+from pdserve.tools.bench.run import drive, int_range
+from pdserve.tools.bench.workloads import Item
+from pdserve.tools.fleet import start_router, start_sim_http, start_sim_worker
+from pdserve.tools.model import model_from_env
+from pdserve.tools.ports import free_ports
+from pdserve.tools.procs import Procs
 
-PEERS = ("sglang-router==0.3.2", "vllm-router==0.1.17")
 MODEL = "sim"
 BLOCK = 128
 
 
 @dataclass(frozen=True)
-class Fleet:
+class SimFleetSpec:
     """The simulated workers every contender gets."""
 
     workers: int
@@ -65,53 +64,40 @@ class Fleet:
 
 
 # A contender starts its router (and fleet) under ``procs`` and returns the URL clients use.
-Contender = Callable[[Procs, Fleet], str]
+Contender = Callable[[Procs, SimFleetSpec], str]
 
 
-def _sim_worker(procs: Procs, fleet: Fleet, role: str, name: str, colocated: bool) -> str:
-    port, events = free_ports(1)[0], free_ports(1, span=2)[0]
-    module = "prefill_worker" if role == "prefill" else "decode_worker"
-    argv = python(module, "--engine", "sim", "--port", str(port), "--metrics-port", "0")
-    argv += ["--kv-events-port", str(events), "--log-level", "WARNING", *fleet.args()]
-    if colocated:
-        argv += ["--kv-connector", "none"]
-    procs.start(name, argv)
-    return f"127.0.0.1:{port}"
+def _sim_worker(procs: Procs, fleet: SimFleetSpec, role: str, name: str, colocated: bool) -> str:
+    args = [*fleet.args(), *(["--kv-connector", "none"] if colocated else [])]
+    return start_sim_worker(procs, role, name, args).address
 
 
 def pdserve(policy: str, prefill: int = 0) -> Contender:
     """pdserve's router over gRPC sim workers: ``prefill`` P workers + the rest decode
     (0 = every worker colocated: it prefills its own prompts)."""
 
-    def start(procs: Procs, fleet: Fleet) -> str:
+    def start(procs: Procs, fleet: SimFleetSpec) -> str:
         pre = [_sim_worker(procs, fleet, "prefill", f"prefill{i}", False) for i in range(prefill)]
         dec = [_sim_worker(procs, fleet, "decode", f"decode{i}", not pre) for i in range(fleet.workers - prefill)]
-        port = free_ports(1)[0]
-        argv = python("router", "--port", str(port), "--policy", policy, "--decode", ",".join(dec))
-        argv += [f"--prefill={a}" for a in pre] + ["--log-level", "WARNING", "--model", str(model_dir())]
-        procs.start("router", argv)
-        url = f"http://127.0.0.1:{port}"
-        procs.wait_http(f"{url}/v1/models", ready=lambda r: bool(r.json()["data"]))
-        return url
+        args = ["--policy", policy, "--log-level", "WARNING"]
+        return start_router(procs, model_from_env(), pre, dec, args).address
 
     return start
 
 
-def _facades(procs: Procs, fleet: Fleet) -> list[tuple[str, int]]:
+def _facades(procs: Procs, fleet: SimFleetSpec) -> list[tuple[str, int]]:
     """``fleet.workers`` sim-http servers: (URL, KV events port)."""
     out = []
     for i in range(fleet.workers):
-        port, events = free_ports(1)[0], free_ports(1, span=2)[0]
-        argv = python("pdserve.engine.sim.http", "--port", str(port), "--kv-events-port", str(events), *fleet.args())
-        procs.start(f"sim{i}", argv)
-        out.append((f"http://127.0.0.1:{port}", events))
+        server, events = start_sim_http(procs, f"sim{i}", fleet.args())
+        out.append((server.address, events))
     for url, _ in out:
         procs.wait_http(f"{url}/health")
     return out
 
 
 def sglang(policy: str) -> Contender:
-    def start(procs: Procs, fleet: Fleet) -> str:
+    def start(procs: Procs, fleet: SimFleetSpec) -> str:
         urls = [u for u, _ in _facades(procs, fleet)]
         port, prom = free_ports(2)
         argv = [str(peer_bin() / "python"), "-m", "sglang_router.launch_router", "--host", "127.0.0.1"]
@@ -125,7 +111,7 @@ def sglang(policy: str) -> Contender:
 
 
 def vllm_router(policy: str) -> Contender:
-    def start(procs: Procs, fleet: Fleet) -> str:
+    def start(procs: Procs, fleet: SimFleetSpec) -> str:
         workers = _facades(procs, fleet)
         port, prom = free_ports(2)
         argv = [str(peer_bin() / "vllm-router"), "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
@@ -143,23 +129,6 @@ def vllm_router(policy: str) -> Contender:
     return start
 
 
-def model_dir() -> Path:
-    """The model the bench serves: $PDSERVE_MODEL, else the embedded default."""
-    return resolve_model(os.environ.get("PDSERVE_MODEL", ""), "")[0]
-
-
-def peer_bin(venv: Path | None = None) -> Path:
-    """The peers' venv (created and filled from PyPI on first use); its bin/ directory."""
-    cache = Path(os.environ.get("PDSERVE_CACHE", Path.home() / ".cache" / "pdserve"))
-    venv = venv or cache / "peers"
-    stamp = venv / ".pdserve-peers"
-    if not stamp.is_file() or stamp.read_text() != " ".join(PEERS):
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *PEERS], check=True)
-        stamp.write_text(" ".join(PEERS))
-    return venv / "bin"
-
-
 @dataclass(frozen=True)
 class Load:
     items: Sequence[Item]
@@ -167,55 +136,16 @@ class Load:
     concurrency: int = 1
 
 
-def run_one(name: str, contender: Contender, fleet: Fleet, load: Load, out: Path) -> tuple[list[Timing], float]:
+def run_one(name: str, contender: Contender, fleet: SimFleetSpec, load: Load, out: Path) -> tuple[list[Timing], float]:
     with Procs(out / "logs" / name) as procs:
         url = contender(procs, fleet)
         drive_ = drive(url, MODEL, load.items, load.rate, load.concurrency, seed=1, progress=sys.stderr.isatty())
         return asyncio.run(drive_)
 
 
-def _machine() -> str:
-    return f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
-
-
-def _table(rows: dict[str, dict[str, Any]], cols: Sequence[tuple[str, str, float]]) -> str:
-    """Markdown: one row per run; ``cols`` = (header, summary key, scale)."""
-    head = "| run | " + " | ".join(h for h, _, _ in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
-    for name, s in rows.items():
-        cells = [f"{s[k] * scale:.3g}" if isinstance(s[k], float) else str(s[k]) for _, k, scale in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-LATENCY_COLS = (
-    ("TTFT p50 ms", "ttft_p50_s", 1000.0),
-    ("TTFT p90 ms", "ttft_p90_s", 1000.0),
-    ("TTFT p99 ms", "ttft_p99_s", 1000.0),
-    ("ITL p50 ms", "itl_p50_s", 1000.0),
-    ("ITL p99 ms", "itl_p99_s", 1000.0),
-    ("e2e p50 ms", "e2e_p50_s", 1000.0),
-    ("e2e p99 ms", "e2e_p99_s", 1000.0),
-    ("out tok/s", "output_tok_s", 1.0),
-    ("goodput req/s", "goodput_req_s", 1.0),
-    ("cached %", "cached_ratio", 100.0),
-    ("errors", "errors", 1.0),
-)
-
-
-def finish(out: Path, kind: str, args: argparse.Namespace, runs: dict[str, list[Timing]], summaries: dict) -> None:
-    table = _table(summaries, LATENCY_COLS)
-    meta = {"kind": kind, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "command": sys.argv}
-    data = {**meta, "args": vars(args), "summaries": summaries, "requests": {n: raw(t) for n, t in runs.items()}}
-    write_json(out / f"{kind}.json", data)
-    plot(out / f"{kind}.png", runs, summaries, f"pdserve bench compare {kind}")
-    (out / f"{kind}.md").write_text(table + "\n")
-    print(f"\n{meta['machine']}, {meta['date']}\n\n{table}\n")
-
-
 def placement(args: argparse.Namespace) -> int:
     profile = {"profile": args.profile, "kv_capacity_tokens": str(args.kv_tokens), "slow_factor": str(args.slow)}
-    fleet = Fleet(args.workers, profile, max_model_len=32768 if args.trace else 8192)
+    fleet = SimFleetSpec(args.workers, profile, max_model_len=32768 if args.trace else 8192)
     if args.trace is not None:  # a Mooncake trace keeps its own arrival times
         items = workloads.trace(args.trace, args.trace_requests, args.scale, args.time_scale, args.output_tokens)
     else:
@@ -246,10 +176,10 @@ def placement(args: argparse.Namespace) -> int:
 
 
 def overhead(args: argparse.Namespace) -> int:
-    fleet = Fleet(args.workers, {"profile": "zero"})
+    fleet = SimFleetSpec(args.workers, {"profile": "zero"})
     rng = random.Random(args.seed)
     items = workloads.random_lengths(rng, args.requests, (48, 64), (args.output_tokens, args.output_tokens))
-    direct: Contender = lambda procs, f: _facades(procs, Fleet(1, f.engine_args))[0][0]  # noqa: E731
+    direct: Contender = lambda procs, f: _facades(procs, SimFleetSpec(1, f.engine_args))[0][0]  # noqa: E731
     contenders: dict[str, Contender] = {
         "direct (no router)": direct,
         "pdserve prefix-aware": pdserve("prefix-aware"),
@@ -274,13 +204,13 @@ def overhead(args: argparse.Namespace) -> int:
         ("req/s", "req_s", 1.0),
         ("errors", "errors", 1.0),
     )
-    print(_table(summaries, cols))
-    (args.out / "overhead-added.md").write_text(_table(summaries, cols) + "\n")
+    print(table(summaries, cols))
+    (args.out / "overhead-added.md").write_text(table(summaries, cols) + "\n")
     return 0
 
 
 def disagg(args: argparse.Namespace) -> int:
-    fleet = Fleet(args.workers, {"profile": args.profile, "slow_factor": str(args.slow)}, max_model_len=16384)
+    fleet = SimFleetSpec(args.workers, {"profile": args.profile, "slow_factor": str(args.slow)}, max_model_len=16384)
     contenders = {"P/D 2+2": pdserve("prefix-aware", prefill=args.workers // 2), "colocated": pdserve("prefix-aware")}
     runs, summaries = {}, {}
     for rate in [float(r) for r in args.rates.split(",")]:
@@ -293,14 +223,6 @@ def disagg(args: argparse.Namespace) -> int:
             runs[key], summaries[key] = timings, summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
     finish(args.out, "disagg", args, runs, summaries)
     return 0
-
-
-def output_and_slo(p: argparse.ArgumentParser, output_tokens: int, slo_ttft: float, slo_tpot: float) -> None:
-    # Per comparison, not in the shared parent: argparse parents share their Action
-    # objects, so one subcommand's set_defaults would change every other's default.
-    p.add_argument("--output-tokens", type=int, default=output_tokens, help="output tokens per request")
-    p.add_argument("--slo-ttft", type=float, default=slo_ttft, help="TTFT SLO, seconds")
-    p.add_argument("--slo-tpot", type=float, default=slo_tpot, help="time per output token SLO, seconds")
 
 
 def add_parser(sub: Any) -> None:
@@ -343,6 +265,4 @@ def add_parser(sub: Any) -> None:
     output_and_slo(p3, output_tokens=64, slo_ttft=1.0, slo_tpot=0.010)  # TPOT: 2x the profile's 5 ms step
     p3.set_defaults(run=disagg)
 
-    from pdserve.bench import real  # real engines: a module of its own
-
-    real.add_parser(kinds, common, int_range, output_and_slo)
+    real.add_parser(kinds, common)

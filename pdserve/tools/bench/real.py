@@ -31,12 +31,16 @@ from typing import Any
 
 import psutil
 
-from pdserve.bench import workloads
-from pdserve.bench.client import Timing
-from pdserve.bench.procs import Procs, free_ports, python
-from pdserve.bench.report import Slo, summarize
-from pdserve.bench.run import drive
-from pdserve.local import child_env
+from pdserve.tools.bench import workloads
+from pdserve.tools.bench.client import Timing
+from pdserve.tools.bench.peers import peer_bin
+from pdserve.tools.bench.report import Slo, summarize
+from pdserve.tools.bench.results import finish, output_and_slo
+from pdserve.tools.bench.run import drive, int_range
+from pdserve.tools.model import model_from_env
+from pdserve.tools.ports import UpPorts, free_ports
+from pdserve.tools.procs import Procs, python
+from pdserve.tools.up import READY_LINE, child_env
 
 NAME = "smollm2-135m-instruct"
 # What `pdserve up` gives its engines on a CPU host; vllm serve gets the same.
@@ -44,15 +48,12 @@ ENGINE = {"dtype": "float32", "block-size": "128", "max-model-len": "2048"}
 
 
 def _pdserve(procs: Procs, model: Path) -> str:
-    (port,), (pport, dport, kv, metrics), (events,) = free_ports(1), free_ports(4, span=2), free_ports(1, span=4)
-    argv = python("pdserve", "up", "--model", str(model), "--served-model-name", NAME, "--port", str(port))
-    argv += ["--prefill-port", str(pport), "--decode-port", str(dport), "--kv-port-base", str(kv)]
-    argv += ["--kv-events-port-base", str(events), "--metrics-port-base", str(metrics)]
+    ports = UpPorts.free()
+    argv = python("pdserve", "up", "--model", str(model), "--served-model-name", NAME, *ports.up_args())
     procs.start("pdserve-up", argv)
-    url = f"http://127.0.0.1:{port}"
-    procs.wait_http(f"{url}/v1/models", timeout_s=900, ready=lambda r: bool(r.json()["data"]))
-    _wait_line(procs.log_dir / "pdserve-up.log", "pdserve is up", 300)
-    return url
+    procs.wait_http(f"{ports.url}/v1/models", timeout_s=900, ready=lambda r: bool(r.json()["data"]))
+    _wait_line(procs.log_dir / "pdserve-up.log", READY_LINE, 300)
+    return ports.url
 
 
 def _wait_line(log: Path, line: str, timeout_s: float) -> None:
@@ -112,9 +113,7 @@ def _vllm_router(procs: Procs, model: Path, peer_bin: Path) -> str:
 
 
 def real(args: argparse.Namespace) -> int:
-    from pdserve.bench.compare import finish, model_dir, peer_bin  # one results layout for every comparison
-
-    model = model_dir()
+    model = model_from_env()
     rng = random.Random(args.seed)
     items = workloads.random_lengths(rng, args.requests, args.prompt_tokens, (args.output_tokens,) * 2)
     warm = workloads.random_lengths(random.Random(-1), 2, (8, 8), (4, 4))  # NIXL handshakes, first compiles
@@ -135,9 +134,9 @@ def real(args: argparse.Namespace) -> int:
     return 0 if all(same) else 1
 
 
-def add_parser(kinds: Any, common: argparse.ArgumentParser, pair: Any, output_and_slo: Any) -> None:
+def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p = kinds.add_parser("real", parents=[common], help="pdserve vs vllm-router, P/D on real vLLM CPU engines")
     p.add_argument("--requests", type=int, default=8)
-    p.add_argument("--prompt-tokens", type=pair, default=(16, 1200))
+    p.add_argument("--prompt-tokens", type=int_range, default=(16, 1200))
     output_and_slo(p, output_tokens=32, slo_ttft=5.0, slo_tpot=0.5)
     p.set_defaults(run=real)

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from pdserve.bench import workloads
-from pdserve.bench.client import Timing, timed_completion
-from pdserve.bench.report import Slo, plot, raw, summarize, write_json
-from pdserve.bench.workloads import Item
+from pdserve.tools.bench import workloads
+from pdserve.tools.bench.client import Timing, timed_completion
+from pdserve.tools.bench.report import Slo, plot, raw, summarize, write_json
+from pdserve.tools.bench.workloads import Item
 
 
 def int_range(text: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Processes of a benchmark topology: start with a log file each, wait until ready, stop all.
+"""Processes of a benchmark or test topology: start with a log file each, wait until ready, stop all.
 
 Every process gets its own process group, so stopping it also stops whatever it
 started; ``Procs`` is a context manager that stops everything it started, in
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,34 +20,6 @@ from types import TracebackType
 import httpx
 
 from pdserve.lifetime import launch_env
-
-
-def free_port(span: int = 1) -> int:
-    """A free loopback port and the ``span - 1`` after it, below Linux's ephemeral range
-    (32768+), where vLLM's own ZMQ sockets take their random ports."""
-    while True:
-        port = random.randrange(20000, 32000)
-        if all(_bindable(port + i) for i in range(span)):
-            return port
-
-
-def free_ports(n: int, span: int = 1) -> list[int]:
-    """``n`` ports as ``free_port`` gives them, their spans not overlapping."""
-    out: list[int] = []
-    while len(out) < n:
-        port = free_port(span)
-        if all(abs(port - other) >= span for other in out):
-            out.append(port)
-    return out
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def python(module: str, *args: str) -> list[str]:

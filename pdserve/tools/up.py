@@ -6,7 +6,8 @@ one plain decode engine, no prefill worker — the baseline P/D is measured
 against), waits until the router answers, and on Ctrl-C / SIGTERM stops the
 router first, then the workers, each with SIGTERM so they drain; a second Ctrl-C /
 SIGTERM kills everything at once. Every port is checked before anything starts, and
-the children die with this process however it dies (``pdserve.lifetime``).
+the children die with this process however it dies (``pdserve.lifetime``). The
+ports come from ``pdserve.tools.ports.UpPorts``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 from pdserve.config import resolve_model
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent, kill_descendants, launch_env
+from pdserve.tools.model import model_or_default
+from pdserve.tools.ports import UpPorts
 
 log = logging.getLogger("pdserve.up")
 
@@ -33,45 +36,19 @@ STOP_TIMEOUT_S = 40.0
 READY_LINE = "pdserve is up"  # printed once the cluster serves; scripts and tests wait for it
 
 
-@dataclass(frozen=True)
-class UpConfig:
+@dataclass(frozen=True, kw_only=True)
+class UpConfig(UpPorts):
+    """What ``pdserve up`` runs: its port layout plus the model and extra flags."""
+
     model: str
     served_model_name: str
-    host: str
-    port: int
-    prefill_port: int
-    decode_port: int
-    kv_port_base: int
-    metrics_port_base: int
-    colocated: bool
-    ready_timeout_s: float
-    worker_args: tuple[str, ...]
-    prefill_workers: int = 1
-    kv_events_port_base: int = 5557
+    ready_timeout_s: float = 600.0
+    worker_args: tuple[str, ...] = ()
     state_url: str = ""  # "" = the router's in-process store, static worker lists
     router_args: tuple[str, ...] = ()
 
-    def prefill_port_of(self, i: int) -> int:
-        return self.prefill_port + 2 * i  # the decode worker keeps prefill_port + 1
 
-    def prefill_addrs(self) -> list[str]:
-        return [f"127.0.0.1:{self.prefill_port_of(i)}" for i in range(self.prefill_workers)]
-
-    def ports(self) -> list[tuple[str, str, int]]:
-        """Every ``(what, host, port)`` the cluster binds, as ``commands`` hands them out."""
-        lo, events = "127.0.0.1", self.kv_events_port_base
-        out = [("router HTTP (--port)", self.host, self.port), ("decode gRPC (--decode-port)", lo, self.decode_port)]
-        out += [("decode metrics", lo, self.metrics_port_base + 1)]
-        out += [("decode KV events", "", events + 2), ("decode KV events replay", "", events + 3)]
-        if not self.colocated:
-            out.append(("decode NIXL side channel", lo, self.kv_port_base + 1))
-        for i in range(self.prefill_workers):
-            name, ev = f"prefill worker {i}", events + 4 * i
-            out += [(f"{name} gRPC", lo, self.prefill_port_of(i))]
-            out += [(f"{name} metrics", lo, self.metrics_port_base + 2 * i)]
-            out += [(f"{name} NIXL side channel", lo, self.kv_port_base + 2 * i)]
-            out += [(f"{name} KV events", "", ev), (f"{name} KV events replay", "", ev + 1)]
-        return out
+_DEFAULT = UpPorts()
 
 
 def add_up_parser(sub: Any) -> None:
@@ -82,28 +59,31 @@ def add_up_parser(sub: Any) -> None:
         help="HF model directory (default: the embedded SmolLM2-135M-Instruct) [PDSERVE_MODEL]",
     )
     p.add_argument("--served-model-name", default="", help="name clients use for the model")
-    p.add_argument("--host", default="127.0.0.1", help="router listen address")
+    p.add_argument("--host", default=_DEFAULT.host, help="router listen address")
     p.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("PDSERVE_ROUTER_PORT", "8000")),
+        default=int(os.environ.get("PDSERVE_ROUTER_PORT", str(_DEFAULT.port))),
         help="router HTTP port [PDSERVE_ROUTER_PORT]",
     )
-    p.add_argument("--prefill-workers", type=int, default=1, help="number of prefill workers")
+    p.add_argument("--prefill-workers", type=int, default=_DEFAULT.prefill_workers, help="number of prefill workers")
     p.add_argument(
-        "--prefill-port", type=int, default=50051, help="gRPC port of prefill worker 0 (worker i: port + 2i)"
+        "--prefill-port",
+        type=int,
+        default=_DEFAULT.prefill_port,
+        help="gRPC port of prefill worker 0 (worker i: port + 2i)",
     )
-    p.add_argument("--decode-port", type=int, default=50052, help="decode worker gRPC port")
+    p.add_argument("--decode-port", type=int, default=_DEFAULT.decode_port, help="decode worker gRPC port")
     p.add_argument(
         "--kv-port-base",
         type=int,
-        default=5600,
+        default=_DEFAULT.kv_port_base,
         help="NIXL side-channel ports: decode base+1, prefill worker i base+2i",
     )
     p.add_argument(
         "--kv-events-port-base",
         type=int,
-        default=5557,
+        default=_DEFAULT.kv_events_port_base,
         help="KV event ports (each + replay on the next): decode base+2, prefill worker i base+4i",
     )
     p.add_argument(
@@ -121,7 +101,7 @@ def add_up_parser(sub: Any) -> None:
     p.add_argument(
         "--metrics-port-base",
         type=int,
-        default=9100,
+        default=_DEFAULT.metrics_port_base,
         help="worker /metrics ports: decode base+1, prefill worker i base+2i (the router's is on --port)",
     )
     p.add_argument(
@@ -141,21 +121,21 @@ def add_up_parser(sub: Any) -> None:
 
 
 def _config(a: argparse.Namespace) -> UpConfig:
-    model_dir, served = resolve_model(a.model, a.served_model_name)  # convert once, before the children
+    model_dir, served = resolve_model(*model_or_default(a.model, a.served_model_name))  # converts before the children
     return UpConfig(
-        str(model_dir),
-        served,
-        a.host,
-        a.port,
-        a.prefill_port,
-        a.decode_port,
-        a.kv_port_base,
-        a.metrics_port_base,
-        a.colocated,
-        a.ready_timeout,
-        tuple(a.worker_arg),
-        prefill_workers=0 if a.colocated else a.prefill_workers,
+        model=str(model_dir),
+        served_model_name=served,
+        host=a.host,
+        port=a.port,
+        prefill_port=a.prefill_port,
+        decode_port=a.decode_port,
+        kv_port_base=a.kv_port_base,
+        metrics_port_base=a.metrics_port_base,
         kv_events_port_base=a.kv_events_port_base,
+        colocated=a.colocated,
+        prefill_workers=0 if a.colocated else a.prefill_workers,
+        ready_timeout_s=a.ready_timeout,
+        worker_args=tuple(a.worker_arg),
         state_url=a.state_url,
         router_args=tuple(a.router_arg),
     )
@@ -193,44 +173,15 @@ def commands(cfg: UpConfig) -> list[tuple[str, list[str]]]:
     shared = ["--model", cfg.model, "--served-model-name", cfg.served_model_name]
     if cfg.state_url:
         shared += ["--state-url", cfg.state_url]
-    decode = [
-        *py,
-        "decode_worker",
-        *shared,
-        "--port",
-        str(cfg.decode_port),
-        "--kv-port",
-        str(cfg.kv_port_base + 1),
-        "--kv-events-port",
-        str(cfg.kv_events_port_base + 2),
-        "--metrics-port",
-        str(cfg.metrics_port_base + 1),
-        *cfg.worker_args,
-    ]
+    decode = [*py, "decode_worker", *shared, *cfg.decode().flags(), *cfg.worker_args]
     if cfg.colocated:
         decode += ["--kv-connector", "none"]
     prefills = [
-        (
-            f"prefill{i}" if i else "prefill",
-            [
-                *py,
-                "prefill_worker",
-                *shared,
-                "--port",
-                str(cfg.prefill_port_of(i)),
-                "--kv-port",
-                str(cfg.kv_port_base + 2 * i),
-                "--kv-events-port",
-                str(cfg.kv_events_port_base + 4 * i),
-                "--metrics-port",
-                str(cfg.metrics_port_base + 2 * i),
-                *cfg.worker_args,
-            ],
-        )
+        (f"prefill{i}" if i else "prefill", [*py, "prefill_worker", *shared, *cfg.prefill(i).flags(), *cfg.worker_args])
         for i in range(cfg.prefill_workers)
     ]
     router = [*py, "router", "--model", cfg.model, "--host", cfg.host, "--port", str(cfg.port)]
-    router += ["--decode", f"127.0.0.1:{cfg.decode_port}"]
+    router += ["--decode", cfg.decode_addr]
     router += [f"--prefill={a}" for a in cfg.prefill_addrs()]
     if cfg.state_url:
         router += ["--state-url", cfg.state_url]
@@ -258,12 +209,12 @@ def up(cfg: UpConfig) -> int:
     env = launch_env(child_env())
     # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
     procs += [(name, subprocess.Popen(cmd, env=env, start_new_session=True)) for name, cmd in commands(cfg)]
-    url = f"http://{cfg.host}:{cfg.port}"
+    url = cfg.url
     try:
         if not _wait_ready(url, procs, stop, cfg.ready_timeout_s):
             return 1
         for prefill in cfg.prefill_addrs():
-            _warm_up(prefill, f"127.0.0.1:{cfg.decode_port}")
+            _warm_up(prefill, cfg.decode_addr)
         print(
             f"\npdserve is up: OpenAI API at {url}/v1 (model {cfg.served_model_name!r}). Ctrl-C stops it.\n", flush=True
         )

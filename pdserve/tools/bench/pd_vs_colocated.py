@@ -22,9 +22,10 @@ from typing import Any
 
 import httpx
 
-from pdserve.bench.client import Timing, percentile, random_prompt, timed_completion
 from pdserve.config import resolve_model
-from pdserve.local import READY_LINE
+from pdserve.tools.bench.client import Timing, percentile, random_prompt, timed_completion
+from pdserve.tools.model import model_or_default
+from pdserve.tools.up import READY_LINE
 
 
 def add_parser(sub: Any) -> None:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_mode(mode: str, args: argparse.Namespace, lengths: list[int]) -> dict[str, Any]:
-    model_dir, _ = resolve_model(args.model, "")
+    model_dir, _ = resolve_model(*model_or_default(args.model, ""))
     vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
     cmd = [sys.executable, "-m", "pdserve", "up", "--port", str(args.port), "--model", str(model_dir)]
     cmd += ["--colocated"] if mode == "colocated" else []

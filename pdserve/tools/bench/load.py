@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from pdserve.bench.client import Timing, random_prompt, timed_completion
-from pdserve.bench.report import Slo, summarize
-from pdserve.bench.run import int_range
+from pdserve.tools.bench.client import Timing, random_prompt, timed_completion
+from pdserve.tools.bench.report import Slo, summarize
+from pdserve.tools.bench.run import int_range
 
 
 def add_parser(sub: Any) -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.bench.client import Timing, percentile
+from pdserve.tools.bench.client import Timing, percentile
 
 
 @dataclass(frozen=True)
