@@ -38,6 +38,7 @@ from pdserve.lifetime import die_with_parent
 from pdserve.tools.model import model_or_default
 from pdserve.types import RequestId
 from router.api import render
+from router.request import Chunk
 from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,14 @@ def _error(status: int, message: str) -> JSONResponse:
 
 async def _chunks(
     deltas: AsyncIterator[TokenDelta], tok: Tokenizer | TokenIdsOnly, prompt: list[int]
-) -> AsyncGenerator[render.Chunk, None]:
+) -> AsyncGenerator[Chunk, None]:
     """The engine's deltas as the router's chunks (text decoded incrementally)."""
     decoder = tok.stream_decoder(prompt)
     async with contextlib.aclosing(deltas):  # type: ignore[type-var]  # a client that leaves aborts it
         async for delta in deltas:
             text = "".join(decoder.step(t) for t in delta.token_ids)
             finish = delta.finish_reason.value if delta.finish_reason else None
-            yield render.Chunk(text, delta.completion_tokens, finish, delta.cached_tokens, delta.token_ids)
+            yield Chunk(text, delta.completion_tokens, finish, delta.cached_tokens, delta.token_ids)
 
 
 def create_app(engine: SimDecodeEngine, tok: Tokenizer | TokenIdsOnly, model: str, lifespan: Any = None) -> FastAPI:
@@ -174,7 +175,7 @@ def create_app(engine: SimDecodeEngine, tok: Tokenizer | TokenIdsOnly, model: st
     return app
 
 
-async def _guarded(events: AsyncIterator[bytes], chunks: AsyncGenerator[render.Chunk, None]) -> AsyncIterator[bytes]:
+async def _guarded(events: AsyncIterator[bytes], chunks: AsyncGenerator[Chunk, None]) -> AsyncIterator[bytes]:
     """Once streaming has started the status is sent: an engine error goes in-stream.
     A client that leaves closes this, and so the engine request, at once."""
     try:
