@@ -23,12 +23,13 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 FLAG = "pdserve.flag"
 GROUP = "pdserve.group"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,18 @@ def _specs(
         yield _Spec(path, spec, hints[f.name], defaults.get(path, default), title)
 
 
+def _checked_specs(cls: type, defaults: Mapping[str, Any] | None) -> list[_Spec]:
+    specs = list(_specs(cls, defaults or {}))
+    unknown = set(defaults or {}) - {s.path for s in specs}
+    if unknown:  # a misspelt role default would silently not apply
+        raise TypeError(f"flags: defaults for fields that are not flags of {cls.__name__}: {sorted(unknown)}")
+    return specs
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: Mapping[str, Any] | None = None) -> None:
     """Add one option per flag field of ``cls`` (groups become argument groups)."""
     groups: dict[str, Any] = {"": parser}
-    for s in _specs(cls, defaults or {}):
+    for s in _checked_specs(cls, defaults):
         if s.title not in groups:
             groups[s.title] = parser.add_argument_group(s.title)
         kw: dict[str, Any] = {"dest": s.dest, "default": None, "help": _help(s)}
@@ -124,9 +133,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: Mapping[str,
         groups[s.title].add_argument(s.option, **kw)
 
 
-def build(cls: type, ns: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> Any:
+def build(cls: type[T], ns: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> T:
     """The dataclass ``cls`` from parsed flags, their environment fallbacks and defaults."""
-    values = {s.path: _value(s, getattr(ns, s.dest, None)) for s in _specs(cls, defaults or {})}
+    values = {s.path: _value(s, getattr(ns, s.dest, None)) for s in _checked_specs(cls, defaults)}
     return _construct(cls, values, "")
 
 

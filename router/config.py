@@ -195,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
 
 def from_args(argv: list[str] | None = None) -> RouterConfig:
     """The config from flags and env; ``ValueError`` naming the field when a value is bad."""
-    cfg: RouterConfig = build(RouterConfig, parser().parse_args(argv)).with_secrets()
+    cfg = build(RouterConfig, parser().parse_args(argv)).with_secrets()
     # A prefill RPC gets its own deadline, never longer than the whole request's.
     prefill_s = min(Timeouts().prefill_s, cfg.timeouts.request_s)
     return dataclasses.replace(cfg, timeouts=dataclasses.replace(cfg.timeouts, prefill_s=prefill_s))

@@ -154,7 +154,7 @@ def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int, defa
 
 def engine_config_from_args(args: argparse.Namespace, model_dir: Path, rest: list[str] | None = None) -> EngineConfig:
     args.model = str(model_dir)
-    cfg: EngineConfig = build(EngineConfig, args, getattr(args, "engine_flag_defaults", {}))
+    cfg = build(EngineConfig, args, getattr(args, "engine_flag_defaults", {}))
     return with_passthrough(cfg, rest or [])
 
 

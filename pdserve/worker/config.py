@@ -80,7 +80,7 @@ def worker_parser(role: WorkerRole) -> argparse.ArgumentParser:
 def worker_config(role: WorkerRole, argv: list[str] | None = None) -> WorkerConfig:
     """The config from flags and env; ``ValueError`` naming the field when a value is bad."""
     args, rest = worker_parser(role).parse_known_args(argv)  # the rest are vLLM engine flags
-    cfg: WorkerConfig = build(WorkerConfig, args, role.defaults())
+    cfg = build(WorkerConfig, args, role.defaults())
     return dataclasses.replace(
         cfg,
         server=dataclasses.replace(cfg.server.with_secrets(), service_name=role.service_name),

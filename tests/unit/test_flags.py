@@ -46,7 +46,7 @@ class Outer:
 def parse(argv: list[str], defaults: dict | None = None) -> Outer:
     p = argparse.ArgumentParser(prog="t")
     add_flags(p, Outer, defaults)
-    return build(Outer, p.parse_args(argv), defaults)  # type: ignore[no-any-return]
+    return build(Outer, p.parse_args(argv), defaults)
 
 
 def help_text(defaults: dict | None = None) -> str:
@@ -152,3 +152,8 @@ def test_optional_values_take_empty_as_unset(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_a_field_without_a_flag_is_not_an_option() -> None:
     assert "--derived" not in help_text() and "--hidden" not in help_text()
+
+
+def test_a_default_for_a_field_that_is_no_flag_is_a_programming_error() -> None:
+    with pytest.raises(TypeError, match=r"inner\.prot"):
+        parse(["--name", "x"], {"inner.prot": 1})
