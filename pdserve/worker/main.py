@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
 from pdserve.config import run_async, setup_logging
 from pdserve.engine.base import DecodeEngine, PrefillEngine
+from pdserve.engine.config import EngineConfig
 from pdserve.lifetime import check_ports_free, die_with_parent
-from pdserve.worker.config import WorkerConfig, WorkerRole, worker_config, worker_parser
+from pdserve.worker.config import WorkerRole, worker_config, worker_parser
 from pdserve.worker.errors import ErrorHook
 from pdserve.worker.metrics import WorkerMetrics
 from pdserve.worker.server import RpcGate, run_worker
@@ -24,7 +25,7 @@ Registrar = Callable[[grpc.aio.Server], None]
 
 def worker_main(
     role: WorkerRole,
-    make_engine: Callable[[Any], E],
+    make_engine: Callable[[EngineConfig], E],
     make_servicer: Callable[[E, RpcGate, ErrorHook], Registrar],
     argv: list[str] | None = None,
 ) -> int:
@@ -49,6 +50,3 @@ def worker_main(
     except ValueError as exc:
         log.error("cannot start: %s", exc)
         return 2
-
-
-__all__ = ["WorkerConfig", "worker_main"]
