@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from decode_worker import config
+from decode_worker.config import ROLE
 from decode_worker.servicer import DecodeServicer, register
 from pdserve.engine import make_decode_engine
-from pdserve.rpc.metrics import WorkerMetrics
-from pdserve.rpc.server import Admission, run_worker
-from pdserve.rpc.worker_main import worker_main
-from pdserve.worker_config import WorkerConfig
-
-
-async def serve(cfg: WorkerConfig) -> int:
-    engine = make_decode_engine(cfg.engine)
-    admission = Admission()
-    metrics = WorkerMetrics("decode", cfg.engine.served_model_name)
-    servicer = DecodeServicer(engine, admission, metrics.error)
-    return await run_worker(engine, admission, register(servicer), cfg.server, metrics, cfg.registration)
+from pdserve.worker.main import worker_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return worker_main(config.from_args(argv), serve)
+    return worker_main(
+        ROLE, make_decode_engine, lambda e, gate, on_error: register(DecodeServicer(e, gate, on_error)), argv
+    )
 
 
 if __name__ == "__main__":  # vLLM's engine core uses multiprocessing: the guard is required

@@ -1,13 +1,13 @@
-"""Decode worker configuration, built once from flags (with PDSERVE_* env fallbacks)."""
+"""The decode role's defaults; the flags themselves are ``pdserve.worker.config``'s."""
 
 from __future__ import annotations
 
 import argparse
 
-from pdserve.worker_config import WorkerConfig, WorkerDefaults, worker_config, worker_parser
+from pdserve.worker.config import WorkerConfig, WorkerRole, worker_config, worker_parser
 
-DEFAULTS = WorkerDefaults(
-    prog="pdserve decode",
+ROLE = WorkerRole(
+    name="decode",
     description="Run a decode worker (gRPC DecodeWorker).",
     service_name="pdserve.v1.DecodeWorker",
     port=50052,
@@ -18,8 +18,8 @@ DEFAULTS = WorkerDefaults(
 
 
 def parser() -> argparse.ArgumentParser:
-    return worker_parser(DEFAULTS)
+    return worker_parser(ROLE)
 
 
 def from_args(argv: list[str] | None = None) -> WorkerConfig:
-    return worker_config(DEFAULTS, argv)
+    return worker_config(ROLE, argv)

@@ -7,18 +7,19 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from pdserve.engine.base import DecodeEngine
-from pdserve.rpc import convert, errors
-from pdserve.rpc.errors import ErrorHook
-from pdserve.rpc.server import Admission
+from pdserve.rpc import convert
 from pdserve.types import RequestId
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
+from pdserve.worker import errors
+from pdserve.worker.errors import ErrorHook
+from pdserve.worker.server import RpcGate
 
 
 class DecodeServicer(pb_grpc.DecodeWorkerServicer):
-    def __init__(self, engine: DecodeEngine, admission: Admission, on_error: ErrorHook | None = None) -> None:
+    def __init__(self, engine: DecodeEngine, gate: RpcGate, on_error: ErrorHook | None = None) -> None:
         self._engine = engine
-        self._admission = admission
+        self._gate = gate
         self._on_error = on_error
 
     async def Decode(
@@ -29,7 +30,7 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
             yield chunk
 
     async def _decode(self, request: pb.DecodeRequest) -> AsyncIterator[pb.DecodeChunk]:
-        with self._admission.admit():
+        with self._gate.admit():
             deltas = self._engine.decode(
                 RequestId(request.request_id),
                 list(request.prompt_token_ids),
@@ -59,7 +60,7 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
 
     async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
         async def call() -> pb.WorkerLoad:
-            return convert.load_to_pb(await self._engine.load(), self._admission.inflight)
+            return convert.load_to_pb(await self._engine.load(), self._gate.inflight)
 
         return await errors.unary(context, call, self._on_error)
 

@@ -1,13 +1,13 @@
-"""Prefill worker configuration, built once from flags (with PDSERVE_* env fallbacks)."""
+"""The prefill role's defaults; the flags themselves are ``pdserve.worker.config``'s."""
 
 from __future__ import annotations
 
 import argparse
 
-from pdserve.worker_config import WorkerConfig, WorkerDefaults, worker_config, worker_parser
+from pdserve.worker.config import WorkerConfig, WorkerRole, worker_config, worker_parser
 
-DEFAULTS = WorkerDefaults(
-    prog="pdserve prefill",
+ROLE = WorkerRole(
+    name="prefill",
     description="Run a prefill worker (gRPC PrefillWorker).",
     service_name="pdserve.v1.PrefillWorker",
     port=50051,
@@ -18,8 +18,8 @@ DEFAULTS = WorkerDefaults(
 
 
 def parser() -> argparse.ArgumentParser:
-    return worker_parser(DEFAULTS)
+    return worker_parser(ROLE)
 
 
 def from_args(argv: list[str] | None = None) -> WorkerConfig:
-    return worker_config(DEFAULTS, argv)
+    return worker_config(ROLE, argv)

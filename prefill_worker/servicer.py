@@ -7,23 +7,24 @@ from collections.abc import Callable
 import grpc
 
 from pdserve.engine.base import PrefillEngine
-from pdserve.rpc import convert, errors
-from pdserve.rpc.errors import ErrorHook
-from pdserve.rpc.server import Admission
+from pdserve.rpc import convert
 from pdserve.types import RequestId
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
+from pdserve.worker import errors
+from pdserve.worker.errors import ErrorHook
+from pdserve.worker.server import RpcGate
 
 
 class PrefillServicer(pb_grpc.PrefillWorkerServicer):
-    def __init__(self, engine: PrefillEngine, admission: Admission, on_error: ErrorHook | None = None) -> None:
+    def __init__(self, engine: PrefillEngine, gate: RpcGate, on_error: ErrorHook | None = None) -> None:
         self._engine = engine
-        self._admission = admission
+        self._gate = gate
         self._on_error = on_error
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
         async def call() -> pb.PrefillResponse:
-            with self._admission.admit():
+            with self._gate.admit():
                 result = await self._engine.prefill(
                     RequestId(request.request_id),
                     list(request.prompt_token_ids),
@@ -45,7 +46,7 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
 
     async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
         async def call() -> pb.WorkerLoad:
-            return convert.load_to_pb(await self._engine.load(), self._admission.inflight)
+            return convert.load_to_pb(await self._engine.load(), self._gate.inflight)
 
         return await errors.unary(context, call, self._on_error)
 

@@ -76,7 +76,10 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config.from_args(argv)
+    try:
+        cfg = config.from_args(argv)
+    except ValueError as exc:
+        config.parser().error(str(exc))  # "pdserve router: error: field (--flag): why", exit code 2
     setup_logging(cfg.log_level)
     die_with_parent()
     try:

@@ -3,37 +3,94 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pdserve.config import model_path
+from pdserve.flags import add_flags, build, flag
+
 KV_CONNECTORS = {"nixl", "none"}
+GIB = 1 << 30
+
+
+def _gib(raw: str) -> int:
+    return int(float(raw) * GIB)
+
+
+def _show_gib(value: int) -> str:
+    return f"{value / GIB:g}"
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str  # HF model directory
-    served_model_name: str
-    engine: str = "vllm"
-    block_size: int = 128  # must match what the router hashes with; CPU needs a multiple of 32
-    max_model_len: int = 2048
-    dtype: str = "auto"
-    kv_cache_bytes: int = 1 << 30
-    enforce_eager: bool = True
-    kv_connector: str = "nixl"  # "none": a plain engine (colocated baseline, decode-only)
-    kv_host: str = "127.0.0.1"  # NIXL side channel host the peer connects to
-    kv_port: int = 5600  # NIXL side channel port, one per engine
-    kv_events_port: int = 0  # KV event publisher (ZMQ PUB); replay on the next port; 0 = off
-    # Seconds a prefill engine keeps finished prompts' KV blocks for a decode side that
-    # never pulls them; None = the vLLM release's default. Set the same value on both
-    # roles: the decode side's heartbeat interval (lease / 6) must stay below the
-    # prefill side's extension per heartbeat (lease * 2/3).
-    kv_lease_s: int | None = None
-    engine_args: dict[str, Any] = field(default_factory=dict)  # passed to vLLM unchanged
+    """Both worker roles' engine; each field is also its flag (``pdserve.flags``)."""
+
+    model: str = flag(env="PDSERVE_MODEL", parse=model_path, help="HF model directory")
+    served_model_name: str = flag(
+        "", env="PDSERVE_SERVED_MODEL_NAME", help="model name clients use (none: the model directory's name)"
+    )
+    engine: str = flag("vllm", env="PDSERVE_ENGINE", help="engine implementation")
+    # Must match what the router hashes with; CPU needs a multiple of 32.
+    block_size: int = flag(128, env="PDSERVE_BLOCK_SIZE", help="KV block size in tokens")
+    max_model_len: int = flag(2048, env="PDSERVE_MAX_MODEL_LEN", help="context length")
+    dtype: str = flag("auto", env="PDSERVE_DTYPE", help="weights/activation dtype")
+    kv_cache_bytes: int = flag(
+        1 << 30,
+        name="--kv-cache-gib",
+        env="PDSERVE_KV_CACHE_GIB",
+        parse=_gib,
+        fmt=_show_gib,
+        help="KV cache size in GiB",
+    )
+    enforce_eager: bool = flag(
+        True,
+        name="--no-enforce-eager",
+        env="PDSERVE_ENFORCE_EAGER",
+        negate=True,
+        help="allow torch.compile / CUDA graphs",
+    )
+    kv_connector: str = flag(
+        "nixl",
+        env="PDSERVE_KV_CONNECTOR",
+        choices=tuple(sorted(KV_CONNECTORS)),
+        help="KV transfer connector; none = a plain engine that prefills locally",
+    )
+    kv_host: str = flag(
+        "127.0.0.1", env="PDSERVE_KV_HOST", help="address peers reach this engine's NIXL side channel on"
+    )
+    kv_port: int = flag(5600, env="PDSERVE_KV_PORT", help="NIXL side-channel port, one per engine")
+    kv_events_port: int = flag(
+        0,
+        env="PDSERVE_KV_EVENTS_PORT",
+        help="publish KV cache events (vLLM's ZMQ format) on this port, replay on the next; 0 = off",
+    )
+    # Set the same value on both roles: the decode side's heartbeat interval (lease / 6)
+    # must stay below the prefill side's extension per heartbeat (lease * 2/3).
+    kv_lease_s: int | None = flag(
+        None,
+        env="PDSERVE_KV_LEASE_S",
+        help="seconds a prefill engine holds the KV blocks of a finished prompt that no decode side has "
+        "pulled, then frees them (NixlConnector's lease; a waiting decode side's heartbeats extend it). "
+        "none: the vLLM release's own (30 s in vLLM 0.32; 480 s in releases that read "
+        "VLLM_NIXL_ABORT_REQUEST_TIMEOUT). Give both roles the same value",
+    )
+    engine_args: dict[str, Any] = flag(
+        default_factory=dict,
+        name="--engine-arg",
+        repeat=True,
+        parse=lambda items: dict(parse_engine_arg(i) for i in items),
+        metavar="KEY=VALUE",
+        help="extra vLLM engine argument, VALUE parsed as JSON when it can be "
+        "(e.g. load_format=dummy, gpu_memory_utilization=0.8); repeatable; unknown flags in vLLM's "
+        "own spelling (--load-format dummy) land here too",
+    )
 
     def __post_init__(self) -> None:
+        if not self.served_model_name:  # frozen: the one place this field is completed
+            object.__setattr__(self, "served_model_name", Path(self.model).name)
         if self.block_size < 1:
             raise ValueError("block_size must be >= 1")
         if self.max_model_len < 2:
@@ -55,96 +112,6 @@ class EngineConfig:
         if not self.kv_events_port:
             return "", ""
         return f"tcp://{self.kv_host}:{self.kv_events_port}", f"tcp://{self.kv_host}:{self.kv_events_port + 1}"
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int, default_events_port: int) -> None:
-    """Engine flags of both worker CLIs; each falls back to a PDSERVE_* variable."""
-    g = parser.add_argument_group("engine")
-    g.add_argument(
-        "--model",
-        default=_env("PDSERVE_MODEL", ""),
-        help="HF model directory (default: the embedded SmolLM2-135M-Instruct) [PDSERVE_MODEL]",
-    )
-    g.add_argument(
-        "--served-model-name",
-        default=_env("PDSERVE_SERVED_MODEL_NAME", ""),
-        help="model name clients use (default: the directory name) [PDSERVE_SERVED_MODEL_NAME]",
-    )
-    g.add_argument("--engine", default=_env("PDSERVE_ENGINE", "vllm"), help="engine implementation [PDSERVE_ENGINE]")
-    g.add_argument(
-        "--block-size",
-        type=int,
-        default=int(_env("PDSERVE_BLOCK_SIZE", "128")),
-        help="KV block size in tokens [PDSERVE_BLOCK_SIZE]",
-    )
-    g.add_argument(
-        "--max-model-len",
-        type=int,
-        default=int(_env("PDSERVE_MAX_MODEL_LEN", "2048")),
-        help="context length [PDSERVE_MAX_MODEL_LEN]",
-    )
-    g.add_argument("--dtype", default=_env("PDSERVE_DTYPE", "auto"), help="weights/activation dtype [PDSERVE_DTYPE]")
-    g.add_argument(
-        "--kv-cache-gib",
-        type=float,
-        default=float(_env("PDSERVE_KV_CACHE_GIB", "1")),
-        help="KV cache size in GiB [PDSERVE_KV_CACHE_GIB]",
-    )
-    g.add_argument(
-        "--no-enforce-eager",
-        action="store_true",
-        default=_env("PDSERVE_ENFORCE_EAGER", "1") == "0",
-        help="allow torch.compile / CUDA graphs [PDSERVE_ENFORCE_EAGER=0]",
-    )
-    g.add_argument(
-        "--kv-connector",
-        default=_env("PDSERVE_KV_CONNECTOR", "nixl"),
-        choices=sorted(KV_CONNECTORS),
-        help="KV transfer connector; none = a plain engine that prefills locally [PDSERVE_KV_CONNECTOR]",
-    )
-    g.add_argument(
-        "--kv-host",
-        default=_env("PDSERVE_KV_HOST", "127.0.0.1"),
-        help="address peers reach this engine's NIXL side channel on [PDSERVE_KV_HOST]",
-    )
-    g.add_argument(
-        "--kv-port",
-        type=int,
-        default=int(_env("PDSERVE_KV_PORT", str(default_kv_port))),
-        help="NIXL side-channel port [PDSERVE_KV_PORT]",
-    )
-    g.add_argument(
-        "--kv-events-port",
-        type=int,
-        default=int(_env("PDSERVE_KV_EVENTS_PORT", str(default_events_port))),
-        help="publish KV cache events (vLLM's ZMQ format) on this port, replay on the next; 0 = off "
-        "[PDSERVE_KV_EVENTS_PORT]",
-    )
-    g.add_argument(
-        "--kv-lease-s",
-        type=int,
-        default=_optional_int(_env("PDSERVE_KV_LEASE_S", "")),
-        help="seconds a prefill engine holds the KV blocks of a finished prompt that no decode side has "
-        "pulled, then frees them (NixlConnector's lease; a waiting decode side's heartbeats extend it). "
-        "Default: the vLLM release's own (30 s in vLLM 0.32; 480 s in releases that read "
-        "VLLM_NIXL_ABORT_REQUEST_TIMEOUT). Give both roles the same value [PDSERVE_KV_LEASE_S]",
-    )
-    g.add_argument(
-        "--engine-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra vLLM engine argument, VALUE parsed as JSON when it can be "
-        "(e.g. load_format=dummy, gpu_memory_utilization=0.8); repeatable",
-    )
-
-
-def _optional_int(raw: str) -> int | None:
-    return int(raw) if raw else None
 
 
 def parse_engine_arg(item: str) -> tuple[str, Any]:
@@ -178,20 +145,19 @@ def passthrough_engine_args(rest: list[str]) -> dict[str, Any]:
     return out
 
 
+def add_engine_flags(parser: argparse.ArgumentParser, default_kv_port: int, default_events_port: int) -> None:
+    """The engine's flags on another tool's parser (sim-http); read back by ``engine_config_from_args``."""
+    defaults = {"kv_port": default_kv_port, "kv_events_port": default_events_port}
+    add_flags(parser, EngineConfig, defaults)
+    parser.set_defaults(engine_flag_defaults=defaults)
+
+
 def engine_config_from_args(args: argparse.Namespace, model_dir: Path, rest: list[str] | None = None) -> EngineConfig:
-    return EngineConfig(
-        model=str(model_dir),
-        served_model_name=args.served_model_name or model_dir.name,
-        engine=args.engine,
-        block_size=args.block_size,
-        max_model_len=args.max_model_len,
-        dtype=args.dtype,
-        kv_cache_bytes=int(args.kv_cache_gib * (1 << 30)),
-        enforce_eager=not args.no_enforce_eager,
-        kv_connector=args.kv_connector,
-        kv_host=args.kv_host,
-        kv_port=args.kv_port,
-        kv_events_port=args.kv_events_port,
-        kv_lease_s=args.kv_lease_s,
-        engine_args={**passthrough_engine_args(rest or []), **dict(parse_engine_arg(a) for a in args.engine_arg)},
-    )
+    args.model = str(model_dir)
+    cfg = build(EngineConfig, args, getattr(args, "engine_flag_defaults", {}))
+    return with_passthrough(cfg, rest or [])
+
+
+def with_passthrough(cfg: EngineConfig, rest: list[str]) -> EngineConfig:
+    """``cfg`` with the flags the worker does not know added to its engine args (``--engine-arg`` wins)."""
+    return dataclasses.replace(cfg, engine_args={**passthrough_engine_args(rest), **cfg.engine_args})

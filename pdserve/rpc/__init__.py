@@ -1,1 +1,1 @@
-"""gRPC plumbing shared by the workers: server lifecycle and the one error→status map."""
+"""Wire ⇄ domain conversion shared by the workers and the router (pdserve.v1 messages)."""

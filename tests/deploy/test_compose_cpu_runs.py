@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from pdserve.lifetime import launch_env
-from tests.helpers.net import free_port
 from tests.deploy.artifacts import REPO, load_compose
 from tests.deploy.test_docker import command, python_argv, stages
 from tests.factories import metric_samples
+from tests.helpers.net import free_port
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.engine

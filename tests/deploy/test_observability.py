@@ -81,7 +81,7 @@ def test_the_code_exports_the_contract(side: str) -> None:
 
         names, contract = exported(RouterMetrics("least-loaded").registry), ROUTER
     else:
-        from pdserve.rpc.metrics import WorkerMetrics
+        from pdserve.worker.metrics import WorkerMetrics
 
         names, contract = exported(WorkerMetrics("decode", "m").registry), WORKER
     ours = {n for n in names if n.startswith(("pdserve_", "vllm:"))}

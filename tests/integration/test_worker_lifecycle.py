@@ -23,8 +23,8 @@ from pdserve.lifetime import launch_env
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.conftest import engine_env
-from tests.helpers.net import REPO, free_port
 from tests.factories import make_tiny_llama
+from tests.helpers.net import REPO, free_port
 
 pytestmark = pytest.mark.engine
 

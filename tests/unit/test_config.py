@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import decode_worker.__main__ as decode_main
 import decode_worker.config as decode_config
 import prefill_worker.config as prefill_config
 import router.config as router_config
@@ -93,6 +96,130 @@ def test_router_needs_a_decode_worker_and_valid_addresses(model_dir: Path) -> No
 def test_not_a_model_directory(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model"):
         prefill_config.from_args(["--model", str(tmp_path)])
+
+
+def test_a_worker_without_a_model_names_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PDSERVE_MODEL", raising=False)  # the runtime never converts a default model
+    with pytest.raises(ValueError, match="--model"):
+        prefill_config.from_args(["--engine", "sim"])
+
+
+def test_a_router_without_a_tokenizer_names_the_flag(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PDSERVE_MODEL", raising=False)
+    with pytest.raises(ValueError, match="--tokenizer"):
+        router_config.from_args(["--decode", "d:1"])
+    cfg = router_config.from_args(["--decode", "d:1", "--tokenizer", f"m={model_dir}"])
+    assert cfg.tokenizers == {"m": str(model_dir)} and cfg.model_dir == ""
+
+
+def test_a_bad_value_exits_2_naming_field_and_flag(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        decode_main.main(["--model", str(model_dir), "--port", "x"])
+    assert exit_.value.code == 2
+    assert "pdserve decode: error: port (--port): invalid int value 'x'" in capsys.readouterr().err
+
+
+def test_worker_env_bools_parse_strictly(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--model", str(model_dir)]
+    assert decode_config.from_args(argv).engine.enforce_eager is True
+    assert decode_config.from_args([*argv, "--no-enforce-eager"]).engine.enforce_eager is False
+    monkeypatch.setenv("PDSERVE_ENFORCE_EAGER", "0")
+    assert decode_config.from_args(argv).engine.enforce_eager is False
+    monkeypatch.setenv("PDSERVE_ENFORCE_EAGER", "maybe")
+    with pytest.raises(ValueError, match="enforce_eager"):
+        decode_config.from_args(argv)
+
+
+# Every flag and its env variable as the CLIs had them before pdserve.flags (deploy/ and tests use them).
+WORKER_FLAGS = {
+    "--host": "PDSERVE_HOST",
+    "--port": "PDSERVE_PORT",
+    "--metrics-port": "PDSERVE_METRICS_PORT",
+    "--token-file": "PDSERVE_WORKER_TOKEN_FILE",
+    "--tls-cert": "PDSERVE_TLS_CERT",
+    "--tls-key": "PDSERVE_TLS_KEY",
+    "--tls-ca": "PDSERVE_TLS_CA",
+    "--grace": "PDSERVE_GRACE_S",
+    "--startup-timeout": "PDSERVE_STARTUP_TIMEOUT_S",
+    "--log-level": "PDSERVE_LOG_LEVEL",
+    "--model": "PDSERVE_MODEL",
+    "--served-model-name": "PDSERVE_SERVED_MODEL_NAME",
+    "--engine": "PDSERVE_ENGINE",
+    "--block-size": "PDSERVE_BLOCK_SIZE",
+    "--max-model-len": "PDSERVE_MAX_MODEL_LEN",
+    "--dtype": "PDSERVE_DTYPE",
+    "--kv-cache-gib": "PDSERVE_KV_CACHE_GIB",
+    "--no-enforce-eager": "PDSERVE_ENFORCE_EAGER",
+    "--kv-connector": "PDSERVE_KV_CONNECTOR",
+    "--kv-host": "PDSERVE_KV_HOST",
+    "--kv-port": "PDSERVE_KV_PORT",
+    "--kv-events-port": "PDSERVE_KV_EVENTS_PORT",
+    "--kv-lease-s": "PDSERVE_KV_LEASE_S",
+    "--engine-arg": "",
+    "--state-url": "PDSERVE_STATE_URL",
+    "--advertise": "PDSERVE_ADVERTISE",
+    "--heartbeat-ttl": "PDSERVE_HEARTBEAT_TTL_S",
+}
+ROUTER_FLAGS = {
+    "--host": "PDSERVE_ROUTER_HOST",
+    "--port": "PDSERVE_ROUTER_PORT",
+    "--prefill": "PDSERVE_PREFILL",
+    "--decode": "PDSERVE_DECODE",
+    "--model": "PDSERVE_MODEL",
+    "--policy": "PDSERVE_POLICY",
+    "--startup-timeout": "PDSERVE_STARTUP_TIMEOUT_S",
+    "--request-timeout": "PDSERVE_REQUEST_TIMEOUT_S",
+    "--weights": "PDSERVE_WEIGHTS",
+    "--state-url": "PDSERVE_STATE_URL",
+    "--tokenizer": "",
+    "--disagg-min-tokens": "PDSERVE_DISAGG_MIN_TOKENS",
+    "--prefill-saturated-waiting": "PDSERVE_PREFILL_SATURATED_WAITING",
+    "--prefill-retries": "PDSERVE_PREFILL_RETRIES",
+    "--decode-retries": "PDSERVE_DECODE_RETRIES",
+    "--migrations": "PDSERVE_MIGRATIONS",
+    "--max-inflight": "PDSERVE_MAX_INFLIGHT",
+    "--max-queued": "PDSERVE_MAX_QUEUED",
+    "--queue-timeout": "PDSERVE_QUEUE_TIMEOUT_S",
+    "--rate-limit-rpm": "PDSERVE_RATE_LIMIT_RPM",
+    "--rate-limit-tpm": "PDSERVE_RATE_LIMIT_TPM",
+    "--max-body-bytes": "PDSERVE_MAX_BODY_BYTES",
+    "--api-keys-file": "PDSERVE_API_KEYS_FILE",
+    "--worker-token-file": "PDSERVE_WORKER_TOKEN_FILE",
+    "--worker-tls-cert": "PDSERVE_WORKER_TLS_CERT",
+    "--worker-tls-key": "PDSERVE_WORKER_TLS_KEY",
+    "--worker-tls-ca": "PDSERVE_WORKER_TLS_CA",
+    "--log-level": "PDSERVE_LOG_LEVEL",
+}
+
+
+@pytest.mark.parametrize(
+    "parser,expected",
+    [(prefill_config.parser, WORKER_FLAGS), (decode_config.parser, WORKER_FLAGS), (router_config.parser, ROUTER_FLAGS)],
+)
+def test_flag_and_env_names_are_unchanged_and_help_shows_env_and_default(
+    parser: Callable[[], argparse.ArgumentParser], expected: dict[str, str]
+) -> None:
+    actions = {a.option_strings[0]: a.help or "" for a in parser()._actions if a.option_strings[0] != "-h"}
+    assert set(actions) == set(expected)
+    for option, env in expected.items():
+        assert f"[{env}" in actions[option] if env else "[" in actions[option], option
+        assert "default: " in actions[option] or "; required]" in actions[option], option
+
+
+def test_role_defaults_show_in_help() -> None:
+    def help_of(parser: argparse.ArgumentParser, option: str) -> str:
+        return next(a.help or "" for a in parser._actions if option in a.option_strings)
+
+    assert help_of(prefill_config.parser(), "--port").endswith("[PDSERVE_PORT; default: 50051]")
+    assert help_of(decode_config.parser(), "--port").endswith("[PDSERVE_PORT; default: 50052]")
+    assert help_of(decode_config.parser(), "--kv-events-port").endswith("default: 5567]")
+
+
+def test_a_prefill_rpc_deadline_never_exceeds_the_requests(model_dir: Path) -> None:
+    base = ["--model", str(model_dir), "--decode", "d:1"]
+    assert router_config.from_args(base).timeouts.prefill_s == 300
+    cfg = router_config.from_args([*base, "--request-timeout", "20"])
+    assert cfg.timeouts.request_s == 20 and cfg.timeouts.prefill_s == 20
 
 
 def test_unknown_flags_pass_through_to_vllm_in_its_spelling(model_dir: Path) -> None:

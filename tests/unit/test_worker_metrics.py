@@ -8,7 +8,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pdserve.engine.base import EngineLoad, KvTransferTotals
-from pdserve.rpc.metrics import WorkerMetrics
+from pdserve.worker.metrics import WorkerMetrics
 
 
 def test_snapshot_is_exposed_under_vllm_and_pdserve_names() -> None:

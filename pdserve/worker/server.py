@@ -1,6 +1,6 @@
 """Worker gRPC server lifecycle: start, health, graceful drain, engine-death exit.
 
-One ``Admission`` per worker counts in-flight RPCs and refuses new ones once a
+One ``RpcGate`` per worker counts in-flight RPCs and refuses new ones once a
 drain starts. ``run_worker`` owns the order of start-up and shut-down:
 engine up → server up → SERVING; SIGTERM → NOT_SERVING → wait for in-flight
 RPCs (bounded by the grace period) → server stop → engine shutdown.
@@ -10,29 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pdserve.engine.base import DecodeEngine, EngineDeadError, PrefillEngine
-from pdserve.rpc.errors import DrainingError
-from pdserve.rpc.metrics import WorkerMetrics
-from pdserve.rpc.registration import Registration, RegistrationOptions
-from pdserve.security import TlsFiles, TokenInterceptor
+from pdserve.flags import flag
+from pdserve.security import TlsFiles, TokenInterceptor, read_secrets
 from pdserve.types import WorkerId
+from pdserve.worker.errors import DrainingError
+from pdserve.worker.metrics import WorkerMetrics
+from pdserve.worker.registration import Registration, RegistrationOptions
 
 log = logging.getLogger(__name__)
 
 ENGINE_WATCH_INTERVAL_S = 2.0
 
 
-class Admission:
+class RpcGate:
     """Counts in-flight RPCs; refuses new ones while draining. Single event loop."""
 
     def __init__(self) -> None:
@@ -66,19 +68,49 @@ class Admission:
 
 @dataclass(frozen=True)
 class ServerOptions:
-    host: str
-    port: int
-    grace_s: float = 30.0
-    startup_timeout_s: float = 900.0
-    metrics_port: int = 0  # 0: no metrics endpoint
-    service_name: str = ""  # health service name reported alongside "" (overall)
+    """The gRPC server of a worker; each field but the last two is also its flag."""
+
+    host: str = flag("127.0.0.1", env="PDSERVE_HOST", help="address to listen on")
+    port: int = flag(0, env="PDSERVE_PORT", help="port to listen on; 0 picks a free one")
+    metrics_port: int = flag(0, env="PDSERVE_METRICS_PORT", help="Prometheus /metrics port; 0 disables")
+    token_file: str = flag(
+        "",
+        env="PDSERVE_WORKER_TOKEN_FILE",
+        help="refuse RPCs without one of the tokens in this file (one per line; also the comma-separated "
+        "PDSERVE_WORKER_TOKEN); health checks stay open",
+    )
+    tls_cert: str = flag("", env="PDSERVE_TLS_CERT", help="serve gRPC over TLS: PEM certificate")
+    tls_key: str = flag("", env="PDSERVE_TLS_KEY", help="serve gRPC over TLS: PEM private key")
+    tls_ca: str = flag("", env="PDSERVE_TLS_CA", help="serve gRPC over TLS: PEM CA: require client certificates")
+    grace_s: float = flag(
+        30.0, name="--grace", env="PDSERVE_GRACE_S", help="seconds to finish in-flight requests after SIGTERM"
+    )
+    startup_timeout_s: float = flag(
+        900.0,
+        name="--startup-timeout",
+        env="PDSERVE_STARTUP_TIMEOUT_S",
+        help="seconds the engine may take to start before the process exits",
+    )
+    log_level: str = flag("INFO", env="PDSERVE_LOG_LEVEL", help="logging level")
+    service_name: str = ""  # health service name reported alongside "" (overall); the role's
     tokens: tuple[str, ...] = ()  # callers must present one of these (pdserve.security); () = open
-    tls: TlsFiles = field(default_factory=TlsFiles)  # serve TLS (mutual with a CA) when a certificate is given
+
+    def __post_init__(self) -> None:
+        self.tls  # noqa: B018 -- TlsFiles checks the files exist: fail at start-up, not at serve time
+
+    @property
+    def tls(self) -> TlsFiles:
+        """Serve TLS (mutual with a CA) when a certificate is given."""
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
+
+    def with_secrets(self) -> ServerOptions:
+        """These options with the tokens read (``token_file`` and ``PDSERVE_WORKER_TOKEN``)."""
+        return dataclasses.replace(self, tokens=read_secrets(self.token_file, "PDSERVE_WORKER_TOKEN"))
 
 
 async def run_worker(
     engine: PrefillEngine | DecodeEngine,
-    admission: Admission,
+    gate: RpcGate,
     register: Callable[[grpc.aio.Server], None],
     options: ServerOptions,
     metrics: WorkerMetrics | None = None,
@@ -127,9 +159,9 @@ async def run_worker(
     if dead:
         log.error("engine died; exiting so the supervisor restarts this worker")
     else:
-        log.info("draining %d in-flight request(s), grace %.0fs", admission.inflight, options.grace_s)
-        if not await admission.drain(options.grace_s):
-            log.warning("grace period over with %d request(s) still in flight", admission.inflight)
+        log.info("draining %d in-flight request(s), grace %.0fs", gate.inflight, options.grace_s)
+        if not await gate.drain(options.grace_s):
+            log.warning("grace period over with %d request(s) still in flight", gate.inflight)
     await server.stop(0 if dead else 1.0)
     with contextlib.suppress(EngineDeadError):
         await engine.shutdown()

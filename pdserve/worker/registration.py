@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 
 from pdserve.engine.base import EngineInfo
+from pdserve.flags import flag
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
 from pdserve.kv.hashing import SCHEME
@@ -29,9 +30,23 @@ STORE_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True)
 class RegistrationOptions:
-    state_url: str = ""  # "" = not registered (the router has a static list)
-    advertise: str = ""  # host:port the router dials; default: --host:--port
-    ttl_s: float = 10.0
+    state_url: str = flag(
+        "",
+        env="PDSERVE_STATE_URL",
+        help="register in this shared store (redis://host:port) and feed it the engine's KV events; "
+        "none: the router has a static worker list",
+    )
+    advertise: str = flag(
+        "",
+        env="PDSERVE_ADVERTISE",
+        help="host:port routers dial (default --host:--port; required when --host is 0.0.0.0)",
+    )
+    ttl_s: float = flag(
+        10.0,
+        name="--heartbeat-ttl",
+        env="PDSERVE_HEARTBEAT_TTL_S",
+        help="seconds a registration lives without a heartbeat",
+    )
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
