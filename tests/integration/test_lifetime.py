@@ -126,7 +126,7 @@ def test_second_sigterm_stops_everything_without_waiting_for_the_drain(up: Up) -
     check_ports_free(cfg.ports())
 
 
-def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path) -> None:
+def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path, default_model: Path) -> None:
     """A fixture process (here a script using the bench/test launcher) killed mid-start."""
     port, events = free_port(), free_port()
     script = textwrap.dedent(
@@ -136,7 +136,7 @@ def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path) -> None:
         from pdserve.tools.procs import Procs
         procs = Procs(Path({str(tmp_path)!r}))
         p = procs.start("decode", [sys.executable, "-m", "decode_worker", "--engine", "sim",
-                                   "--port", "{port}", "--metrics-port", "0", "--kv-events-port", "{events}"])
+                                   "--model", {str(default_model)!r}, "--port", "{port}", "--metrics-port", "0", "--kv-events-port", "{events}"])
         print(p.pid, flush=True)
         time.sleep(600)
         """
@@ -155,9 +155,10 @@ def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path) -> None:
         launcher.kill()
 
 
-def test_a_fixture_that_gives_up_kills_what_it_started(tmp_path: Path) -> None:
+def test_a_fixture_that_gives_up_kills_what_it_started(tmp_path: Path, default_model: Path) -> None:
     port = free_port()
-    argv = [sys.executable, "-m", "decode_worker", "--engine", "sim", "--port", str(port), "--metrics-port", "0"]
+    argv = [sys.executable, "-m", "decode_worker", "--engine", "sim", "--model", str(default_model)]
+    argv += ["--port", str(port), "--metrics-port", "0"]
     with pytest.raises(RuntimeError, match="not ready"), Procs(tmp_path) as procs:
         worker = procs.start("decode", [*argv, "--kv-events-port", "0"])
         procs.wait_http("http://127.0.0.1:9/never", timeout_s=0.5)  # a start deadline that passes
@@ -165,13 +166,13 @@ def test_a_fixture_that_gives_up_kills_what_it_started(tmp_path: Path) -> None:
     check_ports_free([("gRPC", "127.0.0.1", port)])
 
 
-def test_worker_on_a_taken_port_exits_at_once_naming_it(tmp_path: Path) -> None:
+def test_worker_on_a_taken_port_exits_at_once_naming_it(tmp_path: Path, default_model: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        argv = [sys.executable, "-m", "prefill_worker", "--engine", "sim", "--port", str(port)]
-        argv += ["--metrics-port", "0", "--kv-events-port", "0"]
+        argv = [sys.executable, "-m", "prefill_worker", "--engine", "sim", "--model", str(default_model)]
+        argv += ["--port", str(port), "--metrics-port", "0", "--kv-events-port", "0"]
         done = subprocess.run(argv, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"gRPC port {port} on 127.0.0.1 is already in use by pid {os.getpid()}" in done.stderr, done.stderr[-2000:]
