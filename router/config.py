@@ -38,6 +38,9 @@ def _workers(role: str) -> tuple[str, ...]:
     )
 
 
+MAX_BODY_BYTES = 8 << 20  # the default request body limit (HTTP 413 above it)
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     host: str = flag("127.0.0.1", env="PDSERVE_ROUTER_HOST", help="address to listen on")
@@ -141,7 +144,7 @@ class RouterConfig:
         ),
     )
     max_body_bytes: int = flag(
-        8 << 20, env="PDSERVE_MAX_BODY_BYTES", help="larger request bodies get 413 before they are read"
+        MAX_BODY_BYTES, env="PDSERVE_MAX_BODY_BYTES", help="larger request bodies get 413 before they are read"
     )
     api_keys_file: str = flag(
         "",

@@ -29,7 +29,8 @@ def create_app(
     get_service: Callable[[], RouterService],
     lifespan: Lifespan | None = None,
     api_keys: tuple[str, ...] = (),
-    max_body_bytes: int = 8 << 20,
+    *,
+    max_body_bytes: int,
 ) -> FastAPI:
     """``api_keys``: if any, every /v1/* request needs ``Authorization: Bearer <one of them>``,
     and rate limits count per key. Bodies over ``max_body_bytes`` get 413 unread."""

@@ -20,6 +20,7 @@ from pdserve.state.memory import MemoryStore
 from pdserve.types import RequestId, WorkerId
 from router.admission import Admission, AdmissionLimits
 from router.api.app import create_app
+from router.config import MAX_BODY_BYTES
 from router.errors import WorkerError
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
@@ -168,7 +169,7 @@ def scripted_router(
     timeouts: Timeouts | None = None,
     limits: AdmissionLimits | None = None,
     api_keys: tuple[str, ...] = (),
-    max_body_bytes: int = 8 << 20,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
     pool = make_pool(tokenizer, prefill, decode)

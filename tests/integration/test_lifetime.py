@@ -136,7 +136,8 @@ def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path, default_m
         from pdserve.tools.procs import Procs
         procs = Procs(Path({str(tmp_path)!r}))
         p = procs.start("decode", [sys.executable, "-m", "decode_worker", "--engine", "sim",
-                                   "--model", {str(default_model)!r}, "--port", "{port}", "--metrics-port", "0", "--kv-events-port", "{events}"])
+                                   "--model", {str(default_model)!r}, "--port", "{port}",
+                                   "--metrics-port", "0", "--kv-events-port", "{events}"])
         print(p.pid, flush=True)
         time.sleep(600)
         """

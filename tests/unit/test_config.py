@@ -266,7 +266,7 @@ def test_router_admission_flags_and_env(model_dir: Path, monkeypatch: pytest.Mon
     base = ["--model", str(model_dir), "--decode", "d:1"]
     default = router_config.from_args(base)
     assert (default.admission.max_inflight, default.admission.requests_per_minute) == (512, 0)
-    assert default.max_body_bytes == 8 << 20
+    assert default.max_body_bytes == 8 << 20  # 8 MiB, as the README says
     monkeypatch.setenv("PDSERVE_RATE_LIMIT_TPM", "5000")
     cfg = router_config.from_args(
         [*base, "--max-inflight", "4", "--max-queued", "2", "--queue-timeout", "1.5", "--rate-limit-rpm", "60"]

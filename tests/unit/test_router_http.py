@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.admission import AdmissionLimits
+from router.config import MAX_BODY_BYTES
 from router.tokenizer import Tokenizer
 from tests.factories import metric_samples
 from tests.helpers.router import ScriptedDecode, ScriptedPrefill, scripted_router
@@ -28,7 +29,7 @@ def make_client(
     with_prefill: bool = True,
     limits: AdmissionLimits | None = None,
     api_keys: tuple[str, ...] = (),
-    max_body_bytes: int = 8 << 20,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> tuple[TestClient, ScriptedDecode]:
     """One prefill worker (128 cached tokens, ``remote_block_ids`` [[1]]) and one decode
     worker that streams ``output_text``; either can be left out."""

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from pdserve.security import TlsFiles, bearer_ok, read_secrets
 from pdserve.state.memory import MemoryStore
 from router.api.app import create_app
+from router.config import MAX_BODY_BYTES
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.placement import make_policy
@@ -45,7 +46,7 @@ def app_with_keys(keys: tuple[str, ...]) -> tuple[TestClient, RouterMetrics]:
     metrics = RouterMetrics("round-robin")
     placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
     service = RouterService({}, Orchestrator(placer, Timeouts(), metrics), metrics)
-    return TestClient(create_app(lambda: service, api_keys=keys)), metrics
+    return TestClient(create_app(lambda: service, api_keys=keys, max_body_bytes=MAX_BODY_BYTES)), metrics
 
 
 def test_the_api_needs_a_key_when_keys_are_configured() -> None:
