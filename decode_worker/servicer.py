@@ -12,16 +12,10 @@ from pdserve.types import RequestId
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from pdserve.worker import errors
-from pdserve.worker.errors import ErrorHook
-from pdserve.worker.server import RpcGate
+from pdserve.worker.servicer import WorkerServicer
 
 
-class DecodeServicer(pb_grpc.DecodeWorkerServicer):
-    def __init__(self, engine: DecodeEngine, gate: RpcGate, on_error: ErrorHook | None = None) -> None:
-        self._engine = engine
-        self._gate = gate
-        self._on_error = on_error
-
+class DecodeServicer(WorkerServicer[DecodeEngine], pb_grpc.DecodeWorkerServicer):
     async def Decode(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecodeChunk]:
@@ -49,18 +43,6 @@ class DecodeServicer(pb_grpc.DecodeWorkerServicer):
                 raise ValueError("kv_transfer_params_json is empty: nothing to release")
             await self._engine.release(RequestId(request.request_id), params)
             return pb.ReleaseResponse()
-
-        return await errors.unary(context, call, self._on_error)
-
-    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.WorkerInfo:
-        async def call() -> pb.WorkerInfo:
-            return convert.info_to_pb(self._engine.info())
-
-        return await errors.unary(context, call, self._on_error)
-
-    async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
-        async def call() -> pb.WorkerLoad:
-            return convert.load_to_pb(await self._engine.load(), self._gate.inflight)
 
         return await errors.unary(context, call, self._on_error)
 

@@ -12,16 +12,10 @@ from pdserve.types import RequestId
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from pdserve.worker import errors
-from pdserve.worker.errors import ErrorHook
-from pdserve.worker.server import RpcGate
+from pdserve.worker.servicer import WorkerServicer
 
 
-class PrefillServicer(pb_grpc.PrefillWorkerServicer):
-    def __init__(self, engine: PrefillEngine, gate: RpcGate, on_error: ErrorHook | None = None) -> None:
-        self._engine = engine
-        self._gate = gate
-        self._on_error = on_error
-
+class PrefillServicer(WorkerServicer[PrefillEngine], pb_grpc.PrefillWorkerServicer):
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
         async def call() -> pb.PrefillResponse:
             with self._gate.admit():
@@ -35,18 +29,6 @@ class PrefillServicer(pb_grpc.PrefillWorkerServicer):
                 cached_tokens=result.cached_tokens,
                 kv_transfer_params_json=convert.kv_params_to_json(result.kv_transfer_params),
             )
-
-        return await errors.unary(context, call, self._on_error)
-
-    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.WorkerInfo:
-        async def call() -> pb.WorkerInfo:
-            return convert.info_to_pb(self._engine.info())
-
-        return await errors.unary(context, call, self._on_error)
-
-    async def Load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
-        async def call() -> pb.WorkerLoad:
-            return convert.load_to_pb(await self._engine.load(), self._gate.inflight)
 
         return await errors.unary(context, call, self._on_error)
 
