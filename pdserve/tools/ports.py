@@ -12,6 +12,8 @@ import random
 import socket
 from dataclasses import dataclass
 
+from pdserve.flags import flag
+
 
 def free_port(span: int = 1) -> int:
     """A free loopback port and the ``span - 1`` after it, below Linux's ephemeral range
@@ -72,15 +74,21 @@ class UpPorts:
     and NIXL, events base + 2).
     """
 
-    host: str = "127.0.0.1"  # the router's listen address; workers are on loopback
-    port: int = 8000  # router HTTP
-    prefill_port: int = 50051
-    decode_port: int = 50052
-    kv_port_base: int = 5600
-    metrics_port_base: int = 9100
-    kv_events_port_base: int = 5557
-    prefill_workers: int = 1
-    colocated: bool = False  # no prefill worker, no NIXL
+    host: str = flag("127.0.0.1", help="router listen address (workers are on loopback)")
+    port: int = flag(8000, env="PDSERVE_ROUTER_PORT", help="router HTTP port")
+    prefill_port: int = flag(50051, help="gRPC port of prefill worker 0 (worker i: port + 2i)")
+    decode_port: int = flag(50052, help="decode worker gRPC port")
+    kv_port_base: int = flag(5600, help="NIXL side-channel ports: decode base+1, prefill worker i base+2i")
+    metrics_port_base: int = flag(
+        9100, help="worker /metrics ports: decode base+1, prefill worker i base+2i (the router's is on --port)"
+    )
+    kv_events_port_base: int = flag(
+        5557, help="KV event ports (each + replay on the next): decode base+2, prefill worker i base+4i"
+    )
+    prefill_workers: int = flag(1, help="number of prefill workers")
+    colocated: bool = flag(
+        False, help="baseline: one decode worker that prefills locally, no prefill worker, no KV transfer"
+    )
 
     @classmethod
     def free(cls, prefill_workers: int = 1) -> UpPorts:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pdserve.config import resolve_model
+from pdserve.flags import add_flags, build, flag
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent, kill_descendants, launch_env
 from pdserve.tools.model import model_or_default
 from pdserve.tools.ports import UpPorts
@@ -38,107 +40,53 @@ READY_LINE = "pdserve is up"  # printed once the cluster serves; scripts and tes
 
 @dataclass(frozen=True, kw_only=True)
 class UpConfig(UpPorts):
-    """What ``pdserve up`` runs: its port layout plus the model and extra flags."""
+    """What ``pdserve up`` runs: its port layout plus the model and extra flags; the
+    fields are its flags (``pdserve.flags``)."""
 
-    model: str
-    served_model_name: str
-    ready_timeout_s: float = 600.0
-    worker_args: tuple[str, ...] = ()
-    state_url: str = ""  # "" = the router's in-process store, static worker lists
-    router_args: tuple[str, ...] = ()
-
-
-_DEFAULT = UpPorts()
+    model: str = flag("", env="PDSERVE_MODEL", help="HF model directory (default: the embedded SmolLM2-135M-Instruct)")
+    served_model_name: str = flag(
+        "", help="name clients use for the model (default: the embedded model's name, else the directory's)"
+    )
+    ready_timeout_s: float = flag(600.0, name="--ready-timeout", help="seconds to wait for the cluster")
+    worker_args: tuple[str, ...] = flag(
+        (),
+        name="--worker-arg",
+        repeat=True,
+        parse=tuple,
+        metavar="ARG",
+        help="extra flag passed to both workers, e.g. --worker-arg=--max-model-len=4096",
+    )
+    state_url: str = flag(
+        "",
+        env="PDSERVE_STATE_URL",
+        help="shared store (redis://host:port) for the router and the workers; none: in the router",
+    )
+    router_args: tuple[str, ...] = flag(
+        (),
+        name="--router-arg",
+        repeat=True,
+        parse=tuple,
+        metavar="ARG",
+        help="extra router flag, e.g. --router-arg=--policy=round-robin",
+    )
 
 
 def add_up_parser(sub: Any) -> None:
     p = sub.add_parser("up", help="start router + prefill + decode workers locally")
-    p.add_argument(
-        "--model",
-        default=os.environ.get("PDSERVE_MODEL", ""),
-        help="HF model directory (default: the embedded SmolLM2-135M-Instruct) [PDSERVE_MODEL]",
-    )
-    p.add_argument("--served-model-name", default="", help="name clients use for the model")
-    p.add_argument("--host", default=_DEFAULT.host, help="router listen address")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("PDSERVE_ROUTER_PORT", str(_DEFAULT.port))),
-        help="router HTTP port [PDSERVE_ROUTER_PORT]",
-    )
-    p.add_argument("--prefill-workers", type=int, default=_DEFAULT.prefill_workers, help="number of prefill workers")
-    p.add_argument(
-        "--prefill-port",
-        type=int,
-        default=_DEFAULT.prefill_port,
-        help="gRPC port of prefill worker 0 (worker i: port + 2i)",
-    )
-    p.add_argument("--decode-port", type=int, default=_DEFAULT.decode_port, help="decode worker gRPC port")
-    p.add_argument(
-        "--kv-port-base",
-        type=int,
-        default=_DEFAULT.kv_port_base,
-        help="NIXL side-channel ports: decode base+1, prefill worker i base+2i",
-    )
-    p.add_argument(
-        "--kv-events-port-base",
-        type=int,
-        default=_DEFAULT.kv_events_port_base,
-        help="KV event ports (each + replay on the next): decode base+2, prefill worker i base+4i",
-    )
-    p.add_argument(
-        "--state-url",
-        default=os.environ.get("PDSERVE_STATE_URL", ""),
-        help="shared store (redis://host:port) for the router and the workers; default: in the router",
-    )
-    p.add_argument(
-        "--router-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra router flag, e.g. --router-arg=--policy=round-robin",
-    )
-    p.add_argument(
-        "--metrics-port-base",
-        type=int,
-        default=_DEFAULT.metrics_port_base,
-        help="worker /metrics ports: decode base+1, prefill worker i base+2i (the router's is on --port)",
-    )
-    p.add_argument(
-        "--colocated",
-        action="store_true",
-        help="baseline: one decode worker that prefills locally, no prefill worker, no KV transfer",
-    )
-    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the cluster")
-    p.add_argument(
-        "--worker-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra flag passed to both workers, e.g. --worker-arg=--max-model-len=4096",
-    )
+    add_flags(p, UpConfig)
     p.set_defaults(run=lambda a: up(_config(a)))
 
 
 def _config(a: argparse.Namespace) -> UpConfig:
-    model_dir, served = resolve_model(*model_or_default(a.model, a.served_model_name))  # converts before the children
-    return UpConfig(
-        model=str(model_dir),
-        served_model_name=served,
-        host=a.host,
-        port=a.port,
-        prefill_port=a.prefill_port,
-        decode_port=a.decode_port,
-        kv_port_base=a.kv_port_base,
-        metrics_port_base=a.metrics_port_base,
-        kv_events_port_base=a.kv_events_port_base,
-        colocated=a.colocated,
-        prefill_workers=0 if a.colocated else a.prefill_workers,
-        ready_timeout_s=a.ready_timeout,
-        worker_args=tuple(a.worker_arg),
-        state_url=a.state_url,
-        router_args=tuple(a.router_arg),
-    )
+    try:
+        cfg = build(UpConfig, a)
+        # The default model is converted here, before any child starts.
+        model_dir, served = resolve_model(*model_or_default(cfg.model, cfg.served_model_name))
+    except ValueError as exc:  # as argparse does: a usage error, exit 2
+        print(f"pdserve up: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    workers = 0 if cfg.colocated else cfg.prefill_workers
+    return dataclasses.replace(cfg, model=str(model_dir), served_model_name=served, prefill_workers=workers)
 
 
 def child_env() -> dict[str, str]:

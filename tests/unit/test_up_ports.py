@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from pdserve.flags import build
 from pdserve.tools.ports import UpPorts, free_runs
 from pdserve.tools.up import UpConfig, add_up_parser, commands
 
@@ -34,7 +35,7 @@ def test_free_ports_parse_back_through_up_flags_to_the_same_layout() -> None:
     parser = argparse.ArgumentParser()
     add_up_parser(parser.add_subparsers())
     args = parser.parse_args(["up", *ports.up_args()])
-    got = UpPorts(**{f.name: getattr(args, f.name) for f in dataclasses.fields(UpPorts) if hasattr(args, f.name)})
+    got = build(UpPorts, args)
     assert got == ports
     checked = [port for _, _, port in ports.ports()]
     assert len(checked) == len(set(checked))
