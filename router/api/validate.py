@@ -21,7 +21,10 @@ def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> Gener
         if len(prompt) != 1:
             raise BadRequestError("only one prompt per request is supported", "prompt")
         prompt = prompt[0]
-    ids = pool.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    try:
+        ids = pool.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    except ValueError as exc:  # a model without a tokenizer takes token ids only
+        raise BadRequestError(str(exc), "prompt") from None
     return _generation(pool, req, ids, req.max_tokens, arrival)
 
 

@@ -159,7 +159,7 @@ class ScriptedRouter:
 
 
 def scripted_router(
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | TokenIdsOnly,
     prefill: Sequence[ScriptedPrefill],
     decode: Sequence[ScriptedDecode],
     *,

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from router.admission import AdmissionLimits
 from router.config import MAX_BODY_BYTES
-from router.tokenizer import Tokenizer
+from router.tokenizer import TokenIdsOnly, Tokenizer
 from tests.factories import metric_samples
 from tests.helpers.router import ScriptedDecode, ScriptedPrefill, scripted_router
 from tests.helpers.router import tiny_tokenizer as make_tokenizer
@@ -118,6 +118,18 @@ def test_invalid_requests_get_openai_errors(tiny_tokenizer: Tokenizer, body: dic
     err = resp.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
     assert decode.calls == []
+
+
+def test_a_model_without_a_tokenizer_refuses_text_with_a_400_naming_the_prompt() -> None:
+    decode = ScriptedDecode([5, 6])
+    router = scripted_router(TokenIdsOnly(vocab_size=1000), [ScriptedPrefill()], [decode])
+    text = router.client.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
+    assert text.status_code == 400, text.text
+    err = text.json()["error"]
+    assert err["param"] == "prompt" and "token ids" in err["message"]
+    ids = router.client.post("/v1/completions", json={"model": "tiny", "prompt": [1, 2, 3]})
+    assert ids.status_code == 200, ids.text
+    assert len(decode.calls) == 1
 
 
 def test_non_object_and_non_json_bodies(tiny_tokenizer: Tokenizer) -> None:
