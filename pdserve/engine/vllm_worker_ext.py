@@ -62,7 +62,7 @@ def _nixl_agent_class() -> type | None:
         from vllm.distributed.nixl_utils import NixlWrapper  # vLLM 0.32
     except ImportError:  # older releases import nixl._api directly
         try:
-            NixlWrapper = importlib.import_module("nixl._api").nixl_agent  # noqa: N806
+            NixlWrapper = importlib.import_module("nixl._api").nixl_agent
         except ImportError:
             return None
     return NixlWrapper if isinstance(NixlWrapper, type) else None  # vLLM: None when NIXL is absent

@@ -28,6 +28,7 @@ from pdserve.engine.base import (
 from pdserve.engine.config import EngineConfig
 from pdserve.types import RequestId
 from tests.factories import make_tiny_llama
+from tests.helpers.cluster import engine_env
 from tests.helpers.net import free_port
 from tests.helpers.processes import cpu_percent, reaping_new_children
 from tests.helpers.waiting import async_wait_until
@@ -77,15 +78,17 @@ def _vllm_config(model: Path) -> EngineConfig:
 def _engine_env() -> Iterator[None]:
     """The environment a worker gives its vLLM engine (pdserve up's child_env), for this
     process while the engines start: the engine-core processes read it at spawn."""
-    from tests.conftest import engine_env
-
     with pytest.MonkeyPatch.context() as mp:
         for key, value in engine_env().items():
             mp.setenv(key, value)
         yield
 
 
-@pytest_asyncio.fixture(scope="module", params=engine_names())
+# the real engines carry the `engine` mark, as every test that starts vLLM does
+ENGINES = [pytest.param(name, marks=pytest.mark.engine) if name == "vllm" else name for name in engine_names()]
+
+
+@pytest_asyncio.fixture(scope="module", params=ENGINES)
 async def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
     if request.param == "sim":
         prefill_cfg, decode_cfg = _sim_config("prefill"), _sim_config("decode")

@@ -30,7 +30,7 @@ from pdserve.engine.base import EngineLoad
 from pdserve.rpc.convert import load_from_pb
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import engine_env
+from tests.helpers.cluster import engine_env
 from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.engine

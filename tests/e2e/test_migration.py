@@ -30,9 +30,9 @@ import pytest
 from pdserve.bench.procs import Procs, python
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import engine_env
 from tests.e2e.prompts import CASES
 from tests.factories import metric_samples
+from tests.helpers.cluster import engine_env
 from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.engine

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 import psutil
 
 from pdserve.lifetime import kill_descendants
+
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -57,3 +60,25 @@ def reaping_new_children() -> Iterator[Callable[[], list[psutil.Process]]]:
     finally:
         for child in started():
             kill_tree(child.pid)
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt orphaned descendants (Linux PR_SET_CHILD_SUBREAPER), so
+    ``reap_leftovers`` can find them; False where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_leftovers() -> list[str]:
+    """SIGKILL every live descendant of this process; their command lines, for the report."""
+    left: list[str] = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            left.append(" ".join(proc.cmdline())[:160])
+            proc.kill()
+    return left

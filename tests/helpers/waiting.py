@@ -19,7 +19,7 @@ class NotReadyError(AssertionError):
 
 
 def wait_until(
-    probe: Callable[[], T],
+    probe: Callable[[], T | None],
     what: str,
     timeout_s: float = 120,
     interval_s: float = 0.2,
@@ -39,7 +39,7 @@ def wait_until(
 
 
 async def async_wait_until(
-    probe: Callable[[], Awaitable[T]], what: str, timeout_s: float = 120, interval_s: float = 0.2
+    probe: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = 120, interval_s: float = 0.2
 ) -> T:
     deadline = time.monotonic() + timeout_s
     while True:
