@@ -31,6 +31,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line(f"killed processes the tests left running: {left}", red=True)
 
 
