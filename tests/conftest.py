@@ -31,8 +31,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.ensure_newline()
-            reporter.write_line(f"killed processes the tests left running: {left}", red=True)
+            reporter.write_sep("-", "killed processes the tests left running", red=True)
+            for line in left:
+                reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

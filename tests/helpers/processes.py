@@ -72,13 +72,18 @@ def become_subreaper() -> bool:
         return False
 
 
-def reap_leftovers() -> list[str]:
-    """SIGKILL every live descendant of this process; their command lines, for the report."""
-    left: list[str] = []
+def reap_leftovers(grace_s: float = 5) -> list[str]:
+    """SIGKILL every descendant of this process still alive after ``grace_s`` (time for
+    those already shutting down to finish); the command lines of those killed."""
+    live: list[psutil.Process] = []
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                live.append(proc)
+    _, alive = psutil.wait_procs(live, timeout=grace_s)
+    left: list[str] = []
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
             left.append(" ".join(proc.cmdline())[:160])
             proc.kill()
     return left
