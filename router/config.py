@@ -170,8 +170,6 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not self.decode and self.state_url.startswith("memory"):
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
-        if not self.model_dir and not self.tokenizers:  # the router never converts a model itself
-            raise ValueError("tokenizer: give --tokenizer MODEL=DIR or --model DIR (an HF model directory)")
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
         if self.policy not in POLICIES:

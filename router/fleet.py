@@ -77,6 +77,11 @@ class TokenizerSource:
             path = self._explicit.get(model) or (
                 model_path if model_path and (Path(model_path) / "config.json").is_file() else self._fallback
             )
+            if not path:  # the router never converts a model to get one
+                raise ValueError(
+                    f"model {model}: no tokenizer: its workers report no readable model directory"
+                    f" ({model_path or 'none'}); give the router --tokenizer {model}=DIR or --model DIR"
+                )
             self._cache[model] = load_tokenizer(path)
             log.info("model %s: tokenizer from %s", model, path)
         return self._cache[model]

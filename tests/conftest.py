@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
 
 from pdserve.lifetime import launch_env
-from pdserve.tools.up import READY_LINE
+from tests.helpers.cluster import KV_LEASE_S, PREFILL_WORKERS, Cluster, engine_env, start_up, stop_up
 from tests.helpers.net import REPO, free_port
+from tests.helpers.processes import become_subreaper, reap_leftovers
 from tests.redis_server import RedisServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Processes whose parent dies (a worker's engine core, when the worker is killed) are
+    # handed to this process instead of init, so the session's end still finds them.
+    become_subreaper()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Nothing the suite started may outlive it (an orphaned vLLM CPU engine spins):
+    kill what fixtures left behind, and say so, since that is a fixture's bug."""
+    left = reap_leftovers()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("-", "killed processes the tests left running", red=True)
+            for line in left:
+                reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -27,86 +41,6 @@ def default_model() -> Path:
     from pdserve.tools.model import default_model_dir
 
     return default_model_dir()
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A running `pdserve up`: its router URL, worker addresses and process."""
-
-    url: str
-    model: str
-    prefill_addrs: tuple[str, ...]
-    decode_addr: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    worker_metrics: tuple[str, str]  # first prefill worker's, decode worker's /metrics URLs
-
-    @property
-    def prefill_addr(self) -> str:
-        return self.prefill_addrs[0]
-
-
-PREFILL_WORKERS = 2  # the session cluster: placement has a choice to make
-KV_LEASE_S = 30  # the session cluster's prefill-side KV lease (vLLM 0.32's default, set explicitly)
-
-
-def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1) -> Cluster:
-    n = prefill_workers
-    port, dport, mport = free_port(), free_port(), free_port(2 * n)
-    pport, kv, events = free_port(2 * n), free_port(2 * n), free_port(4 * n)
-    log = tmp / f"{name}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pdserve",
-        "up",
-        "--port",
-        str(port),
-        "--prefill-port",
-        str(pport),
-        "--decode-port",
-        str(dport),
-        "--kv-port-base",
-        str(kv),
-        "--metrics-port-base",
-        str(mport),
-        "--kv-events-port-base",
-        str(events),
-        "--prefill-workers",
-        str(n),
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-        if READY_LINE in log.read_text(errors="replace"):  # printed after the NIXL warm-up
-            models = httpx.get(f"{url}/v1/models", timeout=10).json()
-            metrics = (f"http://127.0.0.1:{mport}/metrics", f"http://127.0.0.1:{mport + 1}/metrics")
-            prefills = tuple(f"127.0.0.1:{pport + 2 * i}" for i in range(n))
-            return Cluster(url, models["data"][0]["id"], prefills, f"127.0.0.1:{dport}", proc, log, metrics)
-        time.sleep(1)
-    stop_up(proc)
-    raise RuntimeError(f"pdserve up was not ready in time; see {log}")
-
-
-def stop_up(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM `pdserve up` (it stops its children in order); then make sure no engine
-    process outlives it — orphaned vLLM CPU engines spin and slow every later test."""
-    descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait()
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    return code
 
 
 @pytest.fixture(scope="session")
@@ -134,12 +68,6 @@ def tokenizer(default_model: Path):  # type: ignore[no-untyped-def]
     from router.tokenizer import Tokenizer
 
     return Tokenizer(default_model)
-
-
-def engine_env() -> dict[str, str]:
-    from pdserve.tools.up import child_env
-
-    return child_env()
 
 
 os.environ.setdefault("PDSERVE_LOG_LEVEL", "INFO")

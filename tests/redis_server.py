@@ -9,6 +9,9 @@ from pathlib import Path
 
 import redis
 
+# A backstop: the wait ends at the first answered PING; a server that exits fails it at once.
+START_TIMEOUT_S = 120.0
+
 
 class RedisServer:
     def __init__(self, port: int, workdir: Path) -> None:
@@ -28,21 +31,27 @@ class RedisServer:
             stdout=(self._workdir / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 20
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
                 client.ping()
                 return self
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self._proc.kill()  # a server we gave up on must not stay behind
+                    self._proc.wait()
                     raise RuntimeError(f"redis-server did not start; see {self._workdir}/redis.log") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
-            self._proc.wait(10)
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         self._proc = None
 
     def db_url(self, db: int) -> str:

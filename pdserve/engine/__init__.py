@@ -1,7 +1,8 @@
 """Engine registry: implementations are named here and imported lazily.
 
-Adding an engine: implement ``PrefillEngine`` / ``DecodeEngine`` (see base.py),
-register its classes below, and run the contract suite in tests/contract.
+Adding an engine: implement ``PrefillEngine`` / ``DecodeEngine`` (see base.py) and
+register its classes below; tests/contract/test_engine.py then runs the contract suite
+against it (every registered name is a parameter of that suite).
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ except ImportError:  # 0.26
 
 __all__ = ["CLIENT_ERRORS", "VLLM_VERSION", "AsyncLLM", "VllmEngineDeadError"]
 
+NIXL_WORKER_EXTENSION = "pdserve.engine.vllm_worker_ext.NixlIdleExtension"
+
 KvRole = Literal["kv_producer", "kv_consumer"]
 KV_ROLES: dict[str, KvRole] = {"prefill": "kv_producer", "decode": "kv_consumer"}
 
@@ -64,6 +66,8 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
         kv_transfer_config=None if kv_role is None else _kv_transfer_config(kv_role, cfg.kv_lease_s),
         kv_events_config=_kv_events_config(cfg),
     )
+    if kv_role is not None:  # NIXL's progress thread busy-polls unless this module runs first
+        kwargs["worker_extension_cls"] = NIXL_WORKER_EXTENSION
     kwargs.update(cfg.engine_args)
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     unknown = sorted(k for k in cfg.engine_args if k not in known)

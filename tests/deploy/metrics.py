@@ -1,7 +1,7 @@
 """The metric names the code exports: the contract the dashboard, monitors and HPAs rely on.
 
 Router (HTTP port, /metrics) and each worker (--metrics-port, /metrics). Keep in step with
-router/metrics.py and pdserve/rpc/metrics.py; test_observability checks both directions.
+router/metrics.py and pdserve/worker/metrics.py; test_observability checks both directions.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import pytest
 
 from pdserve.lifetime import launch_env
 from tests.deploy.artifacts import REPO, load_compose
-from tests.deploy.test_docker import command, python_argv, stages
+from tests.deploy.images import command, python_argv, stages
 from tests.factories import metric_samples
 from tests.helpers.net import free_port
+from tests.helpers.waiting import NotReadyError, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.engine
@@ -36,6 +36,9 @@ SERVICES = {
 HOSTS = ("prefill", "decode", "redis", "router")
 PORT_VARS = ("PDSERVE_PORT", "PDSERVE_KV_PORT", "PDSERVE_METRICS_PORT", "PDSERVE_KV_EVENTS_PORT")
 ADDRESS_VARS = ("PDSERVE_ADVERTISE", "PDSERVE_KV_HOST")
+# Backstops, sized for 2 cores busy with other work: the waits end on their signal.
+START_TIMEOUT_S = 900.0
+METRICS_TIMEOUT_S = 60.0  # a worker's /metrics asks its engine for load between steps
 
 
 def image_env(target: str) -> dict[str, str]:
@@ -125,35 +128,36 @@ def _stream_chat(url: str) -> tuple[str, dict]:
 
 
 def _joined(url: str) -> bool:
-    """Both workers registered in Redis and joined the router's pool."""
-    samples = metric_samples(httpx.get(f"{url}/metrics", timeout=10).text)
+    """Both workers registered in Redis and joined the router's pool (False while the
+    router does not answer yet)."""
+    try:
+        samples = metric_samples(httpx.get(f"{url}/metrics", timeout=METRICS_TIMEOUT_S).text)
+    except httpx.HTTPError:
+        return False
     roles = {dict(labels)["role"] for (name, labels), v in samples.items() if name == "pdserve_router_workers" and v}
     return roles == {"prefill", "decode"}
 
 
 def _kv_transfers(metrics_url: str) -> float:
-    samples = metric_samples(httpx.get(metrics_url, timeout=10).text)
+    samples = metric_samples(httpx.get(metrics_url, timeout=METRICS_TIMEOUT_S).text)
     return sum(v for (name, _), v in samples.items() if name == "pdserve_worker_kv_transfers_total")
 
 
 def test_cpu_profile_services_serve_pd_from_the_image_entrypoints(cpu_profile: dict, tmp_path: Path) -> None:
     ports, logs = cpu_profile["_ports"], tmp_path
     url = f"http://127.0.0.1:{ports['8000']}"
-    deadline = time.monotonic() + 600
-    while True:
+
+    def running() -> None:
         for name in SERVICES:
-            assert cpu_profile[name].poll() is None, f"{name} exited"
-        with contextlib.suppress(httpx.HTTPError):  # served once both workers registered
-            if _joined(url):
-                break
-        assert time.monotonic() < deadline, "the cpu profile did not come up"
-        time.sleep(2)
+            assert cpu_profile[name].poll() is None, f"{name} exited; see {logs / name}.log"
+
+    wait_until(lambda: _joined(url), "the cpu profile did not come up", START_TIMEOUT_S, 2, running)
     decode_metrics = f"http://127.0.0.1:{ports['9101']}/metrics"
     for _ in range(3):  # the first P/D request may pay (or miss) NIXL's handshake
         text, usage = _stream_chat(url)
         assert text and usage["completion_tokens"] >= 1
-        time.sleep(1.5)  # worker metrics are polled once a second
-        if _kv_transfers(decode_metrics) > 0:
+        with contextlib.suppress(NotReadyError):  # worker metrics are polled once a second
+            wait_until(lambda: _kv_transfers(decode_metrics) > 0, "KV pulled", 10, 0.5, running)
             break
     assert _kv_transfers(decode_metrics) > 0, "the decode worker never pulled KV from the prefill worker"
     for name in ("router", "decode-cpu", "prefill-cpu"):  # the order compose stops them in reverse

@@ -4,7 +4,6 @@ non-root user with a health check; the health-check script tells serving from no
 from __future__ import annotations
 
 import http.server
-import importlib.metadata
 import json
 import os
 import re
@@ -14,52 +13,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
 
-import dockerfile
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.deploy.artifacts import DEPLOY, OVERLAYS, REPO, WORKER_ROLES, load_compose, render
+from tests.deploy.images import DOCKERFILE, command, python_argv, stages
 
-DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 TARGETS = ("router", "worker-gpu", "worker-cpu")
-
-
-@dataclass
-class Stage:
-    name: str
-    instructions: list[dockerfile.Command] = field(default_factory=list)
-
-    def last(self, keyword: str) -> dockerfile.Command:
-        return [c for c in self.instructions if c.cmd == keyword][-1]
-
-    def has(self, keyword: str) -> bool:
-        return any(c.cmd == keyword for c in self.instructions)
-
-
-def stages() -> dict[str, Stage]:
-    """The Dockerfile's stages by name, parsed by BuildKit's own parser."""
-    out: dict[str, Stage] = {}
-    current = None
-    for command in dockerfile.parse_file(str(DOCKERFILE)):
-        if command.cmd == "FROM":
-            current = out.setdefault(command.value[-1], Stage(command.value[-1]))
-        elif current is not None:
-            current.instructions.append(command)
-    return out
-
-
-def command(target: str, role: str | None = None) -> list[str]:
-    """ENTRYPOINT + CMD (or the role compose and k8s pass instead of CMD) as run in the image."""
-    stage = stages()[target]
-    entrypoint = stage.last("ENTRYPOINT")
-    assert entrypoint.json, "ENTRYPOINT in exec form, so signals reach the service"
-    if role is None and stage.has("CMD"):
-        return [*entrypoint.value, *stage.last("CMD").value]
-    return [*entrypoint.value, *([role] if role else [])]
 
 
 def test_the_targets_exist_and_run_as_a_non_root_user_with_a_healthcheck() -> None:
@@ -81,17 +44,6 @@ def test_what_the_images_copy_exists_and_is_in_the_build_context() -> None:
             for source in copy.value[:-1]:
                 assert (REPO / source).exists(), source
                 assert source in included, f"{source} is excluded by Dockerfile.dockerignore"
-
-
-def python_argv(argv: list[str]) -> list[str]:
-    """The same command, on this interpreter: `python[3] -m mod` directly, a console script
-    through the function its entry point names."""
-    if argv[0] in ("python", "python3"):
-        return [sys.executable, *argv[1:]]
-    (script,) = importlib.metadata.entry_points(group="console_scripts", name=argv[0])
-    module, _, function = script.value.partition(":")
-    code = f"import sys; from {module} import {function} as main; sys.argv[0] = {argv[0]!r}; sys.exit(main())"
-    return [sys.executable, "-c", code, *argv[1:]]
 
 
 RUNS = [("router", None), *((t, r) for t in ("worker-gpu", "worker-cpu") for r in WORKER_ROLES)]
@@ -141,7 +93,7 @@ def test_every_pdserve_variable_set_is_one_a_service_reads(
     # Compose's own knobs: ${PDSERVE_...} that no service gets under that name.
     settings = set(re.findall(r"^\s*(PDSERVE_\w+):", compose, re.MULTILINE))
     compose_knobs = set(re.findall(r"\$\{(PDSERVE_\w+)", compose)) - settings
-    # PDSERVE_CACHE: where pdserve.model converts the embedded model (the worker-cpu build).
+    # PDSERVE_CACHE: where pdserve.tools.model converts the embedded model (the worker-cpu build).
     others = {"PDSERVE_CACHE"}
     assert sorted(used - known - compose_knobs - others) == []
 

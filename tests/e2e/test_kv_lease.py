@@ -30,21 +30,21 @@ from pdserve.rpc.convert import load_from_pb
 from pdserve.tools.procs import Procs, python
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import engine_env
+from tests.helpers.cluster import engine_env
 from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.engine
 
-LEASE_S = 20  # vLLM's default is 30: a lease that did not apply fails the upper bound
+# Longer than vLLM's default lease (30 s): a lease that did not apply frees the blocks
+# before LEASE_S and fails the lower bound, whatever the machine's load.
+LEASE_S = 45
 # The lease is checked between engine steps and a step already queued when the prefill
 # finished delays it (vLLM rebases the deadline onto the worker's clock, lengthening it);
-# then the freeing step's stats reach Load. Seconds, on 2 busy cores.
-SLACK_S = 10.0
+# then the freeing step's stats reach Load. Seconds, on 2 cores busy with other work.
+SLACK_S = 30.0
 PROMPTS, PROMPT_TOKENS = 3, 400  # 4 blocks of 128 each (3 full) per request, no shared prefix
-START_TIMEOUT_S = 300.0
-# Released KV must come back within this, far inside the lease: only the release can
-# have freed it (Load polls take seconds on 2 busy cores).
-RELEASED_WITHIN_S = 8.0
+# A backstop only: a worker that crashes fails the wait at once, one that serves ends it.
+START_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -187,15 +187,17 @@ def test_prefill_kv_a_decode_worker_releases_is_freed_long_before_the_lease(pd_p
     asyncio.run(_decode(decode.addr, "warm", next(iter(warm.values())), handle))
     prompts = _random_prompts("release", 12)
 
+    sent = time.monotonic()
     handles = asyncio.run(_prefill_all(prefill.addr, prompts))
     held = asyncio.run(_load(prefill.addr)).kv_cache_usage
     assert round((held - baseline) * blocks) >= PROMPTS * -(-PROMPT_TOKENS // 128), (baseline, held, blocks)
 
-    released = time.monotonic()
     asyncio.run(_release_all(decode.addr, dict(zip(prompts, handles, strict=True))))
-    # Within RELEASED_WITHIN_S, far inside the lease: only the release can have freed them.
-    _, usage = _wait_for_release(prefill.addr, held, baseline, deadline=released + RELEASED_WITHIN_S)
+    # Freed before any of their leases (started after `sent`) can have run out, and with
+    # no expiry logged: only the release can have freed them.
+    _, usage = _wait_for_release(prefill.addr, held, baseline, deadline=sent + LEASE_S)
     assert usage == baseline
+    assert _expired_in_log(prefill.log, set(prompts), wait_s=0) == set()
 
 
 def _wait_for_release(addr: str, held: float, baseline: float, deadline: float) -> tuple[float, float]:
@@ -213,17 +215,18 @@ def _wait_for_release(addr: str, held: float, baseline: float, deadline: float) 
     return first, usage
 
 
-def _expired_in_log(log: Path, request_ids: set[str]) -> set[str]:
+def _expired_in_log(log: Path, request_ids: set[str], wait_s: float = 30) -> set[str]:
     """Our request ids in vLLM's "Releasing expired KV blocks" warnings (it appends
-    a suffix to each id); waits a little for the engine process's output."""
+    a suffix to each id); waits up to ``wait_s`` for the engine process's output."""
     found: set[str] = set()
-    deadline = time.monotonic() + 10
-    while found != request_ids and time.monotonic() < deadline:
+    deadline = time.monotonic() + wait_s
+    while True:
         text = log.read_text(errors="replace")
         found = {
             rid
             for rid in request_ids
             if re.search(rf"Releasing expired KV blocks for request {rid}-\w+ which were retrieved by 0 ", text)
         }
+        if found == request_ids or time.monotonic() >= deadline:
+            return found
         time.sleep(0.2)
-    return found

@@ -17,14 +17,12 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2
 
-from pdserve.engine.base import EngineLoad
-from pdserve.rpc.convert import load_from_pb
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import Cluster
 from tests.e2e.prompts import CASES, MAX_TOKENS
 from tests.factories import MetricKey, metric_samples
-from tests.integration.test_worker_lifecycle import GREEDY, _health
+from tests.helpers.cluster import Cluster
+from tests.helpers.workers import GREEDY, engine_load
 
 pytestmark = pytest.mark.engine
 
@@ -38,7 +36,7 @@ def _body(cluster: Cluster, case, **extra) -> tuple[str, dict]:  # type: ignore[
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_greedy_output_equals_colocated_engine(cluster: Cluster, reference_outputs: dict, case) -> None:  # type: ignore[no-untyped-def]
-    before = asyncio.run(_load(cluster.decode_addr, "decode")).kv
+    before = asyncio.run(engine_load(cluster.decode_addr, "decode")).kv
     path, body = _body(cluster, case)
     resp = httpx.post(cluster.url + path, json=body, timeout=600)
     assert resp.status_code == 200, resp.text
@@ -49,7 +47,7 @@ def test_greedy_output_equals_colocated_engine(cluster: Cluster, reference_outpu
     assert data["usage"]["completion_tokens"] == len(ref["output"])
     assert data["usage"]["prompt_tokens"] == len(ref["prompt"])
     # The prompt's KV came over NIXL (not recomputed by the decode engine).
-    after = asyncio.run(_load(cluster.decode_addr, "decode")).kv
+    after = asyncio.run(engine_load(cluster.decode_addr, "decode")).kv
     assert after.transfers == before.transfers + 1 and after.failures == before.failures
     assert after.bytes > before.bytes
 
@@ -179,15 +177,9 @@ def test_sdk_raises_typed_errors(cluster: Cluster) -> None:
         client.completions.create(model=cluster.model, prompt="word " * 2100, max_tokens=1)
 
 
-async def _load(addr: str, service: str) -> EngineLoad:
-    async with grpc.aio.insecure_channel(addr) as ch:
-        stub = (pb_grpc.PrefillWorkerStub if service == "prefill" else pb_grpc.DecodeWorkerStub)(ch)
-        return load_from_pb(await stub.Load(pb.LoadRequest(), timeout=10))
-
-
 def _idle(cluster: Cluster) -> bool:
-    loads = [asyncio.run(_load(a, "prefill")) for a in cluster.prefill_addrs]
-    loads.append(asyncio.run(_load(cluster.decode_addr, "decode")))
+    loads = [asyncio.run(engine_load(a, "prefill")) for a in cluster.prefill_addrs]
+    loads.append(asyncio.run(engine_load(cluster.decode_addr, "decode")))
     return all(x.num_running == 0 and x.num_waiting == 0 and x.num_inflight == 0 for x in loads)
 
 
@@ -210,7 +202,7 @@ def test_client_disconnect_mid_stream_aborts_on_both_workers(cluster: Cluster) -
             if line.startswith("data: "):
                 events.append(line)
         # the decode engine is busy with this request right now
-        busy = asyncio.run(_load(cluster.decode_addr, "decode"))
+        busy = asyncio.run(engine_load(cluster.decode_addr, "decode"))
         assert busy.num_running + busy.num_inflight >= 1, events  # (an error event would show here)
     # leaving the block closed the connection mid-stream
     deadline = time.monotonic() + 30
@@ -268,7 +260,7 @@ def test_prefill_worker_reports_info_health_and_rejects_long_prompts(cluster: Cl
                 code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-        return info, await _health(cluster.prefill_addr), code
+        return info, await health(cluster.prefill_addr), code
 
     info, health, code = asyncio.run(run())
     assert info.role == "prefill" and info.model == cluster.model and info.block_size == 128

@@ -21,15 +21,19 @@ import pytest
 
 from pdserve.lifetime import launch_env
 from pdserve.state import StoreUnavailable, make_store
-from tests.conftest import Cluster
 from tests.factories import make_tiny_llama, metric_samples
+from tests.helpers.cluster import Cluster
 from tests.helpers.kv_index import index_holders
 from tests.helpers.net import REPO, free_port
-from tests.integration.test_worker_lifecycle import Worker, _stop, start_decode_worker
+from tests.helpers.processes import kill_tree
+from tests.helpers.workers import Worker, start_decode_worker, stop_worker
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.engine
 BLOCK = 128
+# A backstop for a router that neither serves nor exits (imports + tokenizer on a CPU
+# shared with busy engines): its first answer ends the wait, its exit fails it at once.
+START_TIMEOUT_S = 900.0
 
 
 class Router:
@@ -46,7 +50,7 @@ class Router:
             cmd, cwd=REPO, env=launch_env(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT
         )
         try:
-            self._wait_ready(time.monotonic() + 300)  # imports + tokenizer on a CPU shared with busy engines
+            self._wait_ready(time.monotonic() + START_TIMEOUT_S)
         except BaseException:
             self.stop(signal.SIGKILL)  # a router we gave up on must not come up later, unwatched
             raise
@@ -67,7 +71,11 @@ class Router:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(60)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                kill_tree(self.proc.pid)
+                raise
 
     def complete(self, model: str, prompt: str, max_tokens: int = 2) -> dict:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True}
@@ -148,7 +156,7 @@ def tiny_worker(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisSer
         "2",
     )
     yield worker
-    _stop(worker)
+    stop_worker(worker)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +168,7 @@ def redis_routers(
     a = Router(tmp, "a", "--state-url", redis_server.url).start()
     b = Router(tmp, "b", "--state-url", redis_server.url).start()
     for r in (a, b):  # both models are served once their workers are discovered
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a backstop: discovery ends it (heartbeats on busy cores)
         while {m["id"] for m in httpx.get(r.url + "/v1/models").json()["data"]} != {cluster.model, "tiny"}:
             assert time.monotonic() < deadline, r.log.read_text()[-2000:]
             time.sleep(0.5)

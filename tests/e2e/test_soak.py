@@ -12,9 +12,9 @@ import time
 
 import httpx
 
-from tests.conftest import KV_LEASE_S, Cluster
-from tests.e2e.test_pd_serving import _load
 from tests.factories import metric_samples
+from tests.helpers.cluster import KV_LEASE_S, Cluster
+from tests.helpers.workers import engine_load
 
 REQUESTS, CONCURRENCY = 24, 6
 PREFIXES = ["You are a careful assistant. " * 20, "Summarise the following log. " * 25, "Translate to French: " * 30]
@@ -26,7 +26,7 @@ def _router_gauge(cluster: Cluster, name: str) -> float:
 
 async def _loads(cluster: Cluster) -> list:
     return await asyncio.gather(
-        *(_load(a, "prefill") for a in cluster.prefill_addrs), _load(cluster.decode_addr, "decode")
+        *(engine_load(a, "prefill") for a in cluster.prefill_addrs), engine_load(cluster.decode_addr, "decode")
     )
 
 

@@ -4,90 +4,20 @@ status codes, cancellation, SIGTERM drain and engine death."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import psutil
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pdserve.lifetime import launch_env
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import engine_env
 from tests.factories import make_tiny_llama
-from tests.helpers.net import REPO, free_port
+from tests.helpers.workers import GREEDY, Worker, start_decode_worker, stop_worker
 
 pytestmark = pytest.mark.engine
-
-GREEDY = pb.SamplingParams(max_tokens=8, temperature=0, top_p=1)
-
-
-@dataclass
-class Worker:
-    addr: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-def start_decode_worker(model: Path, log: Path, *extra: str, start_timeout_s: float = 300) -> Worker:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "decode_worker",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--kv-connector",
-        "none",
-        "--kv-cache-gib",
-        "0.25",
-        "--max-model-len",
-        "4096",
-        "--grace",
-        "60",
-        "--metrics-port",
-        str(free_port()),
-        "--kv-events-port",
-        str(free_port()),
-        *extra,
-    ]
-    env = launch_env(engine_env())  # the worker (and its engine core) dies with this process
-    out = log.open("wb")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    worker = Worker(f"127.0.0.1:{port}", proc, log)
-    try:
-        wait_serving(worker, time.monotonic() + start_timeout_s)
-    except BaseException:
-        _stop(worker, grace_s=0)  # a worker we gave up on must not come up later and spin
-        raise
-    return worker
-
-
-def wait_serving(worker: Worker, deadline: float) -> None:
-    while asyncio.run(_health(worker.addr)) != health_pb2.HealthCheckResponse.SERVING:
-        assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "decode worker did not start"
-        time.sleep(1)
-
-
-async def _health(addr: str) -> int:
-    async with grpc.aio.insecure_channel(addr) as ch:
-        try:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-            return int(resp.status)
-        except grpc.aio.AioRpcError:
-            return -1
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +25,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
 
 
-def _stop(worker: Worker, grace_s: float = 60) -> None:
-    """SIGTERM, then SIGKILL for the whole process group: vLLM's engine-core and worker
-    processes outlive a worker that is killed alone, and spin on the CPU."""
-    if worker.proc.poll() is None and grace_s:
-        worker.proc.terminate()
-        try:
-            worker.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.proc.pid, signal.SIGKILL)
-    worker.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def decode_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """Shared by the tests that leave the worker serving."""
     worker = start_decode_worker(tiny_model, tmp_path_factory.mktemp("shared-decode") / "decode.log")
     yield worker
-    _stop(worker)
+    stop_worker(worker)
 
 
 @pytest.fixture
@@ -122,7 +38,7 @@ def fresh_decode_worker(tiny_model: Path, tmp_path: Path) -> Iterator[Worker]:
     """For tests that end the worker."""
     worker = start_decode_worker(tiny_model, tmp_path / "decode.log")
     yield worker
-    _stop(worker)
+    stop_worker(worker)
 
 
 async def _decode(addr: str, request: pb.DecodeRequest) -> list[pb.DecodeChunk]:

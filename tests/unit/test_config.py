@@ -13,6 +13,8 @@ import decode_worker.config as decode_config
 import prefill_worker.config as prefill_config
 import router.config as router_config
 from pdserve.engine.config import EngineConfig
+from router.fleet import TokenizerSource
+from router.tokenizer import TokenIdsOnly
 
 
 @pytest.fixture
@@ -105,11 +107,19 @@ def test_a_worker_without_a_model_names_the_flag(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_router_without_a_tokenizer_names_the_flag(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --model: tokenizers come from --tokenizer or the directories workers report; a
+    model with neither is refused naming the flag, and nothing converts a default model."""
     monkeypatch.delenv("PDSERVE_MODEL", raising=False)
-    with pytest.raises(ValueError, match="--tokenizer"):
-        router_config.from_args(["--decode", "d:1"])
     cfg = router_config.from_args(["--decode", "d:1", "--tokenizer", f"m={model_dir}"])
     assert cfg.tokenizers == {"m": str(model_dir)} and cfg.model_dir == ""
+    (model_dir / "config.json").write_text('{"vocab_size": 100}')  # a directory that ships no tokenizer
+    source = TokenizerSource(cfg.tokenizers, cfg.model_dir)
+    assert source.get("m", "") is source.get("m", "/elsewhere")  # --tokenizer wins, loaded once
+    reported = source.get("reported", str(model_dir))  # else the directory its workers report
+    assert isinstance(reported, TokenIdsOnly) and reported.vocab_size == 100
+    with pytest.raises(ValueError, match="--tokenizer other=DIR"):
+        source.get("other", "/not/on/this/host")
+    assert router_config.from_args(["--decode", "d:1"]).model_dir == ""  # starts; workers may report one
 
 
 def test_a_bad_value_exits_2_naming_field_and_flag(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ vLLM-shaped KV events, load, deterministic continuation, failure injection."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from typing import Any
@@ -194,18 +195,32 @@ async def test_error_rate_one_fails_every_request() -> None:
     await engine.shutdown()
 
 
+CRASH_SCRIPT = """
+import asyncio, json, sys
+from pdserve.engine.base import SamplingSpec
+from pdserve.engine.config import EngineConfig
+from pdserve.engine.sim.engine import SimPrefillEngine
+from pdserve.types import RequestId
+
+async def main() -> None:
+    profile = json.loads(sys.argv[1])
+    config = EngineConfig(model="", served_model_name="sim", engine="sim", block_size=16, engine_args=profile)
+    engine = SimPrefillEngine(config)
+    await engine.start()
+    for rid in ("a", "b"):
+        await engine.prefill(RequestId(rid), list(range(1000, 1010)), SamplingSpec(max_tokens=1))
+        print(rid, "done", flush=True)
+
+asyncio.run(main())
+"""
+
+
 def test_crash_after_n_requests_exits_the_process() -> None:
-    code = (
-        "import asyncio; from tests.unit.test_sim_engine import *\n"
-        "async def main():\n"
-        "    e = await started(SimPrefillEngine, Clock(), crash_after=2)\n"
-        "    await e.prefill(RequestId('a'), prompt(10), SamplingSpec(max_tokens=1))\n"
-        "    print('first done', flush=True)\n"
-        "    await e.prefill(RequestId('b'), prompt(10), SamplingSpec(max_tokens=1))\n"
-        "asyncio.run(main())\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == CRASH_EXIT_CODE and "first done" in proc.stdout, proc.stderr[-2000:]
+    # its own process: the crash is an os._exit
+    profile = json.dumps({**PROFILE, "crash_after": 2})
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, profile], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == CRASH_EXIT_CODE and "a done" in proc.stdout, proc.stderr[-2000:]
+    assert "b done" not in proc.stdout
 
 
 def test_pool_evicts_least_recently_freed_and_tail_first() -> None:

@@ -39,6 +39,7 @@ from pdserve.engine.base import (
     EngineLoad,
     FinishReason,
     InvalidRequestError,
+    KvTransferTotals,
     PrefillResult,
     SamplingSpec,
     TokenDelta,
@@ -96,6 +97,7 @@ class _SimRuntime:
         self._running: list[_Seq] = []
         self._live: dict[RequestId, _Seq] = {}
         self._transferring = 0
+        self._kv = KvTransferTotals()  # modelled pulls (decode side), as vLLM's connector counts them
         self._received = 0
         self._prefix = (0, 0)
         self._wake = asyncio.Event()
@@ -145,6 +147,7 @@ class _SimRuntime:
             num_waiting=len(self._waiting) + self._transferring,
             kv_cache_usage=self.pool.usage(),
             num_inflight=len(self._live),
+            kv=self._kv,
             prefix_queries=self._prefix[0],
             prefix_hits=self._prefix[1],
         )
@@ -324,11 +327,14 @@ class SimDecodeEngine(_SimRuntime):
     async def _pull(self, seq: _Seq) -> None:
         """The modelled KV transfer of the prompt tokens this engine does not hold."""
         held = len(self.pool.prefix_hits(seq.tokens)) * self.pool.block_size
+        seconds = self.profile.transfer_s(seq.prompt_len - held) * self.profile.slow_factor
         self._transferring += 1
         try:
-            await self._sleep(self.profile.transfer_s(seq.prompt_len - held) * self.profile.slow_factor)
+            await self._sleep(seconds)
         finally:
             self._transferring -= 1
+        kv = self._kv
+        self._kv = KvTransferTotals(kv.transfers + 1, kv.failures, kv.bytes, kv.seconds + seconds)
         seq.computed = seq.prompt_len
 
     async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:

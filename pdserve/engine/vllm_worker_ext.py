@@ -1,0 +1,71 @@
+"""Loaded by vLLM inside the engine's worker process (``worker_extension_cls``).
+
+NIXL's Python agent (``nixl._api.nixl_agent``, nixl 1.5) hard-codes
+``pthrDelay = 0`` for its progress thread, so UCX's ``nixlUcxSharedThread``
+polls without ever sleeping: an idle engine burns a whole core (measured:
+~100 % of a core per idle decode engine, ~4 % with the delay below). vLLM's
+NIXL connector creates the agent in the worker process, and vLLM imports this
+module there (``WorkerWrapperBase.init_worker``) before the KV connector is set
+up, so patching the binding's agent constructor here reaches that agent.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# How long the progress thread may sleep when it finds nothing to do, in
+# microseconds (the unit of nixlAgentConfig.pthrDelay; lthrDelay is 100 ms).
+# 1 ms bounds the extra latency of a KV pull's progress while idling at a few %.
+PROGRESS_DELAY_US = 1000
+
+
+class NixlIdleExtension:
+    """The class vLLM mixes into its worker; importing this module is its whole effect."""
+
+
+def _with_progress_delay(make_agent: Callable[..., Any], delay_us: int) -> Callable[..., Any]:
+    @functools.wraps(make_agent)
+    def make(name: str, config: Any, *args: Any, **kwargs: Any) -> Any:
+        if config.useProgThread and config.pthrDelay < delay_us:
+            config.pthrDelay = delay_us
+        return make_agent(name, config, *args, **kwargs)
+
+    make.pdserve_delay_us = delay_us  # type: ignore[attr-defined]  # marks the binding as patched
+    return make
+
+
+def patch_nixl(delay_us: int = PROGRESS_DELAY_US) -> bool:
+    """Give every NIXL agent created from now on a progress-thread delay; False when
+    NIXL is not installed (then there is no agent to patch)."""
+    agent_cls = _nixl_agent_class()
+    if agent_cls is None:
+        return False
+    bindings = sys.modules[agent_cls.__module__].nixlBind  # what ``nixl_agent.__init__`` builds its agent from
+    if getattr(bindings.nixlAgent, "pdserve_delay_us", None) != delay_us:
+        original = getattr(bindings.nixlAgent, "__wrapped__", bindings.nixlAgent)
+        bindings.nixlAgent = _with_progress_delay(original, delay_us)
+    log.debug("NIXL progress thread delay: %d us", delay_us)
+    return True
+
+
+def _nixl_agent_class() -> type | None:
+    """NIXL's agent class, imported the way vLLM imports it: vLLM sets UCX variables
+    before the first NIXL import (a UCX cache leak workaround) and cannot once NIXL is in."""
+    try:
+        from vllm.distributed.nixl_utils import NixlWrapper  # vLLM 0.32
+    except ImportError:  # older releases import nixl._api directly
+        try:
+            NixlWrapper = importlib.import_module("nixl._api").nixl_agent
+        except ImportError:
+            return None
+    return NixlWrapper if isinstance(NixlWrapper, type) else None  # vLLM: None when NIXL is absent
+
+
+patch_nixl()

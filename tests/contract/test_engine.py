@@ -1,0 +1,236 @@
+"""The engine contract (pdserve/engine/base.py), one suite run against every engine in the
+registry: the sim engine and a real vLLM CPU prefill + decode pair with NIXL KV transfer
+on a tiny random Llama. The vLLM pair starts once per module (about a minute per engine on
+2 cores) in this process, as a worker runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import pytest_asyncio
+
+from pdserve.engine import engine_names, make_decode_engine, make_prefill_engine
+from pdserve.engine.base import (
+    DecodeEngine,
+    EngineLoad,
+    FinishReason,
+    InvalidRequestError,
+    PrefillEngine,
+    SamplingSpec,
+    TokenDelta,
+)
+from pdserve.engine.config import EngineConfig
+from pdserve.types import RequestId
+from tests.factories import make_tiny_llama
+from tests.helpers.cluster import engine_env
+from tests.helpers.net import free_port
+from tests.helpers.processes import cpu_percent, reaping_new_children
+from tests.helpers.waiting import async_wait_until
+
+MAX_MODEL_LEN = 2048
+BLOCK = 128  # vLLM CPU wants a multiple of 32
+GREEDY = SamplingSpec(max_tokens=8, temperature=0, ignore_eos=True)
+# Idle vLLM CPU engines must leave the CPU to the rest of the suite: measured ~10 % of a
+# core for the pair with NIXL's progress-thread delay (vllm_worker_ext), ~165 % without.
+IDLE_PAIR_CPU_LIMIT = 50.0
+
+
+@dataclass
+class Pair:
+    name: str
+    prefill: PrefillEngine
+    decode: DecodeEngine
+    processes: list[psutil.Process]  # what the engines started (vLLM: engine cores); sim: none
+
+
+def prompt(n: int, start: int = 2, vocab: int = 250) -> list[int]:
+    """``n`` token ids that fit the tiny model's byte-level vocabulary."""
+    return [start + (i * 7) % (vocab - start) for i in range(n)]
+
+
+def _sim_config(role: str) -> EngineConfig:
+    profile = {"profile": "zero", "kv_capacity_tokens": 64 * BLOCK, "itl_base_s": 0.001}
+    return EngineConfig(
+        model="", served_model_name=f"sim-{role}", engine="sim", block_size=BLOCK, max_model_len=MAX_MODEL_LEN,
+        engine_args=profile,
+    )  # fmt: skip
+
+
+def _vllm_config(model: Path) -> EngineConfig:
+    return EngineConfig(
+        model=str(model),
+        served_model_name="tiny",
+        block_size=BLOCK,
+        max_model_len=MAX_MODEL_LEN,
+        dtype="float32",  # what the workers run on CPU (pdserve.tools.up.child_env)
+        kv_cache_bytes=1 << 28,
+        kv_port=free_port(),
+    )
+
+
+@contextlib.contextmanager
+def _engine_env() -> Iterator[None]:
+    """The environment a worker gives its vLLM engine (pdserve up's child_env), for this
+    process while the engines start: the engine-core processes read it at spawn."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in engine_env().items():
+            mp.setenv(key, value)
+        yield
+
+
+# the real engines carry the `engine` mark, as every test that starts vLLM does
+ENGINES = [pytest.param(name, marks=pytest.mark.engine) if name == "vllm" else name for name in engine_names()]
+
+
+@pytest_asyncio.fixture(scope="module", params=ENGINES)
+async def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
+    if request.param == "sim":
+        prefill_cfg, decode_cfg = _sim_config("prefill"), _sim_config("decode")
+    else:
+        model = make_tiny_llama(tmp_path_factory.mktemp("contract-model"))
+        prefill_cfg, decode_cfg = _vllm_config(model), _vllm_config(model)
+    with _engine_env(), reaping_new_children() as started:  # an engine core that outlives its engine spins
+        p = Pair(request.param, make_prefill_engine(prefill_cfg), make_decode_engine(decode_cfg), [])
+        try:
+            await p.prefill.start()
+            await p.decode.start()
+            p.processes = started()
+            yield p
+        finally:
+            await p.decode.shutdown()
+            await p.prefill.shutdown()
+
+
+async def collect(stream: AsyncIterator[TokenDelta]) -> list[TokenDelta]:
+    return [d async for d in stream]
+
+
+def tokens(deltas: list[TokenDelta]) -> list[int]:
+    return [t for d in deltas for t in d.token_ids]
+
+
+async def settled(engine: PrefillEngine | DecodeEngine) -> EngineLoad:
+    """The engine's load once nothing runs (vLLM reports a step or two late)."""
+
+    async def idle() -> EngineLoad | None:
+        load = await engine.load()
+        return load if load.num_inflight == load.num_running == load.num_waiting == 0 else None
+
+    return await async_wait_until(idle, "engine idle", timeout_s=60)
+
+
+async def test_info_describes_the_engine(pair: Pair) -> None:
+    for engine, role in ((pair.prefill, "prefill"), (pair.decode, "decode")):
+        info = engine.info()
+        assert (info.role, info.block_size, info.max_model_len) == (role, BLOCK, MAX_MODEL_LEN)
+        assert info.engine == pair.name
+        assert info.kv_capacity_tokens >= BLOCK and info.kv_capacity_tokens % BLOCK == 0
+        assert not engine.is_dead()
+
+
+async def test_prefill_samples_one_token_and_hands_over_its_kv(pair: Pair) -> None:
+    ids = prompt(300)
+    result = await pair.prefill.prefill(RequestId("c-prefill"), ids, GREEDY)
+    assert result.first_token_id >= 0
+    assert 0 <= result.cached_tokens <= len(ids)
+    assert result.kv_transfer_params  # opaque, but something for the decode side to pull
+    # the decode side pulls it (vLLM: over NIXL) and counts the pull where it happens
+    before = (await pair.decode.load()).kv
+    out = await collect(pair.decode.decode(RequestId("c-prefill"), ids, GREEDY, result.kv_transfer_params))
+    assert len(tokens(out)) == GREEDY.max_tokens
+
+    async def pulled() -> bool:
+        kv = (await pair.decode.load()).kv
+        return kv.transfers == before.transfers + 1 and kv.failures == before.failures
+
+    await async_wait_until(pulled, "KV transfer counted", timeout_s=30)
+
+
+async def test_decode_streams_cumulative_deltas_and_finishes_once(pair: Pair) -> None:
+    out = await collect(pair.decode.decode(RequestId("c-stream"), prompt(40), GREEDY, None))
+    counts = [d.completion_tokens for d in out]
+    assert counts == sorted(counts) and counts[-1] == len(tokens(out)) == GREEDY.max_tokens
+    assert [d.finish_reason for d in out[:-1]] == [None] * (len(out) - 1)
+    assert out[-1].finish_reason is FinishReason.LENGTH
+
+
+async def test_both_engines_compute_the_same_greedy_tokens(pair: Pair) -> None:
+    ids = prompt(260, start=5)
+    handed = await pair.prefill.prefill(RequestId("c-same"), ids, GREEDY)
+    local = tokens(await collect(pair.decode.decode(RequestId("c-same"), ids, GREEDY, None)))
+    await pair.decode.release(RequestId("c-same"), handed.kv_transfer_params)
+    assert local[0] == handed.first_token_id
+
+
+async def test_pulled_kv_continues_as_the_prefill_computed_it(pair: Pair) -> None:
+    ids = prompt(260, start=9)  # new to both engines: the decode side must pull it
+    handed = await pair.prefill.prefill(RequestId("c-remote"), ids, GREEDY)
+    remote = tokens(await collect(pair.decode.decode(RequestId("c-remote"), ids, GREEDY, handed.kv_transfer_params)))
+    again = tokens(await collect(pair.decode.decode(RequestId("c-again"), ids, GREEDY, None)))
+    assert remote[0] == handed.first_token_id and remote == again
+
+
+async def test_stop_token_ends_the_stream_with_stop(pair: Pair) -> None:
+    ids = prompt(50, start=11)
+    full = tokens(await collect(pair.decode.decode(RequestId("c-full"), ids, GREEDY, None)))
+    stop = SamplingSpec(max_tokens=8, temperature=0, ignore_eos=True, stop_token_ids=(full[2],))
+    out = await collect(pair.decode.decode(RequestId("c-stop"), ids, stop, None))
+    assert tokens(out) == full[: full.index(full[2]) + 1]
+    assert out[-1].finish_reason is FinishReason.STOP
+
+
+@pytest.mark.parametrize("bad", [[], prompt(MAX_MODEL_LEN)], ids=["empty", "longer-than-context"])
+async def test_requests_that_can_never_succeed_are_invalid(pair: Pair, bad: list[int]) -> None:
+    with pytest.raises(InvalidRequestError):
+        await pair.prefill.prefill(RequestId("c-bad"), bad, GREEDY)
+    with pytest.raises(InvalidRequestError):
+        await collect(pair.decode.decode(RequestId("c-bad"), bad, GREEDY, None))
+    assert (await settled(pair.decode)).num_inflight == 0
+
+
+async def test_closing_the_stream_aborts_the_request(pair: Pair) -> None:
+    long = SamplingSpec(max_tokens=1000, temperature=0, ignore_eos=True)
+    stream = pair.decode.decode(RequestId("c-abort"), prompt(30), long, None)
+    first = await anext(stream)
+    assert first.finish_reason is None
+    await stream.aclose()  # type: ignore[attr-defined]
+    load = await settled(pair.decode)
+    assert load.num_inflight == 0 and 0 <= load.kv_cache_usage <= 1
+
+
+async def test_cancelling_a_prefill_leaves_nothing_running(pair: Pair) -> None:
+    task = asyncio.create_task(pair.prefill.prefill(RequestId("c-cancel"), prompt(1500), GREEDY))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await settled(pair.prefill)).num_inflight == 0
+
+
+async def test_release_frees_a_handed_over_kv_without_a_decode(pair: Pair) -> None:
+    result = await pair.prefill.prefill(RequestId("c-release"), prompt(200, start=13), GREEDY)
+    await pair.decode.release(RequestId("c-release"), result.kv_transfer_params)
+    assert not pair.decode.is_dead() and not pair.prefill.is_dead()
+
+
+async def test_load_stays_in_range(pair: Pair) -> None:
+    for engine in (pair.prefill, pair.decode):
+        load = await settled(engine)
+        assert 0 <= load.kv_cache_usage <= 1
+        assert 0 <= load.prefix_hits <= load.prefix_queries
+
+
+async def test_idle_engines_leave_the_cpu_alone(pair: Pair) -> None:
+    await settled(pair.prefill)
+    await settled(pair.decode)
+    # this process (the engines' clients; the sim engines' step loops) and what the engines started
+    procs = [psutil.Process(), *(q for p in pair.processes for q in (p, *p.children(recursive=True)))]
+    assert pair.name == "sim" or pair.processes, "vLLM runs its engine cores as processes"
+    used = await asyncio.to_thread(cpu_percent, procs, 5)  # this thread sleeps meanwhile
+    assert used < IDLE_PAIR_CPU_LIMIT, f"idle prefill + decode engines used {used:.0f} % of a core"

@@ -1,0 +1,111 @@
+"""`pdserve up` as the tests run it: start it, wait for its ready line, stop it and
+everything it started."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from pdserve.lifetime import launch_env
+from pdserve.tools.up import READY_LINE, child_env
+from tests.helpers.net import REPO, free_port
+from tests.helpers.processes import kill_tree
+from tests.helpers.waiting import wait_until
+
+PREFILL_WORKERS = 2  # the session cluster: placement has a choice to make
+KV_LEASE_S = 30  # the session cluster's prefill-side KV lease (vLLM 0.32's default, set explicitly)
+# A backstop: `pdserve up` exiting fails the wait at once, its ready line ends it.
+READY_TIMEOUT_S = 900.0
+
+
+def engine_env() -> dict[str, str]:
+    """The environment `pdserve up` gives its workers' engines."""
+    return child_env()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running `pdserve up`: its router URL, worker addresses and process."""
+
+    url: str
+    model: str
+    prefill_addrs: tuple[str, ...]
+    decode_addr: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    worker_metrics: tuple[str, str]  # first prefill worker's, decode worker's /metrics URLs
+
+    @property
+    def prefill_addr(self) -> str:
+        return self.prefill_addrs[0]
+
+
+def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1) -> Cluster:
+    n = prefill_workers
+    port, dport, mport = free_port(), free_port(), free_port(2 * n)
+    pport, kv, events = free_port(2 * n), free_port(2 * n), free_port(4 * n)
+    log = tmp / f"{name}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pdserve",
+        "up",
+        "--port",
+        str(port),
+        "--prefill-port",
+        str(pport),
+        "--decode-port",
+        str(dport),
+        "--kv-port-base",
+        str(kv),
+        "--metrics-port-base",
+        str(mport),
+        "--kv-events-port-base",
+        str(events),
+        "--prefill-workers",
+        str(n),
+        "--ready-timeout",
+        str(int(READY_TIMEOUT_S)),
+        *extra,
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def exited() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
+
+    try:
+        ready = lambda: READY_LINE in log.read_text(errors="replace")  # noqa: E731 - printed after the NIXL warm-up
+        wait_until(ready, f"pdserve up ({log})", READY_TIMEOUT_S, 1, exited)
+        models = httpx.get(f"{url}/v1/models", timeout=60).json()
+    except BaseException:
+        stop_up(proc)  # a cluster we gave up on must not come up later and spin
+        raise
+    metrics = (f"http://127.0.0.1:{mport}/metrics", f"http://127.0.0.1:{mport + 1}/metrics")
+    prefills = tuple(f"127.0.0.1:{pport + 2 * i}" for i in range(n))
+    return Cluster(url, models["data"][0]["id"], prefills, f"127.0.0.1:{dport}", proc, log, metrics)
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM `pdserve up` (it stops its children in order); then make sure no engine
+    process outlives it — orphaned vLLM CPU engines spin and slow every later test."""
+    descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(90)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        code = proc.wait()
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    return code
