@@ -69,6 +69,10 @@ class Procs:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            # A leader that drained and exited may leave its group behind (vLLM's engine
+            # worker processes): nothing of the group outlives the stop.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         self._procs.clear()
 
     def __enter__(self) -> Procs:

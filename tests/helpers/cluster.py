@@ -14,8 +14,9 @@ import httpx
 import psutil
 
 from pdserve.lifetime import launch_env
+from pdserve.tools.ports import UpPorts
 from pdserve.tools.up import READY_LINE, child_env
-from tests.helpers.net import REPO, free_port
+from tests.helpers.net import REPO
 from tests.helpers.processes import kill_tree
 from tests.helpers.waiting import wait_until
 
@@ -48,35 +49,12 @@ class Cluster:
 
 
 def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1) -> Cluster:
-    n = prefill_workers
-    port, dport, mport = free_port(), free_port(), free_port(2 * n)
-    pport, kv, events = free_port(2 * n), free_port(2 * n), free_port(4 * n)
+    ports = UpPorts.free(prefill_workers)  # pdserve up's own layout, on free ports
     log = tmp / f"{name}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pdserve",
-        "up",
-        "--port",
-        str(port),
-        "--prefill-port",
-        str(pport),
-        "--decode-port",
-        str(dport),
-        "--kv-port-base",
-        str(kv),
-        "--metrics-port-base",
-        str(mport),
-        "--kv-events-port-base",
-        str(events),
-        "--prefill-workers",
-        str(n),
-        "--ready-timeout",
-        str(int(READY_TIMEOUT_S)),
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "pdserve", "up", *ports.up_args(), "--ready-timeout", str(int(READY_TIMEOUT_S))]
+    cmd += extra
     proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = ports.url
 
     def exited() -> None:
         if proc.poll() is not None:
@@ -89,9 +67,8 @@ def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1)
     except BaseException:
         stop_up(proc)  # a cluster we gave up on must not come up later and spin
         raise
-    metrics = (f"http://127.0.0.1:{mport}/metrics", f"http://127.0.0.1:{mport + 1}/metrics")
-    prefills = tuple(f"127.0.0.1:{pport + 2 * i}" for i in range(n))
-    return Cluster(url, models["data"][0]["id"], prefills, f"127.0.0.1:{dport}", proc, log, metrics)
+    model = models["data"][0]["id"]
+    return Cluster(url, model, tuple(ports.prefill_addrs()), ports.decode_addr, proc, log, ports.metrics_urls())
 
 
 def stop_up(proc: subprocess.Popen[bytes]) -> int:
