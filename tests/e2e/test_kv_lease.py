@@ -48,7 +48,7 @@ START_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
-class Worker:
+class PdWorker:
     addr: str
     log: Path
     role: str
@@ -56,7 +56,7 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def pd_pair(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[tuple[Worker, Worker]]:
+def pd_pair(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[tuple[PdWorker, PdWorker]]:
     """A prefill worker with a LEASE_S lease and a decode worker, started together."""
     logs = tmp_path_factory.mktemp("kv_lease")
     with Procs(logs, env=engine_env()) as procs:
@@ -67,15 +67,15 @@ def pd_pair(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> It
         yield prefill, decode
 
 
-def _start(procs: Procs, role: str, model: Path, *extra: str) -> Worker:
+def _start(procs: Procs, role: str, model: Path, *extra: str) -> PdWorker:
     port = free_port()
     argv = python(f"{role}_worker", "--model", str(model), "--port", str(port))
     argv += ["--kv-port", str(free_port()), "--kv-events-port", "0", "--metrics-port", "0", *extra]
     proc = procs.start(role, argv)
-    return Worker(f"127.0.0.1:{port}", procs.log_dir / f"{role}.log", role, proc)
+    return PdWorker(f"127.0.0.1:{port}", procs.log_dir / f"{role}.log", role, proc)
 
 
-def _wait_up(worker: Worker) -> None:
+def _wait_up(worker: PdWorker) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not asyncio.run(_answers(worker)):
         assert worker.proc.poll() is None, worker.log.read_text(errors="replace")[-3000:]
@@ -83,7 +83,7 @@ def _wait_up(worker: Worker) -> None:
         time.sleep(1)
 
 
-async def _answers(worker: Worker) -> bool:
+async def _answers(worker: PdWorker) -> bool:
     """Whether the worker serves (its server starts once its engine has)."""
     async with grpc.aio.insecure_channel(worker.addr) as ch:
         stub = pb_grpc.PrefillWorkerStub(ch) if worker.role == "prefill" else pb_grpc.DecodeWorkerStub(ch)
@@ -151,7 +151,7 @@ def _random_prompts(prefix: str, seed: int) -> dict[str, list[int]]:
     return {f"{prefix}-{i}": [rng.randrange(1000, 40000) for _ in range(PROMPT_TOKENS)] for i in range(PROMPTS)}
 
 
-def test_undecoded_prefill_kv_is_freed_when_the_lease_runs_out(pd_pair: tuple[Worker, Worker]) -> None:
+def test_undecoded_prefill_kv_is_freed_when_the_lease_runs_out(pd_pair: tuple[PdWorker, PdWorker]) -> None:
     prefill_worker = pd_pair[0]
     addr = prefill_worker.addr
     blocks = asyncio.run(_kv_blocks(addr)) - 1  # vLLM's usage leaves out its null block
@@ -174,7 +174,7 @@ def test_undecoded_prefill_kv_is_freed_when_the_lease_runs_out(pd_pair: tuple[Wo
     assert _expired_in_log(prefill_worker.log, set(prompts)) == set(prompts)
 
 
-def test_prefill_kv_a_decode_worker_releases_is_freed_long_before_the_lease(pd_pair: tuple[Worker, Worker]) -> None:
+def test_prefill_kv_a_decode_worker_releases_is_freed_long_before_the_lease(pd_pair: tuple[PdWorker, PdWorker]) -> None:
     prefill, decode = pd_pair
     blocks = asyncio.run(_kv_blocks(prefill.addr)) - 1
     baseline = asyncio.run(_load(prefill.addr)).kv_cache_usage

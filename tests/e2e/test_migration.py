@@ -44,7 +44,7 @@ MIGRATIONS = ("pdserve_router_migrations_total", ())
 
 
 @dataclass(frozen=True)
-class Fleet:
+class DecodeFleet:
     url: str
     decode: dict[str, subprocess.Popen[bytes]]  # address → worker process (its own process group)
 
@@ -59,7 +59,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[DecodeFleet]:
     with Procs(tmp_path_factory.mktemp("migration"), env=engine_env()) as procs:
         decode = {}
         for i in range(2):
@@ -74,7 +74,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iter
         url = f"http://127.0.0.1:{port}"
         # The router serves once every listed worker answered Info.
         procs.wait_http(f"{url}/v1/models", timeout_s=300, ready=lambda r: bool(r.json()["data"]))
-        yield Fleet(url, decode)
+        yield DecodeFleet(url, decode)
 
 
 def _stream(url: str, on_tokens: Callable[[int], None] = lambda n: None) -> Run:
@@ -112,7 +112,7 @@ def _migrations(url: str) -> float:
     return metric_samples(httpx.get(f"{url}/metrics", timeout=10).text).get(MIGRATIONS, 0.0)
 
 
-def test_decode_worker_killed_mid_stream_is_migrated_with_identical_greedy_text(fleet: Fleet) -> None:
+def test_decode_worker_killed_mid_stream_is_migrated_with_identical_greedy_text(fleet: DecodeFleet) -> None:
     reference = _stream(fleet.url)
     assert reference.finish_reason == "length" and reference.completion_tokens == MAX_TOKENS == len(reference.token_ids)
     before = _migrations(fleet.url)

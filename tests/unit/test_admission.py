@@ -54,7 +54,7 @@ async def test_gate_gives_up_after_the_queue_timeout_and_frees_the_queue_place()
         assert gate.inflight == 1
 
 
-class Clock:
+class FixedClock:
     def __init__(self, now: float) -> None:
         self.now = now
 
@@ -63,7 +63,7 @@ class Clock:
 
 
 async def test_requests_per_minute_per_client_with_retry_after_to_the_window_end() -> None:
-    clock = Clock(600.0 + 45)  # 15 s before the minute ends
+    clock = FixedClock(600.0 + 45)  # 15 s before the minute ends
     limiter = RateLimiter(MemoryStore(clock), requests_per_minute=2, tokens_per_minute=0, clock=clock)
     await limiter.charge("a", 10)
     await limiter.charge("a", 10)
@@ -76,7 +76,7 @@ async def test_requests_per_minute_per_client_with_retry_after_to_the_window_end
 
 
 async def test_tokens_per_minute_charges_up_front_and_refunds_what_was_not_generated() -> None:
-    clock = Clock(0.0)
+    clock = FixedClock(0.0)
     limiter = RateLimiter(MemoryStore(clock), requests_per_minute=0, tokens_per_minute=100, clock=clock)
     charge = await limiter.charge("a", 60)
     with pytest.raises(RateLimited):

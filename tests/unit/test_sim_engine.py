@@ -37,7 +37,7 @@ PROFILE = {
 }
 
 
-class Clock:
+class VirtualSleep:
     """Virtual time: records what the engine asked to sleep, returns at once."""
 
     def __init__(self) -> None:
@@ -59,7 +59,7 @@ def config(**overrides: Any) -> EngineConfig:
     )
 
 
-async def started(cls: type, clock: Clock, **overrides: Any) -> Any:
+async def started(cls: type, clock: VirtualSleep, **overrides: Any) -> Any:
     engine = cls(config(**overrides), sleep=clock.sleep)
     await engine.start()
     return engine
@@ -94,7 +94,7 @@ def test_profiles_load_with_their_source_and_reject_unknown_fields() -> None:
 
 
 async def test_prefill_time_is_overhead_plus_uncached_tokens() -> None:
-    clock = Clock()
+    clock = VirtualSleep()
     engine = await started(SimPrefillEngine, clock)
     result = await engine.prefill(RequestId("a"), prompt(100), SamplingSpec(max_tokens=1, temperature=0))
     assert result.cached_tokens == 0
@@ -108,7 +108,7 @@ async def test_prefill_time_is_overhead_plus_uncached_tokens() -> None:
 
 
 async def test_chunked_prefill_spreads_a_long_prompt_over_steps() -> None:
-    clock = Clock()
+    clock = VirtualSleep()
     engine = await started(SimPrefillEngine, clock, max_num_batched_tokens=64)
     await engine.prefill(RequestId("a"), prompt(150), SamplingSpec(max_tokens=1))
     assert clock.sleeps == [pytest.approx(0.01 + 64 * 0.001)] * 2 + [pytest.approx(0.01 + 22 * 0.001)]
@@ -116,7 +116,7 @@ async def test_chunked_prefill_spreads_a_long_prompt_over_steps() -> None:
 
 
 async def test_inter_token_latency_grows_with_the_batch() -> None:
-    clock = Clock()
+    clock = VirtualSleep()
     engine = await started(SimDecodeEngine, clock, prefill_overhead_s=0.0, prefill_s_per_token=0.0)
     outs = await asyncio.gather(*(collect(engine, f"r{i}", prompt(8, 100 * i), max_tokens=5) for i in range(4)))
     assert all(len(o) == 5 and o[-1].finish_reason is FinishReason.LENGTH for o in outs)
@@ -127,7 +127,7 @@ async def test_inter_token_latency_grows_with_the_batch() -> None:
 
 
 async def test_max_num_seqs_queues_the_rest_and_load_says_so() -> None:
-    clock = Clock()
+    clock = VirtualSleep()
     engine = await started(SimDecodeEngine, clock, max_num_seqs=2)
     streams = [
         engine.decode(RequestId(f"r{i}"), prompt(20, 100 * i), SamplingSpec(max_tokens=50), None) for i in range(3)
@@ -147,7 +147,7 @@ async def test_max_num_seqs_queues_the_rest_and_load_says_so() -> None:
 
 
 async def test_remote_kv_is_waited_for_not_computed_and_then_cached() -> None:
-    clock = Clock()
+    clock = VirtualSleep()
     engine = await started(SimDecodeEngine, clock)
     out = await collect(engine, "a", prompt(64), {"remote": True}, max_tokens=2)
     assert len(out) == 2
@@ -161,8 +161,8 @@ async def test_remote_kv_is_waited_for_not_computed_and_then_cached() -> None:
 
 
 async def test_tokens_continue_the_same_text_when_replayed_elsewhere() -> None:
-    a = await started(SimDecodeEngine, Clock())
-    b = await started(SimDecodeEngine, Clock())
+    a = await started(SimDecodeEngine, VirtualSleep())
+    b = await started(SimDecodeEngine, VirtualSleep())
     full = [t for d in await collect(a, "x", prompt(30), max_tokens=10) for t in d.token_ids]
     rest = [t for d in await collect(b, "y", prompt(30) + full[:4], max_tokens=6) for t in d.token_ids]
     assert rest == full[4:] and len(set(full)) > 1
@@ -171,7 +171,7 @@ async def test_tokens_continue_the_same_text_when_replayed_elsewhere() -> None:
 
 
 async def test_stop_token_ends_the_stream() -> None:
-    engine = await started(SimDecodeEngine, Clock())
+    engine = await started(SimDecodeEngine, VirtualSleep())
     full = [t for d in await collect(engine, "x", prompt(30), max_tokens=10) for t in d.token_ids]
     out = await collect(engine, "y", prompt(30), max_tokens=10, stop_token_ids=(full[3],))
     assert [t for d in out for t in d.token_ids] == full[:4] and out[-1].finish_reason is FinishReason.STOP
@@ -179,7 +179,7 @@ async def test_stop_token_ends_the_stream() -> None:
 
 
 async def test_bad_requests_are_refused_before_any_state_changes() -> None:
-    engine = await started(SimDecodeEngine, Clock())
+    engine = await started(SimDecodeEngine, VirtualSleep())
     with pytest.raises(InvalidRequestError, match="empty"):
         await collect(engine, "a", [])
     with pytest.raises(InvalidRequestError, match="capacity"):
@@ -189,7 +189,7 @@ async def test_bad_requests_are_refused_before_any_state_changes() -> None:
 
 
 async def test_error_rate_one_fails_every_request() -> None:
-    engine = await started(SimPrefillEngine, Clock(), error_rate=1.0)
+    engine = await started(SimPrefillEngine, VirtualSleep(), error_rate=1.0)
     with pytest.raises(InjectedError):
         await engine.prefill(RequestId("a"), prompt(10), SamplingSpec(max_tokens=1))
     await engine.shutdown()
