@@ -22,7 +22,7 @@ from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.e2e.prompts import CASES, MAX_TOKENS
 from tests.factories import MetricKey, metric_samples
 from tests.helpers.cluster import Cluster
-from tests.helpers.workers import GREEDY, engine_load
+from tests.helpers.workers import GREEDY, engine_load, health
 
 pytestmark = pytest.mark.engine
 
@@ -262,8 +262,8 @@ def test_prefill_worker_reports_info_health_and_rejects_long_prompts(cluster: Cl
                 code = exc.code()
         return info, await health(cluster.prefill_addr), code
 
-    info, health, code = asyncio.run(run())
+    info, status, code = asyncio.run(run())
     assert info.role == "prefill" and info.model == cluster.model and info.block_size == 128
     assert info.vllm_version.startswith("0.") and info.kv_capacity_tokens > 0 and info.max_model_len == 2048
-    assert health == health_pb2.HealthCheckResponse.SERVING
+    assert status == health_pb2.HealthCheckResponse.SERVING
     assert code is grpc.StatusCode.INVALID_ARGUMENT
