@@ -29,11 +29,25 @@ def metric_samples(text: str) -> dict[MetricKey, float]:
     }
 
 
-def make_tiny_llama(path: Path, *, seed: int = 0) -> Path:
-    """Write a random 2-layer Llama with a byte-level tokenizer into ``path``."""
-    import torch
+TINY_LLAMA = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "bos_token_id": 1,
+    "eos_token_id": 0,
+    "tie_word_embeddings": False,
+    "rope_theta": 10000.0,
+}
+
+
+def make_tiny_tokenizer(path: Path) -> Path:
+    """Write the tiny Llama's byte-level tokenizer, config and generation config into
+    ``path``, without weights: all the router reads from a model directory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     specials = ["<|im_end|>", "<|im_start|>"]
@@ -46,20 +60,19 @@ def make_tiny_llama(path: Path, *, seed: int = 0) -> Path:
     fast.add_special_tokens({"additional_special_tokens": specials})
     fast.chat_template = TINY_CHAT_TEMPLATE
     fast.save_pretrained(path)
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": len(vocab), **TINY_LLAMA}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": 0, "bos_token_id": 1}))
+    return path
 
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=0,
-        tie_word_embeddings=False,
-        rope_theta=10000.0,
-    )
+
+def make_tiny_llama(path: Path, *, seed: int = 0) -> Path:
+    """``make_tiny_tokenizer`` plus random weights: a 2-layer Llama vLLM can serve."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    make_tiny_tokenizer(path)
+    config = LlamaConfig.from_pretrained(path)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": 0, "bos_token_id": 1}))

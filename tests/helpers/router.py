@@ -32,12 +32,12 @@ from router.recovery import Recovery
 from router.request import Timeouts
 from router.service import RouterService
 from router.tokenizer import TokenIdsOnly, Tokenizer
-from tests.factories import make_tiny_llama, metric_samples
+from tests.factories import make_tiny_tokenizer, metric_samples
 
 
 def tiny_tokenizer(tmp: Path) -> Tokenizer:
-    """The tokenizer of a tiny random Llama written to ``tmp``."""
-    return Tokenizer(make_tiny_llama(tmp))
+    """The tiny Llama's tokenizer, written to ``tmp`` (no weights)."""
+    return Tokenizer(make_tiny_tokenizer(tmp))
 
 
 class ScriptedDecode:
