@@ -24,7 +24,10 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from pdserve.config import resolve_model
 from pdserve.flags import add_flags, build, flag
@@ -87,6 +90,19 @@ def _config(a: argparse.Namespace) -> UpConfig:
         raise SystemExit(2) from None
     workers = 0 if cfg.colocated else cfg.prefill_workers
     return dataclasses.replace(cfg, model=str(model_dir), served_model_name=served, prefill_workers=workers)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 900) -> str:
+    """The served model's name once ``pdserve up`` (``proc``, writing ``log``) printed
+    ``READY_LINE``; an error as soon as it exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}")
+        if READY_LINE in log.read_text(errors="replace"):  # printed after the NIXL warm-up
+            return str(httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"])
+        time.sleep(1)
+    raise RuntimeError(f"pdserve up not ready within {timeout_s:.0f} s; see {log}")
 
 
 def child_env() -> dict[str, str]:

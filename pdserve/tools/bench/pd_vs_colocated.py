@@ -25,7 +25,7 @@ import httpx
 from pdserve.config import resolve_model
 from pdserve.tools.bench.client import Timing, percentile, random_prompt, timed_completion
 from pdserve.tools.model import model_or_default
-from pdserve.tools.up import READY_LINE
+from pdserve.tools.up import wait_ready
 
 
 def add_parser(sub: Any) -> None:
@@ -66,22 +66,11 @@ def _run_mode(mode: str, args: argparse.Namespace, lengths: list[int]) -> dict[s
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{args.port}"
     try:
-        model = _wait(url, proc, log)
+        model = wait_ready(url, proc, log)
         return asyncio.run(_measure(url, model, vocab, lengths, args.requests, args.max_tokens))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path) -> str:
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}")
-        if READY_LINE in log.read_text(errors="replace"):  # printed after the warm-up
-            return str(httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"])
-        time.sleep(2)
-    raise RuntimeError(f"cluster not ready; see {log}")
 
 
 async def _measure(url: str, model: str, vocab: int, lengths: list[int], n: int, max_tokens: int) -> dict[str, Any]:
