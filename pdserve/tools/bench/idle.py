@@ -62,13 +62,12 @@ def _run_mode(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str,
         model = wait_ready(ports.url, proc, log)
         time.sleep(args.settle)
         cpu = _idle_cpu(proc.pid, args.seconds)
-        pulls = _kv_pulls(ports.metrics_urls()[1])
-        reply = httpx.post(
-            f"{ports.url}/v1/completions",
-            json={"model": model, "prompt": "hello " * 200, "max_tokens": 8, "temperature": 0},
-            timeout=300,
-        )
-        return {**cpu, "status": reply.status_code, "kv_pulls": _kv_pulls(ports.metrics_urls()[1]) - pulls}
+        metrics = ports.metrics_urls()[1]
+        pulls = _kv_pulls(metrics)
+        prompt = f"{mode} {time.time()} " + "hello " * 200  # no prefix the decode engine holds already
+        body = {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+        reply = httpx.post(f"{ports.url}/v1/completions", json=body, timeout=300)
+        return {**cpu, "status": reply.status_code, "kv_pulls": _pulled_since(metrics, pulls)}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -97,6 +96,15 @@ def _cpu_s(procs: list[psutil.Process]) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def _pulled_since(metrics_url: str, before: float, wait_s: float = 15.0) -> float:
+    """KV pulls counted since ``before``; the engine reports them with its step stats,
+    so a count may land a moment after the response."""
+    deadline = time.monotonic() + wait_s
+    while (pulled := _kv_pulls(metrics_url) - before) == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return pulled
 
 
 def _kv_pulls(metrics_url: str) -> float:
