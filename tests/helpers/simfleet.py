@@ -51,8 +51,11 @@ def served_model(url: str) -> str:
     return str(httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"])
 
 
+async def decode_load(addr: str) -> pb.WorkerLoad:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        return await pb_grpc.DecodeWorkerStub(channel).Load(pb.LoadRequest(), timeout=5)
+
+
 async def decode_inflight(addr: str) -> int:
     """Decode RPCs the worker has in flight."""
-    async with grpc.aio.insecure_channel(addr) as channel:
-        load = await pb_grpc.DecodeWorkerStub(channel).Load(pb.LoadRequest(), timeout=5)
-        return int(load.num_inflight)
+    return int((await decode_load(addr)).num_inflight)

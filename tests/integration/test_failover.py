@@ -20,7 +20,7 @@ import pytest
 from pdserve.tools.fleet import start_router
 from pdserve.tools.procs import Procs
 from tests.factories import metric_samples
-from tests.helpers.simfleet import decode_inflight, numbered_sim_worker
+from tests.helpers.simfleet import decode_load, numbered_sim_worker
 from tests.helpers.simload import OUTPUT, VOCAB, expected, summary, timed
 
 REQUESTS, RATE = 400, 25.0
@@ -36,10 +36,26 @@ def fleet(tmp_path: Path, default_model: Path) -> Iterator[tuple[str, list[tuple
         yield url, prefill, decode
 
 
-async def busiest(decode: list[tuple[str, int]]) -> tuple[str, int]:
-    """The decode worker with the most streams in flight right now."""
-    counts = await asyncio.gather(*(decode_inflight(a) for a, _ in decode))
-    return max(zip(counts, decode, strict=True))[1]
+async def streaming(decode: list[tuple[str, int]], backstop_s: float = 30.0) -> tuple[str, int]:
+    """A decode worker whose engine is generating: seen with a running sequence in two
+    polls 10 ms apart (two sim steps), so streams on it have tokens out. An RPC merely in
+    flight may still wait for its KV, and a kill then is a retry, not a migration."""
+    deadline = time.monotonic() + backstop_s
+    seen: set[tuple[str, int]] = set()
+    while time.monotonic() < deadline:
+        loads = await asyncio.gather(*(decode_load(a) for a, _ in decode))
+        running = {worker for worker, load in zip(decode, loads, strict=True) if load.num_running}
+        if running & seen:
+            return max(running & seen)
+        seen = running
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no decode worker was generating within {backstop_s:.0f} s")
+
+
+async def kill(decode: list[tuple[str, int]], prefill_pid: int) -> None:
+    _, decode_pid = await streaming(decode)
+    for pid in (decode_pid, prefill_pid):
+        os.killpg(pid, signal.SIGKILL)
 
 
 async def load(
@@ -51,12 +67,11 @@ async def load(
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=None)) as client:
         tasks = []
         for i, prompt in enumerate(prompts):
-            if i == REQUESTS // 3:  # mid-run: the decode worker streaming the most, and a prefill worker
-                _, decode_pid = await busiest(decode)
-                for pid in (decode_pid, prefill[0][1]):
-                    os.killpg(pid, signal.SIGKILL)
+            if i == REQUESTS // 3:  # mid-run, requests still coming: a streaming decode and a prefill worker
+                killer = asyncio.create_task(kill(decode, prefill[0][1]))
             tasks.append(asyncio.create_task(timed(client, url, model, prompt)))
             await asyncio.sleep(rng.expovariate(RATE))
+        await killer
         results = await asyncio.gather(*tasks)
     return list(zip(prompts, results, strict=True))
 
