@@ -233,14 +233,15 @@ def test_metrics_of_router_and_both_workers_parse_and_move(cluster: Cluster) -> 
     before = _scrape(cluster.worker_metrics[1])
     body = {"model": cluster.model, "prompt": CASES[2].text, "max_tokens": 4, "temperature": 0}
     assert httpx.post(cluster.url + "/v1/completions", json=body, timeout=120).status_code == 200
-    prefill, decode, router = (
-        _scrape(cluster.worker_metrics[0]),
-        _scrape(cluster.worker_metrics[1]),
-        _scrape(cluster.url + "/metrics"),
-    )
     labels = (("model_name", cluster.model), ("role", "decode"))
     transfers = ("pdserve_worker_kv_transfers_total", labels)
-    assert decode[transfers] > before.get(transfers, 0)  # polled once a second; the request took longer
+    # The engine reports a pull with its step stats and the worker refreshes its snapshot
+    # once a second, so the count may land after the response: wait for it (a backstop).
+    deadline = time.monotonic() + 60
+    while (decode := _scrape(cluster.worker_metrics[1])).get(transfers, 0) <= before.get(transfers, 0):
+        assert time.monotonic() < deadline, f"the decode worker never counted the KV pull: {decode.get(transfers)}"
+        time.sleep(0.5)
+    prefill, router = _scrape(cluster.worker_metrics[0]), _scrape(cluster.url + "/metrics")
     assert decode[("pdserve_worker_kv_transfer_bytes_total", labels)] > 0
     assert ("vllm:num_requests_running", (("model_name", cluster.model), ("role", "prefill"))) in prefill
     assert prefill[("vllm:prefix_cache_queries_total", (("model_name", cluster.model), ("role", "prefill")))] > 0
