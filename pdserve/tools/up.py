@@ -98,7 +98,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: fl
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}")
+            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
         if READY_LINE in log.read_text(errors="replace"):  # printed after the NIXL warm-up
             return str(httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"])
         time.sleep(1)

@@ -10,15 +10,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
 from pdserve.lifetime import launch_env
 from pdserve.tools.ports import UpPorts
-from pdserve.tools.up import READY_LINE, child_env
+from pdserve.tools.up import child_env, wait_ready
 from tests.helpers.net import REPO
 from tests.helpers.processes import kill_tree
-from tests.helpers.waiting import wait_until
 
 PREFILL_WORKERS = 2  # the session cluster: placement has a choice to make
 KV_LEASE_S = 30  # the session cluster's prefill-side KV lease (vLLM 0.32's default, set explicitly)
@@ -54,21 +52,12 @@ def start_up(tmp: Path, *extra: str, name: str = "up", prefill_workers: int = 1)
     cmd = [sys.executable, "-m", "pdserve", "up", *ports.up_args(), "--ready-timeout", str(int(READY_TIMEOUT_S))]
     cmd += extra
     proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = ports.url
-
-    def exited() -> None:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pdserve up exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-
     try:
-        ready = lambda: READY_LINE in log.read_text(errors="replace")  # noqa: E731 - printed after the NIXL warm-up
-        wait_until(ready, f"pdserve up ({log})", READY_TIMEOUT_S, 1, exited)
-        models = httpx.get(f"{url}/v1/models", timeout=60).json()
+        model = wait_ready(ports.url, proc, log, READY_TIMEOUT_S)
     except BaseException:
         stop_up(proc)  # a cluster we gave up on must not come up later and spin
         raise
-    model = models["data"][0]["id"]
-    return Cluster(url, model, tuple(ports.prefill_addrs()), ports.decode_addr, proc, log, ports.metrics_urls())
+    return Cluster(ports.url, model, tuple(ports.prefill_addrs()), ports.decode_addr, proc, log, ports.metrics_urls())
 
 
 def stop_up(proc: subprocess.Popen[bytes]) -> int:
