@@ -105,14 +105,16 @@ def _bindable(host: str, port: int) -> bool:
 
 
 def _holder(port: int) -> str:
+    """Who holds ``port``: the listening process if any, else every socket on it and its state."""
     try:
-        conns = psutil.net_connections(kind="inet")
+        conns = [c for c in psutil.net_connections(kind="inet") if c.laddr and c.laddr.port == port]
     except (psutil.Error, OSError):
         return ""
     for conn in conns:
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+        if conn.status == psutil.CONN_LISTEN and conn.pid:
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(conn.pid)
                 return f" by pid {conn.pid} ({' '.join(proc.cmdline()[:4])})"
             return f" by pid {conn.pid}"
-    return ""
+    held = [f"{c.laddr.ip} {c.status}" + (f" pid {c.pid}" if c.pid else "") for c in conns]
+    return f" (sockets on it: {', '.join(held)})" if held else ""

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import random
 import socket
+from collections import deque
 from dataclasses import dataclass
 
 from pdserve.flags import flag
 
+_GIVEN: deque[int] = deque(maxlen=4000)  # ports this process handed out, most recent last
+
 
 def free_port(span: int = 1) -> int:
     """A free loopback port and the ``span - 1`` after it, below Linux's ephemeral range
-    (32768+), where vLLM's own ZMQ sockets take their random ports."""
+    (32768+), where vLLM's own ZMQ sockets take their random ports.
+
+    Never one this process handed out lately: processes started one after another
+    bind their ports only once they are up, so a port free now may be the one given
+    to the process started a moment ago.
+    """
     while True:
         port = random.randrange(20000, 32000)
-        if all(_bindable(port + i) for i in range(span)):
+        run = range(port, port + span)
+        if not any(p in _GIVEN for p in run) and all(_bindable(p) for p in run):
+            _GIVEN.extend(run)
             return port
 
 
@@ -42,9 +52,11 @@ def free_runs(*spans: int) -> list[int]:
 
 
 def _bindable(port: int) -> bool:
+    # Every address, no SO_REUSEADDR: the strictest probe, so a socket of any state on
+    # the port, on any interface (a TIME_WAIT included), rules it out.
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind(("0.0.0.0", port))
             return True
         except OSError:
             return False

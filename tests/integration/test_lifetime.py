@@ -4,6 +4,7 @@ sim engines SIGKILLed, a worker whose launcher dies or whose fixture gives up, a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -11,13 +12,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from pdserve.lifetime import check_ports_free, kill_descendants, launch_env
+from pdserve.lifetime import kill_descendants, launch_env
+from pdserve.tools.ports import UpPorts
 from pdserve.tools.procs import Procs
 from pdserve.tools.up import READY_LINE, UpConfig
 from tests.helpers.net import REPO, free_port
@@ -26,20 +28,14 @@ GONE_WITHIN_S = 10.0
 
 
 def up_config(model: Path) -> UpConfig:
-    """Ports for one `pdserve up` with one prefill worker, as tests/conftest.py lays them out."""
+    """`pdserve up` with one prefill worker on sim engines, on free ports."""
+    ports = UpPorts.free(prefill_workers=1)
     return UpConfig(
+        **{f.name: getattr(ports, f.name) for f in dataclasses.fields(UpPorts)},
         model=str(model),
         served_model_name="m",
-        host="127.0.0.1",
-        port=free_port(),
-        prefill_port=free_port(2),
-        decode_port=free_port(),
-        kv_port_base=free_port(2),
-        metrics_port_base=free_port(2),
-        colocated=False,
         ready_timeout_s=300,
         worker_args=("--engine=sim", "--engine-arg=profile=zero"),
-        kv_events_port_base=free_port(4),
     )
 
 
@@ -58,6 +54,23 @@ def wait_gone(pids: list[int], timeout_s: float = GONE_WITHIN_S) -> list[int]:
         alive = [p for p in pids if _alive(p)]
         if not alive or time.monotonic() > deadline:
             return alive
+        time.sleep(0.2)
+
+
+def held(ports: Iterable[tuple[str, str, int]], timeout_s: float = GONE_WITHIN_S) -> list[str]:
+    """Sockets still on ``ports`` after up to ``timeout_s`` that a process holds: any
+    listener, or any socket a live process owns. What the kernel keeps after a process
+    died (TIME_WAIT, FIN_WAIT of its connections) is no process left behind."""
+    wanted = {port for _, _, port in ports if port}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = [
+            f"{c.laddr.ip}:{c.laddr.port} {c.status} pid {c.pid}"
+            for c in psutil.net_connections(kind="inet")
+            if c.laddr and c.laddr.port in wanted and (c.status == psutil.CONN_LISTEN or c.pid)
+        ]
+        if not out or time.monotonic() > deadline:
+            return out
         time.sleep(0.2)
 
 
@@ -98,7 +111,7 @@ def test_sigkilled_up_leaves_no_process_and_no_port_behind(up: Up) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert wait_gone([c.pid for c in children]) == []
-    check_ports_free(cfg.ports())  # raises, naming the port, if any is still held
+    assert held(cfg.ports()) == []
 
 
 def test_second_up_on_taken_ports_fails_fast_naming_the_port(up: Up) -> None:
@@ -123,7 +136,7 @@ def test_second_sigterm_stops_everything_without_waiting_for_the_drain(up: Up) -
     proc.wait(GONE_WITHIN_S)
     assert wait_gone([c.pid for c in children]) == []
     assert time.monotonic() - t0 < GONE_WITHIN_S
-    check_ports_free(cfg.ports())
+    assert held(cfg.ports()) == []
 
 
 def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path, default_model: Path) -> None:
@@ -151,7 +164,7 @@ def test_worker_dies_with_a_launcher_that_is_sigkilled(tmp_path: Path, default_m
         launcher.kill()
         launcher.wait()
         assert wait_gone([worker]) == []
-        check_ports_free([("gRPC", "127.0.0.1", port), ("KV events", "", events)])
+        assert held([("gRPC", "127.0.0.1", port), ("KV events", "", events)]) == []
     finally:
         launcher.kill()
 
@@ -164,7 +177,7 @@ def test_a_fixture_that_gives_up_kills_what_it_started(tmp_path: Path, default_m
         worker = procs.start("decode", [*argv, "--kv-events-port", "0"])
         procs.wait_http("http://127.0.0.1:9/never", timeout_s=0.5)  # a start deadline that passes
     assert wait_gone([worker.pid]) == []
-    check_ports_free([("gRPC", "127.0.0.1", port)])
+    assert held([("gRPC", "127.0.0.1", port)]) == []
 
 
 def test_worker_on_a_taken_port_exits_at_once_naming_it(tmp_path: Path, default_model: Path) -> None:
