@@ -1,0 +1,336 @@
+"""The request battery: every case is one request sent unchanged to both servers.
+
+Ids read ``<route>.<field>.<variant>[.stream]`` (route ``chat`` or ``cmpl``), so the known-
+differences file can name a case, or a family of cases with a glob. Generating cases are
+greedy (``temperature: 0``, or ``top_k: 1``) or seeded, with at most 16 new tokens, and ask
+for ``return_token_ids`` so token ids can be compared; the few that sample without a seed
+set ``exact=False`` (only the shape and the prompt's usage are compared). Token ids are
+SmolLM2's (the default model; vocabulary 49152): other models get other tokens, which is
+fine for a comparison of two servers on one model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+MODEL = "$model"  # replaced by each server's served model name when sent
+ABSENT = object()  # a field value meaning "leave the field out of the body"
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+SHORT_MESSAGES = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
+PROMPT = "The capital of France is"
+PROMPT_IDS = [504, 3575, 282, 4649, 314]  # PROMPT, tokenized by SmolLM2
+PARIS, PERIOD, COMMA, EOS = 7042, 30, 28, 2  # " Paris", ".", ",", "<|im_end|>"
+PAST_VOCAB = 60000  # SmolLM2's vocabulary has 49152 tokens
+BASE: dict[str, Any] = {"model": MODEL, "temperature": 0, "max_tokens": 8, "return_token_ids": True}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request. ``exact``: the output is determined (greedy or seeded), so text, token
+    ids, finish reasons, completion usage and logprobs are compared, not only the shape."""
+
+    id: str
+    route: str
+    body: dict[str, Any]
+    stream: bool = False
+    exact: bool = True
+
+
+def _case(route: str, prefix: str, base: dict[str, Any], name: str, stream: bool, exact: bool, fields: Any) -> Case:
+    body = {**BASE, **base, **fields}
+    body = {k: v for k, v in body.items() if v is not ABSENT}
+    if stream:
+        body["stream"] = True
+    return Case(f"{prefix}.{name}" + (".stream" if stream else ""), route, body, stream, exact)
+
+
+def chat(name: str, *, stream: bool = False, exact: bool = True, **fields: Any) -> Case:
+    return _case(CHAT, "chat", {"messages": MESSAGES}, name, stream, exact, fields)
+
+
+def cmpl(name: str, *, stream: bool = False, exact: bool = True, **fields: Any) -> Case:
+    return _case(COMPLETIONS, "cmpl", {"prompt": PROMPT}, name, stream, exact, fields)
+
+
+def both(name: str, *, stream: bool = False, exact: bool = True, **fields: Any) -> list[Case]:
+    return [chat(name, stream=stream, exact=exact, **fields), cmpl(name, stream=stream, exact=exact, **fields)]
+
+
+def _basics() -> list[Case]:
+    return [
+        *both("greedy"),
+        *both("greedy", stream=True),
+        *both("stream_options.include_usage", stream=True, stream_options={"include_usage": True}),
+        *both("stream_options.no_usage", stream=True, stream_options={"include_usage": False}),
+        *both("stream_options.continuous_usage", stream=True, stream_options={"continuous_usage_stats": True}),
+        *both("stream_options.without_stream", stream_options={"include_usage": True}),
+        *both("model.unknown", model="no-such-model"),
+        *both("model.null", model=None),
+        *both("model.absent", model=ABSENT),
+        *both("extra_field.unknown", foo_bar_baz=1),
+        *both("return_token_ids.false", return_token_ids=False),
+        *both("return_token_ids.null", return_token_ids=None),
+        *both("user.valid", user="alice"),
+        *both("user.null", user=None),
+        *both("user.wrong_type", user=5),
+    ]
+
+
+def _temperature_and_seed() -> list[Case]:
+    return [
+        *both("temperature.null_top_k_1", temperature=None, top_k=1),
+        *both("temperature.1_5_top_k_1", temperature=1.5, top_k=1),
+        *both("temperature.over_2_top_k_1", temperature=2.5, top_k=1),
+        *both("temperature.negative", temperature=-0.5),
+        *both("temperature.wrong_type", temperature="hot"),
+        *both("temperature.unseeded", exact=False, temperature=0.8),
+        *both("seed.sampled", temperature=1.0, seed=1234, max_tokens=12),
+        *both("seed.sampled", stream=True, temperature=1.0, seed=1234, max_tokens=12),
+        *both("seed.null", seed=None),
+        *both("seed.negative", temperature=1.0, seed=-7),
+        *both("seed.past_int64", seed=2**64),
+        *both("seed.wrong_type", seed="abc"),
+    ]
+
+
+def _truncation() -> list[Case]:
+    return [
+        *both("top_p.seeded", temperature=1.0, top_p=0.5, seed=7),
+        *both("top_p.null", top_p=None),
+        *both("top_p.zero", top_p=0),
+        *both("top_p.over_1", top_p=1.5),
+        *both("top_p.wrong_type", top_p="x"),
+        *both("top_k.seeded", temperature=1.0, top_k=5, seed=7),
+        *both("top_k.minus_1", top_k=-1),
+        *both("top_k.zero", top_k=0),
+        *both("top_k.null", top_k=None),
+        *both("top_k.minus_2", top_k=-2),
+        *both("top_k.float", top_k=1.5),
+        *both("min_p.seeded", temperature=1.0, min_p=0.2, seed=7),
+        *both("min_p.null", min_p=None),
+        *both("min_p.over_1", min_p=1.5),
+        *both("min_p.negative", min_p=-0.1),
+    ]
+
+
+def _lengths() -> list[Case]:
+    short: dict[str, Any] = {"messages": SHORT_MESSAGES}
+    return [
+        *both("max_tokens.4", max_tokens=4),
+        chat("max_tokens.null", max_tokens=None, **short),
+        chat("max_tokens.absent", max_tokens=ABSENT, **short),
+        cmpl("max_tokens.null_with_stop", max_tokens=None, stop=["."]),
+        cmpl("max_tokens.absent", max_tokens=ABSENT),
+        *both("max_tokens.zero", max_tokens=0),
+        *both("max_tokens.negative", max_tokens=-1),
+        *both("max_tokens.wrong_type", max_tokens="ten"),
+        *both("max_tokens.past_context", max_tokens=100_000),
+        chat("max_completion_tokens.4", max_tokens=ABSENT, max_completion_tokens=4),
+        chat("max_completion_tokens.null", max_completion_tokens=None),
+        chat("max_completion_tokens.zero", max_tokens=ABSENT, max_completion_tokens=0),
+        chat("max_completion_tokens.with_max_tokens", max_tokens=8, max_completion_tokens=3),
+        chat("min_tokens.past_eos", max_tokens=12, min_tokens=10, **short),
+        cmpl("min_tokens.4", min_tokens=4),
+        *both("min_tokens.null", min_tokens=None),
+        *both("min_tokens.negative", min_tokens=-1),
+        *both("min_tokens.over_max", min_tokens=20),
+        chat("ignore_eos.true", max_tokens=12, ignore_eos=True, **short),
+        *both("ignore_eos.null", ignore_eos=None),
+        *both("ignore_eos.wrong_type", ignore_eos=[1]),
+    ]
+
+
+def _stops() -> list[Case]:
+    return [
+        *both("stop.string", stop=","),
+        *both("stop.list", stop=[".", ","], max_tokens=16),
+        *both("stop.list", stream=True, stop=[".", ","], max_tokens=16),
+        *both("stop.include_stop_str", stop=[".", ","], include_stop_str_in_output=True, max_tokens=16),
+        *both("stop.null", stop=None),
+        *both("stop.empty_list", stop=[]),
+        *both("stop.empty_string", stop=""),
+        *both("stop.five", stop=["a1", "b2", "c3", "d4", "e5"]),
+        *both("stop.wrong_type", stop=123),
+        *both("stop_token_ids.period", stop_token_ids=[PERIOD, COMMA], max_tokens=16),
+        *both("stop_token_ids.empty", stop_token_ids=[]),
+        *both("stop_token_ids.null", stop_token_ids=None),
+        *both("stop_token_ids.negative", stop_token_ids=[-1]),
+        *both("stop_token_ids.past_vocab", stop_token_ids=[PAST_VOCAB]),
+        *both("stop_token_ids.wrong_type", stop_token_ids="x"),
+    ]
+
+
+def _penalties() -> list[Case]:
+    cases: list[Case] = []
+    for name in ("presence_penalty", "frequency_penalty"):
+        values: dict[str, Any] = {"valid": 1.5, "null": None, "out_of_range": 3.0, "wrong_type": "x"}
+        for variant, value in values.items():
+            extra: dict[str, Any] = {name: value, "max_tokens": 16 if variant == "valid" else 8}
+            cases += both(f"{name}.{variant}", **extra)
+    return [
+        *cases,
+        *both("repetition_penalty.valid", max_tokens=16, repetition_penalty=1.3),
+        *both("repetition_penalty.null", repetition_penalty=None),
+        *both("repetition_penalty.zero", repetition_penalty=0),
+        *both("repetition_penalty.negative", repetition_penalty=-1),
+    ]
+
+
+def _token_constraints() -> list[Case]:
+    return [
+        *both("logit_bias.force_token", logit_bias={str(PARIS): 100}, max_tokens=4),
+        *both("logit_bias.ban_token", logit_bias={str(PARIS): -100}),
+        *both("logit_bias.past_vocab", logit_bias={str(PAST_VOCAB): 5}),
+        *both("logit_bias.over_100", logit_bias={str(PARIS): 150}, max_tokens=4),
+        *both("logit_bias.under_minus_100", logit_bias={str(PARIS): -150}),
+        *both("logit_bias.null", logit_bias=None),
+        *both("logit_bias.non_int_key", logit_bias={"abc": 1}),
+        *both("allowed_token_ids.valid", allowed_token_ids=[PARIS, PERIOD, COMMA, EOS], max_tokens=4),
+        *both("allowed_token_ids.empty", allowed_token_ids=[]),
+        *both("allowed_token_ids.past_vocab", allowed_token_ids=[PAST_VOCAB]),
+        *both("allowed_token_ids.null", allowed_token_ids=None),
+        *both("bad_words.valid", bad_words=["Paris"]),
+        *both("bad_words.empty", bad_words=[]),
+        *both("bad_words.null", bad_words=None),
+        *both("bad_words.wrong_type", bad_words=[5]),
+    ]
+
+
+def _request_options() -> list[Case]:
+    return [
+        *both("cache_salt.valid", cache_salt="parity-salt"),
+        *both("cache_salt.empty", cache_salt=""),
+        *both("cache_salt.null", cache_salt=None),
+        *both("priority.zero", priority=0),
+        *both("priority.one", priority=1),
+        *both("priority.null", priority=None),
+        *both("skip_special_tokens.false", skip_special_tokens=False),
+        *both("skip_special_tokens.null", skip_special_tokens=None),
+        *both("truncate_prompt_tokens.3", truncate_prompt_tokens=3),
+        *both("truncate_prompt_tokens.minus_1", truncate_prompt_tokens=-1),
+        *both("truncate_prompt_tokens.null", truncate_prompt_tokens=None),
+        *both("truncate_prompt_tokens.minus_5", truncate_prompt_tokens=-5),
+        *both("kv_transfer_params.empty", kv_transfer_params={}),
+        *both("kv_transfer_params.null", kv_transfer_params=None),
+        *both("n.1", n=1),
+        *both("n.2", n=2),
+        *both("n.2", stream=True, n=2),
+        *both("n.zero", n=0),
+        *both("n.null", n=None),
+        *both("n.wrong_type", n="two"),
+        *both("use_beam_search.true", use_beam_search=True, n=2, max_tokens=4),
+        *both("use_beam_search.false", use_beam_search=False),
+        *both("use_beam_search.null", use_beam_search=None),
+        *both("length_penalty.0_5", length_penalty=0.5),
+        *both("length_penalty.null", length_penalty=None),
+    ]
+
+
+def _logprobs() -> list[Case]:
+    return [
+        chat("logprobs.top_2", logprobs=True, top_logprobs=2),
+        chat("logprobs.top_2", stream=True, logprobs=True, top_logprobs=2),
+        chat("logprobs.true", logprobs=True),
+        chat("logprobs.false", logprobs=False),
+        chat("logprobs.null", logprobs=None),
+        chat("logprobs.wrong_type", logprobs="x"),
+        chat("logprobs.top_without_logprobs", top_logprobs=2),
+        chat("logprobs.top_null", logprobs=True, top_logprobs=None),
+        chat("logprobs.top_25", logprobs=True, top_logprobs=25),
+        chat("logprobs.top_minus_2", logprobs=True, top_logprobs=-2),
+        cmpl("logprobs.0", logprobs=0),
+        cmpl("logprobs.2", logprobs=2),
+        cmpl("logprobs.2", stream=True, logprobs=2),
+        cmpl("logprobs.null", logprobs=None),
+        cmpl("logprobs.minus_2", logprobs=-2),
+        cmpl("logprobs.25", logprobs=25),
+        *both("prompt_logprobs.1", prompt_logprobs=1),
+        *both("prompt_logprobs.0", prompt_logprobs=0),
+        *both("prompt_logprobs.null", prompt_logprobs=None),
+        *both("prompt_logprobs.minus_2", prompt_logprobs=-2),
+    ]
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def _structured() -> list[Case]:
+    return [
+        *both("response_format.text", response_format={"type": "text"}),
+        *both("response_format.json_object", response_format={"type": "json_object"}, max_tokens=16),
+        *both(
+            "response_format.json_schema",
+            response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}},
+            max_tokens=16,
+        ),
+        *both("response_format.null", response_format=None),
+        *both("response_format.bogus", response_format={"type": "bogus"}),
+        *both("structured_outputs.regex", structured_outputs={"regex": "[0-9]{3}"}),
+        *both("structured_outputs.choice", structured_outputs={"choice": ["yes", "no"]}),
+        *both("structured_outputs.null", structured_outputs=None),
+        chat("tools.auto", tools=[TOOL]),
+        chat("tools.choice_none", tools=[TOOL], tool_choice="none"),
+        chat("tools.null", tools=None),
+    ]
+
+
+def _prompts() -> list[Case]:
+    return [
+        cmpl("prompt.token_ids", prompt=PROMPT_IDS),
+        cmpl("prompt.token_ids", stream=True, prompt=PROMPT_IDS),
+        cmpl("prompt.token_ids_batch", prompt=[PROMPT_IDS, PROMPT_IDS[:3]]),
+        cmpl("prompt.string_batch", prompt=[PROMPT, "Hello"]),
+        cmpl("prompt.string_list_of_one", prompt=[PROMPT]),
+        cmpl("prompt.empty_token_ids", prompt=[]),
+        cmpl("prompt.token_past_vocab", prompt=[PAST_VOCAB]),
+        cmpl("prompt.negative_token", prompt=[-1]),
+        cmpl("echo.true", echo=True),
+        cmpl("echo.true", stream=True, echo=True),
+        cmpl("echo.null", echo=None),
+        cmpl("echo.max_tokens_0", echo=True, max_tokens=0),
+        cmpl("suffix.string", suffix="!"),
+        cmpl("best_of.1", best_of=1),
+        chat("messages.system", messages=[{"role": "system", "content": "Be brief."}, *MESSAGES]),
+        chat("messages.content_parts", messages=[{"role": "user", "content": [{"type": "text", "text": "Hi!"}]}]),
+        chat(
+            "messages.multi_turn",
+            messages=[*MESSAGES, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Why?"}],
+        ),
+        chat("messages.empty", messages=[]),
+        chat("messages.bad_role", messages=[{"role": "bogus", "content": "Hi"}]),
+        chat("messages.absent", messages=ABSENT),
+    ]
+
+
+def battery() -> list[Case]:
+    """Every case, ids unique."""
+    cases = [
+        *_basics(),
+        *_temperature_and_seed(),
+        *_truncation(),
+        *_lengths(),
+        *_stops(),
+        *_penalties(),
+        *_token_constraints(),
+        *_request_options(),
+        *_logprobs(),
+        *_structured(),
+        *_prompts(),
+    ]
+    ids = [c.id for c in cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate case ids: {dupes}")
+    return cases
