@@ -18,6 +18,7 @@ Contract shared by both roles:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,9 +45,18 @@ class FinishReason(enum.Enum):
     ERROR = "error"  # the engine failed this request (e.g. the KV pull); safe to retry
 
 
+LOGIT_BIAS_LIMIT = 100.0  # vLLM clamps every bias into [-100, 100]
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
-    """Sampling parameters an engine honours. Stop strings are the router's job."""
+    """What an engine honours per request. Stop strings are the router's job; the
+    router also turns bad words into token sequences (engines have no tokenizer).
+
+    ``priority`` and ``cache_salt`` are not sampling, but they travel with it: both
+    engines of a request must see the same salt, or the transferred blocks would not
+    match the decode side's prefix cache.
+    """
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -56,6 +66,15 @@ class SamplingSpec:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     min_tokens: int = 0
+    presence_penalty: float = 0.0  # [-2, 2]
+    frequency_penalty: float = 0.0  # [-2, 2]
+    repetition_penalty: float = 1.0  # > 0; 1 is off
+    min_p: float = 0.0  # [0, 1]; 0 is off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
+    allowed_token_ids: tuple[int, ...] = ()  # empty: every token
+    bad_words: tuple[tuple[int, ...], ...] = ()  # token sequences never to generate
+    priority: int = 0  # lower is scheduled first (priority scheduling only)
+    cache_salt: str = ""  # "": none
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -66,6 +85,16 @@ class SamplingSpec:
             raise ValueError("top_p must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
+        if not (-2 <= self.presence_penalty <= 2 and -2 <= self.frequency_penalty <= 2):
+            raise ValueError("presence_penalty and frequency_penalty must be in [-2, 2]")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError("repetition_penalty must be a finite number above 0")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
+        if any(abs(bias) > LOGIT_BIAS_LIMIT for _, bias in self.logit_bias):
+            raise ValueError(f"logit_bias values must be in [-{LOGIT_BIAS_LIMIT:g}, {LOGIT_BIAS_LIMIT:g}]")
+        if any(not seq for seq in self.bad_words):
+            raise ValueError("bad_words entries must be non-empty token sequences")
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,7 @@ class EngineInfo:
     kv_events: str = ""  # ZMQ endpoint of the engine's KV event publisher ("" = not published)
     kv_replay: str = ""  # its replay endpoint
     model_path: str = ""  # where the worker loaded the model (a router on the same host reads the tokenizer)
+    scheduling_policy: str = "fcfs"  # "priority": requests' priority orders the engine's queue
 
 
 @dataclass(frozen=True)

@@ -155,13 +155,19 @@ def sampling_params(
     spec: SamplingSpec, *, max_tokens: int, kv_transfer_params: dict[str, Any] | None
 ) -> SamplingParams:
     extra = {"kv_transfer_params": kv_transfer_params} if kv_transfer_params is not None else None
-    return SamplingParams(
+    params = SamplingParams(
         n=1,
         max_tokens=max_tokens,
         min_tokens=min(spec.min_tokens, max_tokens),
         temperature=spec.temperature,
         top_p=spec.top_p,
         top_k=spec.top_k if spec.top_k > 0 else _TOP_K_OFF,
+        min_p=spec.min_p,
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
+        repetition_penalty=spec.repetition_penalty,
+        logit_bias=dict(spec.logit_bias) or None,
+        allowed_token_ids=list(spec.allowed_token_ids) or None,
         seed=spec.seed,
         stop_token_ids=list(spec.stop_token_ids),
         ignore_eos=spec.ignore_eos,
@@ -169,14 +175,23 @@ def sampling_params(
         output_kind=RequestOutputKind.DELTA,
         extra_args=extra,
     )
+    if spec.bad_words:
+        # The engine has no tokenizer, so ``bad_words`` (text) would be ignored: the router
+        # tokenized them as ``update_from_tokenizer`` does, and the sampler reads this
+        # field (vLLM marks it internal; checked by tests/contract/test_engine.py).
+        params._bad_words_token_ids = [list(seq) for seq in spec.bad_words]
+    return params
 
 
 # Every supported release reads top_k=-1 as "off"; some reject 0.
 _TOP_K_OFF = -1
 
 
-def tokens_prompt(token_ids: Sequence[int]) -> TokensPrompt:
-    return TokensPrompt(prompt_token_ids=list(token_ids))
+def tokens_prompt(token_ids: Sequence[int], cache_salt: str = "") -> TokensPrompt:
+    prompt = TokensPrompt(prompt_token_ids=list(token_ids))
+    if cache_salt:
+        prompt["cache_salt"] = cache_salt
+    return prompt
 
 
 def stat_logger_factory(sink: Callable[[SchedulerStats], None]) -> Callable[..., StatLoggerBase]:
@@ -225,3 +240,8 @@ async def release_remote_kv(llm: AsyncLLM, request_id: str, kv_transfer_params: 
 
 def num_kv_blocks(llm: AsyncLLM) -> int:
     return int(llm.vllm_config.cache_config.num_gpu_blocks or 0)
+
+
+def scheduling_policy(llm: AsyncLLM) -> str:
+    """ "fcfs" or "priority" (``--engine-arg scheduling_policy=priority``)."""
+    return str(llm.vllm_config.scheduler_config.policy)

@@ -106,6 +106,7 @@ class _VllmRuntime:
             kv_events=self.config.kv_events_endpoints[0],
             kv_replay=self.config.kv_events_endpoints[1],
             model_path=self.config.model,
+            scheduling_policy=compat.scheduling_policy(self.llm),
         )
 
     async def load(self) -> EngineLoad:
@@ -141,7 +142,8 @@ class _VllmRuntime:
         (vLLM's ``generate`` aborts on GeneratorExit / CancelledError)."""
         self._check_prompt(prompt_token_ids)
         params = compat.sampling_params(sampling, max_tokens=max_tokens, kv_transfer_params=kv_transfer_params)
-        stream = self.llm.generate(compat.tokens_prompt(prompt_token_ids), params, request_id)
+        prompt = compat.tokens_prompt(prompt_token_ids, sampling.cache_salt)
+        stream = self.llm.generate(prompt, params, request_id, priority=sampling.priority)
         self._inflight += 1
         try:
             async with contextlib.aclosing(stream):

@@ -27,6 +27,15 @@ def sampling_to_pb(spec: SamplingSpec) -> pb.SamplingParams:
         stop_token_ids=list(spec.stop_token_ids),
         ignore_eos=spec.ignore_eos,
         min_tokens=spec.min_tokens,
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
+        repetition_penalty=spec.repetition_penalty,
+        min_p=spec.min_p,
+        logit_bias=dict(spec.logit_bias),
+        allowed_token_ids=list(spec.allowed_token_ids),
+        bad_words=[pb.TokenIds(ids=list(seq)) for seq in spec.bad_words],
+        priority=spec.priority,
+        cache_salt=spec.cache_salt,
     )
     if spec.seed is not None:
         msg.seed = spec.seed
@@ -44,6 +53,15 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingSpec:
         stop_token_ids=tuple(msg.stop_token_ids),
         ignore_eos=msg.ignore_eos,
         min_tokens=msg.min_tokens,
+        presence_penalty=msg.presence_penalty,
+        frequency_penalty=msg.frequency_penalty,
+        repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0,
+        min_p=msg.min_p,
+        logit_bias=tuple(sorted(msg.logit_bias.items())),
+        allowed_token_ids=tuple(msg.allowed_token_ids),
+        bad_words=tuple(tuple(seq.ids) for seq in msg.bad_words),
+        priority=msg.priority,
+        cache_salt=msg.cache_salt,
     )
 
 
@@ -93,6 +111,7 @@ def info_to_pb(info: EngineInfo) -> pb.WorkerInfo:
         kv_events=info.kv_events,
         kv_replay=info.kv_replay,
         model_path=info.model_path,
+        scheduling_policy=info.scheduling_policy,
     )
 
 
@@ -108,6 +127,7 @@ def info_from_pb(msg: pb.WorkerInfo) -> EngineInfo:
         kv_events=msg.kv_events,
         kv_replay=msg.kv_replay,
         model_path=msg.model_path,
+        scheduling_policy=msg.scheduling_policy or "fcfs",
     )
 
 

@@ -234,3 +234,40 @@ async def test_idle_engines_leave_the_cpu_alone(pair: Pair) -> None:
     assert pair.name == "sim" or pair.processes, "vLLM runs its engine cores as processes"
     used = await asyncio.to_thread(cpu_percent, procs, 5)  # this thread sleeps meanwhile
     assert used < IDLE_PAIR_CPU_LIMIT, f"idle prefill + decode engines used {used:.0f} % of a core"
+
+
+async def test_allowed_token_ids_confine_the_output(pair: Pair) -> None:
+    allowed = (40, 41, 42)
+    spec = SamplingSpec(max_tokens=8, temperature=1.0, seed=3, ignore_eos=True, allowed_token_ids=allowed)
+    out = tokens(await collect(pair.decode.decode(RequestId("c-allowed"), prompt(30, start=13), spec, None)))
+    assert len(out) == 8 and set(out) <= set(allowed)
+
+
+async def test_a_bad_word_is_never_generated(pair: Pair) -> None:
+    ids = prompt(30, start=17)
+    free = tokens(await collect(pair.decode.decode(RequestId("c-free"), ids, GREEDY, None)))
+    banned = SamplingSpec(max_tokens=GREEDY.max_tokens, temperature=0, ignore_eos=True, bad_words=((free[0],),))
+    out = tokens(await collect(pair.decode.decode(RequestId("c-banned"), ids, banned, None)))
+    assert free[0] not in out and len(out) == GREEDY.max_tokens
+
+
+async def test_logit_bias_moves_greedy_choice(pair: Pair) -> None:
+    if pair.name == "sim":
+        pytest.skip("the sim has no logits to bias")
+    spec = SamplingSpec(max_tokens=4, temperature=0, ignore_eos=True, logit_bias=((77, 100.0),))
+    out = tokens(await collect(pair.decode.decode(RequestId("c-bias"), prompt(30, start=19), spec, None)))
+    assert out == [77] * 4
+
+
+async def test_a_cache_salt_keeps_a_prompt_out_of_other_requests_prefix_cache(pair: Pair) -> None:
+    if pair.name == "sim":
+        pytest.skip("the sim's prefix cache is not salted")
+    ids = prompt(4 * BLOCK, start=23)
+    first = await pair.prefill.prefill(RequestId("c-salt-1"), ids, GREEDY)
+    await pair.decode.release(RequestId("c-salt-1"), first.kv_transfer_params)
+    same = await pair.prefill.prefill(RequestId("c-salt-2"), ids, GREEDY)
+    await pair.decode.release(RequestId("c-salt-2"), same.kv_transfer_params)
+    salted_spec = SamplingSpec(max_tokens=GREEDY.max_tokens, temperature=0, cache_salt="tenant-b")
+    salted = await pair.prefill.prefill(RequestId("c-salt-3"), ids, salted_spec)
+    await pair.decode.release(RequestId("c-salt-3"), salted.kv_transfer_params)
+    assert same.cached_tokens >= 3 * BLOCK and salted.cached_tokens == 0

@@ -255,9 +255,24 @@ class _SimRuntime:
                 self._emit(seq)
 
     def _sample(self, seq: _Seq) -> int:
-        if seq.rng is None:
-            return next_token(seq.tokens, self.profile.vocab_size)
-        return seq.rng.randrange(_LOW_TOKEN, self.profile.vocab_size)
+        """The sim's "model" (a hash of the context, or a random token), then the request's
+        constraints as vLLM applies them to logits: ``allowed_token_ids`` confines the
+        choice and a single-token bad word is never chosen. Penalties, ``min_p`` and
+        ``logit_bias`` shape a distribution the sim does not have: accepted, no effect."""
+        spec = seq.sampling
+        banned = {words[0] for words in spec.bad_words if len(words) == 1}
+        choices = [t for t in spec.allowed_token_ids if t not in banned]
+        for attempt in range(64):
+            context = [*seq.tokens, attempt] if attempt else seq.tokens
+            if seq.rng is None:
+                token = next_token(context, self.profile.vocab_size)
+            else:
+                token = seq.rng.randrange(_LOW_TOKEN, self.profile.vocab_size)
+            if choices:
+                token = choices[token % len(choices)]
+            if token not in banned:
+                return token
+        return token
 
     def _emit(self, seq: _Seq) -> None:
         raise NotImplementedError
