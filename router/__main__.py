@@ -42,7 +42,7 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     store, follow_events = build_store(cfg, metrics)
     fleet = Fleet(
         store,
-        TokenizerSource(cfg.tokenizers, cfg.model_dir),
+        TokenizerSource(cfg.tokenizers, cfg.model_dir, cfg.generation_config),
         FleetOptions(follow_events=follow_events, link=cfg.link),
         on_change=metrics.fleet_changed,
     )

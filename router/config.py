@@ -56,6 +56,12 @@ class RouterConfig:
         help="HF model directory for the tokenizer of models without a --tokenizer (and whose workers "
         "report no directory this router can read)",
     )
+    generation_config: str = flag(
+        "auto",
+        env="PDSERVE_GENERATION_CONFIG",
+        help="sampling defaults for fields a request leaves unset, as vllm serve's flag: auto (the model's "
+        "generation_config.json), vllm (vLLM's neutral values) or a directory holding a generation_config.json",
+    )
     policy: str = flag("prefix-aware", env="PDSERVE_POLICY", choices=tuple(sorted(POLICIES)), help="placement policy")
     weights: dict[str, float] = flag(
         default_factory=dict,

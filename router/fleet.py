@@ -28,6 +28,7 @@ from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient
 from router.errors import WorkerError
+from router.generation_config import sampling_defaults
 from router.pool import ModelPool
 from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
 
@@ -64,15 +65,23 @@ class FleetOptions:
 
 
 class TokenizerSource:
-    """Tokenizer per served model: an explicit ``--tokenizer NAME=DIR``, else the
-    directory the worker reports (same host or shared volume), else ``fallback``."""
+    """Tokenizer and sampling defaults per served model, from its directory: an explicit
+    ``--tokenizer NAME=DIR``, else the directory the worker reports (same host or shared
+    volume), else ``fallback``. ``generation_config``: ``--generation-config``."""
 
-    def __init__(self, explicit: dict[str, str], fallback: str) -> None:
+    def __init__(self, explicit: dict[str, str], fallback: str, generation_config: str = "auto") -> None:
         self._explicit = explicit
         self._fallback = fallback
-        self._cache: dict[str, Tokenizer | TokenIdsOnly] = {}
+        self._generation_config = generation_config
+        self._cache: dict[str, tuple[Tokenizer | TokenIdsOnly, dict[str, float]]] = {}
 
     def get(self, model: str, model_path: str) -> Tokenizer | TokenIdsOnly:
+        return self._load(model, model_path)[0]
+
+    def sampling_defaults(self, model: str, model_path: str) -> dict[str, float]:
+        return dict(self._load(model, model_path)[1])
+
+    def _load(self, model: str, model_path: str) -> tuple[Tokenizer | TokenIdsOnly, dict[str, float]]:
         if model not in self._cache:
             path = self._explicit.get(model) or (
                 model_path if model_path and (Path(model_path) / "config.json").is_file() else self._fallback
@@ -82,8 +91,9 @@ class TokenizerSource:
                     f"model {model}: no tokenizer: its workers report no readable model directory"
                     f" ({model_path or 'none'}); give the router --tokenizer {model}=DIR or --model DIR"
                 )
-            self._cache[model] = load_tokenizer(path)
-            log.info("model %s: tokenizer from %s", model, path)
+            defaults = sampling_defaults(self._generation_config, path)
+            self._cache[model] = (load_tokenizer(path), defaults)
+            log.info("model %s: tokenizer from %s; sampling defaults %s", model, path, defaults or "vLLM's")
         return self._cache[model]
 
 
@@ -132,6 +142,8 @@ class Fleet:
                 max_model_len=info.max_model_len,
                 block_size=info.block_size,
                 vllm_version=info.vllm_version,
+                sampling_defaults=self._tokenizers.sampling_defaults(info.model, info.model_path),
+                scheduling_policy=info.scheduling_policy,
             )
             self.pools[info.model] = pool
         if isinstance(client, PrefillClient):

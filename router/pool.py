@@ -38,11 +38,18 @@ class ModelPool:
         vllm_version: str = "",
         prefill: Mapping[WorkerId, PrefillWorker] | None = None,
         decode: Mapping[WorkerId, DecodeWorker] | None = None,
+        *,
+        sampling_defaults: Mapping[str, float] | None = None,
+        scheduling_policy: str = "fcfs",
     ) -> None:
         self.name = name
         self.tokenizer = tokenizer
         self.block_size = block_size
         self.vllm_version = vllm_version
+        # The model's generation config (router/generation_config.py): what a request leaves unset.
+        self.sampling_defaults: Mapping[str, float] = MappingProxyType(dict(sampling_defaults or {}))
+        # Every worker of the pool schedules alike: a join that differs is refused (add_*).
+        self.scheduling_policy = scheduling_policy
         self._max_model_len = max_model_len
         self._prefill: dict[WorkerId, PrefillWorker] = dict(prefill or {})
         self._decode: dict[WorkerId, DecodeWorker] = dict(decode or {})
@@ -51,6 +58,11 @@ class ModelPool:
         self._loads: dict[WorkerId, EngineLoad] = {}  # last Load poll
         self._polled_inflight: Counter[WorkerId] = Counter()  # ``_inflight`` at that poll
         self._down: set[WorkerId] = set()  # failed their last Load poll, or a request
+
+    @property
+    def priority_scheduling(self) -> bool:
+        """Requests may carry a ``priority`` (both engines schedule by it)."""
+        return self.scheduling_policy == "priority"
 
     @property
     def max_model_len(self) -> int:
@@ -81,7 +93,7 @@ class ModelPool:
 
     def _join(self, info: EngineInfo, worker: WorkerId) -> None:
         """Values that must agree within a model's pool (the P/D pair shares KV layout)."""
-        for attr in ("block_size", "vllm_version"):
+        for attr in ("block_size", "vllm_version", "scheduling_policy"):
             if getattr(info, attr) != getattr(self, attr):
                 raise ValueError(
                     f"worker {worker}: {attr} {getattr(info, attr)!r}, pool {self.name!r} has {getattr(self, attr)!r}"

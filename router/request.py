@@ -20,6 +20,8 @@ class Generation:
     spec: SamplingSpec
     stops: tuple[str, ...] = ()
     arrival: float = field(default_factory=time.perf_counter)  # when the HTTP request came in
+    include_stop: bool = False  # the matched stop string stays in the text
+    skip_special_tokens: bool = True  # special tokens are left out of the text
 
 
 @dataclass(frozen=True)

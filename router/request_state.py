@@ -24,8 +24,8 @@ class Output:
     migrated request continues the same detokenizer, stop matcher and count."""
 
     def __init__(self, pool: ModelPool, gen: Generation) -> None:
-        self._decoder = pool.tokenizer.stream_decoder(gen.prompt_ids)
-        self._stops = StopMatcher(gen.stops)
+        self._decoder = pool.tokenizer.stream_decoder(gen.prompt_ids, gen.skip_special_tokens)
+        self._stops = StopMatcher(gen.stops, gen.include_stop)
         self.produced: list[int] = []
         self.cached: int | None = None  # the first placement's prefill-side count
 
@@ -121,7 +121,11 @@ class RequestState:
 
     def match(self) -> PrefixMatch | None:
         """The block index lookup of this attempt's prompt, if an earlier placement of the
-        same prompt made it (a migration's longer prompt needs its own)."""
+        same prompt made it (a migration's longer prompt needs its own). A salted request
+        matches nothing: the index holds unsalted hashes, and the engines' salted blocks
+        are not shared with any other request's."""
+        if self.gen.spec.cache_salt:
+            return PrefixMatch()
         if self._match is not None and self._match[0] == len(self.prompt):
             return self._match[1]
         return None

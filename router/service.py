@@ -33,13 +33,22 @@ class RouterService:
         self.admission = admission or Admission(AdmissionLimits(), MemoryStore())
         metrics.watch(self.admission.gate)
 
-    def pool(self, model: str) -> ModelPool:
+    def pool(self, model: str | None) -> ModelPool:
+        """The named model's pool; no name (vLLM allows omitting it) means the first
+        served model, as ``vllm serve`` takes its first served name."""
+        if model is None:
+            served = [name for name, _ in self.served_models()]
+            if not served:
+                raise UnknownModelError("no model is served yet")
+            model = served[0]
         try:
             return self.pools[model]
         except KeyError:
             raise UnknownModelError(f"The model `{model}` does not exist.") from None
 
-    async def serve(self, model: str, generation: Callable[[ModelPool], Generation], client: str = ANONYMOUS) -> Answer:
+    async def serve(
+        self, model: str | None, generation: Callable[[ModelPool], Generation], client: str = ANONYMOUS
+    ) -> Answer:
         """One request: ``generation`` validates it against the model's pool; admission
         (``RateLimited`` / ``Overloaded``), placement and the first chunk happen before
         this returns, so every error before the first token is raised here."""

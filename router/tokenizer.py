@@ -24,9 +24,25 @@ class Tokenizer:
         self.eos_token_ids: tuple[int, ...] = _eos_ids(self._tok, Path(model_dir))
         self.vocab_size: int = len(self._tok)
 
-    def encode(self, text: str) -> list[int]:
-        """Completion prompt → ids, with the model's special-token prefix (as vLLM does)."""
-        return list(self._tok(text, add_special_tokens=True)["input_ids"])
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Completion prompt → ids, with the model's special-token prefix unless told not to
+        (vLLM's ``add_special_tokens``)."""
+        return list(self._tok(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def bad_words_ids(self, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+        """Token sequences for ``bad_words``, as vLLM's ``SamplingParams.update_from_tokenizer``
+        makes them: each word as is, and with a leading space when that tokenizes to a
+        different first token of the same length (the word in mid-text)."""
+        out: list[tuple[int, ...]] = []
+        for word in words:
+            plain = tuple(self._tok.encode(word.lstrip(), add_special_tokens=False))
+            if not plain:
+                raise ValueError("bad_words entries must tokenize to at least one token.")
+            out.append(plain)
+            spaced = tuple(self._tok.encode(" " + word.lstrip(), add_special_tokens=False))
+            if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+                out.append(spaced)
+        return tuple(out)
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Chat messages → ids via the model's chat template, ending with the assistant turn."""
@@ -36,11 +52,11 @@ class Tokenizer:
         # The template already wrote the special tokens; adding them again would double BOS.
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return str(self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
 
-    def stream_decoder(self, prompt_ids: Sequence[int]) -> StreamDecoder:
-        return StreamDecoder(self._tok, prompt_ids)
+    def stream_decoder(self, prompt_ids: Sequence[int], skip_special_tokens: bool = True) -> StreamDecoder:
+        return StreamDecoder(self._tok, prompt_ids, skip_special_tokens)
 
 
 class TokenIdsOnly:
@@ -57,16 +73,21 @@ class TokenIdsOnly:
         config = json.loads((Path(model_dir) / "config.json").read_text())
         return cls(int(config["vocab_size"]), _eos_ids(None, Path(model_dir)))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         raise ValueError("this model has no tokenizer: send the prompt as a list of token ids")
+
+    def bad_words_ids(self, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+        if words:
+            raise ValueError("this model has no tokenizer: bad_words cannot be tokenized")
+        return ()
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         raise ValueError("this model has no tokenizer: use /v1/completions with token ids")
 
-    def decode(self, token_ids: Sequence[int]) -> str:
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return ""
 
-    def stream_decoder(self, prompt_ids: Sequence[int]) -> _Silent:
+    def stream_decoder(self, prompt_ids: Sequence[int], skip_special_tokens: bool = True) -> _Silent:
         return _Silent()
 
 
@@ -86,11 +107,11 @@ def load_tokenizer(model_dir: str | Path) -> Tokenizer | TokenIdsOnly:
 class StreamDecoder:
     """Turns generated ids into text pieces as they arrive; one per request."""
 
-    def __init__(self, tok: PreTrainedTokenizerBase, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, tok: PreTrainedTokenizerBase, prompt_ids: Sequence[int], skip_special_tokens: bool) -> None:
         self._backend = tok.backend_tokenizer
         # Prefix with the prompt's tail so the first generated token is decoded in
         # context (leading-space handling); DecodeStream drops the prefix's text.
-        self._stream = DecodeStream(skip_special_tokens=True)
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
         for token_id in list(prompt_ids)[-4:]:
             self._stream.step(self._backend, token_id)
 
@@ -118,12 +139,14 @@ def _eos_ids(tok: PreTrainedTokenizerBase | None, model_dir: Path) -> tuple[int,
 class StopMatcher:
     """Applies stop strings to streamed text, holding back what may start a stop.
 
-    ``feed`` returns the text safe to emit now and whether a stop string was hit
-    (the stop string itself is not emitted, as in the OpenAI API).
+    ``feed`` returns the text safe to emit now and whether a stop string was hit. The
+    stop string itself is not emitted (the OpenAI API) unless ``include`` (vLLM's
+    ``include_stop_str_in_output``).
     """
 
-    def __init__(self, stops: Sequence[str]) -> None:
+    def __init__(self, stops: Sequence[str], include: bool = False) -> None:
         self._stops = tuple(stops)
+        self._include = include
         self._pending = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
@@ -131,9 +154,11 @@ class StopMatcher:
         if not self._stops:
             out, self._pending = self._pending, ""
             return out, False
-        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        hits = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
         if hits:
-            out, self._pending = self._pending[: min(hits)], ""
+            at, stop = min(hits)
+            end = at + len(stop) if self._include else at
+            out, self._pending = self._pending[:end], ""
             return out, True
         keep = self._held_suffix()
         cut = len(self._pending) - keep

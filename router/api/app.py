@@ -104,7 +104,8 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
         model=answer.model,
         prompt_ids=answer.prompt_ids,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        return_token_ids=body.return_token_ids,
+        return_token_ids=bool(body.return_token_ids),
+        request_id=body.request_id,
     )
     if not body.stream:
         return JSONResponse(await render.collect(shape, answer.chunks()))

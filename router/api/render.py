@@ -21,6 +21,7 @@ class Shape:
     prompt_ids: tuple[int, ...]
     include_usage: bool = False
     return_token_ids: bool = False
+    request_id: str = ""  # the response id's suffix (vLLM's request_id field); "" = a new one
 
     @property
     def prompt_tokens(self) -> int:
@@ -45,7 +46,7 @@ def usage(shape: Shape, completion_tokens: int, cached_tokens: int) -> dict[str,
 
 
 def new_id(shape: Shape) -> str:
-    return ("chatcmpl-" if shape.chat else "cmpl-") + uuid.uuid4().hex
+    return ("chatcmpl-" if shape.chat else "cmpl-") + (shape.request_id or uuid.uuid4().hex)
 
 
 def whole(shape: Shape, text: str, token_ids: list[int], last: Chunk) -> dict[str, Any]:

@@ -1,8 +1,19 @@
-"""OpenAI request bodies, validated by pydantic; ranges follow the OpenAI API reference."""
+"""OpenAI request bodies, field for field vLLM 0.32's request models (DESIGN §7).
+
+Every field of vLLM's ``ChatCompletionRequest`` and ``CompletionRequest`` is one of:
+- **declared** here and honoured as ``vllm serve`` honours it, with vLLM's nullability
+  (``None`` where vLLM takes ``null`` as "default");
+- **refused** (``REFUSED``): accepted only with a value that asks for nothing (its
+  default, ``null``); anything else gets a 400 naming the field (api/validate.py);
+- for fields in neither vLLM model: ignored and logged once, as vLLM does.
+
+``tests/unit/test_request_fields.py`` holds this list against vLLM's own models.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import uuid
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -19,33 +30,49 @@ def _encodable(v: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_encodable)]  # what reaches the tokenizer
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
 
 
 class SamplingFields(BaseModel):
-    # Unknown fields are ignored, as OpenAI does, so newer clients keep working.
-    model_config = ConfigDict(extra="ignore")
+    """Fields both routes share. ``None`` on a sampling knob means "the server's default":
+    the model's generation config, else vLLM's neutral value (api/validate.py)."""
 
-    model: str
-    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] = 0  # vLLM extension; -1 and 0 disable
+    # Refused and unknown fields land in ``model_extra``; api/validate.py sorts them.
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # -1 and 0 disable
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
     seed: Annotated[int, Field(ge=-INT64, lt=INT64)] | None = None
     stop: Text | list[Text] | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None  # vLLM extension
-    ignore_eos: bool = False  # vLLM extension
-    min_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0  # vLLM extension
-    n: Annotated[int, Field(ge=1, le=128)] = 1
-    stream: bool = False
+    stop_token_ids: list[TokenId] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
+    logit_bias: dict[str, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[Text] = Field(default_factory=list)
+    n: int | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: Any = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    user: str | None = None
-    return_token_ids: bool = False  # vLLM extension: prompt and completion token ids in the response
+    user: str | None = None  # no effect, as in vLLM
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True  # no effect on fast tokenizers, as in vLLM
+    priority: Annotated[int, Field(ge=-INT64, lt=INT64)] = 0
+    cache_salt: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    return_token_ids: bool | None = None
+    return_tokens_as_token_ids: bool | None = None  # only shapes logprobs, which are refused for now
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)  # the response id's suffix, as in vLLM
 
     @field_validator("stop")
     @classmethod
@@ -63,11 +90,11 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Text | Annotated[list[Annotated[int, Field(ge=0, le=INT32_MAX)]], Field(min_length=1)] | list[Text]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    prompt: Text | Annotated[list[TokenId], Field(min_length=1)] | list[Text] | list[list[TokenId]]
+    max_tokens: int | None = 16
+    n: int = 1
+    echo: bool | None = False
+    add_special_tokens: bool = True
 
 
 class TextPart(BaseModel):
@@ -92,8 +119,64 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    top_logprobs: int | None = None
-    tools: Any = None
-    response_format: Any = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    echo: bool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    include_reasoning: bool = True  # no reasoning parser runs, so nothing to include or hide
+
+
+class Refused(NamedTuple):
+    """A vLLM field pdserve does not honour yet: ``neutral`` values ask for nothing and
+    pass; any other value is a 400 naming the field, with ``why``."""
+
+    neutral: tuple[Any, ...]
+    why: str
+
+
+_NOT_YET = "is not supported by pdserve yet"
+_OFF = (None, False)
+_SHARED_REFUSED: dict[str, Refused] = {
+    "logprobs": Refused((None, False), f"{_NOT_YET} (logprobs)"),
+    "prompt_logprobs": Refused((None,), f"{_NOT_YET} (prompt logprobs)"),
+    "logprob_token_ids": Refused((None, []), f"{_NOT_YET} (logprobs)"),
+    "response_format": Refused((None, {"type": "text"}), f"{_NOT_YET} (structured outputs)"),
+    "structured_outputs": Refused((None,), f"{_NOT_YET} (structured outputs)"),
+    "use_beam_search": Refused((False,), "beam search is not supported in P/D serving"),
+    "length_penalty": Refused((1.0, 1), "only applies to beam search, which is not supported"),
+    "watermarking": Refused(_OFF, f"{_NOT_YET}"),
+    "truncate_prompt_tokens": Refused((None,), f"{_NOT_YET}"),
+    "truncation_side": Refused((None,), f"{_NOT_YET}"),
+    "session_id": Refused((None,), f"{_NOT_YET}"),
+    "routed_experts_prompt_start": Refused((0,), "MoE routing capture is not supported"),
+    "return_token_offsets": Refused(_OFF, f"{_NOT_YET}"),
+    "mm_payload": Refused(("tensors",), "multimodal input is not supported"),
+    "return_mm_kwargs": Refused(_OFF, "multimodal input is not supported"),
+    "kv_transfer_params": Refused((None,), "KV transfer is the router's to arrange, not the client's"),
+    "ec_transfer_params": Refused((None,), "encoder-cache transfer is not supported"),
+    "vllm_xargs": Refused((None,), "engine extension arguments are not accepted by the router"),
+    "repetition_detection": Refused((None,), f"{_NOT_YET}"),
+    "stream_interval": Refused((None,), f"{_NOT_YET}"),
+    "thinking_token_budget": Refused((None,), f"{_NOT_YET} (reasoning)"),
+}
+CHAT_REFUSED: dict[str, Refused] = {
+    **_SHARED_REFUSED,
+    "top_logprobs": Refused((None, 0), f"{_NOT_YET} (logprobs)"),
+    "tools": Refused((None, []), f"{_NOT_YET} (tool calling)"),
+    "tool_choice": Refused(("none", None), f"{_NOT_YET} (tool calling)"),
+    "parallel_tool_calls": Refused((True, None), f"{_NOT_YET} (tool calling)"),
+    "reasoning_effort": Refused((None,), f"{_NOT_YET} (reasoning)"),
+    "documents": Refused((None,), f"{_NOT_YET} (chat template documents)"),
+    "chat_template": Refused((None,), f"{_NOT_YET} (per-request chat templates)"),
+    "chat_template_kwargs": Refused((None, {}), f"{_NOT_YET} (chat template arguments)"),
+    "media_io_kwargs": Refused((None,), "multimodal input is not supported"),
+    "mm_processor_kwargs": Refused((None,), "multimodal input is not supported"),
+    "return_prompt_text": Refused(_OFF, f"{_NOT_YET}"),
+}
+COMPLETION_REFUSED: dict[str, Refused] = {
+    **_SHARED_REFUSED,
+    "suffix": Refused((None,), "suffix (fill-in-the-middle) is not supported, as in vLLM"),
+    "prompt_embeds": Refused((None,), "prompt embeddings are not supported"),
+}

@@ -1,37 +1,78 @@
 """OpenAI request → token-space ``Generation``: every rule about what a request may ask
-for (vLLM's OpenAI server is the reference for edge cases). Raises ``BadRequestError``."""
+for (vLLM's OpenAI server is the reference for edge cases). Raises ``BadRequestError``
+naming the field.
+
+Sampling defaults, as ``vllm serve`` resolves them: the request's value, else the
+model's generation config (``ModelPool.sampling_defaults``, empty with
+``--generation-config vllm``), else vLLM's neutral value."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import cast
 
-from pdserve.engine.base import SamplingSpec
-from router.api.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from pdserve.engine.base import LOGIT_BIAS_LIMIT, SamplingSpec
+from router.api.schemas import (
+    CHAT_REFUSED,
+    COMPLETION_REFUSED,
+    INT32_MAX,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Refused,
+    SamplingFields,
+)
 from router.errors import BadRequestError
 from router.pool import ModelPool
 from router.request import Generation
 
+log = logging.getLogger("pdserve.router.validate")
+
+# vLLM's own defaults for what a request and the generation config leave unset.
+NEUTRAL: Mapping[str, float] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+}
+# Removed from vLLM's models, which now ignore them with a warning: the client asked for
+# constrained output and would get free text, so they are refused instead.
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend")
+MAX_BAD_WORDS = 128  # vLLM's VLLM_MAX_NUM_BAD_WORDS default, counted after tokenization
+
 
 def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> Generation:
-    _unsupported(req)
-    if req.echo or req.suffix is not None or (req.best_of or 1) > 1:
-        raise BadRequestError("echo, suffix and best_of are not supported", "echo")
+    _check_fields(req, COMPLETION_REFUSED)
+    if req.echo:
+        raise BadRequestError("echo is not supported by pdserve yet", "echo")
     prompt = req.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) != 1:
             raise BadRequestError("only one prompt per request is supported", "prompt")
         prompt = prompt[0]
     try:
-        ids = pool.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        ids = (
+            pool.tokenizer.encode(prompt, req.add_special_tokens)
+            if isinstance(prompt, str)
+            else cast("list[int]", prompt)
+        )
     except ValueError as exc:  # a model without a tokenizer takes token ids only
         raise BadRequestError(str(exc), "prompt") from None
     return _generation(pool, req, ids, req.max_tokens, arrival)
 
 
 def chat(req: ChatCompletionRequest, pool: ModelPool, arrival: float) -> Generation:
-    _unsupported(req)
-    if req.tools or req.response_format not in (None, {"type": "text"}):
-        raise BadRequestError("tools and response_format are not supported", "tools")
+    _check_fields(req, CHAT_REFUSED)
+    for name in ("echo", "continue_final_message"):
+        if getattr(req, name):
+            raise BadRequestError(f"{name} is not supported by pdserve yet", name)
+    if not req.add_generation_prompt or req.add_special_tokens:
+        param = "add_generation_prompt" if not req.add_generation_prompt else "add_special_tokens"
+        raise BadRequestError(f"{param} other than its default is not supported by pdserve yet", param)
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     try:
         ids = pool.tokenizer.encode_chat(messages)
@@ -41,35 +82,145 @@ def chat(req: ChatCompletionRequest, pool: ModelPool, arrival: float) -> Generat
     return _generation(pool, req, ids, limit, arrival)
 
 
-def _unsupported(req: SamplingFields) -> None:
-    if req.n != 1:
-        raise BadRequestError("n > 1 is not supported yet", "n")
-    if req.logprobs not in (None, False):
-        raise BadRequestError("logprobs are not supported yet", "logprobs")
-    if req.presence_penalty or req.frequency_penalty:
-        raise BadRequestError("presence_penalty and frequency_penalty are not supported yet", "presence_penalty")
+def _check_fields(req: SamplingFields, refused: Mapping[str, Refused]) -> None:
+    """Refused fields asking for something → 400; fields vLLM does not know → a debug log."""
+    unknown = []
+    for name, value in (req.model_extra or {}).items():
+        rule = refused.get(name)
+        if rule is not None:
+            if not any(value == ok and type(value) is type(ok) for ok in rule.neutral):
+                raise BadRequestError(f"{name} {rule.why}", name)
+        elif name in GUIDED:
+            raise BadRequestError(f"{name} was removed from vLLM's API: use structured_outputs", name)
+        else:
+            unknown.append(name)
+    if unknown:
+        log.debug("The following fields were present in the request but ignored: %s", sorted(unknown))
+    if req.n not in (1, None):
+        raise BadRequestError("n > 1 is not supported by pdserve yet", "n")
+    if req.stream_options is not None and not req.stream:
+        raise BadRequestError("Stream options can only be defined when `stream=True`.", "stream_options")
 
 
 def _generation(
     pool: ModelPool, req: SamplingFields, ids: Sequence[int], max_tokens: int | None, arrival: float
 ) -> Generation:
     room = _room(pool, req, ids)
-    stop_ids = _stop_ids(pool, req)
-    # Like vLLM: a max_tokens past the context is reduced to what fits.
+    if max_tokens is not None and max_tokens < 1:
+        raise BadRequestError(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
+    # Like vLLM: a max_tokens past the context is reduced to what fits, and the generation
+    # config's max_new_tokens caps it.
     limit = min(max_tokens, room) if max_tokens is not None else room
+    if "max_tokens" in pool.sampling_defaults:
+        limit = min(limit, max(1, int(pool.sampling_defaults["max_tokens"])))
     if req.min_tokens > limit:
         raise BadRequestError(f"min_tokens ({req.min_tokens}) is more than max_tokens ({limit})", "min_tokens")
+    knobs = _knobs(pool, req)
     spec = SamplingSpec(
         max_tokens=limit,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=max(req.top_k, 0),
+        temperature=knobs["temperature"],
+        top_p=knobs["top_p"],
+        top_k=max(int(knobs["top_k"]), 0),
+        min_p=knobs["min_p"],
+        presence_penalty=knobs["presence_penalty"],
+        frequency_penalty=knobs["frequency_penalty"],
+        repetition_penalty=knobs["repetition_penalty"],
         seed=req.seed,
-        stop_token_ids=stop_ids,
+        stop_token_ids=_stop_ids(pool, req),
         ignore_eos=req.ignore_eos,
         min_tokens=req.min_tokens,
+        logit_bias=_logit_bias(pool, req.logit_bias),
+        allowed_token_ids=_allowed(pool, req.allowed_token_ids),
+        bad_words=_bad_words(pool, req.bad_words),
+        priority=_priority(pool, req.priority),
+        cache_salt=req.cache_salt or "",
     )
-    return Generation(list(ids), spec, req.stop_strings(), arrival)
+    return Generation(
+        list(ids),
+        spec,
+        req.stop_strings(),
+        arrival,
+        include_stop=req.include_stop_str_in_output,
+        skip_special_tokens=req.skip_special_tokens,
+    )
+
+
+def _knobs(pool: ModelPool, req: SamplingFields) -> dict[str, float]:
+    """Request value, else generation config, else vLLM's neutral value; range-checked as
+    vLLM's ``SamplingParams`` checks them (a 400 naming the field)."""
+    out: dict[str, float] = {}
+    for name, neutral in NEUTRAL.items():
+        value = getattr(req, name)
+        out[name] = value if value is not None else pool.sampling_defaults.get(name, neutral)
+    _in_range(out["temperature"], 0, 2, "temperature", closed_low=True)
+    _in_range(out["top_p"], 0, 1, "top_p", closed_low=False)
+    if not -1 <= out["top_k"] <= INT32_MAX:
+        raise BadRequestError(f"top_k must be 0 (disable), or at least 1, got {out['top_k']:g}.", "top_k")
+    _in_range(out["min_p"], 0, 1, "min_p", closed_low=True)
+    _in_range(out["presence_penalty"], -2, 2, "presence_penalty", closed_low=True)
+    _in_range(out["frequency_penalty"], -2, 2, "frequency_penalty", closed_low=True)
+    rep = out["repetition_penalty"]
+    if not (math.isfinite(rep) and rep > 0):
+        raise BadRequestError(f"repetition_penalty must be greater than zero, got {rep}.", "repetition_penalty")
+    if out["temperature"] == 0:  # greedy: vLLM turns the filters off
+        out.update(top_p=1.0, top_k=0, min_p=0.0)
+    return out
+
+
+def _in_range(value: float, low: float, high: float, name: str, *, closed_low: bool) -> None:
+    ok = math.isfinite(value) and (value >= low if closed_low else value > low) and value <= high
+    if not ok:
+        bracket = "[" if closed_low else "("
+        raise BadRequestError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value}.", name)
+
+
+def _logit_bias(pool: ModelPool, bias: Mapping[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """Keys are token ids as strings, checked against the vocabulary; values clamped to
+    [-100, 100], as vLLM does."""
+    out = []
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise BadRequestError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if not 0 <= token < pool.tokenizer.vocab_size:
+            raise BadRequestError(f"logit_bias contains out-of-vocab token id {token}", "logit_bias")
+        if not math.isfinite(value):
+            raise BadRequestError("logit_bias values must be finite numbers", "logit_bias")
+        out.append((token, min(LOGIT_BIAS_LIMIT, max(-LOGIT_BIAS_LIMIT, value))))
+    return tuple(out)
+
+
+def _allowed(pool: ModelPool, ids: Sequence[int] | None) -> tuple[int, ...]:
+    if ids is None:
+        return ()
+    if not ids:
+        raise BadRequestError("allowed_token_ids is not None and empty!", "allowed_token_ids")
+    if any(not 0 <= t < pool.tokenizer.vocab_size for t in ids):
+        raise BadRequestError("allowed_token_ids contains out-of-vocab token id!", "allowed_token_ids")
+    return tuple(ids)
+
+
+def _bad_words(pool: ModelPool, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    if any(not w for w in words):
+        raise BadRequestError("bad_words cannot contain an empty string.", "bad_words")
+    try:
+        seqs = pool.tokenizer.bad_words_ids(list(dict.fromkeys(words)))
+    except ValueError as exc:
+        raise BadRequestError(str(exc), "bad_words") from None
+    if len(seqs) > MAX_BAD_WORDS:
+        raise BadRequestError(f"Too many bad words after tokenization: {len(seqs)}.", "bad_words")
+    return seqs
+
+
+def _priority(pool: ModelPool, priority: int) -> int:
+    if priority and not pool.priority_scheduling:
+        raise BadRequestError(
+            f"Got priority {priority} but Priority scheduling is not enabled "
+            "(start the workers with --engine-arg scheduling_policy=priority).",
+            "priority",
+        )
+    return priority
 
 
 def _room(pool: ModelPool, req: SamplingFields, ids: Sequence[int]) -> int:

@@ -134,6 +134,8 @@ def make_pool(
     name: str = "tiny",
     max_model_len: int = 256,
     block_size: int = 32,
+    sampling_defaults: dict[str, float] | None = None,
+    scheduling_policy: str = "fcfs",
 ) -> ModelPool:
     return ModelPool(
         name,
@@ -142,6 +144,8 @@ def make_pool(
         block_size=block_size,
         prefill={p.worker: p for p in prefill},
         decode={d.worker: d for d in decode},
+        sampling_defaults=sampling_defaults,
+        scheduling_policy=scheduling_policy,
     )
 
 
@@ -170,9 +174,13 @@ def scripted_router(
     limits: AdmissionLimits | None = None,
     api_keys: tuple[str, ...] = (),
     max_body_bytes: int = MAX_BODY_BYTES,
+    sampling_defaults: dict[str, float] | None = None,
+    scheduling_policy: str = "fcfs",
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
-    pool = make_pool(tokenizer, prefill, decode)
+    pool = make_pool(
+        tokenizer, prefill, decode, sampling_defaults=sampling_defaults, scheduling_policy=scheduling_policy
+    )
     metrics = RouterMetrics(policy)
     placer = Placer(make_policy(policy), ThresholdDecider(), store or MemoryStore())
     orchestrator = Orchestrator(placer, timeouts or Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))

@@ -176,6 +176,7 @@ ROUTER_FLAGS = {
     "--prefill": "PDSERVE_PREFILL",
     "--decode": "PDSERVE_DECODE",
     "--model": "PDSERVE_MODEL",
+    "--generation-config": "PDSERVE_GENERATION_CONFIG",
     "--policy": "PDSERVE_POLICY",
     "--startup-timeout": "PDSERVE_STARTUP_TIMEOUT_S",
     "--request-timeout": "PDSERVE_REQUEST_TIMEOUT_S",

@@ -108,7 +108,6 @@ def test_max_tokens_past_context_is_reduced_like_vllm(tiny_tokenizer: Tokenizer)
         ({"model": "tiny", "prompt": [1, 2, 999999]}, 400, "prompt"),
         ({"model": "tiny"}, 400, "prompt"),
         ({"model": "other", "prompt": "x"}, 404, "model"),
-        ({"prompt": "x"}, 400, "model"),
     ],
 )
 def test_invalid_requests_get_openai_errors(tiny_tokenizer: Tokenizer, body: dict, status: int, param: str) -> None:
