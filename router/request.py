@@ -6,10 +6,10 @@ Shared by admission, orchestration, metrics and rendering; imports nothing of th
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from pdserve.engine.base import SamplingSpec
+from pdserve.engine.base import SamplingSpec, TokenLogprobs
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Chunk:
     finish_reason: str | None = None
     cached_tokens: int = 0
     token_ids: tuple[int, ...] = ()  # tokens consumed since the previous chunk
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when asked for
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Answer:
     prompt_ids: tuple[int, ...]
     first: Chunk
     rest: AsyncIterator[Chunk]
+    token_texts: Callable[[Sequence[int]], list[str]]  # each token on its own, as logprobs show it
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Every chunk, the first included."""

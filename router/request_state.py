@@ -33,16 +33,17 @@ class Output:
         if self.cached is None:
             self.cached = cached
         text: list[str] = []
-        for i, token_id in enumerate(delta.token_ids):
+        ids, lps = delta.token_ids, delta.logprobs
+        for i, token_id in enumerate(ids):
             self.produced.append(token_id)
             piece, stopped = self._stops.feed(self._decoder.step(token_id))
             text.append(piece)
-            if stopped:
-                return Chunk("".join(text), len(self.produced), "stop", self.cached, delta.token_ids[: i + 1])
+            if stopped:  # the tokens after the stop string, and their logprobs, are dropped
+                return Chunk("".join(text), len(self.produced), "stop", self.cached, ids[: i + 1], lps[: i + 1])
         if delta.finish_reason is not None:
             reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
-            return Chunk("".join(text) + self._stops.flush(), len(self.produced), reason, self.cached, delta.token_ids)
-        return Chunk("".join(text), len(self.produced), None, self.cached, delta.token_ids) if delta.token_ids else None
+            return Chunk("".join(text) + self._stops.flush(), len(self.produced), reason, self.cached, ids, lps)
+        return Chunk("".join(text), len(self.produced), None, self.cached, ids, lps) if ids else None
 
 
 class RequestState:

@@ -57,7 +57,8 @@ class RouterService:
         chunks = self._orchestrator.generate(pool, gen)
         admitted = self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens, chunks)
         observed = self._metrics.observe(gen.arrival, len(gen.prompt_ids), admitted)
-        return Answer(pool.name, tuple(gen.prompt_ids), await _first(observed), observed)
+        first = await _first(observed)
+        return Answer(pool.name, tuple(gen.prompt_ids), first, observed, pool.tokenizer.token_texts)
 
     def served_models(self) -> list[tuple[str, int]]:
         """(name, max_model_len) of each model with a decode worker: one whose workers

@@ -21,6 +21,7 @@ class Tokenizer:
 
     def __init__(self, model_dir: str | Path) -> None:
         self._tok: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(str(model_dir))
+        self._space_marker = _space_marker(self._tok)
         self.eos_token_ids: tuple[int, ...] = _eos_ids(self._tok, Path(model_dir))
         self.vocab_size: int = len(self._tok)
 
@@ -58,6 +59,16 @@ class Tokenizer:
     def stream_decoder(self, prompt_ids: Sequence[int], skip_special_tokens: bool = True) -> StreamDecoder:
         return StreamDecoder(self._tok, prompt_ids, skip_special_tokens)
 
+    def token_texts(self, token_ids: Sequence[int]) -> list[str]:
+        """Each token decoded on its own, as vLLM shows tokens in logprobs
+        (``convert_ids_list_to_tokens``): a SentencePiece-style leading-space marker that
+        ``decode`` drops is put back as spaces."""
+        texts = [str(self._tok.decode([t])) or "" for t in token_ids]
+        if self._space_marker is None:
+            return texts
+        raw = self._tok.convert_ids_to_tokens(list(token_ids))
+        return [_restore_leading_spaces(r or "", t, self._space_marker) for r, t in zip(raw, texts, strict=True)]
+
 
 class TokenIdsOnly:
     """Stands in for the tokenizer of a model directory that has none (e.g. a
@@ -90,6 +101,9 @@ class TokenIdsOnly:
     def stream_decoder(self, prompt_ids: Sequence[int], skip_special_tokens: bool = True) -> _Silent:
         return _Silent()
 
+    def token_texts(self, token_ids: Sequence[int]) -> list[str]:
+        return ["" for _ in token_ids]
+
 
 class _Silent:
     def step(self, token_id: int) -> str:
@@ -118,6 +132,25 @@ class StreamDecoder:
     def step(self, token_id: int) -> str:
         piece = self._stream.step(self._backend, token_id)
         return piece or ""
+
+
+def _space_marker(tok: PreTrainedTokenizerBase) -> str | None:
+    """The Metaspace replacement character of the tokenizer's pre-tokenizer, if any (the
+    case where ``decode`` of one token drops its leading space)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    pre = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    for part in [pre, *pre.get("pretokenizers", [])]:
+        if part.get("type") == "Metaspace":
+            return str(part.get("replacement", "\u2581"))
+    return None
+
+
+def _restore_leading_spaces(raw: str, text: str, marker: str) -> str:
+    markers = len(raw) - len(raw.lstrip(marker))
+    missing = markers - (len(text) - len(text.lstrip(" ")))
+    return " " * missing + text if missing > 0 else text
 
 
 def _eos_ids(tok: PreTrainedTokenizerBase | None, model_dir: Path) -> tuple[int, ...]:

@@ -75,6 +75,7 @@ class SamplingSpec:
     bad_words: tuple[tuple[int, ...], ...] = ()  # token sequences never to generate
     priority: int = 0  # lower is scheduled first (priority scheduling only)
     cache_salt: str = ""  # "": none
+    logprobs: int | None = None  # top logprobs per generated token (0: the sampled token's only)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -93,6 +94,8 @@ class SamplingSpec:
             raise ValueError("min_p must be in [0, 1]")
         if any(abs(bias) > LOGIT_BIAS_LIMIT for _, bias in self.logit_bias):
             raise ValueError(f"logit_bias values must be in [-{LOGIT_BIAS_LIMIT:g}, {LOGIT_BIAS_LIMIT:g}]")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
         if any(not seq for seq in self.bad_words):
             raise ValueError("bad_words entries must be non-empty token sequences")
 
@@ -105,13 +108,24 @@ class PrefillResult:
 
 
 @dataclass(frozen=True)
+class TokenLogprobs:
+    """One generated position's logprobs as vLLM reports them: ``(token id, logprob,
+    rank)`` in vLLM's order — the sampled token first, then the top ones (the sampled
+    token once if it is among them). The router renders them exactly as vLLM's server."""
+
+    entries: tuple[tuple[int, float, int], ...]
+
+
+@dataclass(frozen=True)
 class TokenDelta:
-    """New tokens of one engine step. ``finish_reason`` is set on the last one only."""
+    """New tokens of one engine step. ``finish_reason`` is set on the last one only.
+    ``logprobs``: one per token id when the request asked for them, else empty."""
 
     token_ids: tuple[int, ...]
     completion_tokens: int  # cumulative, including token_ids
     finish_reason: FinishReason | None = None
     cached_tokens: int = 0
+    logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from pdserve.engine.base import SamplingSpec
+from pdserve.engine.base import SamplingSpec, TokenLogprobs
 from pdserve.engine.config import EngineConfig
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ def sampling_params(
         logit_bias=dict(spec.logit_bias) or None,
         allowed_token_ids=list(spec.allowed_token_ids) or None,
         seed=spec.seed,
+        logprobs=spec.logprobs,
         stop_token_ids=list(spec.stop_token_ids),
         ignore_eos=spec.ignore_eos,
         detokenize=False,  # no tokenizer in the engine
@@ -181,6 +182,19 @@ def sampling_params(
         # field (vLLM marks it internal; checked by tests/contract/test_engine.py).
         params._bad_words_token_ids = [list(seq) for seq in spec.bad_words]
     return params
+
+
+def token_logprobs(completion: Any) -> tuple[TokenLogprobs, ...]:
+    """A ``CompletionOutput``'s logprobs (this step's positions, in ``DELTA`` mode) as
+    ``TokenLogprobs``, keeping vLLM's order: each position maps token id → ``Logprob``."""
+    positions = completion.logprobs
+    if not positions:
+        return ()
+    return tuple(
+        TokenLogprobs(tuple((int(tid), float(lp.logprob), int(lp.rank or 0)) for tid, lp in pos.items()))
+        for pos in list(positions)[-len(completion.token_ids) :]
+        if pos is not None
+    )
 
 
 # Every supported release reads top_k=-1 as "off"; some reject 0.

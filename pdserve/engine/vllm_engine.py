@@ -200,6 +200,7 @@ class VllmDecodeEngine(_VllmRuntime):
                     completion_tokens=count,
                     finish_reason=reason,
                     cached_tokens=int(output.num_cached_tokens or 0),
+                    logprobs=compat.token_logprobs(completion) if sampling.logprobs is not None else (),
                 )
 
     async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pdserve.engine.base import EngineInfo, EngineLoad, FinishReason, KvTransferTotals, SamplingSpec, TokenDelta
+from pdserve.engine.base import (
+    EngineInfo,
+    EngineLoad,
+    FinishReason,
+    KvTransferTotals,
+    SamplingSpec,
+    TokenDelta,
+    TokenLogprobs,
+)
 from pdserve.v1 import worker_pb2 as pb
 
 _FINISH_TO_PB = {
@@ -39,6 +47,8 @@ def sampling_to_pb(spec: SamplingSpec) -> pb.SamplingParams:
     )
     if spec.seed is not None:
         msg.seed = spec.seed
+    if spec.logprobs is not None:
+        msg.logprobs = spec.logprobs
     return msg
 
 
@@ -62,6 +72,7 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingSpec:
         bad_words=tuple(tuple(seq.ids) for seq in msg.bad_words),
         priority=msg.priority,
         cache_salt=msg.cache_salt,
+        logprobs=msg.logprobs if msg.HasField("logprobs") else None,
     )
 
 
@@ -87,7 +98,18 @@ def delta_to_pb(delta: TokenDelta) -> pb.DecodeChunk:
         finish_reason=_FINISH_TO_PB[delta.finish_reason],
         completion_tokens=delta.completion_tokens,
         cached_tokens=delta.cached_tokens,
+        logprobs=[
+            pb.TokenLogprobs(
+                ids=[e[0] for e in lp.entries], logprobs=[e[1] for e in lp.entries], ranks=[e[2] for e in lp.entries]
+            )
+            for lp in delta.logprobs
+        ],
     )
+
+
+def _logprobs_to_pb(lp: TokenLogprobs) -> pb.TokenLogprobs:
+    ids, logprobs, ranks = zip(*lp.entries, strict=True) if lp.entries else ((), (), ())
+    return pb.TokenLogprobs(ids=ids, logprobs=logprobs, ranks=ranks)
 
 
 def delta_from_pb(msg: pb.DecodeChunk) -> TokenDelta:
@@ -96,6 +118,7 @@ def delta_from_pb(msg: pb.DecodeChunk) -> TokenDelta:
         completion_tokens=msg.completion_tokens,
         finish_reason=_FINISH_FROM_PB[msg.finish_reason],
         cached_tokens=msg.cached_tokens,
+        logprobs=tuple(TokenLogprobs(tuple(zip(lp.ids, lp.logprobs, lp.ranks, strict=True))) for lp in msg.logprobs),
     )
 
 

@@ -106,10 +106,20 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         return_token_ids=bool(body.return_token_ids),
         request_id=body.request_id,
+        logprobs=_shown_logprobs(body),
+        as_token_ids=bool(body.return_tokens_as_token_ids),
+        token_texts=answer.token_texts,
     )
     if not body.stream:
         return JSONResponse(await render.collect(shape, answer.chunks()))
     return StreamingResponse(_guarded(render.stream(shape, answer.first, answer.rest)), media_type="text/event-stream")
+
+
+def _shown_logprobs(body: CompletionRequest | ChatCompletionRequest) -> int | None:
+    """How many top logprobs a response shows per token; None: no logprobs."""
+    if isinstance(body, ChatCompletionRequest):
+        return body.top_logprobs if body.logprobs else None
+    return body.logprobs
 
 
 async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pdserve.engine.base import TokenLogprobs
 from router.request import Chunk
 
 
@@ -22,6 +23,9 @@ class Shape:
     include_usage: bool = False
     return_token_ids: bool = False
     request_id: str = ""  # the response id's suffix (vLLM's request_id field); "" = a new one
+    logprobs: int | None = None  # logprobs asked for: how many top ones to show per token
+    as_token_ids: bool = False  # return_tokens_as_token_ids
+    token_texts: Callable[[Sequence[int]], list[str]] = lambda ids: [""] * len(ids)
 
     @property
     def prompt_tokens(self) -> int:
@@ -49,8 +53,64 @@ def new_id(shape: Shape) -> str:
     return ("chatcmpl-" if shape.chat else "cmpl-") + (shape.request_id or uuid.uuid4().hex)
 
 
-def whole(shape: Shape, text: str, token_ids: list[int], last: Chunk) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
+def _names(shape: Shape, ids: Sequence[int]) -> list[str]:
+    return [f"token_id:{t}" for t in ids] if shape.as_token_ids else shape.token_texts(ids)
+
+
+def _floor(logprob: float) -> float:
+    return max(logprob, -9999.0)  # -inf is not JSON; vLLM's (and OpenAI's) floor
+
+
+def chat_logprobs(shape: Shape, lps: Sequence[TokenLogprobs]) -> dict[str, Any]:
+    """vLLM's ``_create_chat_logprobs``: per token its string, logprob and bytes, and the
+    first ``top_logprobs`` entries of vLLM's order (which starts with the sampled token)."""
+    content = []
+    k = shape.logprobs or 0
+    for lp in lps:
+        names = _names(shape, [e[0] for e in lp.entries])
+        top = [
+            {"token": n, "logprob": _floor(e[1]), "bytes": list(n.encode("utf-8", errors="replace"))}
+            for i, (n, e) in enumerate(zip(names, lp.entries, strict=True))
+            if k == -1 or i < k
+        ]
+        token = names[0]
+        content.append(
+            {
+                "token": token,
+                "logprob": _floor(lp.entries[0][1]),
+                "bytes": list(token.encode("utf-8", errors="replace")),
+                "top_logprobs": top,
+            }
+        )
+    return {"content": content}
+
+
+def completion_logprobs(shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0) -> dict[str, Any]:
+    """vLLM's ``_create_completion_logprobs``: tokens, their logprobs, the top ``logprobs``
+    + 1 entries of vLLM's order as {token: logprob}, and each token's text offset."""
+    out: dict[str, list[Any]] = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
+    k = shape.logprobs or 0
+    for lp in lps:
+        names = _names(shape, [e[0] for e in lp.entries])
+        out["tokens"].append(names[0])
+        out["token_logprobs"].append(_floor(lp.entries[0][1]))
+        top = {n: _floor(e[1]) for i, (n, e) in enumerate(zip(names, lp.entries, strict=True)) if k == -1 or k >= i}
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(offset)
+        offset += len(names[0])
+    return out
+
+
+def _choice_logprobs(shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0) -> dict[str, Any] | None:
+    if shape.logprobs is None:
+        return None
+    return chat_logprobs(shape, lps) if shape.chat else completion_logprobs(shape, lps, offset)
+
+
+def whole(
+    shape: Shape, text: str, token_ids: list[int], last: Chunk, lps: Sequence[TokenLogprobs] = ()
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason, "logprobs": _choice_logprobs(shape, lps)}
     if shape.chat:
         choice["message"] = {"role": "assistant", "content": text}
     else:
@@ -72,13 +132,15 @@ def whole(shape: Shape, text: str, token_ids: list[int], last: Chunk) -> dict[st
 async def collect(shape: Shape, chunks: AsyncIterator[Chunk]) -> dict[str, Any]:
     parts: list[str] = []
     token_ids: list[int] = []
+    lps: list[TokenLogprobs] = []
     last: Chunk | None = None
     async for chunk in chunks:
         parts.append(chunk.text)
         token_ids.extend(chunk.token_ids)
+        lps.extend(chunk.logprobs)
         last = chunk
     assert last is not None and last.finish_reason is not None  # the orchestrator guarantees it
-    return whole(shape, "".join(parts), token_ids, last)
+    return whole(shape, "".join(parts), token_ids, last, lps)
 
 
 def sse(body: dict[str, Any]) -> bytes:
@@ -92,9 +154,14 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     token still get a proper HTTP status.
     """
     rid, created = new_id(shape), int(time.time())
+    offset = 0  # completions' text_offset runs on across chunks
 
     def event(chunk: Chunk, role: bool = False) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": chunk.finish_reason, "logprobs": None}
+        nonlocal offset
+        logprobs = _choice_logprobs(shape, chunk.logprobs, offset)
+        if logprobs is not None and not shape.chat and logprobs["tokens"]:
+            offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        choice: dict[str, Any] = {"index": 0, "finish_reason": chunk.finish_reason, "logprobs": logprobs}
         if shape.chat:
             delta: dict[str, Any] = {"content": chunk.text}
             if role:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_STOP_STRINGS = 4
 INT32_MAX, INT64 = 2**31 - 1, 2**63  # what the worker protocol carries (proto/pdserve/v1/worker.proto)
@@ -71,7 +71,7 @@ class SamplingFields(BaseModel):
     priority: Annotated[int, Field(ge=-INT64, lt=INT64)] = 0
     cache_salt: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     return_token_ids: bool | None = None
-    return_tokens_as_token_ids: bool | None = None  # only shapes logprobs, which are refused for now
+    return_tokens_as_token_ids: bool | None = None  # logprobs name tokens "token_id:<id>"
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)  # the response id's suffix, as in vLLM
 
     @field_validator("stop")
@@ -90,6 +90,7 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
+    logprobs: int | None = None  # the sampled token's logprob and the top k
     prompt: Text | Annotated[list[TokenId], Field(min_length=1)] | list[Text] | list[list[TokenId]]
     max_tokens: int | None = 16
     n: int = 1
@@ -119,6 +120,8 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, BeforeValidator(lambda v: 0 if v is None else v)] = 0  # null is 0, as in vLLM
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     echo: bool = False
@@ -139,7 +142,6 @@ class Refused(NamedTuple):
 _NOT_YET = "is not supported by pdserve yet"
 _OFF = (None, False)
 _SHARED_REFUSED: dict[str, Refused] = {
-    "logprobs": Refused((None, False), f"{_NOT_YET} (logprobs)"),
     "prompt_logprobs": Refused((None,), f"{_NOT_YET} (prompt logprobs)"),
     "logprob_token_ids": Refused((None, []), f"{_NOT_YET} (logprobs)"),
     "response_format": Refused((None, {"type": "text"}), f"{_NOT_YET} (structured outputs)"),
@@ -163,7 +165,6 @@ _SHARED_REFUSED: dict[str, Refused] = {
 }
 CHAT_REFUSED: dict[str, Refused] = {
     **_SHARED_REFUSED,
-    "top_logprobs": Refused((None, 0), f"{_NOT_YET} (logprobs)"),
     "tools": Refused((None, []), f"{_NOT_YET} (tool calling)"),
     "tool_choice": Refused(("none", None), f"{_NOT_YET} (tool calling)"),
     "parallel_tool_calls": Refused((True, None), f"{_NOT_YET} (tool calling)"),

@@ -42,6 +42,7 @@ NEUTRAL: Mapping[str, float] = {
 # Removed from vLLM's models, which now ignore them with a warning: the client asked for
 # constrained output and would get free text, so they are refused instead.
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend")
+MAX_LOGPROBS = 20  # vLLM's --max-logprobs default, which the workers' engines keep
 MAX_BAD_WORDS = 128  # vLLM's VLLM_MAX_NUM_BAD_WORDS default, counted after tokenization
 
 
@@ -134,6 +135,7 @@ def _generation(
         bad_words=_bad_words(pool, req.bad_words),
         priority=_priority(pool, req.priority),
         cache_salt=req.cache_salt or "",
+        logprobs=_logprobs(pool, req),
     )
     return Generation(
         list(ids),
@@ -211,6 +213,31 @@ def _bad_words(pool: ModelPool, words: Sequence[str]) -> tuple[tuple[int, ...], 
     if len(seqs) > MAX_BAD_WORDS:
         raise BadRequestError(f"Too many bad words after tokenization: {len(seqs)}.", "bad_words")
     return seqs
+
+
+def _logprobs(pool: ModelPool, req: SamplingFields) -> int | None:
+    """The top logprobs to compute per token (0: the sampled token's only), or None."""
+    if isinstance(req, ChatCompletionRequest):
+        name, k = "top_logprobs", req.top_logprobs
+        if k < 0 and k != -1:
+            raise BadRequestError("`top_logprobs` must be a positive value or -1.", name)
+        if k != 0 and not req.logprobs:
+            raise BadRequestError("when using `top_logprobs`, `logprobs` must be set to true.", name)
+        if not req.logprobs:
+            return None
+    else:
+        name, asked_k = "logprobs", getattr(req, "logprobs", None)
+        if asked_k is None:
+            return None
+        k = int(asked_k)
+        if k < 0 and k != -1:
+            raise BadRequestError("`logprobs` must be a positive value or -1.", name)
+    asked = pool.tokenizer.vocab_size if k == -1 else k
+    if asked > MAX_LOGPROBS:
+        raise BadRequestError(
+            f"Requested sample logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", name
+        )
+    return int(k)
 
 
 def _priority(pool: ModelPool, priority: int) -> int:

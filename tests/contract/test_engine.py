@@ -271,3 +271,17 @@ async def test_a_cache_salt_keeps_a_prompt_out_of_other_requests_prefix_cache(pa
     salted = await pair.prefill.prefill(RequestId("c-salt-3"), ids, salted_spec)
     await pair.decode.release(RequestId("c-salt-3"), salted.kv_transfer_params)
     assert same.cached_tokens >= 3 * BLOCK and salted.cached_tokens == 0
+
+
+async def test_logprobs_come_per_token_with_the_sampled_token_first(pair: Pair) -> None:
+    spec = SamplingSpec(max_tokens=4, temperature=0, ignore_eos=True, logprobs=3)
+    out = await collect(pair.decode.decode(RequestId("c-logprobs"), prompt(30, start=29), spec, None))
+    ids = tokens(out)
+    lps = [lp for d in out for lp in d.logprobs]
+    assert len(lps) == len(ids) == 4
+    for token, lp in zip(ids, lps, strict=True):
+        assert lp.entries[0][0] == token and lp.entries[0][2] == 1  # greedy: the sampled token is the top one
+        assert len(lp.entries) == 3 and all(e[1] <= 0 for e in lp.entries)
+        assert [e[2] for e in lp.entries] == [1, 2, 3]
+    none = await collect(pair.decode.decode(RequestId("c-no-logprobs"), prompt(30, start=29), GREEDY, None))
+    assert all(d.logprobs == () for d in none)

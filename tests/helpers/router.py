@@ -14,7 +14,7 @@ import grpc
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
-from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta
+from pdserve.engine.base import FinishReason, PrefillResult, SamplingSpec, TokenDelta, TokenLogprobs
 from pdserve.state import StateStore
 from pdserve.state.memory import MemoryStore
 from pdserve.types import RequestId, WorkerId
@@ -38,6 +38,13 @@ from tests.factories import make_tiny_tokenizer, metric_samples
 def tiny_tokenizer(tmp: Path) -> Tokenizer:
     """The tiny Llama's tokenizer, written to ``tmp`` (no weights)."""
     return Tokenizer(make_tiny_tokenizer(tmp))
+
+
+def scripted_logprobs(token: int, k: int) -> TokenLogprobs:
+    """vLLM's shape: the sampled token first (logprob -token/100, rank 1), then k - 1
+    other tokens (token + i, rank i + 1)."""
+    entries = [(token, -token / 100, 1)] + [(token + i, -token / 100 - i, i + 1) for i in range(1, k)]
+    return TokenLogprobs(tuple(entries))
 
 
 class ScriptedDecode:
@@ -90,7 +97,9 @@ class ScriptedDecode:
                 done = i + 2 >= len(out)
                 reason = (FinishReason.LENGTH if len(out) == spec.max_tokens else FinishReason.STOP) if done else None
                 # cached_tokens: the decode engine's own prefix-cache count (what a local prefill found)
-                yield TokenDelta(tuple(out[i : i + 2]), min(i + 2, len(out)), reason, cached_tokens=self.cached_tokens)
+                ids = tuple(out[i : i + 2])
+                lps = tuple(scripted_logprobs(t, spec.logprobs) for t in ids) if spec.logprobs is not None else ()
+                yield TokenDelta(ids, min(i + 2, len(out)), reason, cached_tokens=self.cached_tokens, logprobs=lps)
         except GeneratorExit:
             self.closed_early = True
             raise

@@ -43,7 +43,6 @@ def sent(decode: ScriptedDecode) -> SamplingSpec:
 
 # A value that asks for something, per refused field.
 ASKING: dict[str, Any] = {
-    "logprobs": True,
     "prompt_logprobs": 1,
     "logprob_token_ids": [1],
     "response_format": {"type": "json_object"},
@@ -64,7 +63,6 @@ ASKING: dict[str, Any] = {
     "repetition_detection": {"max_pattern_size": 4},
     "stream_interval": 2,
     "thinking_token_budget": 10,
-    "top_logprobs": 2,
     "tools": [{"type": "function", "function": {"name": "f"}}],
     "tool_choice": "auto",
     "parallel_tool_calls": False,

@@ -103,7 +103,7 @@ def test_max_tokens_past_context_is_reduced_like_vllm(tiny_tokenizer: Tokenizer)
         ({"model": "tiny", "prompt": "x", "n": 3}, 400, "n"),
         ({"model": "tiny", "prompt": "x", "temperature": 3}, 400, "temperature"),
         ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
-        ({"model": "tiny", "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+        ({"model": "tiny", "prompt": "x", "logprobs": 25}, 400, "logprobs"),  # past max_logprobs
         ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"model": "tiny", "prompt": [1, 2, 999999]}, 400, "prompt"),
         ({"model": "tiny"}, 400, "prompt"),

@@ -43,6 +43,7 @@ from pdserve.engine.base import (
     PrefillResult,
     SamplingSpec,
     TokenDelta,
+    TokenLogprobs,
 )
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.sim.blocks import Allocation, BlockPool
@@ -274,6 +275,16 @@ class _SimRuntime:
                 return token
         return token
 
+    def _logprobs(self, seq: _Seq, token: int) -> tuple[TokenLogprobs, ...]:
+        """Made-up logprobs in vLLM's shape (the sampled token first, then the top ones):
+        the sim has no distribution, so fleet tests and benchmarks carry the right shape."""
+        k = seq.sampling.logprobs
+        if k is None:
+            return ()
+        vocab = self.profile.vocab_size
+        top = [(token, -0.25, 1)] + [((token + i) % vocab, -0.25 - i, i + 1) for i in range(1, k)]
+        return (TokenLogprobs(tuple(top[: max(k, 1)])),)
+
     def _emit(self, seq: _Seq) -> None:
         raise NotImplementedError
 
@@ -371,4 +382,4 @@ class SimDecodeEngine(_SimRuntime):
         if reason is not None:
             self._running.remove(seq)
             self._finish(seq)
-        seq.deltas.put_nowait(TokenDelta((token,), seq.generated, reason, seq.cached))
+        seq.deltas.put_nowait(TokenDelta((token,), seq.generated, reason, seq.cached, self._logprobs(seq, token)))
