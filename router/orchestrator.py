@@ -68,6 +68,10 @@ class Orchestrator:
     def _again(self, state: RequestState) -> bool:
         """After a decode failure: count the next attempt; False past the limits."""
         if state.output.produced:
+            if state.gen.spec.structured_outputs:
+                # A migration replays the output as prompt: the grammar would start a new
+                # document mid-way. Retried before the first token only.
+                return False
             state.migrated()
             if state.migrations > self._recovery.migrations:
                 return False

@@ -76,6 +76,9 @@ class SamplingSpec:
     priority: int = 0  # lower is scheduled first (priority scheduling only)
     cache_salt: str = ""  # "": none
     logprobs: int | None = None  # top logprobs per generated token (0: the sampled token's only)
+    # vLLM's StructuredOutputsParams fields (one constraint: json, regex, choice, grammar,
+    # json_object), as JSON; "" = unconstrained. The engine needs the model's tokenizer.
+    structured_outputs: str = ""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -8,9 +8,11 @@ the sim engine never load vLLM.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import vllm
@@ -19,7 +21,7 @@ from vllm import SamplingParams
 from vllm.config import KVEventsConfig, KVTransferConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
@@ -55,7 +57,9 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
     kwargs: dict[str, Any] = dict(
         model=cfg.model,
         served_model_name=cfg.served_model_name,
-        skip_tokenizer_init=True,  # workers see token ids only
+        # Workers see token ids only; the engine loads the tokenizer (when the model has
+        # one) for its grammar backend: structured outputs compile against the vocabulary.
+        skip_tokenizer_init=not has_tokenizer(cfg.model),
         block_size=cfg.block_size,
         max_model_len=cfg.max_model_len,
         dtype=cfg.dtype,
@@ -151,6 +155,24 @@ def export_env(cfg: EngineConfig) -> None:
         os.environ[_LEGACY_LEASE_ENV] = str(cfg.kv_lease_s)
 
 
+def has_tokenizer(model_dir: str) -> bool:
+    path = Path(model_dir)
+    return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
+def structured_outputs(spec: SamplingSpec) -> StructuredOutputsParams | None:
+    """The request's constraint (vLLM's own fields, as JSON); ValueError if vLLM refuses it."""
+    if not spec.structured_outputs:
+        return None
+    fields = json.loads(spec.structured_outputs)
+    if not isinstance(fields, dict):
+        raise ValueError("structured_outputs must be a JSON object")
+    try:
+        return StructuredOutputsParams(**fields)
+    except TypeError as exc:
+        raise ValueError(f"structured_outputs: {exc}") from None
+
+
 def sampling_params(
     spec: SamplingSpec, *, max_tokens: int, kv_transfer_params: dict[str, Any] | None
 ) -> SamplingParams:
@@ -172,8 +194,9 @@ def sampling_params(
         logprobs=spec.logprobs,
         stop_token_ids=list(spec.stop_token_ids),
         ignore_eos=spec.ignore_eos,
-        detokenize=False,  # no tokenizer in the engine
+        detokenize=False,  # the router detokenizes
         output_kind=RequestOutputKind.DELTA,
+        structured_outputs=structured_outputs(spec),
         extra_args=extra,
     )
     if spec.bad_words:

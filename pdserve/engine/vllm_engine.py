@@ -141,7 +141,10 @@ class _VllmRuntime:
         """vLLM's stream with its errors mapped to ours. Closing it aborts the request
         (vLLM's ``generate`` aborts on GeneratorExit / CancelledError)."""
         self._check_prompt(prompt_token_ids)
-        params = compat.sampling_params(sampling, max_tokens=max_tokens, kv_transfer_params=kv_transfer_params)
+        try:
+            params = compat.sampling_params(sampling, max_tokens=max_tokens, kv_transfer_params=kv_transfer_params)
+        except compat.CLIENT_ERRORS as exc:  # e.g. a constraint vLLM refuses
+            raise InvalidRequestError(str(exc)) from exc
         prompt = compat.tokens_prompt(prompt_token_ids, sampling.cache_salt)
         stream = self.llm.generate(prompt, params, request_id, priority=sampling.priority)
         self._inflight += 1

@@ -44,6 +44,7 @@ def sampling_to_pb(spec: SamplingSpec) -> pb.SamplingParams:
         bad_words=[pb.TokenIds(ids=list(seq)) for seq in spec.bad_words],
         priority=spec.priority,
         cache_salt=spec.cache_salt,
+        structured_outputs_json=spec.structured_outputs,
     )
     if spec.seed is not None:
         msg.seed = spec.seed
@@ -73,6 +74,7 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingSpec:
         priority=msg.priority,
         cache_salt=msg.cache_salt,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
+        structured_outputs=msg.structured_outputs_json,
     )
 
 

@@ -38,6 +38,40 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = False
 
 
+class JsonSchema(BaseModel):
+    """``response_format.json_schema``: OpenAI's shape (the schema under ``schema``)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+    json_schema: JsonSchema | None = None
+
+    model_config = ConfigDict(extra="allow")  # a structural tag's own fields
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``StructuredOutputsParams`` as a request carries it: exactly one constraint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: str | dict[str, Any] | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+
 class SamplingFields(BaseModel):
     """Fields both routes share. ``None`` on a sampling knob means "the server's default":
     the model's generation config, else vLLM's neutral value (api/validate.py)."""
@@ -73,6 +107,8 @@ class SamplingFields(BaseModel):
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None  # logprobs name tokens "token_id:<id>"
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)  # the response id's suffix, as in vLLM
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("stop")
     @classmethod
@@ -144,8 +180,6 @@ _OFF = (None, False)
 _SHARED_REFUSED: dict[str, Refused] = {
     "prompt_logprobs": Refused((None,), f"{_NOT_YET} (prompt logprobs)"),
     "logprob_token_ids": Refused((None, []), f"{_NOT_YET} (logprobs)"),
-    "response_format": Refused((None, {"type": "text"}), f"{_NOT_YET} (structured outputs)"),
-    "structured_outputs": Refused((None,), f"{_NOT_YET} (structured outputs)"),
     "use_beam_search": Refused((False,), "beam search is not supported in P/D serving"),
     "length_penalty": Refused((1.0, 1), "only applies to beam search, which is not supported"),
     "watermarking": Refused(_OFF, f"{_NOT_YET}"),

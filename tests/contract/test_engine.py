@@ -27,6 +27,7 @@ from pdserve.engine.base import (
 )
 from pdserve.engine.config import EngineConfig
 from pdserve.types import RequestId
+from router.tokenizer import Tokenizer
 from tests.factories import make_tiny_llama
 from tests.helpers.cluster import engine_env
 from tests.helpers.net import free_port
@@ -47,6 +48,7 @@ class Pair:
     prefill: PrefillEngine
     decode: DecodeEngine
     processes: list[psutil.Process]  # what the engines started (vLLM: engine cores); sim: none
+    model_dir: Path = Path()  # vLLM: the tiny model (weights and tokenizer)
 
 
 def prompt(n: int, start: int = 2, vocab: int = 250) -> list[int]:
@@ -90,13 +92,14 @@ ENGINES = [pytest.param(name, marks=pytest.mark.engine) if name == "vllm" else n
 
 @pytest_asyncio.fixture(scope="module", params=ENGINES)
 async def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
+    model = Path()
     if request.param == "sim":
         prefill_cfg, decode_cfg = _sim_config("prefill"), _sim_config("decode")
     else:
         model = make_tiny_llama(tmp_path_factory.mktemp("contract-model"))
         prefill_cfg, decode_cfg = _vllm_config(model), _vllm_config(model)
     with _engine_env(), reaping_new_children() as started:  # an engine core that outlives its engine spins
-        p = Pair(request.param, make_prefill_engine(prefill_cfg), make_decode_engine(decode_cfg), [])
+        p = Pair(request.param, make_prefill_engine(prefill_cfg), make_decode_engine(decode_cfg), [], model)
         try:
             await p.prefill.start()
             await p.decode.start()
@@ -285,3 +288,18 @@ async def test_logprobs_come_per_token_with_the_sampled_token_first(pair: Pair) 
         assert [e[2] for e in lp.entries] == [1, 2, 3]
     none = await collect(pair.decode.decode(RequestId("c-no-logprobs"), prompt(30, start=29), GREEDY, None))
     assert all(d.logprobs == () for d in none)
+
+
+async def test_a_regex_constraint_shapes_the_output_on_both_roles(pair: Pair) -> None:
+    if pair.name == "sim":
+        pytest.skip("the sim has no grammar backend")
+    constrained = SamplingSpec(max_tokens=6, temperature=0, ignore_eos=True, structured_outputs='{"regex": "(ab){3}"}')
+    ids = prompt(30, start=31)
+    handed = await pair.prefill.prefill(RequestId("c-regex"), ids, constrained)
+    out = tokens(await collect(pair.decode.decode(RequestId("c-regex"), ids, constrained, handed.kv_transfer_params)))
+    tok = Tokenizer(pair.model_dir)
+    assert tok.decode(out) == "ababab"
+    assert out[0] == handed.first_token_id  # the prefill engine sampled under the same grammar
+    with pytest.raises(InvalidRequestError):
+        bad = SamplingSpec(max_tokens=4, temperature=0, structured_outputs='{"regex": "(", "choice": ["a"]}')
+        await collect(pair.decode.decode(RequestId("c-regex-bad"), ids, bad, None))

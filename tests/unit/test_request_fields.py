@@ -4,6 +4,7 @@ router hands its workers for each, through the HTTP app and scripted workers."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,6 @@ def sent(decode: ScriptedDecode) -> SamplingSpec:
 ASKING: dict[str, Any] = {
     "prompt_logprobs": 1,
     "logprob_token_ids": [1],
-    "response_format": {"type": "json_object"},
-    "structured_outputs": {"regex": "a+"},
     "use_beam_search": True,
     "length_penalty": 2.0,
     "watermarking": True,
@@ -242,3 +241,59 @@ def test_request_id_names_the_response_as_in_vllm(tok: Tokenizer, chat: bool) ->
     r, _ = router(tok)
     body = post(r, chat, request_id="abc123").json()
     assert body["id"] == ("chatcmpl-abc123" if chat else "cmpl-abc123")
+
+
+@pytest.mark.parametrize(
+    ("fields", "sent_as"),
+    [
+        ({"response_format": {"type": "json_object"}}, {"json_object": True}),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}}}},
+            {"json": {"type": "object"}},
+        ),
+        ({"structured_outputs": {"regex": "a+"}}, {"regex": "a+"}),
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, {"choice": ["yes", "no"]}),
+        ({"structured_outputs": {"grammar": "root ::= 'a'"}}, {"grammar": "root ::= 'a'"}),
+        ({"structured_outputs": {"regex": "a+"}, "response_format": {"type": "text"}}, {"regex": "a+"}),
+        ({"response_format": {"type": "text"}}, None),
+    ],
+)
+def test_constraints_reach_the_workers_as_vllm_builds_them(
+    tok: Tokenizer, fields: dict[str, Any], sent_as: dict[str, Any] | None
+) -> None:
+    r, decode = router(tok)
+    assert post(r, True, **fields).status_code == 200
+    got = sent(decode).structured_outputs
+    assert (json.loads(got) if got else None) == sent_as
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
+        ({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, "structured_outputs"),
+        ({"structured_outputs": {}}, "structured_outputs"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs"),
+        ({"structured_outputs": {"nonsense": 1}}, "structured_outputs.nonsense"),
+    ],
+)
+def test_constraints_vllm_refuses_are_400s(tok: Tokenizer, fields: dict[str, Any], param: str) -> None:
+    r, decode = router(tok)
+    resp = post(r, True, **fields)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+    assert decode.calls == []
+
+
+def test_a_constrained_stream_is_not_migrated_mid_document(tok: Tokenizer) -> None:
+    """A migration replays the output as prompt, where the grammar would start over."""
+    failing = ScriptedDecode(tok.encode("abcdef", add_special_tokens=False), "decode:1", fail_after=1)
+    spare = ScriptedDecode(tok.encode("abcdef", add_special_tokens=False), "decode:2", resume=True)
+    r = scripted_router(tok, [ScriptedPrefill(kv={"remote_block_ids": [[1]]})], [failing, spare])
+    body = {"model": "tiny", "prompt": "hi", "stream": True, "structured_outputs": {"regex": "[a-f]+"}}
+    text = r.client.post("/v1/completions", json=body).text
+    assert '"error"' in text  # the stream ends with an error event
+    assert len(failing.calls) + len(spare.calls) == 1  # one decode, no migration
+    plain = r.client.post("/v1/completions", json={**body, "structured_outputs": None}).text
+    assert '"error"' not in plain  # the same failure, unconstrained, migrates
