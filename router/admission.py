@@ -162,18 +162,20 @@ class Admission:
     async def admitted(
         self, client: str, prompt_tokens: int, max_tokens: int, chunks: AsyncGenerator[Chunk, None]
     ) -> AsyncGenerator[Chunk, None]:
-        """``chunks`` once the client's rate limit and a slot allow; raises ``RateLimited``
+        """``chunks`` once the client's rate limit and a slot allow (``max_tokens``: of every
+        choice together); raises ``RateLimited``
         or ``Overloaded`` before the first chunk. Closing this closes ``chunks``."""
         async with contextlib.aclosing(chunks):
             charge = await self.limiter.charge(client, prompt_tokens + max_tokens)
-            generated, served = 0, False
+            generated: dict[int, int] = {}  # choice → tokens so far
+            served = False
             try:
                 async with self.gate.slot():
                     served = True
                     async for chunk in chunks:
-                        generated = chunk.completion_tokens
+                        generated[chunk.index] = chunk.completion_tokens
                         yield chunk
             finally:
                 # served: what it did not generate; turned away: everything it was charged
-                unused = max(0, max_tokens - generated) if served else prompt_tokens + max_tokens
+                unused = max(0, max_tokens - sum(generated.values())) if served else prompt_tokens + max_tokens
                 await self.limiter.refund(charge, unused, requests=0 if served else 1)

@@ -162,10 +162,11 @@ class RouterMetrics:
                         self.itl.observe(gap)
                 last = now
                 if chunk.finish_reason is not None:
-                    self.e2e.observe(now - arrival)
-                    self.prompt_tokens.inc(prompt_tokens)
-                    self.cached_tokens.inc(chunk.cached_tokens)
-                    self.generation_tokens.inc(chunk.completion_tokens)
+                    self.generation_tokens.inc(chunk.completion_tokens)  # every choice's
+                    if chunk.index == 0:  # the request's: its prompt was prefilled once
+                        self.e2e.observe(now - arrival)
+                        self.prompt_tokens.inc(prompt_tokens)
+                        self.cached_tokens.inc(chunk.cached_tokens)
                 yield chunk
         finally:
             self.inflight.dec()

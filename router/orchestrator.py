@@ -15,10 +15,12 @@ its ``RequestState`` (router/request_state.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from pdserve.engine.base import FinishReason
@@ -48,7 +50,28 @@ class Orchestrator:
         self._releaser = KvReleaser(timeouts.release_s, self._observer.kv_released)
 
     async def generate(self, pool: ModelPool, gen: Generation) -> AsyncGenerator[Chunk, None]:
-        state = RequestState(pool, gen, self._timeouts.request_s)
+        async with contextlib.aclosing(self._run(RequestState(pool, gen, self._timeouts.request_s))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def generate_choices(self, pool: ModelPool, gens: Sequence[Generation]) -> AsyncGenerator[Chunk, None]:
+        """The ``len(gens)`` choices of one request, interleaved, each chunk tagged with its
+        ``index``. Choice 0 is placed as any request: one prefill, one KV transfer. Once
+        its first chunk is out (the decode engine holds the prompt's KV), the others run on
+        the same decode worker, prefilling locally from its prefix cache, so the prompt is
+        computed and moved once whatever n is. Each choice is retried or migrated on its
+        own (a later choice whose worker fails is placed afresh)."""
+        first = RequestState(pool, gens[0], self._timeouts.request_s)
+        lead = self._run(first)
+        head = await anext(lead)  # errors before the first token keep their HTTP status
+        pin = first.placement.decode
+        streams = [_prepend(head, lead)]
+        streams += [self._run(RequestState(pool, g, self._timeouts.request_s, pin=pin)) for g in gens[1:]]
+        async with contextlib.aclosing(_merge(streams)) as merged:
+            async for chunk in merged:
+                yield chunk
+
+    async def _run(self, state: RequestState) -> AsyncGenerator[Chunk, None]:
         while True:
             state.begin()
             try:
@@ -85,7 +108,7 @@ class Orchestrator:
 
     async def _attempt(self, state: RequestState) -> AsyncGenerator[Chunk, None]:
         first = state.first
-        where = await self._placer.place(state.pool, state.prompt, state.failed, state.match())
+        where = state.pinned() or await self._placer.place(state.pool, state.prompt, state.failed, state.match())
         state.placed(where)
         self._notify(state, first)
         with state.pool.counted(where.decode, 0 if where.prefill else state.uncached):
@@ -186,3 +209,46 @@ class Orchestrator:
         self._observer.prefix(where.matched_tokens, len(state.prompt))
         if first:  # the first placement only
             self._observer.dispatched(time.perf_counter() - state.gen.arrival)
+
+
+async def _prepend(head: Chunk, rest: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
+    async with contextlib.aclosing(rest):
+        yield head
+        async for chunk in rest:
+            yield chunk
+
+
+_DONE = object()
+
+
+async def _merge(streams: Sequence[AsyncGenerator[Chunk, None]]) -> AsyncGenerator[Chunk, None]:
+    """Chunks of every stream as they come, tagged with the stream's index. The first
+    error ends the merge; leaving it (or an error) closes every stream, which ends their
+    RPCs and aborts their engine requests."""
+    queue: asyncio.Queue[tuple[int, Chunk | None, object]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncGenerator[Chunk, None]) -> None:
+        try:
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    await queue.put((index, chunk, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            await queue.put((index, None, exc))
+            return
+        await queue.put((index, None, _DONE))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        live = len(tasks)
+        while live:
+            index, chunk, end = await queue.get()
+            if end is _DONE:
+                live -= 1
+            elif isinstance(end, BaseException):
+                raise end
+            elif chunk is not None:
+                yield dataclasses.replace(chunk, index=index)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

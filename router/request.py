@@ -5,6 +5,7 @@ Shared by admission, orchestration, metrics and rendering; imports nothing of th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,16 @@ class Generation:
     arrival: float = field(default_factory=time.perf_counter)  # when the HTTP request came in
     include_stop: bool = False  # the matched stop string stays in the text
     skip_special_tokens: bool = True  # special tokens are left out of the text
+    n: int = 1  # choices, each sampled on its own from one prefill
+
+    def choices(self) -> list[Generation]:
+        """One Generation per choice; choice i samples with ``seed + i``, as vLLM's
+        parallel sampling does."""
+        seed = self.spec.seed
+        return [
+            dataclasses.replace(self, n=1, spec=dataclasses.replace(self.spec, seed=None if seed is None else seed + i))
+            for i in range(self.n)
+        ]
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class Chunk:
     cached_tokens: int = 0
     token_ids: tuple[int, ...] = ()  # tokens consumed since the previous chunk
     logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when asked for
+    index: int = 0  # the choice it belongs to (n > 1)
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,12 @@ class RequestState:
     per attempt (``begin``): its request id, prompt (a migration replays what was
     streamed), sampling (what is left of the token budget) and placement."""
 
-    def __init__(self, pool: ModelPool, gen: Generation, request_s: float) -> None:
+    def __init__(self, pool: ModelPool, gen: Generation, request_s: float, pin: WorkerId | None = None) -> None:
         self.pool = pool
         self.gen = gen
+        # A later choice of an n > 1 request: decode on the first choice's worker, whose
+        # prefix cache holds the prompt's pulled KV (router/orchestrator.py, generate_choices).
+        self.pin = pin
         self.output = Output(pool, gen)
         self.deadline = gen.arrival + request_s  # gRPC deadlines carry it to the workers too
         self.restarts = 0  # placed again before the first token
@@ -103,6 +106,12 @@ class RequestState:
         """This attempt's placement; its prefix lookup serves the attempts with the same prompt."""
         self._where = where
         self._match = (len(self.prompt), where.match)
+
+    def pinned(self) -> Placement | None:
+        """This attempt on the pinned worker, prefilling locally, while it has not failed."""
+        if self.pin is None or self.pin in self._failed or self.pin not in self.pool.live("decode", self.failed):
+            return None
+        return Placement(self.pin, None, "choice", 0)
 
     def fail(self, worker: WorkerId) -> None:
         self._failed.add(worker)

@@ -54,8 +54,11 @@ class RouterService:
         this returns, so every error before the first token is raised here."""
         pool = self.pool(model)
         gen = generation(pool)
-        chunks = self._orchestrator.generate(pool, gen)
-        admitted = self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens, chunks)
+        if gen.n > 1:
+            chunks = self._orchestrator.generate_choices(pool, gen.choices())
+        else:
+            chunks = self._orchestrator.generate(pool, gen)
+        admitted = self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens * gen.n, chunks)
         observed = self._metrics.observe(gen.arrival, len(gen.prompt_ids), admitted)
         first = await _first(observed)
         return Answer(pool.name, tuple(gen.prompt_ids), first, observed, pool.tokenizer.token_texts)

@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pdserve.engine.base import TokenLogprobs
@@ -107,40 +107,63 @@ def _choice_logprobs(shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0
     return chat_logprobs(shape, lps) if shape.chat else completion_logprobs(shape, lps, offset)
 
 
-def whole(
-    shape: Shape, text: str, token_ids: list[int], last: Chunk, lps: Sequence[TokenLogprobs] = ()
-) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason, "logprobs": _choice_logprobs(shape, lps)}
-    if shape.chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
+@dataclass
+class _Choice:
+    """One choice as its chunks add up."""
+
+    parts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    last: Chunk | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        self.parts.append(chunk.text)
+        self.token_ids.extend(chunk.token_ids)
+        self.logprobs.extend(chunk.logprobs)
+        self.last = chunk
+
+
+def _usage_of(shape: Shape, lasts: dict[int, Chunk]) -> dict[str, Any]:
+    """Completion tokens of every choice; the prompt (and its cache hits) counted once."""
+    cached = lasts[0].cached_tokens if 0 in lasts else 0
+    return usage(shape, sum(c.completion_tokens for c in lasts.values()), cached)
+
+
+def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
+    rendered = []
+    for index, c in sorted(choices.items()):
+        assert c.last is not None and c.last.finish_reason is not None  # the orchestrator guarantees it
+        text = "".join(c.parts)
+        choice: dict[str, Any] = {
+            "index": index,
+            "finish_reason": c.last.finish_reason,
+            "logprobs": _choice_logprobs(shape, c.logprobs),
+        }
+        if shape.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        if shape.return_token_ids:
+            choice["token_ids"] = c.token_ids
+        rendered.append(choice)
     body = {
         "id": new_id(shape),
         "object": shape.object,
         "created": int(time.time()),
         "model": shape.model,
-        "choices": [choice],
-        "usage": usage(shape, last.completion_tokens, last.cached_tokens),
+        "choices": rendered,
+        "usage": _usage_of(shape, {i: c.last for i, c in choices.items() if c.last is not None}),
     }
     if shape.return_token_ids:
-        choice["token_ids"] = token_ids
         body["prompt_token_ids"] = list(shape.prompt_ids)
     return body
 
 
 async def collect(shape: Shape, chunks: AsyncIterator[Chunk]) -> dict[str, Any]:
-    parts: list[str] = []
-    token_ids: list[int] = []
-    lps: list[TokenLogprobs] = []
-    last: Chunk | None = None
+    choices: dict[int, _Choice] = {}
     async for chunk in chunks:
-        parts.append(chunk.text)
-        token_ids.extend(chunk.token_ids)
-        lps.extend(chunk.logprobs)
-        last = chunk
-    assert last is not None and last.finish_reason is not None  # the orchestrator guarantees it
-    return whole(shape, "".join(parts), token_ids, last, lps)
+        choices.setdefault(chunk.index, _Choice()).add(chunk)
+    return whole(shape, choices)
 
 
 def sse(body: dict[str, Any]) -> bytes:
@@ -154,14 +177,16 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     token still get a proper HTTP status.
     """
     rid, created = new_id(shape), int(time.time())
-    offset = 0  # completions' text_offset runs on across chunks
+    offsets: dict[int, int] = {}  # completions' text_offset runs on across a choice's chunks
+    lasts: dict[int, Chunk] = {}
 
-    def event(chunk: Chunk, role: bool = False) -> bytes:
-        nonlocal offset
-        logprobs = _choice_logprobs(shape, chunk.logprobs, offset)
+    def event(chunk: Chunk) -> bytes:
+        role = chunk.index not in lasts  # a choice's first chunk names the role
+        lasts[chunk.index] = chunk
+        logprobs = _choice_logprobs(shape, chunk.logprobs, offsets.get(chunk.index, 0))
         if logprobs is not None and not shape.chat and logprobs["tokens"]:
-            offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
-        choice: dict[str, Any] = {"index": 0, "finish_reason": chunk.finish_reason, "logprobs": logprobs}
+            offsets[chunk.index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        choice: dict[str, Any] = {"index": chunk.index, "finish_reason": chunk.finish_reason, "logprobs": logprobs}
         if shape.chat:
             delta: dict[str, Any] = {"content": chunk.text}
             if role:
@@ -176,10 +201,8 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             body["usage"] = None
         return sse(body)
 
-    last = first
-    yield event(first, role=True)
+    yield event(first)
     async for chunk in rest:
-        last = chunk
         yield event(chunk)
     if shape.include_usage:
         yield sse(
@@ -189,7 +212,7 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 "created": created,
                 "model": shape.model,
                 "choices": [],
-                "usage": usage(shape, last.completion_tokens, last.cached_tokens),
+                "usage": _usage_of(shape, lasts),
             }
         )
     yield b"data: [DONE]\n\n"

@@ -19,6 +19,7 @@ from router.api.schemas import (
     CHAT_REFUSED,
     COMPLETION_REFUSED,
     INT32_MAX,
+    INT64,
     ChatCompletionRequest,
     CompletionRequest,
     Refused,
@@ -43,6 +44,7 @@ NEUTRAL: Mapping[str, float] = {
 # Removed from vLLM's models, which now ignore them with a warning: the client asked for
 # constrained output and would get free text, so they are refused instead.
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend")
+MAX_N = 128  # choices per request (vLLM sets no bound; this keeps one request's fan-out sane)
 MAX_LOGPROBS = 20  # vLLM's --max-logprobs default, which the workers' engines keep
 MAX_BAD_WORDS = 128  # vLLM's VLLM_MAX_NUM_BAD_WORDS default, counted after tokenization
 
@@ -98,8 +100,9 @@ def _check_fields(req: SamplingFields, refused: Mapping[str, Refused]) -> None:
             unknown.append(name)
     if unknown:
         log.debug("The following fields were present in the request but ignored: %s", sorted(unknown))
-    if req.n not in (1, None):
-        raise BadRequestError("n > 1 is not supported by pdserve yet", "n")
+    n = 1 if req.n is None else req.n
+    if not 1 <= n <= MAX_N:
+        raise BadRequestError(f"n must be between 1 and {MAX_N}, got {n}.", "n")
     if req.stream_options is not None and not req.stream:
         raise BadRequestError("Stream options can only be defined when `stream=True`.", "stream_options")
 
@@ -118,6 +121,11 @@ def _generation(
     if req.min_tokens > limit:
         raise BadRequestError(f"min_tokens ({req.min_tokens}) is more than max_tokens ({limit})", "min_tokens")
     knobs = _knobs(pool, req)
+    n = 1 if req.n is None else req.n
+    if n > 1 and knobs["temperature"] == 0:
+        raise BadRequestError(f"n must be 1 when using greedy sampling, got {n}.", "n")
+    if n > 1 and req.seed is not None and req.seed + n - 1 >= INT64:
+        raise BadRequestError("seed + n - 1 (choice i samples with seed + i) must fit in 64 bits", "seed")
     spec = SamplingSpec(
         max_tokens=limit,
         temperature=knobs["temperature"],
@@ -146,6 +154,7 @@ def _generation(
         arrival,
         include_stop=req.include_stop_str_in_output,
         skip_special_tokens=req.skip_special_tokens,
+        n=n,
     )
 
 

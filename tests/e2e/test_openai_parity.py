@@ -3,8 +3,10 @@ helper, regex and choice constraints, logprobs and the sampling fields a client 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,8 @@ from pydantic import BaseModel
 
 from router.tokenizer import Tokenizer
 from tests.helpers.cluster import Cluster
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import engine_load
 
 pytestmark = pytest.mark.engine
 
@@ -96,3 +100,25 @@ def test_penalties_bias_and_bans_change_the_output_as_asked(cluster: Cluster, de
     assert (free[0],) in Tokenizer(default_model).bad_words_ids([word])  # the word is that token, spaced or not
     assert free[0] not in ids(bad_words=[word])
     assert ids(repetition_penalty=1.8) != free  # the prompt repeats what greedy decoding would repeat
+
+
+def test_n_choices_move_the_prompt_kv_once_and_match_seeded_single_requests(cluster: Cluster) -> None:
+    """One prefill, one KV transfer for n=4; choice i is the request with seed s + i."""
+    body = {"model": cluster.model, "prompt": "A list of unusual fruit: kiwano, rambutan,", "max_tokens": 8}
+    body |= {"temperature": 0.9, "seed": 41, "return_token_ids": True}
+    before = asyncio.run(engine_load(cluster.decode_addr, "decode")).kv.transfers
+    resp = httpx.post(cluster.url + "/v1/completions", json={**body, "n": 4}, timeout=300)
+    assert resp.status_code == 200, resp.text
+
+    def transfers() -> int:
+        return asyncio.run(engine_load(cluster.decode_addr, "decode")).kv.transfers
+
+    # The counter lands with the engine's next stats refresh, after the response.
+    wait_until(lambda: True if transfers() > before else None, "the KV pull counted", timeout_s=30)
+    time.sleep(1.0)  # any later pull would have been counted by now too
+    assert transfers() - before == 1
+    choices = sorted(resp.json()["choices"], key=lambda c: c["index"])
+    assert resp.json()["usage"]["completion_tokens"] == sum(len(c["token_ids"]) for c in choices)
+    for i, choice in enumerate(choices):
+        alone = httpx.post(cluster.url + "/v1/completions", json={**body, "seed": 41 + i}, timeout=300).json()
+        assert choice["token_ids"] == alone["choices"][0]["token_ids"], i

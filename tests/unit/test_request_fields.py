@@ -182,7 +182,8 @@ def test_generation_config_is_read_as_vllm_reads_it(tmp_path: Path) -> None:
         ({"priority": 1}, "priority"),  # this pool's engines schedule first come, first served
         ({"cache_salt": ""}, "cache_salt"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
-        ({"n": 2}, "n"),
+        ({"n": 2, "temperature": 0}, "n"),  # greedy choices would all be the same
+        ({"n": 129}, "n"),
         ({"echo": True}, "echo"),
     ],
 )

@@ -100,7 +100,7 @@ def test_max_tokens_past_context_is_reduced_like_vllm(tiny_tokenizer: Tokenizer)
     [
         ({"model": "tiny", "prompt": "x" * 300}, 400, "prompt"),
         ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-        ({"model": "tiny", "prompt": "x", "n": 3}, 400, "n"),
+        ({"model": "tiny", "prompt": "x", "n": 3, "temperature": 0}, 400, "n"),
         ({"model": "tiny", "prompt": "x", "temperature": 3}, 400, "temperature"),
         ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
         ({"model": "tiny", "prompt": "x", "logprobs": 25}, 400, "logprobs"),  # past max_logprobs
@@ -165,7 +165,7 @@ def test_metrics_count_requests_tokens_latencies_and_placements(tiny_tokenizer: 
             client.post("/v1/completions", json={"model": "tiny", "prompt": "hey", "stream": stream}).status_code == 200
         )
     assert client.post("/v1/completions", json={"model": "nope", "prompt": "x"}).status_code == 404
-    assert client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "n": 2}).status_code == 400
+    assert client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "n": 0}).status_code == 400
     m = metric_samples(client.get("/metrics").text)
     assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 2
     assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "404")))] == 1
