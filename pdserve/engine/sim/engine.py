@@ -97,6 +97,7 @@ class _SimRuntime:
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
         self._live: dict[RequestId, _Seq] = {}
+        self._reported: set[str] = set()  # no-op kinds already logged (_report_no_ops)
         self._transferring = 0
         self._kv = KvTransferTotals()  # modelled pulls (decode side), as vLLM's connector counts them
         self._received = 0
@@ -156,6 +157,7 @@ class _SimRuntime:
     # -- requests --------------------------------------------------------------
 
     def _new_seq(self, request_id: RequestId, prompt: Sequence[int], sampling: SamplingSpec) -> _Seq:
+        self._report_no_ops(sampling)
         if not prompt:
             raise InvalidRequestError("prompt is empty")
         if len(prompt) >= self.config.max_model_len:
@@ -274,6 +276,19 @@ class _SimRuntime:
             if token not in banned:
                 return token
         return token
+
+    def _report_no_ops(self, spec: SamplingSpec) -> None:
+        """Say once per kind which asked-for behaviour the sim accepts without honouring."""
+        asked = {
+            "structured outputs": bool(spec.structured_outputs),
+            "penalties": (spec.presence_penalty, spec.frequency_penalty, spec.repetition_penalty) != (0, 0, 1),
+            "min_p": spec.min_p > 0,
+            "logit_bias": bool(spec.logit_bias),
+            "multi-token bad words": any(len(w) > 1 for w in spec.bad_words),
+        }
+        for kind in sorted(k for k, on in asked.items() if on and k not in self._reported):
+            self._reported.add(kind)
+            log.warning("sim engine: %s accepted and ignored (the sim has no logits)", kind)
 
     def _logprobs(self, seq: _Seq, token: int) -> tuple[TokenLogprobs, ...]:
         """Made-up logprobs in vLLM's shape (the sampled token first, then the top ones):
