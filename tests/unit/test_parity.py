@@ -13,7 +13,7 @@ from pdserve.tools.parity.cases import CHAT, COMPLETIONS, MODEL, Case, battery
 from pdserve.tools.parity.client import Reply, Server, parse_sse, request_body
 from pdserve.tools.parity.compare import LOGPROB_ABS_TOL, compare
 from pdserve.tools.parity.known import load, triage
-from pdserve.tools.parity.shape import key_paths, shape_diff
+from pdserve.tools.parity.shape import key_paths, shape_diff, stream_key_paths
 
 SERVERS = (Server("http://a", "m"), Server("http://b", "m"))
 CHAT_CASE = Case("chat.x", CHAT, {"model": MODEL, "messages": []})
@@ -113,6 +113,13 @@ def test_a_stream_is_reassembled_from_its_chunks() -> None:
         ("key", "choices[].finish_reason"),
         ("finish_reason", "choices[0].finish_reason"),
     ]
+
+
+def test_stream_shapes_ignore_nulls_that_depend_on_chunking() -> None:
+    one = [{"choices": [{"text": "ab", "finish_reason": "stop"}]}]
+    two = [{"choices": [{"text": "a", "finish_reason": None}]}, {"choices": [{"text": "b", "finish_reason": "stop"}]}]
+    assert stream_key_paths(one) == stream_key_paths(two)
+    assert "choices[].finish_reason:null" in stream_key_paths([two[0]])
 
 
 def test_shape_diff_reports_the_topmost_missing_path_only() -> None:

@@ -22,7 +22,7 @@ from pdserve.flags import add_flags, build, flag
 from pdserve.tools.parity import known as known_file
 from pdserve.tools.parity.cases import battery
 from pdserve.tools.parity.client import Server
-from pdserve.tools.parity.compare import Mismatch, summary
+from pdserve.tools.parity.compare import LOGPROB_ABS_TOL, Mismatch, summary
 from pdserve.tools.parity.run import CaseResult, run_battery
 from pdserve.tools.parity.sdk import sdk_mismatches
 
@@ -38,7 +38,8 @@ class ParityConfig:
     known: str = flag("", help="known-differences JSON (docs/parity_known.json); none: every mismatch counts")
     out: str = flag("", help="write every case's statuses and every mismatch here (JSON)")
     only: str = flag("*", help="run only the cases whose id matches this glob, e.g. 'chat.stop.*'")
-    concurrency: int = flag(1, help="cases in flight at once (1: no batching effects on greedy outputs)")
+    concurrency: int = flag(4, help="cases in flight at once (batching did not change greedy outputs: docs/parity.md)")
+    logprob_tol: float = flag(LOGPROB_ABS_TOL, help="largest absolute difference of two equal logprobs")
     sdk: bool = flag(True, name="--no-sdk", negate=True, help="skip the check through the openai SDK")
 
 
@@ -72,7 +73,7 @@ async def run(cfg: ParityConfig, known: list[known_file.KnownDifference]) -> Rep
     )
     cases = [c for c in battery() if fnmatchcase(c.id, cfg.only)]
     start = time.monotonic()
-    results = await run_battery(servers, cases, cfg.concurrency)
+    results = await run_battery(servers, cases, cfg.concurrency, cfg.logprob_tol)
     found = [m for r in results for m in r.mismatches]
     if cfg.sdk and fnmatchcase("sdk.chat", cfg.only):
         found += await sdk_mismatches(servers)
@@ -96,10 +97,19 @@ def render(report: Report, width: int = 60) -> str:
 
 
 def table(mismatches: list[Mismatch], width: int = 60) -> str:
-    rows = [("CASE", "KIND", "PATH", "A", "B")]
-    rows += [(m.case, m.kind, m.path, _cell(m.a, width), _cell(m.b, width)) for m in mismatches]
+    """One row per distinct (kind, path, A, B), with the cases showing it."""
+    groups: dict[tuple[str, str, str, str], list[str]] = {}
+    for m in mismatches:
+        groups.setdefault((m.kind, m.path, _cell(m.a, width), _cell(m.b, width)), []).append(m.case)
+    rows = [("CASES", "KIND", "PATH", "A", "B")]
+    rows += [(_cases(cases), *key) for key, cases in groups.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, [*widths, 0], strict=True)).rstrip() for r in rows)
+
+
+def _cases(cases: list[str], shown: int = 2) -> str:
+    more = f" +{len(cases) - shown}" if len(cases) > shown else ""
+    return ",".join(cases[:shown]) + more
 
 
 def _cell(value: Any, width: int) -> str:
@@ -112,7 +122,10 @@ def report_json(report: Report) -> dict[str, Any]:
     t = report.triage
     return {
         "seconds": round(report.seconds, 1),
-        "cases": [{"id": r.case.id, "a": summary(r.a), "b": summary(r.b)} for r in report.results],
+        "cases": [
+            {"id": r.case.id, "a": summary(r.a), "b": summary(r.b), "seconds": [r.a.seconds, r.b.seconds]}
+            for r in report.results
+        ],
         "unknown": [m.as_dict() for m in t.unknown],
         "known": [{**m.as_dict(), "why": k.why} for m, k in t.known],
         "stale_known": [vars(k) for k in t.stale],

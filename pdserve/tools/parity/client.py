@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ class Reply:
     done: bool = False
     text: str = ""  # the raw body when it was not JSON
     transport: str = ""
+    seconds: float = 0.0
 
 
 def request_body(case: Case, model: str) -> dict[str, Any]:
@@ -40,10 +42,13 @@ def request_body(case: Case, model: str) -> dict[str, Any]:
 
 
 async def send(client: httpx.AsyncClient, server: Server, case: Case) -> Reply:
+    start = time.monotonic()
     try:
-        return await _send(client, server, case)
+        reply = await _send(client, server, case)
     except httpx.HTTPError as exc:
-        return Reply(0, transport=f"{type(exc).__name__}: {exc}")
+        reply = Reply(0, transport=f"{type(exc).__name__}: {exc}")
+    reply.seconds = time.monotonic() - start
+    return reply
 
 
 async def _send(client: httpx.AsyncClient, server: Server, case: Case) -> Reply:

@@ -51,6 +51,15 @@ def key_paths(value: Any, path: str = "") -> set[str]:
     return out
 
 
+def stream_key_paths(events: list[Any]) -> set[str]:
+    """The union of the chunks' key paths, without ``null`` at a path that also holds a
+    value: which chunk carries a null (a finish reason before the last chunk, prompt ids
+    after the first) depends on how the server grouped tokens into chunks, i.e. on timing."""
+    paths = set().union(*(key_paths(e) for e in events))
+    valued = {p.rpartition(":")[0] for p in paths if not p.endswith(":null")}
+    return {p for p in paths if not (p.endswith(":null") and p.rpartition(":")[0] in valued)}
+
+
 def shape_diff(a: set[str], b: set[str]) -> Iterator[tuple[str, str, str]]:
     """``(path, types in A, types in B)`` for each path whose types differ ("absent" when a
     side lacks the path); a path missing on one side under a parent already reported is skipped."""
