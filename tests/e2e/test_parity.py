@@ -34,9 +34,9 @@ def reference_server(
 def test_router_answers_as_vllm_serve_does(
     cluster: Cluster, reference_server: VllmServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # 8 cases in flight: batching changed no greedy output on this model (docs/parity.md).
+    # 16 cases in flight: batching changed no greedy output on this model (docs/parity.md).
     cfg = ParityConfig(
-        a=cluster.url, b=reference_server.url, model_a=cluster.model, model_b=reference_server.model, concurrency=8
+        a=cluster.url, b=reference_server.url, model_a=cluster.model, model_b=reference_server.model, concurrency=16
     )
     report = asyncio.run(run(cfg, known_file.load(KNOWN)))
     out = tmp_path_factory.mktemp("parity") / "parity.json"

@@ -61,6 +61,11 @@ def both(name: str, *, stream: bool = False, exact: bool = True, **fields: Any) 
     return [chat(name, stream=stream, exact=exact, **fields), cmpl(name, stream=stream, exact=exact, **fields)]
 
 
+def nulls(field: str) -> list[Case]:
+    """``field: null`` on both routes: the field's default, or a 400; one token tells which."""
+    return both(f"{field}.null", max_tokens=1, **{field: None})
+
+
 def _basics() -> list[Case]:
     return [
         *both("greedy", max_tokens=8),
@@ -70,13 +75,13 @@ def _basics() -> list[Case]:
         *both("stream_options.continuous_usage", stream=True, stream_options={"continuous_usage_stats": True}),
         *both("stream_options.without_stream", stream_options={"include_usage": True}),
         *both("model.unknown", model="no-such-model"),
-        *both("model.null", model=None),
+        *nulls("model"),
         *both("model.absent", model=ABSENT),
         *both("extra_field.unknown", foo_bar_baz=1),
         *both("return_token_ids.false", return_token_ids=False),
-        *both("return_token_ids.null", return_token_ids=None),
+        *nulls("return_token_ids"),
         *both("user.valid", user="alice"),
-        *both("user.null", user=None),
+        *nulls("user"),
         *both("user.wrong_type", user=5),
     ]
 
@@ -89,9 +94,9 @@ def _temperature_and_seed() -> list[Case]:
         *both("temperature.negative", temperature=-0.5),
         *both("temperature.wrong_type", temperature="hot"),
         *both("temperature.unseeded", exact=False, temperature=0.8),
-        *both("seed.sampled", temperature=1.0, seed=1234, max_tokens=8),
-        *both("seed.sampled", stream=True, temperature=1.0, seed=1234, max_tokens=8),
-        *both("seed.null", seed=None),
+        *both("seed.sampled", temperature=1.0, seed=1234, max_tokens=6),
+        *both("seed.sampled", stream=True, temperature=1.0, seed=1234, max_tokens=6),
+        *nulls("seed"),
         *both("seed.negative", temperature=1.0, seed=-7),
         *both("seed.past_int64", seed=2**64),
         *both("seed.wrong_type", seed="abc"),
@@ -100,19 +105,19 @@ def _temperature_and_seed() -> list[Case]:
 
 def _truncation() -> list[Case]:
     return [
-        *both("top_p.seeded", temperature=1.0, top_p=0.5, seed=7, max_tokens=8),
-        *both("top_p.null", top_p=None),
+        *both("top_p.seeded", temperature=1.0, top_p=0.5, seed=7, max_tokens=6),
+        *nulls("top_p"),
         *both("top_p.zero", top_p=0),
         *both("top_p.over_1", top_p=1.5),
         *both("top_p.wrong_type", top_p="x"),
-        *both("top_k.seeded", temperature=1.0, top_k=5, seed=7, max_tokens=8),
+        *both("top_k.seeded", temperature=1.0, top_k=5, seed=7, max_tokens=6),
         *both("top_k.minus_1", top_k=-1),
         *both("top_k.zero", top_k=0),
-        *both("top_k.null", top_k=None),
+        *nulls("top_k"),
         *both("top_k.minus_2", top_k=-2),
         *both("top_k.float", top_k=1.5),
-        *both("min_p.seeded", temperature=1.0, min_p=0.2, seed=7, max_tokens=8),
-        *both("min_p.null", min_p=None),
+        *both("min_p.seeded", temperature=1.0, min_p=0.2, seed=7, max_tokens=6),
+        *nulls("min_p"),
         *both("min_p.over_1", min_p=1.5),
         *both("min_p.negative", min_p=-0.1),
     ]
@@ -131,16 +136,16 @@ def _lengths() -> list[Case]:
         *both("max_tokens.wrong_type", max_tokens="ten"),
         *both("max_tokens.past_context", max_tokens=100_000),
         chat("max_completion_tokens.3", max_tokens=ABSENT, max_completion_tokens=3),
-        chat("max_completion_tokens.null", max_completion_tokens=None),
+        chat("max_completion_tokens.null", max_tokens=1, max_completion_tokens=None),
         chat("max_completion_tokens.zero", max_tokens=ABSENT, max_completion_tokens=0),
         chat("max_completion_tokens.with_max_tokens", max_tokens=8, max_completion_tokens=3),
         chat("min_tokens.past_eos", max_tokens=8, min_tokens=6, **short),
         cmpl("min_tokens.4", min_tokens=4),
-        *both("min_tokens.null", min_tokens=None),
+        *nulls("min_tokens"),
         *both("min_tokens.negative", min_tokens=-1),
         *both("min_tokens.over_max", min_tokens=20),
         chat("ignore_eos.true", max_tokens=8, ignore_eos=True, **short),
-        *both("ignore_eos.null", ignore_eos=None),
+        *nulls("ignore_eos"),
         *both("ignore_eos.wrong_type", ignore_eos=[1]),
     ]
 
@@ -151,14 +156,14 @@ def _stops() -> list[Case]:
         *both("stop.list", stop=[".", ","], max_tokens=8),
         *both("stop.list", stream=True, stop=[".", ","], max_tokens=8),
         *both("stop.include_stop_str", stop=[".", ","], include_stop_str_in_output=True, max_tokens=8),
-        *both("stop.null", stop=None),
+        *nulls("stop"),
         *both("stop.empty_list", stop=[]),
         *both("stop.empty_string", stop=""),
         *both("stop.five", stop=["a1", "b2", "c3", "d4", "e5"]),
         *both("stop.wrong_type", stop=123),
         *both("stop_token_ids.period", stop_token_ids=[PERIOD, COMMA], max_tokens=8),
         *both("stop_token_ids.empty", stop_token_ids=[]),
-        *both("stop_token_ids.null", stop_token_ids=None),
+        *nulls("stop_token_ids"),
         *both("stop_token_ids.negative", stop_token_ids=[-1]),
         *both("stop_token_ids.past_vocab", stop_token_ids=[PAST_VOCAB]),
         *both("stop_token_ids.wrong_type", stop_token_ids="x"),
@@ -170,12 +175,12 @@ def _penalties() -> list[Case]:
     for name in ("presence_penalty", "frequency_penalty"):
         values: dict[str, Any] = {"valid": 1.5, "null": None, "out_of_range": 3.0, "wrong_type": "x"}
         for variant, value in values.items():
-            extra: dict[str, Any] = {name: value, "max_tokens": 8 if variant == "valid" else 4}
+            extra: dict[str, Any] = {name: value, "max_tokens": {"valid": 8, "null": 1}.get(variant, 4)}
             cases += both(f"{name}.{variant}", **extra)
     return [
         *cases,
         *both("repetition_penalty.valid", max_tokens=8, repetition_penalty=1.3),
-        *both("repetition_penalty.null", repetition_penalty=None),
+        *nulls("repetition_penalty"),
         *both("repetition_penalty.zero", repetition_penalty=0),
         *both("repetition_penalty.negative", repetition_penalty=-1),
     ]
@@ -188,15 +193,15 @@ def _token_constraints() -> list[Case]:
         *both("logit_bias.past_vocab", logit_bias={str(PAST_VOCAB): 5}),
         *both("logit_bias.over_100", logit_bias={str(PARIS): 150}, max_tokens=4),
         *both("logit_bias.under_minus_100", logit_bias={str(PARIS): -150}, max_tokens=8),
-        *both("logit_bias.null", logit_bias=None),
+        *nulls("logit_bias"),
         *both("logit_bias.non_int_key", logit_bias={"abc": 1}),
         *both("allowed_token_ids.valid", allowed_token_ids=[PARIS, PERIOD, COMMA, EOS], max_tokens=4),
         *both("allowed_token_ids.empty", allowed_token_ids=[]),
         *both("allowed_token_ids.past_vocab", allowed_token_ids=[PAST_VOCAB]),
-        *both("allowed_token_ids.null", allowed_token_ids=None),
+        *nulls("allowed_token_ids"),
         *both("bad_words.valid", bad_words=["Paris"], max_tokens=8),
         *both("bad_words.empty", bad_words=[]),
-        *both("bad_words.null", bad_words=None),
+        *nulls("bad_words"),
         *both("bad_words.wrong_type", bad_words=[5]),
     ]
 
@@ -205,30 +210,30 @@ def _request_options() -> list[Case]:
     return [
         *both("cache_salt.valid", cache_salt="parity-salt"),
         *both("cache_salt.empty", cache_salt=""),
-        *both("cache_salt.null", cache_salt=None),
+        *nulls("cache_salt"),
         *both("priority.zero", priority=0),
         *both("priority.one", priority=1),
-        *both("priority.null", priority=None),
+        *nulls("priority"),
         *both("skip_special_tokens.false", skip_special_tokens=False, max_tokens=10),
-        *both("skip_special_tokens.null", skip_special_tokens=None),
+        *nulls("skip_special_tokens"),
         *both("truncate_prompt_tokens.3", truncate_prompt_tokens=3),
         *both("truncate_prompt_tokens.minus_1", truncate_prompt_tokens=-1),
-        *both("truncate_prompt_tokens.null", truncate_prompt_tokens=None),
+        *nulls("truncate_prompt_tokens"),
         *both("truncate_prompt_tokens.minus_5", truncate_prompt_tokens=-5),
         *both("kv_transfer_params.empty", kv_transfer_params={}),
-        *both("kv_transfer_params.null", kv_transfer_params=None),
+        *nulls("kv_transfer_params"),
         *both("n.1", n=1),
         *both("n.2_greedy", n=2),  # vLLM: n > 1 needs sampling
         *both("n.2", n=2, temperature=1.0, seed=11),
         *both("n.2", stream=True, n=2, temperature=1.0, seed=11),
         *both("n.zero", n=0),
-        *both("n.null", n=None),
+        *nulls("n"),
         *both("n.wrong_type", n="two"),
-        *both("use_beam_search.true", use_beam_search=True, n=2, max_tokens=4),
+        *both("use_beam_search.true", use_beam_search=True, n=2, max_tokens=3),
         *both("use_beam_search.false", use_beam_search=False),
-        *both("use_beam_search.null", use_beam_search=None),
+        *nulls("use_beam_search"),
         *both("length_penalty.0_5", length_penalty=0.5),
-        *both("length_penalty.null", length_penalty=None),
+        *nulls("length_penalty"),
     ]
 
 
@@ -238,7 +243,7 @@ def _logprobs() -> list[Case]:
         chat("logprobs.top_2", stream=True, logprobs=True, top_logprobs=2),
         chat("logprobs.true", logprobs=True),
         chat("logprobs.false", logprobs=False),
-        chat("logprobs.null", logprobs=None),
+        chat("logprobs.null", max_tokens=1, logprobs=None),
         chat("logprobs.wrong_type", logprobs="x"),
         chat("logprobs.top_without_logprobs", top_logprobs=2),
         chat("logprobs.top_null", logprobs=True, top_logprobs=None),
@@ -247,12 +252,12 @@ def _logprobs() -> list[Case]:
         cmpl("logprobs.0", logprobs=0),
         cmpl("logprobs.2", logprobs=2),
         cmpl("logprobs.2", stream=True, logprobs=2),
-        cmpl("logprobs.null", logprobs=None),
+        cmpl("logprobs.null", max_tokens=1, logprobs=None),
         cmpl("logprobs.minus_2", logprobs=-2),
         cmpl("logprobs.25", logprobs=25),
         *both("prompt_logprobs.1", prompt_logprobs=1),
         *both("prompt_logprobs.0", prompt_logprobs=0),
-        *both("prompt_logprobs.null", prompt_logprobs=None),
+        *nulls("prompt_logprobs"),
         *both("prompt_logprobs.minus_2", prompt_logprobs=-2),
     ]
 
@@ -271,20 +276,20 @@ TOOL = {
 def _structured() -> list[Case]:
     return [
         *both("response_format.text", response_format={"type": "text"}),
-        *both("response_format.json_object", response_format={"type": "json_object"}, max_tokens=12),
+        *both("response_format.json_object", response_format={"type": "json_object"}, max_tokens=8),
         *both(
             "response_format.json_schema",
             response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}},
-            max_tokens=12,
+            max_tokens=8,
         ),
-        *both("response_format.null", response_format=None),
+        *nulls("response_format"),
         *both("response_format.bogus", response_format={"type": "bogus"}),
         *both("structured_outputs.regex", structured_outputs={"regex": "[0-9]{3}"}, max_tokens=8),
         *both("structured_outputs.choice", structured_outputs={"choice": ["yes", "no"]}),
-        *both("structured_outputs.null", structured_outputs=None),
+        *nulls("structured_outputs"),
         chat("tools.auto", tools=[TOOL]),
         chat("tools.choice_none", tools=[TOOL], tool_choice="none"),
-        chat("tools.null", tools=None),
+        chat("tools.null", max_tokens=1, tools=None),
     ]
 
 
@@ -300,7 +305,7 @@ def _prompts() -> list[Case]:
         cmpl("prompt.negative_token", prompt=[-1]),
         cmpl("echo.true", echo=True),
         cmpl("echo.true", stream=True, echo=True),
-        cmpl("echo.null", echo=None),
+        cmpl("echo.null", max_tokens=1, echo=None),
         cmpl("echo.max_tokens_0", echo=True, max_tokens=0),
         cmpl("suffix.string", suffix="!"),
         cmpl("best_of.1", best_of=1),
