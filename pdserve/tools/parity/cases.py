@@ -63,7 +63,8 @@ def both(name: str, *, stream: bool = False, exact: bool = True, **fields: Any) 
 
 def nulls(field: str) -> list[Case]:
     """``field: null`` on both routes: the field's default, or a 400; one token tells which."""
-    return both(f"{field}.null", max_tokens=1, **{field: None})
+    fields: dict[str, Any] = {field: None}
+    return both(f"{field}.null", max_tokens=1, **fields)
 
 
 def _basics() -> list[Case]:
