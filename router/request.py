@@ -46,6 +46,7 @@ class Chunk:
     token_ids: tuple[int, ...] = ()  # tokens consumed since the previous chunk
     logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when asked for
     index: int = 0  # the choice it belongs to (n > 1)
+    stop_reason: str | int | None = None  # the stop string, or stop token id, that ended it (vLLM's)
 
 
 @dataclass(frozen=True)

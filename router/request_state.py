@@ -26,6 +26,7 @@ class Output:
     def __init__(self, pool: ModelPool, gen: Generation) -> None:
         self._decoder = pool.tokenizer.stream_decoder(gen.prompt_ids, gen.skip_special_tokens)
         self._stops = StopMatcher(gen.stops, gen.include_stop)
+        self._eos = frozenset(pool.tokenizer.eos_token_ids)
         self.produced: list[int] = []
         self.cached: int | None = None  # the first placement's prefill-side count
 
@@ -34,15 +35,24 @@ class Output:
             self.cached = cached
         text: list[str] = []
         ids, lps = delta.token_ids, delta.logprobs
+        # The token that stopped the engine (EOS or a stop token id) is counted and its id
+        # returned, but its text is not in the output, as in vLLM.
+        stop_token = ids[-1] if ids and delta.finish_reason is FinishReason.STOP else None
         for i, token_id in enumerate(ids):
             self.produced.append(token_id)
-            piece, stopped = self._stops.feed(self._decoder.step(token_id))
+            if i == len(ids) - 1 and stop_token is not None:
+                break
+            piece, stop = self._stops.feed(self._decoder.step(token_id))
             text.append(piece)
-            if stopped:  # the tokens after the stop string, and their logprobs, are dropped
-                return Chunk("".join(text), len(self.produced), "stop", self.cached, ids[: i + 1], lps[: i + 1])
+            if stop is not None:  # the tokens after the stop string, and their logprobs, are dropped
+                return Chunk(
+                    "".join(text), len(self.produced), "stop", self.cached, ids[: i + 1], lps[: i + 1], stop_reason=stop
+                )
         if delta.finish_reason is not None:
             reason = "length" if delta.finish_reason is FinishReason.LENGTH else "stop"
-            return Chunk("".join(text) + self._stops.flush(), len(self.produced), reason, self.cached, ids, lps)
+            why = stop_token if stop_token not in self._eos else None  # vLLM names a stop token id, not EOS
+            text.append(self._stops.flush())
+            return Chunk("".join(text), len(self.produced), reason, self.cached, ids, lps, stop_reason=why)
         return Chunk("".join(text), len(self.produced), None, self.cached, ids, lps) if ids else None
 
 

@@ -172,7 +172,7 @@ def _eos_ids(tok: PreTrainedTokenizerBase | None, model_dir: Path) -> tuple[int,
 class StopMatcher:
     """Applies stop strings to streamed text, holding back what may start a stop.
 
-    ``feed`` returns the text safe to emit now and whether a stop string was hit. The
+    ``feed`` returns the text safe to emit now and the stop string it hit, if any. The
     stop string itself is not emitted (the OpenAI API) unless ``include`` (vLLM's
     ``include_stop_str_in_output``).
     """
@@ -182,21 +182,22 @@ class StopMatcher:
         self._include = include
         self._pending = ""
 
-    def feed(self, text: str) -> tuple[str, bool]:
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """(text safe to emit now, the stop string that matched or None)."""
         self._pending += text
         if not self._stops:
             out, self._pending = self._pending, ""
-            return out, False
+            return out, None
         hits = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
         if hits:
             at, stop = min(hits)
             end = at + len(stop) if self._include else at
             out, self._pending = self._pending[:end], ""
-            return out, True
+            return out, stop
         keep = self._held_suffix()
         cut = len(self._pending) - keep
         out, self._pending = self._pending[:cut], self._pending[cut:]
-        return out, False
+        return out, None
 
     def _held_suffix(self) -> int:
         """Length of the longest tail of the pending text that begins some stop string."""

@@ -86,7 +86,9 @@ def _response(err: APIError) -> JSONResponse:
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # The field's name, as vLLM's own checks give it: not pydantic's union-member tags
+    # ("function-after[...]", "list[int]") or list indices.
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and isinstance(p, str) and "[" not in p]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid request"))
     if first.get("type") == "json_invalid":

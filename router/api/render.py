@@ -46,6 +46,7 @@ def usage(shape: Shape, completion_tokens: int, cached_tokens: int) -> dict[str,
         "completion_tokens": completion_tokens,
         "total_tokens": shape.prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "completion_tokens_details": None,
     }
 
 
@@ -130,33 +131,53 @@ def _usage_of(shape: Shape, lasts: dict[int, Chunk]) -> dict[str, Any]:
 
 
 def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
+    """A whole response, key for key as vLLM's server writes it (``null`` where it has
+    nothing to say), so a client reading vLLM's fields finds them."""
     rendered = []
+    prompt_ids = list(shape.prompt_ids) if shape.return_token_ids else None
     for index, c in sorted(choices.items()):
         assert c.last is not None and c.last.finish_reason is not None  # the orchestrator guarantees it
         text = "".join(c.parts)
         choice: dict[str, Any] = {
             "index": index,
             "finish_reason": c.last.finish_reason,
+            "stop_reason": c.last.stop_reason,
             "logprobs": _choice_logprobs(shape, c.logprobs),
+            "token_ids": c.token_ids if shape.return_token_ids else None,
+            "routed_experts": None,
         }
         if shape.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = {"role": "assistant", "content": text, **_CHAT_MESSAGE_NULLS}
         else:
-            choice["text"] = text
-        if shape.return_token_ids:
-            choice["token_ids"] = c.token_ids
+            choice |= {"text": text, "prompt_logprobs": None, "prompt_token_ids": prompt_ids}
         rendered.append(choice)
+    lasts = {i: c.last for i, c in choices.items() if c.last is not None}
     body = {
         "id": new_id(shape),
         "object": shape.object,
         "created": int(time.time()),
         "model": shape.model,
         "choices": rendered,
-        "usage": _usage_of(shape, {i: c.last for i, c in choices.items() if c.last is not None}),
+        "service_tier": None,
+        "system_fingerprint": None,
+        "usage": _usage_of(shape, lasts),
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
     }
-    if shape.return_token_ids:
-        body["prompt_token_ids"] = list(shape.prompt_ids)
+    if shape.chat:
+        body |= {"prompt_logprobs": None, "prompt_token_ids": prompt_ids, "prompt_text": None}
     return body
+
+
+# Chat message fields vLLM's server writes as null when it has no refusal, audio,
+# reasoning parser or legacy function call to report.
+_CHAT_MESSAGE_NULLS: dict[str, Any] = {
+    "refusal": None,
+    "annotations": None,
+    "audio": None,
+    "function_call": None,
+    "reasoning": None,
+}
 
 
 async def collect(shape: Shape, chunks: AsyncIterator[Chunk]) -> dict[str, Any]:
@@ -187,16 +208,23 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
         if logprobs is not None and not shape.chat and logprobs["tokens"]:
             offsets[chunk.index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
         choice: dict[str, Any] = {"index": chunk.index, "finish_reason": chunk.finish_reason, "logprobs": logprobs}
+        choice["stop_reason"] = chunk.stop_reason
+        body: dict[str, Any] = {"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model}
         if shape.chat:
             delta: dict[str, Any] = {"content": chunk.text}
             if role:
                 delta["role"] = "assistant"
             choice["delta"] = delta
+            if role and shape.return_token_ids:  # a choice's first chunk, as vLLM's server
+                body["prompt_token_ids"] = list(shape.prompt_ids)
+            body["prompt_text"] = None
         else:
             choice["text"] = chunk.text
+            if role and shape.return_token_ids:
+                choice["prompt_token_ids"] = list(shape.prompt_ids)
         if shape.return_token_ids:
             choice["token_ids"] = list(chunk.token_ids)
-        body = {"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model, "choices": [choice]}
+        body["choices"] = [choice]
         if shape.include_usage:
             body["usage"] = None
         return sse(body)
@@ -212,7 +240,8 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 "created": created,
                 "model": shape.model,
                 "choices": [],
-                "usage": _usage_of(shape, lasts),
+                # vLLM's streamed usage has no completion_tokens_details key
+                "usage": {k: v for k, v in _usage_of(shape, lasts).items() if k != "completion_tokens_details"},
             }
         )
     yield b"data: [DONE]\n\n"

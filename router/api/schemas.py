@@ -107,6 +107,9 @@ class SamplingFields(BaseModel):
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None  # logprobs name tokens "token_id:<id>"
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)  # the response id's suffix, as in vLLM
+    length_penalty: float = 1.0  # beam search only: no effect, as in vLLM without it
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1, le=INT64 - 1)] | None = None
+    truncation_side: Literal["left", "right"] | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
 
@@ -181,16 +184,13 @@ _SHARED_REFUSED: dict[str, Refused] = {
     "prompt_logprobs": Refused((None,), f"{_NOT_YET} (prompt logprobs)"),
     "logprob_token_ids": Refused((None, []), f"{_NOT_YET} (logprobs)"),
     "use_beam_search": Refused((False,), "beam search is not supported in P/D serving"),
-    "length_penalty": Refused((1.0, 1), "only applies to beam search, which is not supported"),
     "watermarking": Refused(_OFF, f"{_NOT_YET}"),
-    "truncate_prompt_tokens": Refused((None,), f"{_NOT_YET}"),
-    "truncation_side": Refused((None,), f"{_NOT_YET}"),
     "session_id": Refused((None,), f"{_NOT_YET}"),
     "routed_experts_prompt_start": Refused((0,), "MoE routing capture is not supported"),
     "return_token_offsets": Refused(_OFF, f"{_NOT_YET}"),
     "mm_payload": Refused(("tensors",), "multimodal input is not supported"),
     "return_mm_kwargs": Refused(_OFF, "multimodal input is not supported"),
-    "kv_transfer_params": Refused((None,), "KV transfer is the router's to arrange, not the client's"),
+    "kv_transfer_params": Refused((None, {}), "KV transfer is the router's to arrange, not the client's"),
     "ec_transfer_params": Refused((None,), "encoder-cache transfer is not supported"),
     "vllm_xargs": Refused((None,), "engine extension arguments are not accepted by the router"),
     "repetition_detection": Refused((None,), f"{_NOT_YET}"),

@@ -110,9 +110,17 @@ def _check_fields(req: SamplingFields, refused: Mapping[str, Refused]) -> None:
 def _generation(
     pool: ModelPool, req: SamplingFields, ids: Sequence[int], max_tokens: int | None, arrival: float
 ) -> Generation:
+    ids = _truncated(pool, req, ids)
     room = _room(pool, req, ids)
-    if max_tokens is not None and max_tokens < 1:
+    limit_name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
+    if max_tokens is not None and max_tokens < 1:  # vLLM's SamplingParams names max_tokens either way
         raise BadRequestError(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
+    if max_tokens is not None and max_tokens > pool.max_model_len:
+        raise BadRequestError(
+            f"{limit_name}={max_tokens} cannot be greater than max_model_len={pool.max_model_len}. "
+            "Please request fewer output tokens.",
+            limit_name,
+        )
     # Like vLLM: a max_tokens past the context is reduced to what fits, and the generation
     # config's max_new_tokens caps it.
     limit = min(max_tokens, room) if max_tokens is not None else room
@@ -244,9 +252,9 @@ def _logprobs(pool: ModelPool, req: SamplingFields) -> int | None:
         if k < 0 and k != -1:
             raise BadRequestError("`logprobs` must be a positive value or -1.", name)
     asked = pool.tokenizer.vocab_size if k == -1 else k
-    if asked > MAX_LOGPROBS:
+    if asked > MAX_LOGPROBS:  # vLLM's engine names "logprobs" on both routes
         raise BadRequestError(
-            f"Requested sample logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", name
+            f"Requested sample logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", "logprobs"
         )
     return int(k)
 
@@ -287,13 +295,30 @@ def _constraint(req: SamplingFields) -> str:
 
 
 def _priority(pool: ModelPool, priority: int) -> int:
+    """Passed on; engines that schedule first come, first served ignore it, as vLLM 0.32
+    does (its field description promises a 400 that its server does not give)."""
     if priority and not pool.priority_scheduling:
-        raise BadRequestError(
-            f"Got priority {priority} but Priority scheduling is not enabled "
-            "(start the workers with --engine-arg scheduling_policy=priority).",
-            "priority",
-        )
+        log.debug("priority %d ignored: the workers of %s schedule first come, first served", priority, pool.name)
     return priority
+
+
+def _truncated(pool: ModelPool, req: SamplingFields, ids: Sequence[int]) -> Sequence[int]:
+    """``truncate_prompt_tokens`` as vLLM applies it: keep the last k prompt tokens (the first
+    k with ``truncation_side`` "right"); -1 means as many as the context allows."""
+    k = req.truncate_prompt_tokens
+    if k is None:
+        return ids
+    most = pool.max_model_len - 1  # one token of context is left for the output
+    if k == -1:
+        k = most
+    if k < -1 or k > pool.max_model_len:
+        raise BadRequestError(
+            f"truncate_prompt_tokens value ({k}) is greater than max_model_len ({pool.max_model_len}).",
+            "truncate_prompt_tokens",
+        )
+    if len(ids) <= k:
+        return ids
+    return ids[:k] if req.truncation_side == "right" else ids[len(ids) - k :]
 
 
 def _room(pool: ModelPool, req: SamplingFields, ids: Sequence[int]) -> int:

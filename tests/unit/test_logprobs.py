@@ -94,10 +94,10 @@ def test_tokens_as_token_ids(tok: Tokenizer) -> None:
 @pytest.mark.parametrize(
     ("chat", "fields", "param"),
     [
-        (True, {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        (True, {"logprobs": True, "top_logprobs": 21}, "logprobs"),  # vLLM's engine names logprobs
         (True, {"top_logprobs": 2}, "top_logprobs"),  # without logprobs
         (True, {"logprobs": True, "top_logprobs": -2}, "top_logprobs"),
-        (True, {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),  # the whole vocabulary: past 20
+        (True, {"logprobs": True, "top_logprobs": -1}, "logprobs"),  # the whole vocabulary: past 20
         (False, {"logprobs": 21}, "logprobs"),
         (False, {"logprobs": -3}, "logprobs"),
     ],

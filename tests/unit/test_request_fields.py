@@ -47,10 +47,7 @@ ASKING: dict[str, Any] = {
     "prompt_logprobs": 1,
     "logprob_token_ids": [1],
     "use_beam_search": True,
-    "length_penalty": 2.0,
     "watermarking": True,
-    "truncate_prompt_tokens": 4,
-    "truncation_side": "left",
     "session_id": "s",
     "routed_experts_prompt_start": 1,
     "return_token_offsets": True,
@@ -179,7 +176,8 @@ def test_generation_config_is_read_as_vllm_reads_it(tmp_path: Path) -> None:
         ({"frequency_penalty": -3}, "frequency_penalty"),
         ({"min_p": 1.5}, "min_p"),
         ({"top_k": -2}, "top_k"),
-        ({"priority": 1}, "priority"),  # this pool's engines schedule first come, first served
+        ({"max_tokens": 300}, "max_tokens"),  # past the 256-token context
+        ({"truncate_prompt_tokens": 300}, "truncate_prompt_tokens"),
         ({"cache_salt": ""}, "cache_salt"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
         ({"n": 2, "temperature": 0}, "n"),  # greedy choices would all be the same
@@ -195,10 +193,20 @@ def test_values_vllm_refuses_are_400s_naming_the_field(tok: Tokenizer, fields: d
     assert decode.calls == []
 
 
-def test_priority_reaches_the_workers_when_they_schedule_by_it(tok: Tokenizer) -> None:
-    r, decode = router(tok, scheduling_policy="priority")
+@pytest.mark.parametrize("policy", ["priority", "fcfs"])
+def test_priority_reaches_the_workers(tok: Tokenizer, policy: str) -> None:
+    """A first-come-first-served engine ignores it, as vLLM 0.32's server does (no 400)."""
+    r, decode = router(tok, scheduling_policy=policy)
     assert post(r, False, priority=-3).status_code == 200
     assert sent(decode).priority == -3
+
+
+@pytest.mark.parametrize(("side", "kept"), [(None, slice(-3, None)), ("left", slice(-3, None)), ("right", slice(0, 3))])
+def test_truncate_prompt_tokens_keeps_k_tokens(tok: Tokenizer, side: str | None, kept: slice) -> None:
+    r, decode = router(tok)
+    prompt = list(range(40, 50))
+    assert post(r, False, prompt=prompt, truncate_prompt_tokens=3, truncation_side=side).status_code == 200
+    assert decode.calls[-1]["prompt"] == prompt[kept]
 
 
 def test_bad_words_are_tokenized_as_vllm_does(tok: Tokenizer) -> None:
@@ -298,3 +306,16 @@ def test_a_constrained_stream_is_not_migrated_mid_document(tok: Tokenizer) -> No
     assert len(failing.calls) + len(spare.calls) == 1  # one decode, no migration
     plain = r.client.post("/v1/completions", json={**body, "structured_outputs": None}).text
     assert '"error"' not in plain  # the same failure, unconstrained, migrates
+
+
+def test_stop_reason_names_the_stop_string_or_token_and_the_stop_token_text_is_left_out(tok: Tokenizer) -> None:
+    r, _ = router(tok, output="hello world")
+    choice = post(r, False, stop=["wor"]).json()["choices"][0]
+    assert (choice["text"], choice["finish_reason"], choice["stop_reason"]) == ("hello ", "stop", "wor")
+    stop_id = tok.encode("o", add_special_tokens=False)[0]
+    # the scripted engine ends on the request's last stop id: with ignore_eos, the user's
+    ended = post(r, False, stop_token_ids=[stop_id], ignore_eos=True, return_token_ids=True).json()["choices"][0]
+    assert ended["finish_reason"] == "stop" and ended["text"] == "hello world"  # the stop token's text is not shown
+    assert ended["token_ids"][-1] == stop_id and ended["stop_reason"] == stop_id
+    eos = post(r, False).json()["choices"][0]
+    assert eos["stop_reason"] is None  # EOS is no stop_reason, as in vLLM

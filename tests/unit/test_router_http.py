@@ -85,13 +85,15 @@ def test_streaming_chat_with_usage(tiny_tokenizer: Tokenizer) -> None:
     lines = [ln for ln in client.post("/v1/chat/completions", json=body).text.splitlines() if ln]
     assert lines[-1] == "data: [DONE]"
     assert '"role":"assistant"' in lines[0]
-    assert '"completion_tokens":6' in lines[-2] and '"choices":[]' in lines[-2]
+    assert '"completion_tokens":7' in lines[-2] and '"choices":[]' in lines[-2]  # 6 and the EOS
 
 
-def test_max_tokens_past_context_is_reduced_like_vllm(tiny_tokenizer: Tokenizer) -> None:
+def test_max_tokens_past_what_the_prompt_leaves_is_reduced_like_vllm(tiny_tokenizer: Tokenizer) -> None:
+    """vLLM 0.32: reduced to what the context leaves, unless it is past the context
+    itself (a 400 naming max_tokens, tests/unit/test_request_fields.py)."""
     client, decode = make_client(tiny_tokenizer, "ab")
     prompt = "x" * 200
-    client.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 1000})
+    client.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 250})
     assert decode.calls[0]["spec"].max_tokens == 256 - len(tiny_tokenizer.encode(prompt))
 
 
@@ -170,12 +172,12 @@ def test_metrics_count_requests_tokens_latencies_and_placements(tiny_tokenizer: 
     assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 2
     assert m[("pdserve_router_requests_total", (("route", "/v1/completions"), ("status", "404")))] == 1
     assert m[("pdserve_router_rejections_total", (("reason", "model_not_found"),))] == 1
-    assert m[("pdserve_router_generation_tokens_total", ())] == 12
+    assert m[("pdserve_router_generation_tokens_total", ())] == 14  # 2 x (6 + EOS)
     assert m[("pdserve_router_prompt_tokens_total", ())] == 2 * len(tiny_tokenizer.encode("hey"))
     assert m[("pdserve_router_cached_tokens_total", ())] == 2 * 128
     assert m[("pdserve_router_time_to_first_token_seconds_count", ())] == 2
     assert m[("pdserve_router_e2e_request_latency_seconds_count", ())] == 2
-    assert m[("pdserve_router_inter_token_latency_seconds_count", ())] == 2 * 4  # 6 tokens, 2 per step, first excluded
+    assert m[("pdserve_router_inter_token_latency_seconds_count", ())] == 2 * 5  # 7 tokens, 2 per step, first excluded
     assert m[("pdserve_router_disagg_decisions_total", (("decision", "remote"), ("reason", "remote")))] == 2
     placed = (("policy", "round-robin"), ("role", "prefill"), ("worker", "prefill:1"))
     assert m[("pdserve_router_placement_decisions_total", placed)] == 2

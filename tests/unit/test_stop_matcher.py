@@ -8,16 +8,16 @@ from router.tokenizer import StopMatcher
 def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
     out = []
     for piece in pieces:
-        text, stopped = matcher.feed(piece)
+        text, stop = matcher.feed(piece)
         out.append(text)
-        if stopped:
+        if stop is not None:
             return "".join(out), True
     return "".join(out) + matcher.flush(), False
 
 
 def test_no_stops_passes_text_through_immediately() -> None:
     m = StopMatcher([])
-    assert m.feed("abc") == ("abc", False)
+    assert m.feed("abc") == ("abc", None)
 
 
 @pytest.mark.parametrize("pieces", [["Hello END world"], ["Hello E", "N", "D world"], ["Hello ", "EN", "Dx"]])
@@ -27,10 +27,10 @@ def test_stop_string_split_across_pieces_is_cut(pieces: list[str]) -> None:
 
 def test_partial_stop_prefix_is_held_then_released() -> None:
     m = StopMatcher(["STOP"])
-    assert m.feed("abcST") == ("abc", False)  # "ST" might start "STOP"
-    assert m.feed("O") == ("", False)
-    assert m.feed("x") == ("STOx", False)  # not a stop after all
-    assert m.feed("S") == ("", False)
+    assert m.feed("abcST") == ("abc", None)  # "ST" might start "STOP"
+    assert m.feed("O") == ("", None)
+    assert m.feed("x") == ("STOx", None)  # not a stop after all
+    assert m.feed("S") == ("", None)
     assert m.flush() == "S"
 
 
