@@ -48,7 +48,8 @@ def scripted_logprobs(token: int, k: int) -> TokenLogprobs:
 
 
 class ScriptedDecode:
-    """Streams ``output``, two tokens a step, and records what it was sent (``calls``).
+    """Streams ``output``, two tokens a step, then a stop token (EOS) if the budget leaves
+    room, and records what it was sent (``calls``).
 
     ``resume``: start where the request's budget says it is (it asks for exactly
     ``len(output)`` tokens), so a migrated request, whose max_tokens is what is left,
@@ -90,6 +91,8 @@ class ScriptedDecode:
         out = (
             self.output[max(0, len(self.output) - spec.max_tokens) :] if self.resume else self.output[: spec.max_tokens]
         )
+        if len(out) < spec.max_tokens and spec.stop_token_ids:
+            out = [*out, spec.stop_token_ids[-1]]  # the script ends as an engine does: on a stop token (EOS)
         try:
             for step, i in enumerate(range(0, len(out), 2)):
                 if self.fail_after is not None and step >= self.fail_after:
