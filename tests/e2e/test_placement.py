@@ -81,7 +81,9 @@ class Router:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True}
         resp = httpx.post(self.url + "/v1/completions", json=body, timeout=300)
         assert resp.status_code == 200, resp.text
-        return resp.json()
+        body = resp.json()
+        body["prompt_token_ids"] = body["choices"][0]["prompt_token_ids"]  # per choice, as vLLM puts them
+        return body
 
     def placements(self, role: str = "prefill") -> dict[str, float]:
         samples = metric_samples(httpx.get(self.url + "/metrics", timeout=10).text)
