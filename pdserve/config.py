@@ -20,6 +20,13 @@ def model_path(model: str) -> str:
     return str(path)
 
 
+def has_tokenizer(model_dir: str | Path) -> bool:
+    """Whether a model directory ships a tokenizer (a ``load_format=dummy`` benchmark model
+    may not): the router then detokenizes and the engines compile grammars with it."""
+    path = Path(model_dir)
+    return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
 def resolve_model(model: str, served_model_name: str) -> tuple[Path, str]:
     """The model directory and the name clients use (default: the directory's name)."""
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 from tokenizers.decoders import DecodeStream
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from pdserve.config import has_tokenizer
+
 
 class Tokenizer:
     """One model's tokenizer. Thread-compatible, shared by all requests."""
@@ -113,9 +115,7 @@ class _Silent:
 def load_tokenizer(model_dir: str | Path) -> Tokenizer | TokenIdsOnly:
     """The model's tokenizer, or ``TokenIdsOnly`` when the directory ships none."""
     path = Path(model_dir)
-    if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        return Tokenizer(path)
-    return TokenIdsOnly.from_dir(path)
+    return Tokenizer(path) if has_tokenizer(path) else TokenIdsOnly.from_dir(path)
 
 
 class StreamDecoder:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import vllm
@@ -26,6 +25,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from pdserve.config import has_tokenizer
 from pdserve.engine.base import SamplingSpec, TokenLogprobs
 from pdserve.engine.config import EngineConfig
 
@@ -153,11 +153,6 @@ def export_env(cfg: EngineConfig) -> None:
     os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(cfg.kv_port)
     if _LEGACY_LEASE and cfg.kv_lease_s is not None:
         os.environ[_LEGACY_LEASE_ENV] = str(cfg.kv_lease_s)
-
-
-def has_tokenizer(model_dir: str) -> bool:
-    path = Path(model_dir)
-    return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
 
 
 def structured_outputs(spec: SamplingSpec) -> StructuredOutputsParams | None:
