@@ -24,11 +24,7 @@ class PrefillServicer(WorkerServicer[PrefillEngine], pb_grpc.PrefillWorkerServic
                     list(request.prompt_token_ids),
                     convert.sampling_from_pb(request.sampling),
                 )
-            return pb.PrefillResponse(
-                first_token_id=result.first_token_id,
-                cached_tokens=result.cached_tokens,
-                kv_transfer_params_json=convert.kv_params_to_json(result.kv_transfer_params),
-            )
+            return convert.prefill_to_pb(result)
 
         return await errors.unary(context, call, self._on_error)
 

@@ -110,8 +110,7 @@ class PrefillClient(_WorkerClient):
             resp = await self._stub.Prefill(req, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _error(self.worker, exc) from None
-        params = convert.kv_params_from_json(resp.kv_transfer_params_json) or {}
-        return PrefillResult(resp.first_token_id, resp.cached_tokens, params)
+        return convert.prefill_from_pb(resp)
 
 
 class DecodeClient(_WorkerClient):

@@ -175,6 +175,8 @@ class Orchestrator:
                         state.spec,
                         timeout=min(self._timeouts.prefill_s, state.left()),
                     )
+                if state.spec.prompt_logprobs is not None:
+                    state.output.prompt_scored(result.prompt_logprobs)
                 return result.kv_transfer_params, result.cached_tokens
             except WorkerError as exc:
                 if not exc.retryable:

@@ -30,7 +30,16 @@ class Generation:
         parallel sampling does."""
         seed = self.spec.seed
         return [
-            dataclasses.replace(self, n=1, spec=dataclasses.replace(self.spec, seed=None if seed is None else seed + i))
+            dataclasses.replace(
+                self,
+                n=1,
+                # the prompt's logprobs are the request's, computed once (with choice 0's prefill)
+                spec=dataclasses.replace(
+                    self.spec,
+                    seed=None if seed is None else seed + i,
+                    prompt_logprobs=self.spec.prompt_logprobs if i == 0 else None,
+                ),
+            )
             for i in range(self.n)
         ]
 
@@ -47,6 +56,9 @@ class Chunk:
     logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when asked for
     index: int = 0  # the choice it belongs to (n > 1)
     stop_reason: str | int | None = None  # the stop string, or stop token id, that ended it (vLLM's)
+    # On the request's first chunk, when asked for: the prompt's logprobs, positions 1..
+    # (position 0 has none); None: not asked for, or not this chunk.
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class Answer:
     first: Chunk
     rest: AsyncIterator[Chunk]
     token_texts: Callable[[Sequence[int]], list[str]]  # each token on its own, as logprobs show it
+    decode: Callable[[Sequence[int]], str]  # tokens as one text, special tokens kept (an echoed prompt)
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Every chunk, the first included."""

@@ -10,7 +10,7 @@ import dataclasses
 import time
 import uuid
 
-from pdserve.engine.base import FinishReason, TokenDelta
+from pdserve.engine.base import FinishReason, TokenDelta, TokenLogprobs
 from pdserve.types import RequestId, WorkerId
 from router.errors import RequestTimeout
 from router.placer import Placement, PrefixMatch
@@ -29,8 +29,25 @@ class Output:
         self._eos = frozenset(pool.tokenizer.eos_token_ids)
         self.produced: list[int] = []
         self.cached: int | None = None  # the first placement's prefill-side count
+        # The prompt's logprobs once an engine computed them (asked for: the first chunk has them).
+        self.prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+        self._prompt_logprobs_due = gen.spec.prompt_logprobs is not None
+
+    def prompt_scored(self, logprobs: tuple[TokenLogprobs, ...]) -> None:
+        """The prompt's logprobs, from the prefill (or the first delta of a local prefill)."""
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = logprobs
 
     def feed(self, delta: TokenDelta, cached: int) -> Chunk | None:
+        chunk = self._feed(delta, cached)
+        if chunk is not None and self._prompt_logprobs_due:
+            self._prompt_logprobs_due = False
+            return dataclasses.replace(chunk, prompt_logprobs=self.prompt_logprobs or ())
+        return chunk
+
+    def _feed(self, delta: TokenDelta, cached: int) -> Chunk | None:
+        if delta.prompt_logprobs:
+            self.prompt_scored(delta.prompt_logprobs)
         if self.cached is None:
             self.cached = cached
         text: list[str] = []
@@ -109,6 +126,8 @@ class RequestState:
             self.gen.spec,
             max_tokens=self.gen.spec.max_tokens - produced,
             min_tokens=max(0, self.gen.spec.min_tokens - produced),
+            # computed once: an attempt after the prefill that scored the prompt needs none
+            prompt_logprobs=self.gen.spec.prompt_logprobs if self.output.prompt_logprobs is None else None,
         )
         self._where = None
 

@@ -61,7 +61,15 @@ class RouterService:
         admitted = self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens * gen.n, chunks)
         observed = self._metrics.observe(gen.arrival, len(gen.prompt_ids), admitted)
         first = await _first(observed)
-        return Answer(pool.name, tuple(gen.prompt_ids), first, observed, pool.tokenizer.token_texts)
+        tok = pool.tokenizer
+        return Answer(
+            pool.name,
+            tuple(gen.prompt_ids),
+            first,
+            observed,
+            tok.token_texts,
+            lambda ids: tok.decode(ids, skip_special_tokens=False),
+        )
 
     def served_models(self) -> list[tuple[str, int]]:
         """(name, max_model_len) of each model with a decode worker: one whose workers

@@ -79,6 +79,9 @@ class SamplingSpec:
     # vLLM's StructuredOutputsParams fields (one constraint: json, regex, choice, grammar,
     # json_object), as JSON; "" = unconstrained. The engine needs the model's tokenizer.
     structured_outputs: str = ""
+    # Top logprobs per prompt position (0: the prompt token's only). Honoured by the engine
+    # that computes the prompt: the prefill engine, or a decode engine prefilling locally.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -99,6 +102,8 @@ class SamplingSpec:
             raise ValueError(f"logit_bias values must be in [-{LOGIT_BIAS_LIMIT:g}, {LOGIT_BIAS_LIMIT:g}]")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError("logprobs must be >= 0")
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
+            raise ValueError("prompt_logprobs must be >= 0")
         if any(not seq for seq in self.bad_words):
             raise ValueError("bad_words entries must be non-empty token sequences")
 
@@ -108,13 +113,16 @@ class PrefillResult:
     first_token_id: int
     cached_tokens: int  # prompt tokens served from the prefix cache, in [0, len(prompt)]
     kv_transfer_params: dict[str, Any]  # opaque connector handle for the decode side
+    # Asked for (``SamplingSpec.prompt_logprobs``): prompt positions 1.. (position 0 has none).
+    prompt_logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """One generated position's logprobs as vLLM reports them: ``(token id, logprob,
-    rank)`` in vLLM's order — the sampled token first, then the top ones (the sampled
-    token once if it is among them). The router renders them exactly as vLLM's server."""
+    """One position's logprobs as vLLM reports them: ``(token id, logprob, rank)`` in
+    vLLM's order — the sampled (or, for a prompt position, the prompt's) token first, then
+    the top ones (that token once if it is among them). The router renders them exactly
+    as vLLM's server."""
 
     entries: tuple[tuple[int, float, int], ...]
 
@@ -122,13 +130,16 @@ class TokenLogprobs:
 @dataclass(frozen=True)
 class TokenDelta:
     """New tokens of one engine step. ``finish_reason`` is set on the last one only.
-    ``logprobs``: one per token id when the request asked for them, else empty."""
+    ``logprobs``: one per token id when the request asked for them, else empty.
+    ``prompt_logprobs``: on the first delta of a local prefill that asked for them,
+    prompt positions 1.. (as ``PrefillResult.prompt_logprobs``)."""
 
     token_ids: tuple[int, ...]
     completion_tokens: int  # cumulative, including token_ids
     finish_reason: FinishReason | None = None
     cached_tokens: int = 0
     logprobs: tuple[TokenLogprobs, ...] = ()
+    prompt_logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,7 +199,8 @@ class PrefillEngine(_EngineLifecycle, Protocol):
         """Compute the prompt's KV, keep it for a remote decode, return its handle.
 
         Samples exactly one token. The returned ``kv_transfer_params`` stays valid
-        until the decode side pulls it or the engine's KV lease expires.
+        until the decode side pulls it or the engine's KV lease expires. With
+        ``sampling.prompt_logprobs`` set, the result carries the prompt's logprobs.
         """
         ...
 
@@ -204,6 +216,8 @@ class DecodeEngine(_EngineLifecycle, Protocol):
         """Stream the completion. With ``kv_transfer_params`` the prompt's KV is
         pulled from the prefill engine named there; with ``None`` the prompt is
         prefilled locally. Closing the iterator early aborts the request.
+        ``sampling.prompt_logprobs`` is honoured only by a local prefill (its first
+        delta carries them); with ``kv_transfer_params`` the prefill engine computed them.
         """
         ...
 

@@ -187,6 +187,7 @@ def sampling_params(
         allowed_token_ids=list(spec.allowed_token_ids) or None,
         seed=spec.seed,
         logprobs=spec.logprobs,
+        prompt_logprobs=spec.prompt_logprobs,
         stop_token_ids=list(spec.stop_token_ids),
         ignore_eos=spec.ignore_eos,
         detokenize=False,  # the router detokenizes
@@ -211,6 +212,17 @@ def token_logprobs(completion: Any) -> tuple[TokenLogprobs, ...]:
     return tuple(
         TokenLogprobs(tuple((int(tid), float(lp.logprob), int(lp.rank or 0)) for tid, lp in pos.items()))
         for pos in list(positions)[-len(completion.token_ids) :]
+        if pos is not None
+    )
+
+
+def prompt_logprobs(output: Any) -> tuple[TokenLogprobs, ...]:
+    """A ``RequestOutput``'s prompt logprobs (vLLM sends them all at once, on the output that
+    ends the prefill) as ``TokenLogprobs`` for positions 1..; position 0 has none."""
+    positions = output.prompt_logprobs or ()
+    return tuple(
+        TokenLogprobs(tuple((int(tid), float(lp.logprob), int(lp.rank or 0)) for tid, lp in pos.items()))
+        for pos in positions
         if pos is not None
     )
 

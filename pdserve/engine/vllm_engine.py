@@ -10,6 +10,7 @@ then generates.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import uuid
@@ -29,6 +30,7 @@ from pdserve.engine.base import (
     PrefillResult,
     SamplingSpec,
     TokenDelta,
+    TokenLogprobs,
 )
 from pdserve.engine.config import EngineConfig
 from pdserve.types import RequestId
@@ -168,16 +170,19 @@ class VllmPrefillEngine(_VllmRuntime):
     ) -> PrefillResult:
         last: Any = None
         token_ids: list[int] = []
+        prompt_logprobs: tuple[TokenLogprobs, ...] = ()
         params = {"do_remote_decode": True}
         async for output in self._generate(request_id, prompt_token_ids, sampling, 1, params):
             last = output
             token_ids.extend(output.outputs[0].token_ids)
+            prompt_logprobs = prompt_logprobs or compat.prompt_logprobs(output)
         if last is None or not token_ids or last.kv_transfer_params is None:
             raise InvalidRequestError("prefill produced no KV transfer handle")
         return PrefillResult(
             first_token_id=token_ids[0],
             cached_tokens=int(last.num_cached_tokens or 0),
             kv_transfer_params=dict(last.kv_transfer_params),
+            prompt_logprobs=prompt_logprobs,
         )
 
 
@@ -192,6 +197,10 @@ class VllmDecodeEngine(_VllmRuntime):
         kv_transfer_params: dict[str, Any] | None,
     ) -> AsyncIterator[TokenDelta]:
         count = 0
+        if kv_transfer_params is not None and sampling.prompt_logprobs is not None:
+            # The prefill engine computed them; here they would cost a full recompute of
+            # the prompt (vLLM reads no cached prefix for a request that asks for them).
+            sampling = dataclasses.replace(sampling, prompt_logprobs=None)
         stream = self._generate(request_id, prompt_token_ids, sampling, sampling.max_tokens, kv_transfer_params)
         async with contextlib.aclosing(stream):
             async for output in stream:
@@ -204,6 +213,7 @@ class VllmDecodeEngine(_VllmRuntime):
                     finish_reason=reason,
                     cached_tokens=int(output.num_cached_tokens or 0),
                     logprobs=compat.token_logprobs(completion) if sampling.logprobs is not None else (),
+                    prompt_logprobs=compat.prompt_logprobs(output) if sampling.prompt_logprobs is not None else (),
                 )
 
     async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:

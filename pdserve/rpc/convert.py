@@ -10,6 +10,7 @@ from pdserve.engine.base import (
     EngineLoad,
     FinishReason,
     KvTransferTotals,
+    PrefillResult,
     SamplingSpec,
     TokenDelta,
     TokenLogprobs,
@@ -50,6 +51,8 @@ def sampling_to_pb(spec: SamplingSpec) -> pb.SamplingParams:
         msg.seed = spec.seed
     if spec.logprobs is not None:
         msg.logprobs = spec.logprobs
+    if spec.prompt_logprobs is not None:
+        msg.prompt_logprobs = spec.prompt_logprobs
     return msg
 
 
@@ -75,6 +78,7 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingSpec:
         cache_salt=msg.cache_salt,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
         structured_outputs=msg.structured_outputs_json,
+        prompt_logprobs=msg.prompt_logprobs if msg.HasField("prompt_logprobs") else None,
     )
 
 
@@ -94,18 +98,33 @@ def kv_params_from_json(text: str) -> dict[str, Any] | None:
     return value
 
 
+def prefill_to_pb(result: PrefillResult) -> pb.PrefillResponse:
+    return pb.PrefillResponse(
+        first_token_id=result.first_token_id,
+        cached_tokens=result.cached_tokens,
+        kv_transfer_params_json=kv_params_to_json(result.kv_transfer_params),
+        prompt_logprobs=[_logprobs_to_pb(lp) for lp in result.prompt_logprobs],
+    )
+
+
+def prefill_from_pb(msg: pb.PrefillResponse) -> PrefillResult:
+    """Raises ValueError on a malformed KV handle or logprobs."""
+    return PrefillResult(
+        msg.first_token_id,
+        msg.cached_tokens,
+        kv_params_from_json(msg.kv_transfer_params_json) or {},
+        tuple(_logprobs_from_pb(lp) for lp in msg.prompt_logprobs),
+    )
+
+
 def delta_to_pb(delta: TokenDelta) -> pb.DecodeChunk:
     return pb.DecodeChunk(
         token_ids=list(delta.token_ids),
         finish_reason=_FINISH_TO_PB[delta.finish_reason],
         completion_tokens=delta.completion_tokens,
         cached_tokens=delta.cached_tokens,
-        logprobs=[
-            pb.TokenLogprobs(
-                ids=[e[0] for e in lp.entries], logprobs=[e[1] for e in lp.entries], ranks=[e[2] for e in lp.entries]
-            )
-            for lp in delta.logprobs
-        ],
+        logprobs=[_logprobs_to_pb(lp) for lp in delta.logprobs],
+        prompt_logprobs=[_logprobs_to_pb(lp) for lp in delta.prompt_logprobs],
     )
 
 
@@ -114,13 +133,18 @@ def _logprobs_to_pb(lp: TokenLogprobs) -> pb.TokenLogprobs:
     return pb.TokenLogprobs(ids=ids, logprobs=logprobs, ranks=ranks)
 
 
+def _logprobs_from_pb(msg: pb.TokenLogprobs) -> TokenLogprobs:
+    return TokenLogprobs(tuple(zip(msg.ids, msg.logprobs, msg.ranks, strict=True)))
+
+
 def delta_from_pb(msg: pb.DecodeChunk) -> TokenDelta:
     return TokenDelta(
         token_ids=tuple(msg.token_ids),
         completion_tokens=msg.completion_tokens,
         finish_reason=_FINISH_FROM_PB[msg.finish_reason],
         cached_tokens=msg.cached_tokens,
-        logprobs=tuple(TokenLogprobs(tuple(zip(lp.ids, lp.logprobs, lp.ranks, strict=True))) for lp in msg.logprobs),
+        logprobs=tuple(_logprobs_from_pb(lp) for lp in msg.logprobs),
+        prompt_logprobs=tuple(_logprobs_from_pb(lp) for lp in msg.prompt_logprobs),
     )
 
 

@@ -109,10 +109,32 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
         logprobs=_shown_logprobs(body),
         as_token_ids=bool(body.return_tokens_as_token_ids),
         token_texts=answer.token_texts,
+        decode=answer.decode,
+        echo=_echo(answer, body),
+        echo_only=isinstance(body, CompletionRequest) and bool(body.echo) and body.max_tokens == 0,
     )
     if not body.stream:
         return JSONResponse(await render.collect(shape, answer.chunks()))
     return StreamingResponse(_guarded(render.stream(shape, answer.first, answer.rest)), media_type="text/event-stream")
+
+
+def _echo(answer: Answer, body: CompletionRequest | ChatCompletionRequest) -> str | None:
+    """What ``echo`` puts before each choice's text, as vLLM's server: a completion's prompt
+    (its text, or its ids decoded; nothing with ``return_token_ids``), a chat's last message
+    when it is the assistant's (the role the response continues)."""
+    if not body.echo:
+        return None
+    if isinstance(body, ChatCompletionRequest):
+        last = body.messages[-1]
+        if last.role != "assistant" or last.content is None:
+            return ""
+        return last.content if isinstance(last.content, str) else "\n".join(p.text for p in last.content)
+    if body.return_token_ids:
+        return ""
+    prompt = body.prompt
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else answer.decode(answer.prompt_ids)
 
 
 def _shown_logprobs(body: CompletionRequest | ChatCompletionRequest) -> int | None:

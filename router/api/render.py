@@ -26,6 +26,9 @@ class Shape:
     logprobs: int | None = None  # logprobs asked for: how many top ones to show per token
     as_token_ids: bool = False  # return_tokens_as_token_ids
     token_texts: Callable[[Sequence[int]], list[str]] = lambda ids: [""] * len(ids)
+    decode: Callable[[Sequence[int]], str] = lambda ids: ""
+    echo: str | None = None  # echo: the text every choice starts with (None: no echo)
+    echo_only: bool = False  # echo with max_tokens 0: the prompt alone, the generated token hidden
 
     @property
     def prompt_tokens(self) -> int:
@@ -86,11 +89,22 @@ def chat_logprobs(shape: Shape, lps: Sequence[TokenLogprobs]) -> dict[str, Any]:
     return {"content": content}
 
 
-def completion_logprobs(shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0) -> dict[str, Any]:
+def completion_logprobs(
+    shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0, bare: Sequence[int] = ()
+) -> dict[str, Any]:
     """vLLM's ``_create_completion_logprobs``: tokens, their logprobs, the top ``logprobs``
-    + 1 entries of vLLM's order as {token: logprob}, and each token's text offset."""
+    + 1 entries of vLLM's order as {token: logprob}, and each token's text offset. ``bare``:
+    tokens shown first without logprobs (an echoed prompt's first token), named as
+    vLLM names them, by decoding."""
     out: dict[str, list[Any]] = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
     k = shape.logprobs or 0
+    for token_id in bare:
+        name = f"token_id:{token_id}" if shape.as_token_ids else shape.decode([token_id])
+        out["tokens"].append(name)
+        out["token_logprobs"].append(None)
+        out["top_logprobs"].append(None)
+        out["text_offset"].append(offset)
+        offset += len(name)
     for lp in lps:
         names = _names(shape, [e[0] for e in lp.entries])
         out["tokens"].append(names[0])
@@ -102,10 +116,45 @@ def completion_logprobs(shape: Shape, lps: Sequence[TokenLogprobs], offset: int 
     return out
 
 
-def _choice_logprobs(shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0) -> dict[str, Any] | None:
+def prompt_logprobs(shape: Shape, lps: Sequence[TokenLogprobs] | None) -> list[dict[str, Any] | None] | None:
+    """vLLM's ``prompt_logprobs`` field: position 0 null, then per position token id →
+    {logprob, rank, decoded_token}, in vLLM's order (the prompt's token first)."""
+    if lps is None:
+        return None
+    out: list[dict[str, Any] | None] = [None]
+    for lp in lps:
+        names = shape.token_texts([e[0] for e in lp.entries])
+        out.append(
+            {
+                str(tid): {"logprob": _floor(logprob), "rank": rank, "decoded_token": name}
+                for (tid, logprob, rank), name in zip(lp.entries, names, strict=True)
+            }
+        )
+    return out
+
+
+def _choice_logprobs(
+    shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0, prompt: Sequence[TokenLogprobs] | None = None
+) -> dict[str, Any] | None:
+    """A choice's logprobs (or a chunk's); ``prompt``: the prompt's, which an echoing
+    completion shows before its own (its first token bare)."""
     if shape.logprobs is None:
         return None
-    return chat_logprobs(shape, lps) if shape.chat else completion_logprobs(shape, lps, offset)
+    if shape.chat:
+        return chat_logprobs(shape, lps)
+    if prompt is None:
+        return completion_logprobs(shape, lps, offset)
+    shown = () if shape.echo_only else lps
+    return completion_logprobs(shape, [*prompt, *shown], offset, bare=shape.prompt_ids[:1])
+
+
+def _shown_text(shape: Shape, text: str, first: bool) -> str:
+    """A choice's text as sent: an echo starts its first part; echo-only shows no output."""
+    if shape.echo is None:
+        return text
+    if not first:
+        return "" if shape.echo_only else text
+    return shape.echo + ("" if shape.echo_only else text)
 
 
 @dataclass
@@ -116,8 +165,11 @@ class _Choice:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     last: Chunk | None = None
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
     def add(self, chunk: Chunk) -> None:
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
         self.parts.append(chunk.text)
         self.token_ids.extend(chunk.token_ids)
         self.logprobs.extend(chunk.logprobs)
@@ -135,21 +187,23 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
     nothing to say), so a client reading vLLM's fields finds them."""
     rendered = []
     prompt_ids = list(shape.prompt_ids) if shape.return_token_ids else None
+    scored = next((c.prompt_logprobs for c in choices.values() if c.prompt_logprobs is not None), None)
+    echoed = scored if shape.echo is not None else None
     for index, c in sorted(choices.items()):
         assert c.last is not None and c.last.finish_reason is not None  # the orchestrator guarantees it
-        text = "".join(c.parts)
+        text = _shown_text(shape, "".join(c.parts), first=True)
         choice: dict[str, Any] = {
             "index": index,
             "finish_reason": c.last.finish_reason,
             "stop_reason": c.last.stop_reason,
-            "logprobs": _choice_logprobs(shape, c.logprobs),
+            "logprobs": _choice_logprobs(shape, c.logprobs, prompt=echoed),
             "token_ids": c.token_ids if shape.return_token_ids else None,
             "routed_experts": None,
         }
         if shape.chat:
             choice["message"] = {"role": "assistant", "content": text, **_CHAT_MESSAGE_NULLS}
         else:
-            choice |= {"text": text, "prompt_logprobs": None, "prompt_token_ids": prompt_ids}
+            choice |= {"text": text, "prompt_logprobs": prompt_logprobs(shape, scored), "prompt_token_ids": prompt_ids}
         rendered.append(choice)
     lasts = {i: c.last for i, c in choices.items() if c.last is not None}
     body = {
@@ -165,7 +219,7 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
         "ec_transfer_params": None,
     }
     if shape.chat:
-        body |= {"prompt_logprobs": None, "prompt_token_ids": prompt_ids, "prompt_text": None}
+        body |= {"prompt_logprobs": prompt_logprobs(shape, scored), "prompt_token_ids": prompt_ids, "prompt_text": None}
     return body
 
 
@@ -200,18 +254,24 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     rid, created = new_id(shape), int(time.time())
     offsets: dict[int, int] = {}  # completions' text_offset runs on across a choice's chunks
     lasts: dict[int, Chunk] = {}
+    scored: tuple[TokenLogprobs, ...] | None = None  # the prompt's logprobs (choice 0's first chunk)
 
     def event(chunk: Chunk) -> bytes:
+        nonlocal scored
+        if chunk.prompt_logprobs is not None:
+            scored = chunk.prompt_logprobs
         role = chunk.index not in lasts  # a choice's first chunk names the role
         lasts[chunk.index] = chunk
-        logprobs = _choice_logprobs(shape, chunk.logprobs, offsets.get(chunk.index, 0))
+        echoed = scored if role and shape.echo is not None else None
+        logprobs = _choice_logprobs(shape, chunk.logprobs, offsets.get(chunk.index, 0), prompt=echoed)
         if logprobs is not None and not shape.chat and logprobs["tokens"]:
             offsets[chunk.index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        text = _shown_text(shape, chunk.text, first=role)
         choice: dict[str, Any] = {"index": chunk.index, "finish_reason": chunk.finish_reason, "logprobs": logprobs}
         choice["stop_reason"] = chunk.stop_reason
         body: dict[str, Any] = {"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model}
         if shape.chat:
-            delta: dict[str, Any] = {"content": chunk.text}
+            delta: dict[str, Any] = {"content": text}
             if role:
                 delta["role"] = "assistant"
             choice["delta"] = delta
@@ -219,8 +279,9 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 body["prompt_token_ids"] = list(shape.prompt_ids)
             body["prompt_text"] = None
         else:
-            choice["text"] = chunk.text
-            if role and shape.return_token_ids:
+            choice["text"] = text
+            # a choice's first chunk, as vLLM's server (which sends them with any echo)
+            if role and (shape.return_token_ids or shape.echo is not None):
                 choice["prompt_token_ids"] = list(shape.prompt_ids)
         if shape.return_token_ids:
             choice["token_ids"] = list(chunk.token_ids)

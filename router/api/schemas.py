@@ -112,6 +112,7 @@ class SamplingFields(BaseModel):
     truncation_side: Literal["left", "right"] | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
+    prompt_logprobs: int | None = None  # each prompt position's logprob and the top k (not streamed)
 
     @field_validator("stop")
     @classmethod
@@ -181,7 +182,6 @@ class Refused(NamedTuple):
 _NOT_YET = "is not supported by pdserve yet"
 _OFF = (None, False)
 _SHARED_REFUSED: dict[str, Refused] = {
-    "prompt_logprobs": Refused((None,), f"{_NOT_YET} (prompt logprobs)"),
     "logprob_token_ids": Refused((None, []), f"{_NOT_YET} (logprobs)"),
     "use_beam_search": Refused((False,), "beam search is not supported in P/D serving"),
     "watermarking": Refused(_OFF, f"{_NOT_YET}"),

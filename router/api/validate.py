@@ -51,8 +51,6 @@ MAX_BAD_WORDS = 128  # vLLM's VLLM_MAX_NUM_BAD_WORDS default, counted after toke
 
 def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> Generation:
     _check_fields(req, COMPLETION_REFUSED)
-    if req.echo:
-        raise BadRequestError("echo is not supported by pdserve yet", "echo")
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) != 1:
@@ -66,14 +64,15 @@ def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> Gener
         )
     except ValueError as exc:  # a model without a tokenizer takes token ids only
         raise BadRequestError(str(exc), "prompt") from None
-    return _generation(pool, req, ids, req.max_tokens, arrival)
+    # echo with max_tokens 0 returns the prompt alone: vLLM generates one token and shows none
+    echo_only = bool(req.echo) and req.max_tokens == 0
+    return _generation(pool, req, ids, 1 if echo_only else req.max_tokens, arrival)
 
 
 def chat(req: ChatCompletionRequest, pool: ModelPool, arrival: float) -> Generation:
     _check_fields(req, CHAT_REFUSED)
-    for name in ("echo", "continue_final_message"):
-        if getattr(req, name):
-            raise BadRequestError(f"{name} is not supported by pdserve yet", name)
+    if req.continue_final_message:
+        raise BadRequestError("continue_final_message is not supported by pdserve yet", "continue_final_message")
     if not req.add_generation_prompt or req.add_special_tokens:
         param = "add_generation_prompt" if not req.add_generation_prompt else "add_special_tokens"
         raise BadRequestError(f"{param} other than its default is not supported by pdserve yet", param)
@@ -154,6 +153,7 @@ def _generation(
         cache_salt=req.cache_salt or "",
         logprobs=_logprobs(pool, req),
         structured_outputs=_constraint(req),
+        prompt_logprobs=_prompt_logprobs(pool, req),
     )
     return Generation(
         list(ids),
@@ -255,6 +255,29 @@ def _logprobs(pool: ModelPool, req: SamplingFields) -> int | None:
     if asked > MAX_LOGPROBS:  # vLLM's engine names "logprobs" on both routes
         raise BadRequestError(
             f"Requested sample logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", "logprobs"
+        )
+    return int(k)
+
+
+def _prompt_logprobs(pool: ModelPool, req: SamplingFields) -> int | None:
+    """The top logprobs to compute per prompt position, or None: ``prompt_logprobs``, else
+    with ``echo`` the request's logprobs (completions ``logprobs``, chat ``top_logprobs``)."""
+    name, k = "prompt_logprobs", req.prompt_logprobs
+    if k is not None:
+        if req.stream and (k > 0 or k == -1):
+            raise BadRequestError("`prompt_logprobs` are not available when `stream=True`.", name)
+        if k < 0 and k != -1:
+            raise BadRequestError("`prompt_logprobs` must be a positive value or -1.", name)
+    elif isinstance(req, ChatCompletionRequest):
+        k = req.top_logprobs if req.echo else None
+    elif isinstance(req, CompletionRequest):
+        k = req.logprobs if req.echo else None
+    if k is None:
+        return None
+    asked = pool.tokenizer.vocab_size if k == -1 else k
+    if asked > MAX_LOGPROBS:
+        raise BadRequestError(
+            f"Requested prompt logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", name
         )
     return int(k)
 

@@ -290,6 +290,25 @@ async def test_logprobs_come_per_token_with_the_sampled_token_first(pair: Pair) 
     assert all(d.logprobs == () for d in none)
 
 
+async def test_prompt_logprobs_come_from_the_engine_that_computes_the_prompt(pair: Pair) -> None:
+    ids = prompt(40, start=37)
+    spec = SamplingSpec(max_tokens=3, temperature=0, ignore_eos=True, prompt_logprobs=2)
+    handed = await pair.prefill.prefill(RequestId("c-plp"), ids, spec)
+    scored = handed.prompt_logprobs
+    assert len(scored) == len(ids) - 1  # positions 1..: the first token has no context
+    for token, lp in zip(ids[1:], scored, strict=True):
+        assert lp.entries[0][0] == token  # the prompt's token first, then the top 2
+        assert len(lp.entries) in (2, 3) and all(e[1] <= 0 and e[2] >= 1 for e in lp.entries)
+    pulled = await collect(pair.decode.decode(RequestId("c-plp"), ids, spec, handed.kv_transfer_params))
+    assert all(d.prompt_logprobs == () for d in pulled)  # the prefill engine scored it already
+    local = await collect(pair.decode.decode(RequestId("c-plp-local"), ids, spec, None))
+    assert all(d.prompt_logprobs == () for d in local[1:])
+    again = local[0].prompt_logprobs  # a local prefill scores it on the first delta
+    assert [[e[0] for e in lp.entries] for lp in again] == [[e[0] for e in lp.entries] for lp in scored]
+    assert [e[1] for lp in again for e in lp.entries] == pytest.approx([e[1] for lp in scored for e in lp.entries])
+    assert tokens(pulled) == tokens(local)  # scoring the prompt leaves the handed-over KV as it was
+
+
 async def test_a_regex_constraint_shapes_the_output_on_both_roles(pair: Pair) -> None:
     if pair.name == "sim":
         pytest.skip("the sim has no grammar backend")

@@ -47,6 +47,12 @@ def scripted_logprobs(token: int, k: int) -> TokenLogprobs:
     return TokenLogprobs(tuple(entries))
 
 
+def scripted_prompt_logprobs(prompt: Sequence[int], k: int | None) -> tuple[TokenLogprobs, ...]:
+    """Positions 1.. of the prompt, each as ``scripted_logprobs`` of its token (k + 1
+    entries: the prompt's token and k others); () when not asked for."""
+    return () if k is None else tuple(scripted_logprobs(t, k + 1) for t in prompt[1:])
+
+
 class ScriptedDecode:
     """Streams ``output``, two tokens a step, then a stop token (EOS) if the budget leaves
     room, and records what it was sent (``calls``).
@@ -102,7 +108,16 @@ class ScriptedDecode:
                 # cached_tokens: the decode engine's own prefix-cache count (what a local prefill found)
                 ids = tuple(out[i : i + 2])
                 lps = tuple(scripted_logprobs(t, spec.logprobs) for t in ids) if spec.logprobs is not None else ()
-                yield TokenDelta(ids, min(i + 2, len(out)), reason, cached_tokens=self.cached_tokens, logprobs=lps)
+                local = kv_transfer_params is None and i == 0  # a local prefill scores the prompt
+                plps = scripted_prompt_logprobs(prompt, spec.prompt_logprobs) if local else ()
+                yield TokenDelta(
+                    ids,
+                    min(i + 2, len(out)),
+                    reason,
+                    cached_tokens=self.cached_tokens,
+                    logprobs=lps,
+                    prompt_logprobs=plps,
+                )
         except GeneratorExit:
             self.closed_early = True
             raise
@@ -128,14 +143,17 @@ class ScriptedPrefill:
         self.worker = WorkerId(name)
         self.cached_tokens, self.code, self.kv = cached_tokens, code, kv or {}
         self.calls = 0
+        self.specs: list[SamplingSpec] = []
 
     async def prefill(
         self, request_id: RequestId, prompt: list[int], spec: SamplingSpec, timeout: float
     ) -> PrefillResult:
         self.calls += 1
+        self.specs.append(spec)
         if self.code is not None:
             raise WorkerError(self.worker, self.code, "injected")
-        return PrefillResult(prompt[0], self.cached_tokens, {"from": str(self.worker), **self.kv})
+        plps = scripted_prompt_logprobs(prompt, spec.prompt_logprobs)
+        return PrefillResult(prompt[0], self.cached_tokens, {"from": str(self.worker), **self.kv}, plps)
 
 
 def make_pool(

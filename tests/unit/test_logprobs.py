@@ -107,3 +107,113 @@ def test_logprobs_vllm_refuses_are_400s(tok: Tokenizer, chat: bool, fields: dict
     resp = post(r, chat, **fields)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
     assert decode.calls == []
+
+
+# Prompt logprobs and echo. The scripted prefill scores prompt position p with its token
+# first (logprob -token/100, rank 1) and k others (tests/helpers/router.py).
+
+
+def prompt_ids(tok: Tokenizer, chat: bool) -> list[int]:
+    return tok.encode_chat([{"role": "user", "content": "hi"}]) if chat else tok.encode("hi")
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_prompt_logprobs_come_from_the_prefill_in_vllms_shape(tok: Tokenizer, chat: bool) -> None:
+    prefill, decode = (
+        ScriptedPrefill(kv={"remote_block_ids": [[1]]}),
+        ScriptedDecode(tok.encode("hello world", add_special_tokens=False)),
+    )
+    r = scripted_router(tok, [prefill], [decode])
+    body = post(r, chat, prompt_logprobs=2, max_tokens=2).json()
+    plps = body["prompt_logprobs"] if chat else body["choices"][0]["prompt_logprobs"]
+    ids = prompt_ids(tok, chat)
+    assert len(ids) > 1 and plps[0] is None and len(plps) == len(ids)
+    for pos, token in enumerate(ids[1:], start=1):
+        entries = plps[pos]
+        assert list(entries) == [str(token), str(token + 1), str(token + 2)]  # the prompt's token first
+        name = tok.token_texts([token])[0]
+        assert entries[str(token)] == {"logprob": pytest.approx(-token / 100), "rank": 1, "decoded_token": name}
+    assert prefill.specs[-1].prompt_logprobs == 2
+    assert decode.calls[-1]["kv"] is not None  # the decode pulled the KV: the prefill scored the prompt
+    plain = post(r, chat, max_tokens=2).json()
+    assert (plain["prompt_logprobs"] if chat else plain["choices"][0]["prompt_logprobs"]) is None
+
+
+def test_a_local_prefill_scores_the_prompt_on_the_decode_worker(tok: Tokenizer) -> None:
+    decode = ScriptedDecode(tok.encode("hello world", add_special_tokens=False))
+    r = scripted_router(tok, [], [decode])  # no prefill worker: the decode worker prefills
+    plps = post(r, False, prompt_logprobs=0, max_tokens=2).json()["choices"][0]["prompt_logprobs"]
+    ids = prompt_ids(tok, False)
+    assert decode.calls[-1]["kv"] is None and decode.calls[-1]["spec"].prompt_logprobs == 0
+    assert [list(p) for p in plps[1:]] == [[str(t)] for t in ids[1:]]
+
+
+def test_a_migrated_request_keeps_the_prompt_logprobs_and_does_not_ask_again(tok: Tokenizer) -> None:
+    out = tok.encode("hello world again and again", add_special_tokens=False)[:6]
+    first = ScriptedDecode(out, "decode:1", fail_after=1)
+    second = ScriptedDecode(out, "decode:2", resume=True)
+    r = scripted_router(tok, [ScriptedPrefill(kv={"remote_block_ids": [[1]]})], [first, second])
+    body = post(r, False, prompt_logprobs=1, max_tokens=6, temperature=0).json()
+    assert body["choices"][0]["text"] == tok.decode(out)
+    assert len(body["choices"][0]["prompt_logprobs"]) == len(prompt_ids(tok, False))
+    resumed = (first.calls + second.calls)[-1]
+    assert len(resumed["prompt"]) > len(prompt_ids(tok, False))  # the migration replayed the output
+    assert resumed["spec"].prompt_logprobs is None
+
+
+def test_choices_share_one_scoring_of_the_prompt(tok: Tokenizer) -> None:
+    prefill, decode = (
+        ScriptedPrefill(kv={"remote_block_ids": [[1]]}),
+        ScriptedDecode(tok.encode("hello world", add_special_tokens=False)),
+    )
+    r = scripted_router(tok, [prefill], [decode])
+    body = post(r, False, prompt_logprobs=1, n=3, max_tokens=2, temperature=1.0).json()
+    shown = [c["prompt_logprobs"] for c in body["choices"]]
+    assert shown[0] is not None and shown == [shown[0]] * 3
+    assert [s.prompt_logprobs for s in prefill.specs] == [1]  # one prefill, for choice 0
+    assert sorted(c["spec"].prompt_logprobs is None for c in decode.calls) == [False, True, True]
+
+
+def test_completion_echo_puts_the_prompt_and_its_logprobs_first(tok: Tokenizer) -> None:
+    r, _ = router(tok)
+    ids = prompt_ids(tok, False)
+    choice = post(r, False, echo=True, logprobs=1, max_tokens=2).json()["choices"][0]
+    out = tok.encode("hello world", add_special_tokens=False)[:2]
+    assert choice["text"] == "hi" + tok.decode(out)
+    lp = choice["logprobs"]
+    # the prompt's first token has no logprob and is named by decoding it, as vLLM does
+    assert lp["tokens"] == [tok.decode([ids[0]], skip_special_tokens=False), *tok.token_texts(ids[1:] + out)]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == pytest.approx([-t / 100 for t in ids[1:] + out])
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+    assert choice["prompt_logprobs"] is not None  # echo with logprobs scores the prompt
+
+
+def test_echo_with_max_tokens_0_returns_the_prompt_alone(tok: Tokenizer) -> None:
+    r, decode = router(tok)
+    body = post(r, False, prompt=[5, 6, 7], echo=True, max_tokens=0, logprobs=0).json()
+    choice = body["choices"][0]
+    assert choice["text"] == tok.decode([5, 6, 7], skip_special_tokens=False)
+    assert len(choice["logprobs"]["tokens"]) == 3  # the prompt's: the generated token is hidden
+    assert decode.calls[-1]["spec"].max_tokens == 1 and body["usage"]["completion_tokens"] == 1  # as vLLM
+
+
+def test_streamed_echo_assembles_to_the_whole_response(tok: Tokenizer) -> None:
+    r, _ = router(tok)
+    whole = post(r, False, echo=True, logprobs=1, max_tokens=4).json()["choices"][0]
+    chunks = [c["choices"][0] for c in events(post(r, False, echo=True, logprobs=1, max_tokens=4, stream=True))]
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    assert [t for c in chunks for t in c["logprobs"]["tokens"]] == whole["logprobs"]["tokens"]
+    assert [o for c in chunks for o in c["logprobs"]["text_offset"]] == whole["logprobs"]["text_offset"]
+    assert chunks[0]["prompt_token_ids"] == prompt_ids(tok, False)  # vLLM sends them with an echo
+
+
+def test_chat_echo_repeats_the_last_message_when_it_is_the_assistants(tok: Tokenizer) -> None:
+    r, _ = router(tok)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Well,"}]
+    body = post(r, True, messages=messages, echo=True, max_tokens=2).json()
+    output = tok.decode(tok.encode("hello world", add_special_tokens=False)[:2])
+    assert body["choices"][0]["message"]["content"] == "Well," + output
+    assert body["prompt_logprobs"] is not None  # chat echo scores the prompt with top_logprobs (0)
+    user_last = post(r, True, echo=True, max_tokens=2).json()
+    assert user_last["choices"][0]["message"]["content"] == output

@@ -44,7 +44,6 @@ def sent(decode: ScriptedDecode) -> SamplingSpec:
 
 # A value that asks for something, per refused field.
 ASKING: dict[str, Any] = {
-    "prompt_logprobs": 1,
     "logprob_token_ids": [1],
     "use_beam_search": True,
     "watermarking": True,
@@ -182,7 +181,12 @@ def test_generation_config_is_read_as_vllm_reads_it(tmp_path: Path) -> None:
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
         ({"n": 2, "temperature": 0}, "n"),  # greedy choices would all be the same
         ({"n": 129}, "n"),
-        ({"echo": True}, "echo"),
+        ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),  # vLLM streams none
+        ({"prompt_logprobs": -2}, "prompt_logprobs"),
+        ({"prompt_logprobs": 21}, "prompt_logprobs"),  # past vLLM's max_logprobs (20)
+        ({"prompt_logprobs": -1}, "prompt_logprobs"),  # the whole vocabulary: past it too
+        ({"echo": True, "logprobs": 21}, "logprobs"),
+        ({"max_tokens": 0}, "max_tokens"),  # only an echo may ask for no tokens
     ],
 )
 def test_values_vllm_refuses_are_400s_naming_the_field(tok: Tokenizer, fields: dict[str, Any], param: str) -> None:

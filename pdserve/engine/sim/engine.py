@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -294,11 +295,17 @@ class _SimRuntime:
         """Made-up logprobs in vLLM's shape (the sampled token first, then the top ones):
         the sim has no distribution, so fleet tests and benchmarks carry the right shape."""
         k = seq.sampling.logprobs
-        if k is None:
-            return ()
+        return () if k is None else (self._made_up(token, k),)
+
+    def _prompt_logprobs(self, seq: _Seq) -> tuple[TokenLogprobs, ...]:
+        """Made-up prompt logprobs, positions 1.. (as vLLM: position 0 has none)."""
+        k = seq.sampling.prompt_logprobs
+        return () if k is None else tuple(self._made_up(t, k) for t in seq.tokens[1 : seq.prompt_len])
+
+    def _made_up(self, token: int, k: int) -> TokenLogprobs:
         vocab = self.profile.vocab_size
         top = [(token, -0.25, 1)] + [((token + i) % vocab, -0.25 - i, i + 1) for i in range(1, k)]
-        return (TokenLogprobs(tuple(top[: max(k, 1)])),)
+        return TokenLogprobs(tuple(top[: max(k, 1)]))
 
     def _emit(self, seq: _Seq) -> None:
         raise NotImplementedError
@@ -324,7 +331,7 @@ class SimPrefillEngine(_SimRuntime):
             self._abort(seq)
             raise
         params = {"sim_remote_engine": self.config.served_model_name, "remote_request_id": request_id}
-        return PrefillResult(first_token_id=token, cached_tokens=seq.cached, kv_transfer_params=params)
+        return PrefillResult(token, seq.cached, params, self._prompt_logprobs(seq))
 
     def _emit(self, seq: _Seq) -> None:
         token = self._sample(seq)
@@ -351,6 +358,8 @@ class SimDecodeEngine(_SimRuntime):
         sampling: SamplingSpec,
         kv_transfer_params: dict[str, Any] | None,
     ) -> AsyncIterator[TokenDelta]:
+        if kv_transfer_params is not None:  # the prefill engine computed the prompt's
+            sampling = dataclasses.replace(sampling, prompt_logprobs=None)
         seq = self._new_seq(request_id, prompt_token_ids, sampling)
         finished = False
         try:
@@ -397,4 +406,7 @@ class SimDecodeEngine(_SimRuntime):
         if reason is not None:
             self._running.remove(seq)
             self._finish(seq)
-        seq.deltas.put_nowait(TokenDelta((token,), seq.generated, reason, seq.cached, self._logprobs(seq, token)))
+        prompt_logprobs = self._prompt_logprobs(seq) if seq.generated == 1 else ()
+        seq.deltas.put_nowait(
+            TokenDelta((token,), seq.generated, reason, seq.cached, self._logprobs(seq, token), prompt_logprobs)
+        )
