@@ -283,8 +283,8 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             # a choice's first chunk, as vLLM's server (which sends them with any echo)
             if role and (shape.return_token_ids or shape.echo is not None):
                 choice["prompt_token_ids"] = list(shape.prompt_ids)
-        if shape.return_token_ids:
-            choice["token_ids"] = list(chunk.token_ids)
+        # vLLM's server writes the key in every chunk, null unless asked for
+        choice["token_ids"] = list(chunk.token_ids) if shape.return_token_ids else None
         body["choices"] = [choice]
         if shape.include_usage:
             body["usage"] = None

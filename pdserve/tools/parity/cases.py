@@ -80,6 +80,7 @@ def _basics() -> list[Case]:
         *both("model.absent", model=ABSENT),
         *both("extra_field.unknown", foo_bar_baz=1),
         *both("return_token_ids.false", return_token_ids=False),
+        *both("return_token_ids.false", stream=True, return_token_ids=False),
         *nulls("return_token_ids"),
         *both("user.valid", user="alice"),
         *nulls("user"),
@@ -260,6 +261,14 @@ def _logprobs() -> list[Case]:
         *both("prompt_logprobs.0", prompt_logprobs=0),
         *nulls("prompt_logprobs"),
         *both("prompt_logprobs.minus_2", prompt_logprobs=-2),
+        *both("prompt_logprobs.2", prompt_logprobs=2),
+        *both("prompt_logprobs.1", stream=True, prompt_logprobs=1),  # vLLM streams none: 400
+        *both("prompt_logprobs.0", stream=True, prompt_logprobs=0),
+        *both("prompt_logprobs.21", prompt_logprobs=21),
+        *both("prompt_logprobs.minus_1", prompt_logprobs=-1),
+        *both("prompt_logprobs.n_2", prompt_logprobs=1, n=2, temperature=1.0, seed=7),
+        chat("prompt_logprobs.with_top_logprobs", prompt_logprobs=1, logprobs=True, top_logprobs=2),
+        cmpl("prompt_logprobs.with_logprobs", prompt_logprobs=3, logprobs=1),
     ]
 
 
@@ -308,6 +317,24 @@ def _prompts() -> list[Case]:
         cmpl("echo.true", stream=True, echo=True),
         cmpl("echo.null", max_tokens=1, echo=None),
         cmpl("echo.max_tokens_0", echo=True, max_tokens=0),
+        # BASE asks for return_token_ids, with which vLLM echoes no text: these leave it off
+        cmpl("echo.text", echo=True, return_token_ids=False),
+        cmpl("echo.text", stream=True, echo=True, return_token_ids=False),
+        cmpl("echo.logprobs_1", echo=True, logprobs=1, return_token_ids=False),
+        cmpl("echo.logprobs_1", stream=True, echo=True, logprobs=1, return_token_ids=False),
+        cmpl("echo.max_tokens_0_logprobs", echo=True, max_tokens=0, logprobs=0, return_token_ids=False),
+        cmpl("echo.max_tokens_0", stream=True, echo=True, max_tokens=0, logprobs=0, return_token_ids=False),
+        cmpl("echo.token_ids", echo=True, prompt=PROMPT_IDS, logprobs=0, return_token_ids=False),
+        cmpl("echo.stop", echo=True, logprobs=0, stop=["Paris"], max_tokens=8, return_token_ids=False),
+        cmpl("echo.n_2", echo=True, n=2, temperature=1.0, seed=3, return_token_ids=False),
+        chat("echo.assistant_last", echo=True, messages=[*MESSAGES, {"role": "assistant", "content": "It is"}]),
+        chat(
+            "echo.assistant_last",
+            stream=True,
+            echo=True,
+            messages=[*MESSAGES, {"role": "assistant", "content": "It is"}],
+        ),
+        chat("echo.user_last", echo=True),
         cmpl("suffix.string", suffix="!"),
         cmpl("best_of.1", best_of=1),
         chat("messages.system", messages=[{"role": "system", "content": "Be brief."}, *MESSAGES]),
