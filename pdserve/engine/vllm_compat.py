@@ -156,16 +156,30 @@ def export_env(cfg: EngineConfig) -> None:
 
 
 def structured_outputs(spec: SamplingSpec) -> StructuredOutputsParams | None:
-    """The request's constraint (vLLM's own fields, as JSON); ValueError if vLLM refuses it."""
+    """The request's constraint (vLLM's own fields, as JSON); one of ``CLIENT_ERRORS`` if vLLM
+    refuses it."""
     if not spec.structured_outputs:
         return None
     fields = json.loads(spec.structured_outputs)
     if not isinstance(fields, dict):
         raise ValueError("structured_outputs must be a JSON object")
     try:
-        return StructuredOutputsParams(**fields)
+        params = StructuredOutputsParams(**fields)
     except TypeError as exc:
         raise ValueError(f"structured_outputs: {exc}") from None
+    if params.structural_tag is not None:
+        _check_structural_tag(params.structural_tag)
+    return params
+
+
+def _check_structural_tag(tag: str) -> None:
+    """The check ``vllm serve`` runs on a request's structural tag before the engine sees it
+    (``validate_structural_tag_payload``): xgrammar's, whatever the structured-outputs
+    backend. The engine's own check, in the default ``auto`` backend, would hand a tag
+    xgrammar refuses to guidance instead. The router cannot run it (no xgrammar there)."""
+    from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+    validate_xgrammar_grammar(SamplingParams(structured_outputs=StructuredOutputsParams(structural_tag=tag)))
 
 
 def sampling_params(

@@ -53,7 +53,41 @@ class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: JsonSchema | None = None
 
-    model_config = ConfigDict(extra="allow")  # a structural tag's own fields
+    # A structural tag's own fields: read as ``StructuralTagFormat`` or
+    # ``LegacyStructuralTagFormat`` (api/structured.py), so that a malformed one is a 400
+    # naming ``response_format``, as vLLM's before-validator names it.
+    model_config = ConfigDict(extra="allow")
+
+
+class LegacyStructure(BaseModel):
+    """One of a legacy structural tag's ``structures`` (vLLM's ``LegacyStructuralTag``)."""
+
+    model_config = ConfigDict(extra="allow")  # kept, as vLLM keeps them, in the tag's JSON
+
+    begin: str
+    structure_schema: dict[str, Any] | None = Field(None, alias="schema")
+    end: str
+
+
+class LegacyStructuralTagFormat(BaseModel):
+    """``response_format`` ``{"type": "structural_tag", "structures": [...], "triggers": [...]}``
+    (vLLM's ``LegacyStructuralTagResponseFormat``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["structural_tag"]
+    structures: list[LegacyStructure]
+    triggers: list[str]
+
+
+class StructuralTagFormat(BaseModel):
+    """``response_format`` ``{"type": "structural_tag", "format": {...}}`` (vLLM's
+    ``StructuralTagResponseFormat``): ``format`` is xgrammar's, judged by the workers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["structural_tag"]
+    format: Any
 
 
 class StructuredOutputs(BaseModel):
@@ -66,7 +100,7 @@ class StructuredOutputs(BaseModel):
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool | None = None
-    structural_tag: str | None = None
+    structural_tag: Any = None  # a JSON string; anything else is a 400 naming structured_outputs, as in vLLM
     disable_any_whitespace: bool = False
     disable_additional_properties: bool = False
     whitespace_pattern: str | None = None

@@ -8,13 +8,13 @@ model's generation config (``ModelPool.sampling_defaults``, empty with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
 from pdserve.engine.base import LOGIT_BIAS_LIMIT, SamplingSpec
+from router.api import structured
 from router.api.schemas import (
     CHAT_REFUSED,
     COMPLETION_REFUSED,
@@ -152,7 +152,7 @@ def _generation(
         priority=_priority(pool, req.priority),
         cache_salt=req.cache_salt or "",
         logprobs=_logprobs(pool, req),
-        structured_outputs=_constraint(req),
+        structured_outputs=structured.constraint(req),
         prompt_logprobs=_prompt_logprobs(pool, req),
     )
     return Generation(
@@ -280,41 +280,6 @@ def _prompt_logprobs(pool: ModelPool, req: SamplingFields) -> int | None:
             f"Requested prompt logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", name
         )
     return int(k)
-
-
-_CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
-
-
-def _constraint(req: SamplingFields) -> str:
-    """``structured_outputs`` with ``response_format`` applied over it, as vLLM's
-    ``structured_outputs_from_response_format`` does: vLLM's ``StructuredOutputsParams``
-    fields, exactly one constraint among them."""
-    so = req.structured_outputs.model_dump(by_alias=True, exclude_defaults=True) if req.structured_outputs else None
-    rf = req.response_format
-    if rf is not None and rf.type != "text":
-        if rf.type == "json_object":
-            override: dict[str, Any] = {"json_object": True}
-        elif rf.type == "json_schema":
-            if rf.json_schema is None or rf.json_schema.json_schema is None:
-                raise BadRequestError(
-                    "When response_format type is 'json_schema', the 'json_schema' field must be provided.",
-                    "response_format",
-                )
-            override = {"json": rf.json_schema.json_schema}
-        else:
-            raise BadRequestError("response_format structural_tag is not supported by pdserve yet", "response_format")
-        so = {**(so or {}), **override}
-    if so is None:
-        return ""
-    if sum(so.get(name) is not None for name in _CONSTRAINTS) != 1:
-        raise BadRequestError(
-            "You can only use one kind of structured outputs constraint, and must use one", "structured_outputs"
-        )
-    if so.get("structural_tag") is not None:
-        raise BadRequestError("structural_tag is not supported by pdserve yet", "structured_outputs")
-    if so.get("choice") is not None and not so["choice"]:
-        raise BadRequestError("choice must list at least one option", "structured_outputs")
-    return json.dumps(so, separators=(",", ":"))
 
 
 def _priority(pool: ModelPool, priority: int) -> int:

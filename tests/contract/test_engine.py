@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -322,6 +324,29 @@ async def test_a_regex_constraint_shapes_the_output_on_both_roles(pair: Pair) ->
     with pytest.raises(InvalidRequestError):
         bad = SamplingSpec(max_tokens=4, temperature=0, structured_outputs='{"regex": "(", "choice": ["a"]}')
         await collect(pair.decode.decode(RequestId("c-regex-bad"), ids, bad, None))
+
+
+def _structural_tag(fmt: dict[str, Any]) -> str:
+    """A SamplingSpec's constraint as the router sends a structural tag (router/api/structured.py)."""
+    return json.dumps({"structural_tag": json.dumps({"type": "structural_tag", "format": fmt})})
+
+
+async def test_a_structural_tag_shapes_the_output_on_both_roles(pair: Pair) -> None:
+    if pair.name == "sim":
+        pytest.skip("the sim has no grammar backend")
+    fmt = {"type": "tag", "begin": "<x>", "content": {"type": "regex", "pattern": "(ab){2}"}, "end": "</x>"}
+    constrained = SamplingSpec(max_tokens=11, temperature=0, ignore_eos=True, structured_outputs=_structural_tag(fmt))
+    ids = prompt(30, start=37)
+    handed = await pair.prefill.prefill(RequestId("c-tag"), ids, constrained)
+    out = tokens(await collect(pair.decode.decode(RequestId("c-tag"), ids, constrained, handed.kv_transfer_params)))
+    assert Tokenizer(pair.model_dir).decode(out) == "<x>abab</x>"  # one token per byte in the tiny vocabulary
+    assert out[0] == handed.first_token_id  # the prefill engine sampled under the same tag
+    # xgrammar's verdict, as `vllm serve` gives it on the request, on either role
+    bad = SamplingSpec(max_tokens=4, temperature=0, structured_outputs=_structural_tag({"type": "bogus"}))
+    with pytest.raises(InvalidRequestError, match="Invalid structural tag specification"):
+        await pair.prefill.prefill(RequestId("c-tag-bad-p"), ids, bad)
+    with pytest.raises(InvalidRequestError, match="Invalid structural tag specification"):
+        await collect(pair.decode.decode(RequestId("c-tag-bad-d"), ids, bad, None))
 
 
 async def test_only_the_sim_says_it_accepts_without_honouring(pair: Pair, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from router.api import schemas
+from pdserve.engine.base import SamplingSpec
+from router.api import schemas, structured
+from tests.helpers import structural_tags as tags
 
 vllm_chat = pytest.importorskip("vllm.entrypoints.openai.chat_completion.protocol")
 vllm_completion = pytest.importorskip("vllm.entrypoints.openai.completion.protocol")
@@ -63,3 +65,40 @@ def test_vllm_defaults_are_ours() -> None:
             if name in ("messages", "prompt", "request_id", "stop", "stop_token_ids"):
                 continue  # required, random, or vLLM's [] where ours is the equivalent None
             assert mine == vllms.get_default(call_default_factory=True), (ours.__name__, name)
+
+
+vllm_exceptions = pytest.importorskip("vllm.exceptions")
+vllm_compat = pytest.importorskip("pdserve.engine.vllm_compat")
+TAG_CASES = {**tags.ACCEPTED, **tags.REFUSED, **tags.BY_WORKERS}
+
+
+def _vllm_outcome(theirs: type[BaseModel], body: dict[str, Any]) -> str | tuple[int, str | None]:
+    """The structural_tag vLLM's request model builds, or (400, the param it names)."""
+    try:
+        req = theirs(**body)
+    except vllm_exceptions.VLLMValidationError as exc:
+        return 400, exc.parameter
+    so = req.extract_structured_outputs()
+    return so.structural_tag
+
+
+@pytest.mark.parametrize(("route", "ours", "refused", "theirs"), PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("case", TAG_CASES)
+def test_structural_tags_are_what_vllm_makes_of_them(
+    route: str, ours: type[BaseModel], refused: dict[str, Any], theirs: type[BaseModel], case: str
+) -> None:
+    """The table the router's unit tests hold it to (tests/helpers/structural_tags.py) is
+    vLLM's: the string its request model builds, or the field its 400 names. What only
+    xgrammar refuses, the router passes on and the workers' check (vllm_compat) refuses."""
+    fields, expected = TAG_CASES[case]
+    prompt = {"messages": [{"role": "user", "content": "hi"}]} if route == "chat" else {"prompt": "hi"}
+    got = _vllm_outcome(theirs, {"model": "m", **prompt, **fields})
+    assert got == (expected if case in tags.ACCEPTED else (400, expected))
+    if case in tags.REFUSED:
+        return
+    sent = structured.constraint(ours(**prompt, **fields))  # what the router hands its workers
+    if case in tags.ACCEPTED:
+        assert vllm_compat.structured_outputs(SamplingSpec(max_tokens=1, structured_outputs=sent)) is not None
+    else:
+        with pytest.raises(vllm_compat.CLIENT_ERRORS, match="Invalid structural tag specification"):
+            vllm_compat.structured_outputs(SamplingSpec(max_tokens=1, structured_outputs=sent))

@@ -12,6 +12,7 @@ one model.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,6 +284,37 @@ TOOL = {
 }
 
 
+# A structural tag in vLLM 0.32's current shape (an xgrammar format tree) and in the legacy one.
+CITY_TAG = {
+    "type": "tag",
+    "begin": "<city>",
+    "content": {"type": "json_schema", "json_schema": SCHEMA},
+    "end": "</city>",
+}
+CITY_STRUCTURE = {"begin": "<city>", "schema": SCHEMA, "end": "</city>"}
+LEGACY_TAG = {"type": "structural_tag", "structures": [CITY_STRUCTURE], "triggers": ["<city"]}
+UNKNOWN_FORMAT = {"type": "structural_tag", "format": {"type": "bogus"}}  # xgrammar refuses it
+
+
+def _structural_tags() -> list[Case]:
+    tag = {"type": "structural_tag", "format": CITY_TAG}
+    return [
+        *both("response_format.structural_tag", response_format=tag, max_tokens=12),
+        *both("response_format.structural_tag", stream=True, response_format=tag, max_tokens=12),
+        *both("response_format.structural_tag_legacy", response_format=LEGACY_TAG, max_tokens=12),
+        *both("response_format.structural_tag_malformed", response_format={"type": "structural_tag"}),
+        *both("response_format.structural_tag_unknown_format", response_format=UNKNOWN_FORMAT),
+        *both(
+            "structured_outputs.structural_tag", structured_outputs={"structural_tag": json.dumps(tag)}, max_tokens=12
+        ),
+        *both("structured_outputs.structural_tag_not_json", structured_outputs={"structural_tag": "{"}),
+        *both(
+            "structured_outputs.structural_tag_unknown_format",
+            structured_outputs={"structural_tag": json.dumps(UNKNOWN_FORMAT)},
+        ),
+    ]
+
+
 def _structured() -> list[Case]:
     return [
         *both("response_format.text", response_format={"type": "text"}),
@@ -297,6 +329,7 @@ def _structured() -> list[Case]:
         *both("structured_outputs.regex", structured_outputs={"regex": "[0-9]{3}"}, max_tokens=8),
         *both("structured_outputs.choice", structured_outputs={"choice": ["yes", "no"]}),
         *nulls("structured_outputs"),
+        *_structural_tags(),
         chat("tools.auto", tools=[TOOL]),
         chat("tools.choice_none", tools=[TOOL], tool_choice="none"),
         chat("tools.null", max_tokens=1, tools=None),
