@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         log_level=cfg.log_level.lower(),
         loop="auto",
         timeout_graceful_shutdown=30,
+        # uvicorn's default (5 s) equals httpx's idle expiry: a client reusing a connection
+        # just as the server closes it gets a connection error for a request never read.
+        timeout_keep_alive=cfg.keep_alive_s,
     )
     return 0
 

@@ -149,6 +149,12 @@ class RouterConfig:
             help="tokens (prompt + max_tokens, unused ones refunded) per minute per API key; 0 = none",
         ),
     )
+    keep_alive_s: int = flag(
+        75,
+        env="PDSERVE_KEEP_ALIVE_S",
+        help="seconds an idle client connection is kept open; longer than clients keep idle connections "
+        "(httpx and the openai SDK: 5 s), so the server never closes one as a client reuses it",
+    )
     max_body_bytes: int = flag(
         MAX_BODY_BYTES, env="PDSERVE_MAX_BODY_BYTES", help="larger request bodies get 413 before they are read"
     )
@@ -178,6 +184,8 @@ class RouterConfig:
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
+        if not self.keep_alive_s > 0:
+            raise ValueError("keep_alive_s must be > 0")
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {sorted(POLICIES)}")
         for addr in (*self.prefill, *self.decode):

@@ -194,6 +194,7 @@ ROUTER_FLAGS = {
     "--rate-limit-rpm": "PDSERVE_RATE_LIMIT_RPM",
     "--rate-limit-tpm": "PDSERVE_RATE_LIMIT_TPM",
     "--max-body-bytes": "PDSERVE_MAX_BODY_BYTES",
+    "--keep-alive-s": "PDSERVE_KEEP_ALIVE_S",
     "--api-keys-file": "PDSERVE_API_KEYS_FILE",
     "--worker-token-file": "PDSERVE_WORKER_TOKEN_FILE",
     "--worker-tls-cert": "PDSERVE_WORKER_TLS_CERT",
@@ -289,3 +290,5 @@ def test_router_admission_flags_and_env(model_dir: Path, monkeypatch: pytest.Mon
         router_config.from_args([*base, "--rate-limit-rpm", "-1"])
     with pytest.raises(ValueError, match="max_body_bytes"):
         router_config.from_args([*base, "--max-body-bytes", "0"])
+    with pytest.raises(ValueError, match="keep_alive_s"):
+        router_config.from_args([*base, "--keep-alive-s", "0"])

@@ -28,7 +28,10 @@ async def run_battery(
     servers: tuple[Server, Server], cases: list[Case], concurrency: int = 1, tol: float = LOGPROB_ABS_TOL
 ) -> list[CaseResult]:
     gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=2 * concurrency + 2)
+    # Idle connections expire well before a server's keep-alive (uvicorn's default, which
+    # vllm serve keeps: 5 s, httpx's own expiry): reusing one as the server closes it loses
+    # the request with a ReadError (tests/integration/test_keep_alive.py).
+    limits = httpx.Limits(max_connections=2 * concurrency + 2, keepalive_expiry=2.0)
     async with httpx.AsyncClient(limits=limits) as client:
 
         async def one(case: Case) -> CaseResult:
