@@ -144,6 +144,7 @@ class Fleet:
                 vllm_version=info.vllm_version,
                 sampling_defaults=self._tokenizers.sampling_defaults(info.model, info.model_path),
                 scheduling_policy=info.scheduling_policy,
+                max_logprobs=info.max_logprobs,
             )
             self.pools[info.model] = pool
         if isinstance(client, PrefillClient):

@@ -41,6 +41,7 @@ class ModelPool:
         *,
         sampling_defaults: Mapping[str, float] | None = None,
         scheduling_policy: str = "fcfs",
+        max_logprobs: int = 20,
     ) -> None:
         self.name = name
         self.tokenizer = tokenizer
@@ -51,6 +52,7 @@ class ModelPool:
         # Every worker of the pool schedules alike: a join that differs is refused (add_*).
         self.scheduling_policy = scheduling_policy
         self._max_model_len = max_model_len
+        self._max_logprobs = max_logprobs
         self._prefill: dict[WorkerId, PrefillWorker] = dict(prefill or {})
         self._decode: dict[WorkerId, DecodeWorker] = dict(decode or {})
         self._inflight: Counter[WorkerId] = Counter()
@@ -68,6 +70,12 @@ class ModelPool:
     def max_model_len(self) -> int:
         """The smallest context of the pool's workers."""
         return self._max_model_len
+
+    @property
+    def max_logprobs(self) -> int:
+        """The fewest top logprobs per position any of the pool's workers computes (vLLM's
+        ``max_logprobs``, which the workers report): a request asking for more is a 400."""
+        return self._max_logprobs
 
     @property
     def prefill(self) -> Mapping[WorkerId, PrefillWorker]:
@@ -99,6 +107,7 @@ class ModelPool:
                     f"worker {worker}: {attr} {getattr(info, attr)!r}, pool {self.name!r} has {getattr(self, attr)!r}"
                 )
         self._max_model_len = min(self._max_model_len, info.max_model_len)
+        self._max_logprobs = min(self._max_logprobs, info.max_logprobs)
 
     def remove(self, worker: WorkerId) -> None:
         """The worker leaves; requests in flight on it keep the client they hold."""

@@ -155,6 +155,7 @@ class EngineInfo:
     kv_replay: str = ""  # its replay endpoint
     model_path: str = ""  # where the worker loaded the model (a router on the same host reads the tokenizer)
     scheduling_policy: str = "fcfs"  # "priority": requests' priority orders the engine's queue
+    max_logprobs: int = 20  # top logprobs per position the engine computes at most (vLLM's max_logprobs)
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,12 @@ def num_kv_blocks(llm: AsyncLLM) -> int:
     return int(llm.vllm_config.cache_config.num_gpu_blocks or 0)
 
 
+def max_logprobs(llm: AsyncLLM) -> int:
+    """``--engine-arg max_logprobs=N`` (vLLM's default 20); -1 (the whole vocabulary) as its size."""
+    model = llm.vllm_config.model_config
+    return int(model.get_vocab_size() if model.max_logprobs == -1 else model.max_logprobs)
+
+
 def scheduling_policy(llm: AsyncLLM) -> str:
     """ "fcfs" or "priority" (``--engine-arg scheduling_policy=priority``)."""
     return str(llm.vllm_config.scheduler_config.policy)

@@ -109,6 +109,7 @@ class _VllmRuntime:
             kv_replay=self.config.kv_events_endpoints[1],
             model_path=self.config.model,
             scheduling_policy=compat.scheduling_policy(self.llm),
+            max_logprobs=compat.max_logprobs(self.llm),
         )
 
     async def load(self) -> EngineLoad:

@@ -161,6 +161,7 @@ def info_to_pb(info: EngineInfo) -> pb.WorkerInfo:
         kv_replay=info.kv_replay,
         model_path=info.model_path,
         scheduling_policy=info.scheduling_policy,
+        max_logprobs=info.max_logprobs,
     )
 
 
@@ -177,6 +178,7 @@ def info_from_pb(msg: pb.WorkerInfo) -> EngineInfo:
         kv_replay=msg.kv_replay,
         model_path=msg.model_path,
         scheduling_policy=msg.scheduling_policy or "fcfs",
+        max_logprobs=msg.max_logprobs or 20,
     )
 
 

@@ -275,14 +275,14 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             if role:
                 delta["role"] = "assistant"
             choice["delta"] = delta
-            if role and shape.return_token_ids:  # a choice's first chunk, as vLLM's server
-                body["prompt_token_ids"] = list(shape.prompt_ids)
+            if role:  # a choice's first chunk has the key, as vLLM's server writes it
+                body["prompt_token_ids"] = list(shape.prompt_ids) if shape.return_token_ids else None
             body["prompt_text"] = None
         else:
             choice["text"] = text
-            # a choice's first chunk, as vLLM's server (which sends them with any echo)
-            if role and (shape.return_token_ids or shape.echo is not None):
-                choice["prompt_token_ids"] = list(shape.prompt_ids)
+            # every chunk has the key, the ids on a choice's first (vLLM also sends them with an echo)
+            shown = role and (shape.return_token_ids or shape.echo is not None)
+            choice["prompt_token_ids"] = list(shape.prompt_ids) if shown else None
         # vLLM's server writes the key in every chunk, null unless asked for
         choice["token_ids"] = list(chunk.token_ids) if shape.return_token_ids else None
         body["choices"] = [choice]

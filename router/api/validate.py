@@ -45,7 +45,6 @@ NEUTRAL: Mapping[str, float] = {
 # constrained output and would get free text, so they are refused instead.
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend")
 MAX_N = 128  # choices per request (vLLM sets no bound; this keeps one request's fan-out sane)
-MAX_LOGPROBS = 20  # vLLM's --max-logprobs default, which the workers' engines keep
 MAX_BAD_WORDS = 128  # vLLM's VLLM_MAX_NUM_BAD_WORDS default, counted after tokenization
 
 
@@ -252,9 +251,9 @@ def _logprobs(pool: ModelPool, req: SamplingFields) -> int | None:
         if k < 0 and k != -1:
             raise BadRequestError("`logprobs` must be a positive value or -1.", name)
     asked = pool.tokenizer.vocab_size if k == -1 else k
-    if asked > MAX_LOGPROBS:  # vLLM's engine names "logprobs" on both routes
+    if asked > pool.max_logprobs:  # vLLM's engine names "logprobs" on both routes
         raise BadRequestError(
-            f"Requested sample logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", "logprobs"
+            f"Requested sample logprobs of {asked}, which is greater than max allowed: {pool.max_logprobs}", "logprobs"
         )
     return int(k)
 
@@ -275,9 +274,9 @@ def _prompt_logprobs(pool: ModelPool, req: SamplingFields) -> int | None:
     if k is None:
         return None
     asked = pool.tokenizer.vocab_size if k == -1 else k
-    if asked > MAX_LOGPROBS:
+    if asked > pool.max_logprobs:
         raise BadRequestError(
-            f"Requested prompt logprobs of {asked}, which is greater than max allowed: {MAX_LOGPROBS}", name
+            f"Requested prompt logprobs of {asked}, which is greater than max allowed: {pool.max_logprobs}", name
         )
     return int(k)
 

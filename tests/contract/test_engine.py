@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,59 @@ async def test_only_the_sim_says_it_accepts_without_honouring(pair: Pair, caplog
     assert len(tokens(out)) >= 1
     said = "structured outputs accepted and ignored" in caplog.text and "penalties accepted and ignored" in caplog.text
     assert said == (pair.name == "sim")
+
+
+# Priority scheduling (``scheduling_policy=priority``, as vLLM's engine argument): one
+# engine of each kind that runs one sequence at a time, so a queue forms and its order shows.
+
+
+@pytest_asyncio.fixture(scope="module", params=ENGINES)
+async def priority_decode(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[DecodeEngine]:
+    policy = {"scheduling_policy": "priority", "max_num_seqs": 1}
+    if request.param == "sim":
+        sim = _sim_config("decode")
+        cfg = dataclasses.replace(sim, engine_args={**sim.engine_args, **policy})
+    else:
+        model = make_tiny_llama(tmp_path_factory.mktemp("priority-model"))
+        cfg = dataclasses.replace(_vllm_config(model), kv_connector="none", engine_args=policy)
+    with _engine_env(), reaping_new_children():
+        engine = make_decode_engine(cfg)
+        try:
+            await engine.start()
+            yield engine
+        finally:
+            await engine.shutdown()
+
+
+async def test_a_priority_engine_serves_the_lowest_priority_value_first(priority_decode: DecodeEngine) -> None:
+    engine = priority_decode
+    assert engine.info().scheduling_policy == "priority"
+    started: list[str] = []
+
+    async def run(name: str, priority: int, max_tokens: int) -> None:
+        spec = SamplingSpec(max_tokens=max_tokens, temperature=0, ignore_eos=True, priority=priority)
+        async for delta in engine.decode(RequestId(f"c-prio-{name}"), prompt(20, start=41), spec, None):
+            if delta.token_ids and name not in started:
+                started.append(name)
+
+    async def blocking() -> bool:
+        return started == ["blocker"]
+
+    blocker = asyncio.create_task(run("blocker", 0, 1500))  # holds the one running slot
+    await async_wait_until(blocking, "the blocker running", timeout_s=60)
+    late = asyncio.create_task(run("late", 5, 2))  # queued first, with the larger value
+    await async_wait_until(_waiting(engine, 1), "one request queued", timeout_s=30)
+    urgent = asyncio.create_task(run("urgent", -5, 2))
+    await async_wait_until(_waiting(engine, 2), "two requests queued", timeout_s=30)
+    assert started == ["blocker"]  # both were queued while it ran
+    await asyncio.gather(blocker, late, urgent)
+    assert started == ["blocker", "urgent", "late"]
+
+
+def _waiting(engine: DecodeEngine, n: int) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return (await engine.load()).num_waiting >= n
+
+    return probe

@@ -166,6 +166,7 @@ def make_pool(
     block_size: int = 32,
     sampling_defaults: dict[str, float] | None = None,
     scheduling_policy: str = "fcfs",
+    max_logprobs: int = 20,
 ) -> ModelPool:
     return ModelPool(
         name,
@@ -176,6 +177,7 @@ def make_pool(
         decode={d.worker: d for d in decode},
         sampling_defaults=sampling_defaults,
         scheduling_policy=scheduling_policy,
+        max_logprobs=max_logprobs,
     )
 
 
@@ -206,10 +208,16 @@ def scripted_router(
     max_body_bytes: int = MAX_BODY_BYTES,
     sampling_defaults: dict[str, float] | None = None,
     scheduling_policy: str = "fcfs",
+    max_logprobs: int = 20,
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
     pool = make_pool(
-        tokenizer, prefill, decode, sampling_defaults=sampling_defaults, scheduling_policy=scheduling_policy
+        tokenizer,
+        prefill,
+        decode,
+        sampling_defaults=sampling_defaults,
+        scheduling_policy=scheduling_policy,
+        max_logprobs=max_logprobs,
     )
     metrics = RouterMetrics(policy)
     placer = Placer(make_policy(policy), ThresholdDecider(), store or MemoryStore())

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pdserve.engine.base import EngineInfo, FinishReason, SamplingSpec, TokenDelta
+from pdserve.engine.base import EngineInfo, FinishReason, PrefillResult, SamplingSpec, TokenDelta, TokenLogprobs
 from pdserve.rpc import convert
+from pdserve.v1 import worker_pb2 as pb
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,22 @@ def test_delta_round_trips(reason: FinishReason | None) -> None:
 def test_info_round_trips() -> None:
     info = EngineInfo("decode", "m", 128, "0.32.0", 4096, 2048, "vllm")
     assert convert.info_from_pb(convert.info_to_pb(info)) == info
+    tuned = EngineInfo("decode", "m", 128, "0.32.0", 4096, 2048, "vllm", scheduling_policy="priority", max_logprobs=5)
+    assert convert.info_from_pb(convert.info_to_pb(tuned)) == tuned
+    # a worker that does not report them: vLLM's defaults
+    bare = convert.info_from_pb(pb.WorkerInfo(role="decode", model="m"))
+    assert (bare.scheduling_policy, bare.max_logprobs) == ("fcfs", 20)
+
+
+def test_prompt_logprobs_round_trip() -> None:
+    plps = (TokenLogprobs(((5, -0.5, 1), (6, -1.5, 2))), TokenLogprobs(((7, -3.0, 4), (2, -0.25, 1))))
+    result = PrefillResult(5, 0, {"remote_block_ids": [[1]]}, plps)
+    assert convert.prefill_from_pb(convert.prefill_to_pb(result)) == result
+    delta = TokenDelta((1,), 1, None, 0, (), plps)
+    assert convert.delta_from_pb(convert.delta_to_pb(delta)) == delta
+    spec = SamplingSpec(prompt_logprobs=0)
+    assert convert.sampling_from_pb(convert.sampling_to_pb(spec)).prompt_logprobs == 0
+    assert convert.sampling_from_pb(convert.sampling_to_pb(SamplingSpec())).prompt_logprobs is None
 
 
 def test_kv_params_json() -> None:

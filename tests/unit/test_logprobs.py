@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pdserve.engine.base import EngineInfo
 from router.tokenizer import Tokenizer
 from tests.helpers.router import ScriptedDecode, ScriptedPrefill, ScriptedRouter, scripted_router, tiny_tokenizer
 
@@ -217,3 +218,18 @@ def test_chat_echo_repeats_the_last_message_when_it_is_the_assistants(tok: Token
     assert body["prompt_logprobs"] is not None  # chat echo scores the prompt with top_logprobs (0)
     user_last = post(r, True, echo=True, max_tokens=2).json()
     assert user_last["choices"][0]["message"]["content"] == output
+
+
+def test_the_cap_is_the_fewest_logprobs_any_worker_of_the_model_computes(tok: Tokenizer) -> None:
+    """Workers report vLLM's ``max_logprobs`` (``--engine-arg max_logprobs=N``); the pool
+    keeps the smallest, and asking for more is vLLM's 400 with that number."""
+    decode = ScriptedDecode(tok.encode("hello world", add_special_tokens=False))
+    r = scripted_router(tok, [ScriptedPrefill()], [decode], max_logprobs=30)
+    assert post(r, False, logprobs=25, max_tokens=2).status_code == 200
+    other = ScriptedDecode([1], "decode:2")
+    r.pool.add_decode(other, EngineInfo("decode", "tiny", 32, "", 0, 256, "vllm", max_logprobs=5))
+    assert r.pool.max_logprobs == 5
+    for fields, param in (({"logprobs": 6}, "logprobs"), ({"prompt_logprobs": 6}, "prompt_logprobs")):
+        resp = post(r, False, max_tokens=2, **fields)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param
+        assert "max allowed: 5" in resp.json()["error"]["message"]

@@ -138,6 +138,8 @@ class _SimRuntime:
             vllm_version="sim",
             kv_capacity_tokens=self.pool.num_blocks * self.config.block_size,
             max_model_len=self.config.max_model_len,
+            scheduling_policy=self.profile.scheduling_policy,
+            max_logprobs=self.profile.max_logprobs,
             engine="sim",
             kv_events=events,
             kv_replay=replay,
@@ -183,6 +185,13 @@ class _SimRuntime:
             raise InjectedError("injected failure (error_rate)")
 
     def _enqueue(self, seq: _Seq) -> None:
+        if self.profile.scheduling_policy == "priority":
+            # as vLLM's priority queue: lower priority values first, then arrival
+            later = next((i for i, w in enumerate(self._waiting) if w.sampling.priority > seq.sampling.priority), None)
+            if later is not None:
+                self._waiting.insert(later, seq)
+                self._wake.set()
+                return
         self._waiting.append(seq)
         self._wake.set()
 

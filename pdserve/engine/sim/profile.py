@@ -45,6 +45,9 @@ class SimProfile:
     slow_factor: float = 1.0  # every step takes this many times longer
     kv_lease_s: float = 30.0  # prefill KV no decode pulled is freed after this
     seed: int = 0
+    # as vLLM's engine arguments of the same names
+    scheduling_policy: str = "fcfs"  # "priority": the waiting queue is ordered by (priority, arrival)
+    max_logprobs: int = 20
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -55,6 +58,8 @@ class SimProfile:
             raise ValueError("sim profile: error_rate must be in [0, 1]")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.vocab_size < 300:
             raise ValueError("sim profile: max_num_seqs, max_num_batched_tokens >= 1 and vocab_size >= 300")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError("sim profile: scheduling_policy must be fcfs or priority")
         if self.slow_factor <= 0:
             raise ValueError("sim profile: slow_factor must be > 0")
 
