@@ -37,6 +37,10 @@ class BlockStored:
     parent: EngineHash | None
     token_ids: tuple[int, ...]
     block_size: int
+    # Per block: whether the engine's hash took extra keys (cache salt, LoRA, multimodal
+    # inputs: vLLM's ``extra_keys``). Such a block serves only requests with the same keys,
+    # not the plain token prefix the router hashes. () = none did (or not published).
+    keyed: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,13 @@ def _event(raw: Any) -> KvEvent | None:
         return None
     if kind == "BlockStored":
         parent = raw.get("parent_block_hash")
+        extra = raw.get("extra_keys") or ()
         return BlockStored(
             engine_hashes=tuple(_key(h) for h in raw["block_hashes"]),
             parent=None if parent is None else _key(parent),
             token_ids=tuple(int(t) for t in raw["token_ids"]),
             block_size=int(raw["block_size"]),
+            keyed=tuple(bool(k) for k in extra) if any(extra) else (),
         )
     if kind == "BlockRemoved":
         return BlockRemoved(tuple(_key(h) for h in raw["block_hashes"]))

@@ -35,7 +35,7 @@ class IndexFeed:
         self._root = root_hash(model)
         self.blocks: dict[EngineHash, BlockHash] = {}
         self.dirty = True  # the store has not seen our state yet
-        self.skipped = 0  # stored blocks we could not place (unknown parent, other block size)
+        self.skipped = 0  # stored blocks we could not place (unknown parent, other block size, extra keys)
 
     def _translate(self, batch: EventBatch) -> tuple[list[BlockHash], list[BlockHash], bool]:
         added: list[BlockHash] = []
@@ -62,6 +62,12 @@ class IndexFeed:
             return []
         out: list[BlockHash] = []
         for i, engine_hash in enumerate(event.engine_hashes):
+            if i < len(event.keyed) and event.keyed[i]:
+                # A salted (or LoRA, multimodal) block and every block after it serve only
+                # requests with the same keys: the router's plain prefix must not find them.
+                # Unmapped, their removals are ignored and their children have no parent.
+                self.skipped += n - i
+                return out
             parent = block_hash(parent, event.token_ids[i * self.block_size : (i + 1) * self.block_size])
             self.blocks[engine_hash] = parent
             out.append(parent)

@@ -108,3 +108,43 @@ def test_feed_rehashes_chains_and_removes() -> None:
         assert await store.match("m", ours) == {}
 
     asyncio.run(run())
+
+
+def test_salted_blocks_stay_out_of_the_index() -> None:
+    """vLLM publishes the keys a block's hash took beyond its tokens (cache salt, LoRA,
+    multimodal inputs: ``extra_keys``, on the first block for a salt). Such blocks serve only
+    requests with the same keys, so the router's plain-prefix index must not find them."""
+    from vllm.distributed import kv_events as v
+
+    def stored(hashes: list[int], extra: list[tuple[str, ...] | None] | None) -> bytes:
+        event = v.BlockStored(
+            block_hashes=hashes,
+            parent_block_hash=None,
+            token_ids=[5, 6, 7, 8],
+            block_size=2,
+            lora_id=None,
+            medium="GPU",
+            lora_name=None,
+            extra_keys=extra,
+        )
+        return __import__("msgspec").msgpack.encode(v.KVEventBatch(ts=0.0, events=[event]))
+
+    salted = decode_payload(0, stored([300, 301], [("tenant-b",), None]))
+    assert salted.events == (BlockStored((300, 301), None, (5, 6, 7, 8), 2, keyed=(True, False)),)
+    assert decode_payload(0, stored([400, 401], [None, None])).events[0] == BlockStored(
+        (400, 401), None, (5, 6, 7, 8), 2
+    )
+    store = MemoryStore()
+    feed = IndexFeed(store, "m", W, block_size=2)
+    ours = block_hashes("m", [5, 6, 7, 8], 2)
+
+    async def run() -> None:
+        await feed.apply(Gap(()))
+        await feed.apply(salted)
+        # the salted chain's next block: its parent is salted, so it is not placed either
+        await feed.apply(decode_payload(1, encode_payload([BlockStored((302,), 301, (9, 10), 2)])))
+        assert await store.match("m", ours) == {} and feed.skipped == 3
+        await feed.apply(decode_payload(2, stored([400, 401], None)))  # the same tokens, unsalted
+        assert await store.match("m", ours) == {W: 2}
+
+    asyncio.run(run())
