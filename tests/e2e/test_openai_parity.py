@@ -122,3 +122,27 @@ def test_n_choices_move_the_prompt_kv_once_and_match_seeded_single_requests(clus
     for i, choice in enumerate(choices):
         alone = httpx.post(cluster.url + "/v1/completions", json={**body, "seed": 41 + i}, timeout=300).json()
         assert choice["token_ids"] == alone["choices"][0]["token_ids"], i
+
+
+def test_n_4_moves_as_many_kv_bytes_as_n_1(cluster: Cluster) -> None:
+    """The decode worker's KV-transfer bytes for one n=4 request equal those for one n=1
+    request of the same length (two fresh prompts: nothing of either is cached yet)."""
+
+    def moved(prompt: list[int], n: int) -> tuple[int, int]:
+        load = asyncio.run(engine_load(cluster.decode_addr, "decode")).kv
+        body = {"model": cluster.model, "prompt": prompt, "max_tokens": 4, "n": n, "temperature": 0.8, "seed": 5}
+        assert httpx.post(cluster.url + "/v1/completions", json=body, timeout=300).status_code == 200
+
+        def counted() -> tuple[int, int] | None:
+            now = asyncio.run(engine_load(cluster.decode_addr, "decode")).kv
+            return (now.transfers - load.transfers, now.bytes - load.bytes) if now.transfers > load.transfers else None
+
+        wait_until(counted, "the KV pull counted", timeout_s=30)
+        time.sleep(1.0)  # any later pull would have been counted by now too
+        return counted() or (0, 0)
+
+    length = 300  # more than two 128-token blocks
+    one = moved([1000 + (i * 37) % 20000 for i in range(length)], 1)
+    four = moved([2000 + (i * 53) % 20000 for i in range(length)], 4)
+    assert one[0] == four[0] == 1
+    assert one[1] == four[1] > 0, (one, four)
