@@ -72,7 +72,9 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
             await fleet.close()
             await store.close()
 
-    return create_app(lambda: holder["service"], lifespan, cfg.api_keys, max_body_bytes=cfg.max_body_bytes)
+    return create_app(
+        lambda: holder["service"], lifespan, cfg.api_keys, max_body_bytes=cfg.max_body_bytes, chat=cfg.chat
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from pdserve.config import model_path
 from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from router.admission import AdmissionLimits
+from router.chat import CONTENT_FORMATS, ChatOptions, load_template
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
 from router.recovery import Recovery
@@ -61,6 +62,23 @@ class RouterConfig:
         env="PDSERVE_GENERATION_CONFIG",
         help="sampling defaults for fields a request leaves unset, as vllm serve's flag: auto (the model's "
         "generation_config.json), vllm (vLLM's neutral values) or a directory holding a generation_config.json",
+    )
+    chat_template: str = flag(
+        "",
+        env="PDSERVE_CHAT_TEMPLATE",
+        help="chat template for every model instead of its own: a file or the template itself (vllm serve's flag)",
+    )
+    trust_request_chat_template: bool = flag(
+        False,
+        env="PDSERVE_TRUST_REQUEST_CHAT_TEMPLATE",
+        help="let requests bring their own chat_template (refused with a 400 otherwise, as vllm serve)",
+    )
+    chat_template_content_format: str = flag(
+        "auto",
+        env="PDSERVE_CHAT_TEMPLATE_CONTENT_FORMAT",
+        choices=CONTENT_FORMATS,
+        help="message content as the template gets it: string (text parts joined), openai (a list of parts), "
+        "or auto (openai if the template loops over content), as vllm serve's flag",
     )
     policy: str = flag("prefix-aware", env="PDSERVE_POLICY", choices=tuple(sorted(POLICIES)), help="placement policy")
     weights: dict[str, float] = flag(
@@ -186,12 +204,21 @@ class RouterConfig:
             raise ValueError("max_body_bytes must be ≥ 1")
         if not self.keep_alive_s > 0:
             raise ValueError("keep_alive_s must be > 0")
+        if self.chat_template_content_format not in CONTENT_FORMATS:
+            raise ValueError(f"chat_template_content_format: choose one of {list(CONTENT_FORMATS)}")
+        load_template(self.chat_template)  # ValueError naming a template that is neither file nor text
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {sorted(POLICIES)}")
         for addr in (*self.prefill, *self.decode):
             host, sep, port = addr.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"worker address {addr!r} is not host:port")
+
+    @property
+    def chat(self) -> ChatOptions:
+        return ChatOptions(
+            load_template(self.chat_template), self.trust_request_chat_template, self.chat_template_content_format
+        )
 
     def with_secrets(self) -> RouterConfig:
         """This config with API keys and the worker link read from their files and variables."""

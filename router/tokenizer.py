@@ -8,14 +8,17 @@ multi-byte characters split across tokens).
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers.decoders import DecodeStream
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pdserve.config import has_tokenizer
+from router import chat
 
 
 class Tokenizer:
@@ -47,13 +50,29 @@ class Tokenizer:
                 out.append(spaced)
         return tuple(out)
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Chat messages → ids via the model's chat template, ending with the assistant turn."""
-        if self._tok.chat_template is None:
-            raise ValueError("this model has no chat template; use /v1/completions")
-        text = self._tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Chat messages → ids as a default chat request renders them (router/chat.py),
+        ending with the assistant turn."""
+        text = chat.render(self, messages, chat.ChatOptions(), chat.template_kwargs())
         # The template already wrote the special tokens; adding them again would double BOS.
-        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+        return self.encode(text, add_special_tokens=False)
+
+    def chat_template(self, override: str | None = None, tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The template a chat renders with: ``override``, else the model's (its tool-use
+        variant, if it has named ones, when tools are given). ValueError if there is none."""
+        if override is None and self._tok.chat_template is None:
+            raise ValueError("this model has no chat template; use /v1/completions or give the router --chat-template")
+        return str(self._tok.get_chat_template(override, tools=[dict(t) for t in tools] if tools is not None else None))
+
+    def render_chat(self, conversation: list[dict[str, Any]], template: str, kwargs: Mapping[str, Any]) -> str:
+        """``apply_chat_template`` with the template and arguments as given; its errors propagate."""
+        return str(self._tok.apply_chat_template(conversation, chat_template=template, tokenize=False, **kwargs))
+
+    @property
+    def chat_template_params(self) -> frozenset[str]:
+        """The arguments ``apply_chat_template`` names (vLLM passes those whatever the template)."""
+        names = inspect.signature(self._tok.apply_chat_template).parameters
+        return frozenset(names) - {"conversation", "chat_template", "tokenize", "kwargs", "tokenizer_kwargs"}
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
@@ -94,8 +113,18 @@ class TokenIdsOnly:
             raise ValueError("this model has no tokenizer: bad_words cannot be tokenized")
         return ()
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         raise ValueError("this model has no tokenizer: use /v1/completions with token ids")
+
+    def chat_template(self, override: str | None = None, tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        raise ValueError("this model has no tokenizer: use /v1/completions with token ids")
+
+    def render_chat(self, conversation: list[dict[str, Any]], template: str, kwargs: Mapping[str, Any]) -> str:
+        raise ValueError("this model has no tokenizer: use /v1/completions with token ids")
+
+    @property
+    def chat_template_params(self) -> frozenset[str]:
+        return frozenset()
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return ""

@@ -19,6 +19,7 @@ from router.admission import ANONYMOUS, client_id
 from router.api import errors, render, validate
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
+from router.chat import ChatOptions
 from router.request import Answer
 from router.service import RouterService
 
@@ -31,9 +32,12 @@ def create_app(
     api_keys: tuple[str, ...] = (),
     *,
     max_body_bytes: int,
+    chat: ChatOptions | None = None,
 ) -> FastAPI:
     """``api_keys``: if any, every /v1/* request needs ``Authorization: Bearer <one of them>``,
-    and rate limits count per key. Bodies over ``max_body_bytes`` get 413 unread."""
+    and rate limits count per key. Bodies over ``max_body_bytes`` get 413 unread. ``chat``:
+    the server's chat-template options (router/chat.py)."""
+    chat_options = chat or ChatOptions()
     app = FastAPI(title="pdserve router", version="0.1.0", lifespan=lifespan)
     errors.install(app, lambda reason: get_service().rejected(reason))
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -87,7 +91,7 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrival = time.perf_counter()
         answer = await get_service().serve(
-            body.model, lambda pool: validate.chat(body, pool, arrival), _client(request)
+            body.model, lambda pool: validate.chat(body, pool, arrival, chat_options), _client(request)
         )
         return await _respond(answer, body, chat=True)
 
@@ -121,14 +125,18 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
 def _echo(answer: Answer, body: CompletionRequest | ChatCompletionRequest) -> str | None:
     """What ``echo`` puts before each choice's text, as vLLM's server: a completion's prompt
     (its text, or its ids decoded; nothing with ``return_token_ids``), a chat's last message
-    when it is the assistant's (the role the response continues)."""
+    when its role is the response's (the assistant's, or with ``add_generation_prompt`` off
+    the last message's own)."""
     if not body.echo:
         return None
     if isinstance(body, ChatCompletionRequest):
         last = body.messages[-1]
-        if last.role != "assistant" or last.content is None:
+        role = "assistant" if body.add_generation_prompt else last.role
+        if last.role != role or last.content is None:
             return ""
-        return last.content if isinstance(last.content, str) else "\n".join(p.text for p in last.content)
+        if isinstance(last.content, str):
+            return last.content
+        return "\n".join(p if isinstance(p, str) else str(p.get("text", "")) for p in last.content)
     if body.return_token_ids:
         return ""
     prompt = body.prompt

@@ -15,7 +15,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 MAX_STOP_STRINGS = 4
 INT32_MAX, INT64 = 2**31 - 1, 2**63  # what the worker protocol carries (proto/pdserve/v1/worker.proto)
@@ -172,24 +181,77 @@ class CompletionRequest(SamplingFields):
     add_special_tokens: bool = True
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: Text
-
-
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """One message as vLLM's server takes it: any role (the template decides what it
+    means), content as a string or parts (router/chat.py reads them), and the fields chat
+    templates read. Other keys are kept, as vLLM keeps them (``task``, ...)."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
-    name: Text | None = None
+    model_config = ConfigDict(extra="allow")
 
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+    role: Annotated[str, Field(min_length=1)]
+    content: Text | list[dict[str, Any] | Text] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message's answer to one
+    reasoning: str | None = None  # an assistant's earlier reasoning (interleaved thinking)
+
+    def as_sent(self) -> dict[str, Any]:
+        """The message's keys as the client sent them (absent ones absent, as vLLM sees them)."""
+        return self.model_dump(exclude_unset=True)
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    defer_loading: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_vllm(self, handler: Any) -> dict[str, Any]:
+        """As vLLM hands it to the chat template: declared keys, ``strict`` and
+        ``defer_loading`` only when set."""
+        data = {k: v for k, v in handler(self).items() if k in type(self).model_fields}
+        for key in ("strict", "defer_loading"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+    defer_loading: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_vllm(self, handler: Any) -> dict[str, Any]:
+        """As vLLM hands it to the chat template: declared keys, ``defer_loading`` only when set."""
+        data = {k: v for k, v in handler(self).items() if k in type(self).model_fields}
+        if data.get("defer_loading") is None:
+            data.pop("defer_loading", None)
+        return data
+
+    @model_validator(mode="after")
+    def _defer_loading(self) -> Tool:
+        if self.defer_loading is not None and self.function.defer_loading is None:
+            self.function.defer_loading = self.defer_loading
+        return self
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    function: NamedFunction
+    type: Literal["function"] = "function"
+
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -203,6 +265,13 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool = False
     add_special_tokens: bool = False
     include_reasoning: bool = True  # no reasoning parser runs, so nothing to include or hide
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = "none"
+    parallel_tool_calls: bool | None = True
+    reasoning_effort: ReasoningEffort | None = None
+    documents: list[dict[str, str]] | None = None
+    chat_template: str | None = None  # needs the router's --trust-request-chat-template
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class Refused(NamedTuple):
@@ -233,13 +302,6 @@ _SHARED_REFUSED: dict[str, Refused] = {
 }
 CHAT_REFUSED: dict[str, Refused] = {
     **_SHARED_REFUSED,
-    "tools": Refused((None, []), f"{_NOT_YET} (tool calling)"),
-    "tool_choice": Refused(("none", None), f"{_NOT_YET} (tool calling)"),
-    "parallel_tool_calls": Refused((True, None), f"{_NOT_YET} (tool calling)"),
-    "reasoning_effort": Refused((None,), f"{_NOT_YET} (reasoning)"),
-    "documents": Refused((None,), f"{_NOT_YET} (chat template documents)"),
-    "chat_template": Refused((None,), f"{_NOT_YET} (per-request chat templates)"),
-    "chat_template_kwargs": Refused((None, {}), f"{_NOT_YET} (chat template arguments)"),
     "media_io_kwargs": Refused((None,), "multimodal input is not supported"),
     "mm_processor_kwargs": Refused((None,), "multimodal input is not supported"),
     "return_prompt_text": Refused(_OFF, f"{_NOT_YET}"),

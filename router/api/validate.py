@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 from pdserve.engine.base import LOGIT_BIAS_LIMIT, SamplingSpec
+from router import chat as chat_render
 from router.api import structured
 from router.api.schemas import (
     CHAT_REFUSED,
@@ -22,6 +23,7 @@ from router.api.schemas import (
     INT64,
     ChatCompletionRequest,
     CompletionRequest,
+    NamedToolChoice,
     Refused,
     SamplingFields,
 )
@@ -68,20 +70,61 @@ def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> Gener
     return _generation(pool, req, ids, 1 if echo_only else req.max_tokens, arrival)
 
 
-def chat(req: ChatCompletionRequest, pool: ModelPool, arrival: float) -> Generation:
+def chat(
+    req: ChatCompletionRequest, pool: ModelPool, arrival: float, options: chat_render.ChatOptions | None = None
+) -> Generation:
     _check_fields(req, CHAT_REFUSED)
-    if req.continue_final_message:
-        raise BadRequestError("continue_final_message is not supported by pdserve yet", "continue_final_message")
-    if not req.add_generation_prompt or req.add_special_tokens:
-        param = "add_generation_prompt" if not req.add_generation_prompt else "add_special_tokens"
-        raise BadRequestError(f"{param} other than its default is not supported by pdserve yet", param)
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    try:
-        ids = pool.tokenizer.encode_chat(messages)
-    except ValueError as exc:
-        raise BadRequestError(str(exc), "messages") from None
+    ids = chat_prompt_ids(req, pool, options or chat_render.ChatOptions())
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     return _generation(pool, req, ids, limit, arrival)
+
+
+def chat_prompt_ids(req: ChatCompletionRequest, pool: ModelPool, options: chat_render.ChatOptions) -> list[int]:
+    """A chat request's prompt ids, rendered as vLLM's server renders them (router/chat.py)."""
+    if req.continue_final_message and req.add_generation_prompt:
+        raise BadRequestError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+    tools = _tools(req)
+    try:
+        kwargs = chat_render.template_kwargs(
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+            documents=req.documents,
+            reasoning_effort=req.reasoning_effort,
+            chat_template_kwargs=req.chat_template_kwargs,
+            tools=tools,
+        )
+        messages = [m.as_sent() for m in req.messages]
+        text = chat_render.render(pool.tokenizer, messages, options, kwargs, req.chat_template)
+        return pool.tokenizer.encode(text, req.add_special_tokens)
+    except chat_render.ChatError as exc:
+        raise BadRequestError(str(exc), exc.param) from None
+    except ValueError as exc:  # a model without a tokenizer
+        raise BadRequestError(str(exc), "messages") from None
+
+
+def _tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """The tools for the template, after vLLM's checks of ``tools`` and ``tool_choice``
+    (``tools`` without a choice means "auto"). No tool-call parser runs yet, so a choice
+    that needs one gets vLLM's answer for a server started without ``--tool-call-parser``."""
+    if req.tools is not None and not req.tools:
+        raise BadRequestError(
+            "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.", "tools"
+        )
+    choice = req.tool_choice if "tool_choice" in req.model_fields_set or not req.tools else "auto"
+    if choice is not None and choice != "none":
+        if req.tools is None:
+            raise BadRequestError("When using `tool_choice`, `tools` must be set.", "tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in req.tools}:
+            raise BadRequestError(
+                "The tool specified in `tool_choice` does not match any of the specified `tools`", "tool_choice"
+            )
+        if choice == "auto":
+            raise BadRequestError(
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+            )
+        named = f'function "{choice.function.name}"' if isinstance(choice, NamedToolChoice) else f'"{choice}"'
+        raise BadRequestError(f"tool_choice={named} requires --tool-call-parser to be set")
+    return None if req.tools is None else [t.model_dump() for t in req.tools]
 
 
 def _check_fields(req: SamplingFields, refused: Mapping[str, Refused]) -> None:

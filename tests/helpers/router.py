@@ -20,6 +20,7 @@ from pdserve.state.memory import MemoryStore
 from pdserve.types import RequestId, WorkerId
 from router.admission import Admission, AdmissionLimits
 from router.api.app import create_app
+from router.chat import ChatOptions
 from router.config import MAX_BODY_BYTES
 from router.errors import WorkerError
 from router.metrics import RouterMetrics
@@ -209,6 +210,8 @@ def scripted_router(
     sampling_defaults: dict[str, float] | None = None,
     scheduling_policy: str = "fcfs",
     max_logprobs: int = 20,
+    chat: ChatOptions | None = None,
+    max_model_len: int = 256,
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
     pool = make_pool(
@@ -218,11 +221,12 @@ def scripted_router(
         sampling_defaults=sampling_defaults,
         scheduling_policy=scheduling_policy,
         max_logprobs=max_logprobs,
+        max_model_len=max_model_len,
     )
     metrics = RouterMetrics(policy)
     placer = Placer(make_policy(policy), ThresholdDecider(), store or MemoryStore())
     orchestrator = Orchestrator(placer, timeouts or Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))
     admission = Admission(limits or AdmissionLimits(), MemoryStore())
     service = RouterService({"tiny": pool}, orchestrator, metrics, admission)
-    app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes)
+    app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes, chat=chat)
     return ScriptedRouter(TestClient(app), service, pool, metrics)
