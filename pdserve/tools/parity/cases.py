@@ -378,7 +378,48 @@ def _prompts() -> list[Case]:
         ),
         chat("messages.empty", messages=[]),
         chat("messages.bad_role", messages=[{"role": "bogus", "content": "Hi"}]),
+        *_chat_rendering(),
         chat("messages.absent", messages=ABSENT),
+    ]
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+CONTINUED = [*MESSAGES, {"role": "assistant", "content": "The capital"}]
+
+
+def _chat_rendering() -> list[Case]:
+    """What reaches the chat template (issue #14 item 1): compared through prompt_token_ids."""
+    two_parts = [{"type": "text", "text": "Hi!"}, {"type": "text", "text": "Be brief."}]
+    return [
+        chat("messages.two_text_parts", messages=[{"role": "user", "content": two_parts}]),
+        chat(
+            "messages.text_like_parts", messages=[{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]
+        ),
+        chat("messages.name", messages=[{"role": "user", "content": "Hi", "name": "ann"}]),
+        chat("messages.developer", messages=[{"role": "developer", "content": "Be brief."}, *MESSAGES]),
+        chat("messages.custom_role", messages=[{"role": "critic", "content": "Hmm."}, *MESSAGES]),
+        chat(
+            "messages.tool_round_trip",
+            messages=[
+                *MESSAGES,
+                {"role": "assistant", "content": None, "tool_calls": [CALL], "reasoning": "Look it up."},
+                {"role": "tool", "content": "Paris", "tool_call_id": "call_1"},
+            ],
+        ),
+        chat("add_generation_prompt.false", add_generation_prompt=False),
+        chat(
+            "continue_final_message.true", messages=CONTINUED, add_generation_prompt=False, continue_final_message=True
+        ),
+        chat("continue_final_message.with_generation_prompt", messages=CONTINUED, continue_final_message=True),
+        chat("chat_template_kwargs.unknown", chat_template_kwargs={"foo": 1}),
+        chat("documents.one", documents=[{"title": "Atlas", "text": "Paris is in France."}]),
+        chat("reasoning_effort.low", reasoning_effort="low"),
+        chat("chat_template.untrusted", chat_template="{{ messages }}"),
+        chat("tools.required", tools=[TOOL], tool_choice="required"),
+        chat("tools.named", tools=[TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
+        chat("tools.named_unknown", tools=[TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
+        chat("tools.empty", tools=[]),
+        chat("tools.choice_without_tools", tool_choice="auto"),
     ]
 
 
