@@ -27,6 +27,7 @@ class Output:
         self._decoder = pool.tokenizer.stream_decoder(gen.prompt_ids, gen.skip_special_tokens)
         self._stops = StopMatcher(gen.stops, gen.include_stop)
         self._eos = frozenset(pool.tokenizer.eos_token_ids)
+        self._min_tokens = gen.spec.min_tokens
         self.produced: list[int] = []
         self.cached: int | None = None  # the first placement's prefill-side count
         # The prompt's logprobs once an engine computed them (asked for: the first chunk has them).
@@ -59,7 +60,8 @@ class Output:
             self.produced.append(token_id)
             if i == len(ids) - 1 and stop_token is not None:
                 break
-            piece, stop = self._stops.feed(self._decoder.step(token_id))
+            # stop strings count only once min_tokens are out, as in vLLM's detokenizer
+            piece, stop = self._stops.feed(self._decoder.step(token_id), len(self.produced) > self._min_tokens)
             text.append(piece)
             if stop is not None:  # the tokens after the stop string, and their logprobs, are dropped
                 return Chunk(

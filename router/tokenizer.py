@@ -211,15 +211,18 @@ class StopMatcher:
         self._include = include
         self._pending = ""
 
-    def feed(self, text: str) -> tuple[str, str | None]:
-        """(text safe to emit now, the stop string that matched or None)."""
+    def feed(self, text: str, armed: bool = True) -> tuple[str, str | None]:
+        """(text safe to emit now, the stop string that matched or None). Unarmed (vLLM:
+        fewer than ``min_tokens`` generated), nothing matches; the held-back tail may still
+        complete a stop once armed. Of several matches, the one that ends first wins (then
+        the earlier in the list), as vLLM's ``check_stop_strings``."""
         self._pending += text
         if not self._stops:
             out, self._pending = self._pending, ""
             return out, None
-        hits = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
-        if hits:
-            at, stop = min(hits)
+        hits = [(i + len(s), n, i, s) for n, s in enumerate(self._stops) if (i := self._pending.find(s)) >= 0]
+        if hits and armed:
+            _, _, at, stop = min(hits)
             end = at + len(stop) if self._include else at
             out, self._pending = self._pending[:end], ""
             return out, stop

@@ -323,3 +323,12 @@ def test_stop_reason_names_the_stop_string_or_token_and_the_stop_token_text_is_l
     assert ended["token_ids"][-1] == stop_id and ended["stop_reason"] == stop_id
     eos = post(r, False).json()["choices"][0]
     assert eos["stop_reason"] is None  # EOS is no stop_reason, as in vLLM
+
+
+def test_stop_strings_wait_for_min_tokens(tok: Tokenizer) -> None:
+    """A stop string that completes within the first min_tokens tokens does not stop, as in vLLM."""
+    r, _ = router(tok, "hello world, hello world")
+    first = post(r, False, stop=["o"], max_tokens=12).json()["choices"][0]
+    assert first["text"] == "hell" and first["stop_reason"] == "o"
+    later = post(r, False, stop=["o"], max_tokens=12, min_tokens=6).json()["choices"][0]
+    assert later["text"].startswith("hello w") and later["stop_reason"] == "o"

@@ -36,3 +36,17 @@ def test_partial_stop_prefix_is_held_then_released() -> None:
 
 def test_earliest_of_several_stops_wins() -> None:
     assert feed_all(StopMatcher(["b", "zz"]), ["a zz b"]) == ("a ", True)
+
+
+def test_of_overlapping_stops_the_one_that_ends_first_wins() -> None:
+    """vLLM's check_stop_strings: "b" ends before "abc" does, though "abc" starts first."""
+    m = StopMatcher(["abc", "b"])
+    assert m.feed("xabc") == ("xa", "b")
+
+
+def test_unarmed_text_matches_nothing_but_a_held_tail_completes_once_armed() -> None:
+    """min_tokens: a stop string inside the first min_tokens tokens' text is plain text; one
+    that ends after them stops, even if it began before (vLLM's detokenizer)."""
+    m = StopMatcher(["END"])
+    assert m.feed("an END, E", armed=False) == ("an END, ", None)  # "E" is held: it may start END
+    assert m.feed("ND", armed=True) == ("", "END")
