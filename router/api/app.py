@@ -108,6 +108,9 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
         model=answer.model,
         prompt_ids=answer.prompt_ids,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        continuous_usage=bool(
+            body.stream_options and body.stream_options.include_usage and body.stream_options.continuous_usage_stats
+        ),
         return_token_ids=bool(body.return_token_ids),
         request_id=body.request_id,
         logprobs=_shown_logprobs(body),

@@ -21,6 +21,7 @@ class Shape:
     model: str
     prompt_ids: tuple[int, ...]
     include_usage: bool = False
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats (with include_usage): usage per chunk
     return_token_ids: bool = False
     request_id: str = ""  # the response id's suffix (vLLM's request_id field); "" = a new one
     logprobs: int | None = None  # logprobs asked for: how many top ones to show per token
@@ -286,8 +287,13 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
         # vLLM's server writes the key in every chunk, null unless asked for
         choice["token_ids"] = list(chunk.token_ids) if shape.return_token_ids else None
         body["choices"] = [choice]
-        if shape.include_usage:
-            body["usage"] = None
+        if shape.include_usage:  # continuous: the choice's tokens so far, as vLLM's server counts them
+            n = chunk.completion_tokens
+            body["usage"] = (
+                {"prompt_tokens": shape.prompt_tokens, "completion_tokens": n, "total_tokens": shape.prompt_tokens + n}
+                if shape.continuous_usage
+                else None
+            )
         return sse(body)
 
     yield event(first)

@@ -332,3 +332,16 @@ def test_stop_strings_wait_for_min_tokens(tok: Tokenizer) -> None:
     assert first["text"] == "hell" and first["stop_reason"] == "o"
     later = post(r, False, stop=["o"], max_tokens=12, min_tokens=6).json()["choices"][0]
     assert later["text"].startswith("hello w") and later["stop_reason"] == "o"
+
+
+def test_continuous_usage_stats_put_running_counts_on_every_chunk(tok: Tokenizer) -> None:
+    r, _ = router(tok, "hello world")
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    resp = post(r, False, stream=True, max_tokens=6, stream_options=options)
+    chunks = [json.loads(ln[6:]) for ln in resp.text.splitlines() if ln.startswith("data: {")]
+    counts = [c["usage"]["completion_tokens"] for c in chunks if c["choices"]]
+    assert counts == sorted(counts) and counts[-1] == 6  # cumulative, ending at the total
+    prompt = chunks[0]["usage"]["prompt_tokens"]
+    assert all(c["usage"]["total_tokens"] == prompt + c["usage"]["completion_tokens"] for c in chunks if c["choices"])
+    plain = post(r, False, stream=True, max_tokens=6, stream_options={"include_usage": True})
+    assert all(json.loads(ln[6:])["usage"] is None for ln in plain.text.splitlines() if '"choices":[{' in ln)
