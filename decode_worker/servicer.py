@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -13,6 +15,8 @@ from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from pdserve.worker import errors
 from pdserve.worker.servicer import WorkerServicer
+
+log = logging.getLogger("pdserve.decode")
 
 
 class DecodeServicer(WorkerServicer[DecodeEngine], pb_grpc.DecodeWorkerServicer):
@@ -31,8 +35,18 @@ class DecodeServicer(WorkerServicer[DecodeEngine], pb_grpc.DecodeWorkerServicer)
                 convert.sampling_from_pb(request.sampling),
                 convert.kv_params_from_json(request.kv_transfer_params_json),
             )
+            started, last = time.perf_counter(), None
             async for delta in deltas:
+                last = delta
                 yield convert.delta_to_pb(delta)
+            log.info(
+                "%s: decoded %d tokens (%s) in %.3f s, %s",
+                request.request_id,
+                last.completion_tokens if last else 0,
+                last.finish_reason.value if last and last.finish_reason else "unfinished",
+                time.perf_counter() - started,
+                "KV pulled" if request.kv_transfer_params_json else "prefilled here",
+            )
 
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
         # Not admitted: a notice takes no engine capacity, and a draining worker still

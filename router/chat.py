@@ -161,7 +161,9 @@ def _message(index: int, msg: Mapping[str, Any], openai_format: bool) -> dict[st
     parts: list[Any] = [] if content is None else [content] if isinstance(content, str) else list(content)
     if role == "system":
         parts = _without_billing_header(parts)
-    items = [item for j, part in enumerate(parts) if (item := _part(index, j, part, openai_format)) is not None]
+    if isinstance(content, str):
+        parts = [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]  # the plain form
+    items = [item for j, part in enumerate(parts) if (item := _part(index, j, part, openai_format, role)) is not None]
     out: dict[str, Any] = {"role": role, "content": items if openai_format else "\n".join(items)}
     if role == "assistant":
         if msg.get("tool_calls") is not None:
@@ -182,11 +184,20 @@ def _message(index: int, msg: Mapping[str, Any], openai_format: bool) -> dict[st
     return out
 
 
-def _part(index: int, j: int, part: Any, openai_format: bool) -> Any:
+# vLLM's request models type the content parts of these roles as OpenAI's (plus its own
+# media and ``thinking`` parts); a message of any other role takes any part.
+OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_OPENAI_ONLY_REFUSED = frozenset({"input_text", "output_text"})  # the Responses API's, not chat's
+
+
+def _part(index: int, j: int, part: Any, openai_format: bool, role: str = "user") -> Any:
+    where = f"messages.{index}.content.{j}"
+    if role in OPENAI_ROLES and (isinstance(part, str) or part.get("type") in _OPENAI_ONLY_REFUSED):
+        what = "a bare string" if isinstance(part, str) else f"a {part.get('type')} part"
+        raise ChatError(f"{where}: {what} is not a chat content part of a {role} message")
     if isinstance(part, str):
         return {"type": "text", "text": part} if openai_format else part
     kind = part.get("type")
-    where = f"messages.{index}.content.{j}"
     if kind in TEXT_PART_TYPES:
         text = part.get(TEXT_PART_TYPES[kind])
         if text is None:

@@ -139,7 +139,7 @@ class Orchestrator:
         unread = kv_params  # the prefill's KV, until a token shows the decode engine has it
         try:
             client = state.pool.decode_client(decode)
-            deltas = client.decode(state.request_id, state.prompt, state.spec, kv_params, timeout=state.left())
+            deltas = client.decode(state.engine_id("decode"), state.prompt, state.spec, kv_params, timeout=state.left())
             async with contextlib.aclosing(deltas):
                 async for delta in deltas:
                     if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
@@ -170,7 +170,7 @@ class Orchestrator:
             try:
                 with state.pool.counted(worker, state.uncached):
                     result = await state.pool.prefill_client(worker).prefill(
-                        state.request_id,
+                        state.engine_id("prefill"),
                         state.prompt,
                         state.spec,
                         timeout=min(self._timeouts.prefill_s, state.left()),

@@ -24,6 +24,7 @@ class Generation:
     include_stop: bool = False  # the matched stop string stays in the text
     skip_special_tokens: bool = True  # special tokens are left out of the text
     n: int = 1  # choices, each sampled on its own from one prefill
+    request_id: str = ""  # the client's (X-Request-Id, else the body's request_id): logs and engine ids
 
     def choices(self) -> list[Generation]:
         """One Generation per choice; choice i samples with ``seed + i``, as vLLM's

@@ -90,7 +90,9 @@ class RequestState:
         self.deadline = gen.arrival + request_s  # gRPC deadlines carry it to the workers too
         self.restarts = 0  # placed again before the first token
         self.migrations = 0  # moved after tokens were streamed
-        self._base_id = f"cmpl-{uuid.uuid4().hex}"
+        # The client's id (X-Request-Id or request_id) names the request in every log line and,
+        # prefixed with the role, in each engine; a suffix keeps two clients' equal ids apart.
+        self._base_id = f"{gen.request_id}-{uuid.uuid4().hex[:8]}" if gen.request_id else f"cmpl-{uuid.uuid4().hex}"
         self._failed: set[WorkerId] = set()
         self._match: tuple[int, PrefixMatch] | None = None  # (prompt length, its lookup)
         self.request_id = RequestId(self._base_id)
@@ -143,6 +145,10 @@ class RequestState:
         if self.pin is None or self.pin in self._failed or self.pin not in self.pool.live("decode", self.failed):
             return None
         return Placement(self.pin, None, "choice", 0)
+
+    def engine_id(self, role: str) -> RequestId:
+        """This attempt's request id in the engine of ``role`` ("prefill" or "decode")."""
+        return RequestId(f"{role}-{self.request_id}")
 
     def fail(self, worker: WorkerId) -> None:
         self._failed.add(worker)

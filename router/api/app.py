@@ -82,6 +82,7 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         arrival = time.perf_counter()
+        _take_request_id(body, request)
         answer = await get_service().serve(
             body.model, lambda pool: validate.completion(body, pool, arrival), _client(request)
         )
@@ -90,12 +91,20 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrival = time.perf_counter()
+        _take_request_id(body, request)
         answer = await get_service().serve(
             body.model, lambda pool: validate.chat(body, pool, arrival, chat_options), _client(request)
         )
         return await _respond(answer, body, chat=True)
 
     return app
+
+
+def _take_request_id(body: CompletionRequest | ChatCompletionRequest, request: Request) -> None:
+    """An ``X-Request-Id`` header names the request, over the body's ``request_id``, as in vLLM."""
+    header = request.headers.get("x-request-id")
+    if header:
+        body.request_id = header
 
 
 def _client(request: Request) -> str:

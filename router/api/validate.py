@@ -205,6 +205,7 @@ def _generation(
         include_stop=req.include_stop_str_in_output,
         skip_special_tokens=req.skip_special_tokens,
         n=n,
+        request_id=req.request_id,
     )
 
 

@@ -31,20 +31,24 @@ USER = {"role": "user", "content": "What is the weather in Paris?"}
 # (id, request fields, server options)
 CASES: list[tuple[str, dict[str, Any], ChatOptions]] = [
     ("plain", {"messages": [USER]}, ChatOptions()),
-    ("text_parts", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, "b"]}]}, ChatOptions()),
+    ("text_parts", {"messages": [{"role": "critic", "content": [{"type": "text", "text": "a"}, "b"]}]}, ChatOptions()),
     (
         "text_like_parts",
         {
             "messages": [
                 {
                     "role": "user",
+                    "content": [{"type": "thinking", "thinking": "hm"}, {"type": "refusal", "refusal": "x"}],
+                },
+                {
+                    "role": "critic",  # a role vLLM's models do not type: any text-like part
                     "content": [
                         {"type": "input_text", "text": "in"},
                         {"type": "output_text", "text": "out"},
                         {"type": "refusal", "refusal": "no"},
                         {"type": "thinking", "thinking": "hm"},
                     ],
-                }
+                },
             ]
         },
         ChatOptions(),

@@ -91,7 +91,7 @@ class ScriptedDecode:
         kv_transfer_params: dict[str, Any] | None,
         timeout: float,
     ) -> AsyncGenerator[TokenDelta, None]:
-        self.calls.append({"prompt": prompt, "spec": spec, "kv": kv_transfer_params})
+        self.calls.append({"prompt": prompt, "spec": spec, "kv": kv_transfer_params, "id": request_id})
         if self.hang:
             await asyncio.sleep(timeout)
             raise WorkerError(self.worker, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
@@ -145,12 +145,14 @@ class ScriptedPrefill:
         self.cached_tokens, self.code, self.kv = cached_tokens, code, kv or {}
         self.calls = 0
         self.specs: list[SamplingSpec] = []
+        self.ids: list[str] = []
 
     async def prefill(
         self, request_id: RequestId, prompt: list[int], spec: SamplingSpec, timeout: float
     ) -> PrefillResult:
         self.calls += 1
         self.specs.append(spec)
+        self.ids.append(request_id)
         if self.code is not None:
             raise WorkerError(self.worker, self.code, "injected")
         plps = scripted_prompt_logprobs(prompt, spec.prompt_logprobs)

@@ -54,8 +54,19 @@ def refused(tok: Tokenizer, options: ChatOptions | None = None, **fields: Any) -
 
 
 def test_text_parts_are_joined_with_newlines_for_a_string_template(tok: Tokenizer) -> None:
-    parts = [{"type": "text", "text": "first"}, {"type": "input_text", "text": "second"}]
+    parts = [{"type": "text", "text": "first"}, {"type": "thinking", "thinking": "second"}]
     assert "first\nsecond" in rendered(tok, messages=[{"role": "user", "content": parts}])
+    # a role vLLM's request models do not type takes any text-like part, and bare strings
+    custom = [{"type": "input_text", "text": "a"}, "b"]
+    assert "a\nb" in rendered(tok, messages=[{"role": "critic", "content": custom}])
+
+
+@pytest.mark.parametrize("part", [{"type": "input_text", "text": "a"}, {"type": "output_text", "text": "a"}, "a"])
+def test_parts_outside_openais_types_are_refused_for_its_roles(tok: Tokenizer, part: Any) -> None:
+    """vLLM's request models type a user/assistant/system/tool/developer message's parts as
+    OpenAI's chat parts: Responses-API parts and bare strings are a 400 there."""
+    err = refused(tok, messages=[{"role": "user", "content": [part]}])
+    assert "messages.0.content.0" in err["message"]
 
 
 def test_a_template_that_loops_over_content_gets_the_parts(tok: Tokenizer) -> None:

@@ -256,6 +256,20 @@ def test_request_id_names_the_response_as_in_vllm(tok: Tokenizer, chat: bool) ->
     assert body["id"] == ("chatcmpl-abc123" if chat else "cmpl-abc123")
 
 
+def test_the_clients_request_id_names_the_engine_requests_per_role(tok: Tokenizer) -> None:
+    """X-Request-Id (over the body's request_id, as vLLM) names the response and, prefixed
+    by role and suffixed to stay unique, the prefill and decode engine requests."""
+    prefill, decode = ScriptedPrefill(kv={"remote_block_ids": [[1]]}), ScriptedDecode(tok.encode("ab"))
+    r = scripted_router(tok, [prefill], [decode])
+    body = {"model": "tiny", "prompt": "hi", "request_id": "from-body"}
+    resp = r.client.post("/v1/completions", json=body, headers={"X-Request-Id": "trace-42"})
+    assert resp.json()["id"] == "cmpl-trace-42"
+    assert prefill.ids[-1].startswith("prefill-trace-42-") and decode.calls[-1]["id"].startswith("decode-trace-42-")
+    assert prefill.ids[-1].removeprefix("prefill-") == decode.calls[-1]["id"].removeprefix("decode-")
+    again = r.client.post("/v1/completions", json=body, headers={"X-Request-Id": "trace-42"})
+    assert again.status_code == 200 and prefill.ids[-1] != prefill.ids[-2]  # a reused id stays apart
+
+
 @pytest.mark.parametrize(
     ("fields", "sent_as"),
     [
