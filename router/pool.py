@@ -53,6 +53,7 @@ class ModelPool:
         self.scheduling_policy = scheduling_policy
         self._max_model_len = max_model_len
         self._max_logprobs = max_logprobs
+        self._fingerprints: dict[WorkerId, str] = {}  # the decode workers' (they write the output)
         self._prefill: dict[WorkerId, PrefillWorker] = dict(prefill or {})
         self._decode: dict[WorkerId, DecodeWorker] = dict(decode or {})
         self._inflight: Counter[WorkerId] = Counter()
@@ -70,6 +71,13 @@ class ModelPool:
     def max_model_len(self) -> int:
         """The smallest context of the pool's workers."""
         return self._max_model_len
+
+    @property
+    def system_fingerprint(self) -> str | None:
+        """The decode workers' fingerprint when they all report the same one (responses carry
+        it as vLLM's server does); None for a mixed or silent fleet."""
+        prints = set(self._fingerprints.values())
+        return prints.pop() if len(prints) == 1 and "" not in prints else None
 
     @property
     def max_logprobs(self) -> int:
@@ -98,6 +106,7 @@ class ModelPool:
     def add_decode(self, client: DecodeWorker, info: EngineInfo) -> None:
         self._join(info, client.worker)
         self._decode[client.worker] = client
+        self._fingerprints[client.worker] = info.system_fingerprint
 
     def _join(self, info: EngineInfo, worker: WorkerId) -> None:
         """Values that must agree within a model's pool (the P/D pair shares KV layout)."""
@@ -113,6 +122,7 @@ class ModelPool:
         """The worker leaves; requests in flight on it keep the client they hold."""
         self._prefill.pop(worker, None)
         self._decode.pop(worker, None)
+        self._fingerprints.pop(worker, None)
         self._loads.pop(worker, None)
         self._polled_inflight.pop(worker, None)
         self._down.discard(worker)

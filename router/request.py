@@ -81,6 +81,7 @@ class Answer:
     rest: AsyncIterator[Chunk]
     token_texts: Callable[[Sequence[int]], list[str]]  # each token on its own, as logprobs show it
     decode: Callable[[Sequence[int]], str]  # tokens as one text, special tokens kept (an echoed prompt)
+    system_fingerprint: str | None = None  # the model's decode workers' (vLLM's), if they agree
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Every chunk, the first included."""

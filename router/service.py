@@ -69,6 +69,7 @@ class RouterService:
             observed,
             tok.token_texts,
             lambda ids: tok.decode(ids, skip_special_tokens=False),
+            pool.system_fingerprint,
         )
 
     def served_models(self) -> list[tuple[str, int]]:

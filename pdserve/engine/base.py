@@ -156,6 +156,7 @@ class EngineInfo:
     model_path: str = ""  # where the worker loaded the model (a router on the same host reads the tokenizer)
     scheduling_policy: str = "fcfs"  # "priority": requests' priority orders the engine's queue
     max_logprobs: int = 20  # top logprobs per position the engine computes at most (vLLM's max_logprobs)
+    system_fingerprint: str = ""  # as vLLM's server stamps responses: version, parallelism, config hash
 
 
 @dataclass(frozen=True)

@@ -306,6 +306,16 @@ def max_logprobs(llm: AsyncLLM) -> int:
     return int(model.get_vocab_size() if model.max_logprobs == -1 else model.max_logprobs)
 
 
+def system_fingerprint(llm: AsyncLLM) -> str:
+    """What ``vllm serve`` stamps on its responses for this engine's config (its default
+    ``full`` mode); "" where the release has no fingerprint."""
+    try:
+        from vllm.entrypoints.serve.utils.fingerprint import build_system_fingerprint
+    except ImportError:
+        return ""
+    return build_system_fingerprint(llm.vllm_config) or ""
+
+
 def scheduling_policy(llm: AsyncLLM) -> str:
     """ "fcfs" or "priority" (``--engine-arg scheduling_policy=priority``)."""
     return str(llm.vllm_config.scheduler_config.policy)

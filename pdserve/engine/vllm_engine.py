@@ -110,6 +110,7 @@ class _VllmRuntime:
             model_path=self.config.model,
             scheduling_policy=compat.scheduling_policy(self.llm),
             max_logprobs=compat.max_logprobs(self.llm),
+            system_fingerprint=compat.system_fingerprint(self.llm),
         )
 
     async def load(self) -> EngineLoad:

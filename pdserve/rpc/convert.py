@@ -162,6 +162,7 @@ def info_to_pb(info: EngineInfo) -> pb.WorkerInfo:
         model_path=info.model_path,
         scheduling_policy=info.scheduling_policy,
         max_logprobs=info.max_logprobs,
+        system_fingerprint=info.system_fingerprint,
     )
 
 
@@ -179,6 +180,7 @@ def info_from_pb(msg: pb.WorkerInfo) -> EngineInfo:
         model_path=msg.model_path,
         scheduling_policy=msg.scheduling_policy or "fcfs",
         max_logprobs=msg.max_logprobs or 20,
+        system_fingerprint=msg.system_fingerprint,
     )
 
 

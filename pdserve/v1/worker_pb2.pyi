@@ -142,7 +142,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "block_size", "vllm_version", "kv_capacity_tokens", "max_model_len", "engine", "kv_events", "kv_replay", "model_path", "scheduling_policy", "max_logprobs")
+    __slots__ = ("role", "model", "block_size", "vllm_version", "kv_capacity_tokens", "max_model_len", "engine", "kv_events", "kv_replay", "model_path", "scheduling_policy", "max_logprobs", "system_fingerprint")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class WorkerInfo(_message.Message):
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_POLICY_FIELD_NUMBER: _ClassVar[int]
     MAX_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     block_size: int
@@ -167,7 +168,8 @@ class WorkerInfo(_message.Message):
     model_path: str
     scheduling_policy: str
     max_logprobs: int
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., vllm_version: _Optional[str] = ..., kv_capacity_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., engine: _Optional[str] = ..., kv_events: _Optional[str] = ..., kv_replay: _Optional[str] = ..., model_path: _Optional[str] = ..., scheduling_policy: _Optional[str] = ..., max_logprobs: _Optional[int] = ...) -> None: ...
+    system_fingerprint: str
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., vllm_version: _Optional[str] = ..., kv_capacity_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., engine: _Optional[str] = ..., kv_events: _Optional[str] = ..., kv_replay: _Optional[str] = ..., model_path: _Optional[str] = ..., scheduling_policy: _Optional[str] = ..., max_logprobs: _Optional[int] = ..., system_fingerprint: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ()

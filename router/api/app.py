@@ -126,6 +126,7 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
         as_token_ids=bool(body.return_tokens_as_token_ids),
         token_texts=answer.token_texts,
         decode=answer.decode,
+        system_fingerprint=answer.system_fingerprint,
         echo=_echo(answer, body),
         echo_only=isinstance(body, CompletionRequest) and bool(body.echo) and body.max_tokens == 0,
     )

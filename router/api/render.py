@@ -28,6 +28,7 @@ class Shape:
     as_token_ids: bool = False  # return_tokens_as_token_ids
     token_texts: Callable[[Sequence[int]], list[str]] = lambda ids: [""] * len(ids)
     decode: Callable[[Sequence[int]], str] = lambda ids: ""
+    system_fingerprint: str | None = None  # the decode workers' (vLLM's): whole responses, final chunks
     echo: str | None = None  # echo: the text every choice starts with (None: no echo)
     echo_only: bool = False  # echo with max_tokens 0: the prompt alone, the generated token hidden
 
@@ -214,7 +215,7 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
         "model": shape.model,
         "choices": rendered,
         "service_tier": None,
-        "system_fingerprint": None,
+        "system_fingerprint": shape.system_fingerprint,
         "usage": _usage_of(shape, lasts),
         "kv_transfer_params": None,
         "ec_transfer_params": None,
@@ -271,6 +272,8 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
         choice: dict[str, Any] = {"index": chunk.index, "finish_reason": chunk.finish_reason, "logprobs": logprobs}
         choice["stop_reason"] = chunk.stop_reason
         body: dict[str, Any] = {"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model}
+        if chunk.finish_reason is not None and not shape.include_usage and shape.system_fingerprint is not None:
+            body["system_fingerprint"] = shape.system_fingerprint  # a choice's last chunk, as vLLM's server
         if shape.chat:
             delta: dict[str, Any] = {"content": text}
             if role:
@@ -307,6 +310,7 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 "created": created,
                 "model": shape.model,
                 "choices": [],
+                **({"system_fingerprint": shape.system_fingerprint} if shape.system_fingerprint else {}),
                 # vLLM's streamed usage has no completion_tokens_details key
                 "usage": {k: v for k, v in _usage_of(shape, lasts).items() if k != "completion_tokens_details"},
             }

@@ -137,6 +137,9 @@ async def test_info_describes_the_engine(pair: Pair) -> None:
         assert (info.role, info.block_size, info.max_model_len) == (role, BLOCK, MAX_MODEL_LEN)
         assert info.engine == pair.name
         assert info.kv_capacity_tokens >= BLOCK and info.kv_capacity_tokens % BLOCK == 0
+        assert info.max_logprobs == 20  # vLLM's default
+        # what vllm serve stamps on responses: vllm-<version>-<config hash>; the sim names itself
+        assert info.system_fingerprint.startswith("vllm-" if pair.name == "vllm" else "pdserve-sim")
         assert not engine.is_dead()
 
 

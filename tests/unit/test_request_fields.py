@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pdserve.engine.base import SamplingSpec
+from pdserve.engine.base import EngineInfo, SamplingSpec
 from pdserve.rpc.convert import sampling_from_pb, sampling_to_pb
 from pdserve.state.memory import MemoryStore
 from pdserve.types import BlockHash, WorkerId
@@ -359,3 +359,22 @@ def test_continuous_usage_stats_put_running_counts_on_every_chunk(tok: Tokenizer
     assert all(c["usage"]["total_tokens"] == prompt + c["usage"]["completion_tokens"] for c in chunks if c["choices"])
     plain = post(r, False, stream=True, max_tokens=6, stream_options={"include_usage": True})
     assert all(json.loads(ln[6:])["usage"] is None for ln in plain.text.splitlines() if '"choices":[{' in ln)
+
+
+def test_responses_carry_the_decode_workers_system_fingerprint(tok: Tokenizer) -> None:
+    """As vLLM's server: on whole responses, and on a choice's last chunk (or on the usage
+    chunk when one follows). Workers that disagree leave it null."""
+    r, decode = router(tok, "hello world")
+    assert post(r, False, max_tokens=2).json()["system_fingerprint"] is None  # no worker reported one
+    info = EngineInfo("decode", "tiny", 32, "", 0, 256, "vllm", system_fingerprint="vllm-0.32.0-abcd1234")
+    r.pool.remove(decode.worker)
+    r.pool.add_decode(decode, info)
+    assert post(r, True, max_tokens=2).json()["system_fingerprint"] == "vllm-0.32.0-abcd1234"
+    chunks = [json.loads(ln[6:]) for ln in post(r, False, max_tokens=4, stream=True).text.splitlines() if "{" in ln]
+    assert [c.get("system_fingerprint") for c in chunks] == [None] * (len(chunks) - 1) + ["vllm-0.32.0-abcd1234"]
+    usage = post(r, False, max_tokens=4, stream=True, stream_options={"include_usage": True}).text.splitlines()
+    last = json.loads([ln for ln in usage if "{" in ln][-1][6:])
+    assert last["choices"] == [] and last["system_fingerprint"] == "vllm-0.32.0-abcd1234"
+    other = ScriptedDecode([1], "decode:2")
+    r.pool.add_decode(other, dataclasses.replace(info, system_fingerprint="vllm-0.32.0-ffff0000"))
+    assert r.pool.system_fingerprint is None

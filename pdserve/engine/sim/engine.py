@@ -140,6 +140,7 @@ class _SimRuntime:
             max_model_len=self.config.max_model_len,
             scheduling_policy=self.profile.scheduling_policy,
             max_logprobs=self.profile.max_logprobs,
+            system_fingerprint="pdserve-sim",
             engine="sim",
             kv_events=events,
             kv_replay=replay,
