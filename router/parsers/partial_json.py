@@ -1,0 +1,41 @@
+"""Streaming a call's ``arguments`` when the finished string is ``json.dumps`` of the parsed value.
+
+vLLM's hermes, llama3_json and pythonic parsers return ``json.dumps(value, ensure_ascii=False)``
+of the model's arguments, not the model's own text (spacing and escapes differ). To stream
+fragments that concatenate to exactly that string, each step sends only a prefix the final
+string is sure to start with: the partial value (incomplete strings kept, incomplete numbers
+and literals left out) dumped the same way, minus every closing quote and bracket at its end.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from partial_json_parser import Allow
+from partial_json_parser import loads as partial_loads
+from partial_json_parser.core.exceptions import MalformedJSON, PartialJSON
+
+# Numbers and true/false/null are left out until something follows them: "1" may grow to "10"
+# and "1.5e" parses as 1.5, whose dumps is no prefix of 1500.0's.
+_SAFE_PARTS = Allow.STR | Allow.OBJ | Allow.ARR
+
+
+def parse_partial(raw: str) -> Any:
+    """The value ``raw`` so far (``None`` if nothing usable yet); ``raw`` must start at a JSON value."""
+    try:
+        return partial_loads(raw, _SAFE_PARTS)
+    except (MalformedJSON, PartialJSON, ValueError):
+        return None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def stable_prefix(value: Any) -> str:
+    """A prefix of ``dumps(final)`` for any completion of the partial ``value``."""
+    text = dumps(value).rstrip('"}]')
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        text = text[:-1]  # half of a surrogate pair: the final holds the whole character
+    return text
