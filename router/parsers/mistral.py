@@ -27,10 +27,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from partial_json_parser import Allow
-from partial_json_parser import loads as partial_loads
-from partial_json_parser.core.exceptions import MalformedJSON, PartialJSON
-
 from router.parsers import partial_json
 from router.parsers.base import ExtractedToolCalls, FunctionCall, IdFactory, Tool
 from router.parsers.ids import mistral_tool_call_id
@@ -145,11 +141,8 @@ def _pre_v11_snapshot(text: str) -> Snapshot:
     segment = _pre_v11_segment(text)
     head = text.split(BOT, 1)[0]
     content = head if head.strip() else ""
-    try:
-        full = _pre_v11_items(partial_loads(segment, Allow.STR | Allow.OBJ | Allow.ARR))
-        named = _pre_v11_items(partial_loads(segment, Allow.OBJ | Allow.ARR))  # closed strings only
-    except (MalformedJSON, PartialJSON, ValueError):
-        return Snapshot(content)
+    full = _pre_v11_items(partial_json.parse_partial(segment))
+    named = _pre_v11_items(partial_json.parse_partial(segment, partial_json.CLOSED_STRINGS))
     calls = [_pre_v11_call(e) for e in _pre_v11_entries(full[:-1])]
     if full and named and len(named) == len(full) and (call := _pre_v11_open(full[-1], named[-1])) is not None:
         calls.append(call)

@@ -18,14 +18,17 @@ from partial_json_parser.core.exceptions import MalformedJSON, PartialJSON
 
 # Numbers and true/false/null are left out until something follows them: "1" may grow to "10"
 # and "1.5e" parses as 1.5, whose dumps is no prefix of 1500.0's.
-_SAFE_PARTS = Allow.STR | Allow.OBJ | Allow.ARR
+SAFE_PARTS = Allow.STR | Allow.OBJ | Allow.ARR
+CLOSED_STRINGS = Allow.OBJ | Allow.ARR
+"""Leaves out unfinished strings too: a name in the result is the whole name."""
 
 
-def parse_partial(raw: str) -> Any:
+def parse_partial(raw: str, allow: Allow = SAFE_PARTS) -> Any:
     """The value ``raw`` so far (``None`` if nothing usable yet); ``raw`` must start at a JSON value."""
     try:
-        return partial_loads(raw, _SAFE_PARTS)
-    except (MalformedJSON, PartialJSON, ValueError):
+        return partial_loads(raw, allow)
+    # The library asserts (AssertionError) on text after a closed value, e.g. a half-typed end tag.
+    except (MalformedJSON, PartialJSON, ValueError, AssertionError):
         return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from router.parsers import registry
-from router.parsers.reasoning import ThinkReasoningParser
+from router.parsers.base import ReasoningParser
 from tests.unit.parser_splits import all_splits, byte_splits
 
 # DeepSeek's chat markers use FULLWIDTH VERTICAL LINE (U+FF5C).
@@ -52,7 +52,7 @@ CASES = [
 ]
 
 
-def _stream(parser: ThinkReasoningParser, deltas: list[str]) -> tuple[str | None, str | None]:
+def _stream(parser: ReasoningParser, deltas: list[str]) -> tuple[str | None, str | None]:
     stream = parser.stream()
     pieces = [stream.feed(d) for d in deltas] + [stream.flush()]
     for piece in pieces:
