@@ -7,12 +7,13 @@ Matches vllm/tool_parsers/llama_tool_parser.py (0.32) in what a call is:
 - each object needs ``name`` and ``arguments`` or ``parameters`` (``arguments`` wins) (:112-116);
   ``arguments`` is ``json.dumps(value, ensure_ascii=False)`` (:121-124);
 - one object that fails (bad JSON, a missing key) makes the whole output content (:126-147);
-- with calls, content is absent: text around them is dropped (:157-160).
+- text after the calls is dropped (:157-160).
 
-One difference, to keep streaming and non-streaming equal: calls are looked for only when
-the output starts with ``<|python_tag|>`` or ``{``, the rule of vLLM's streaming path
-(:178-181). vLLM's non-streaming path also finds a call after leading prose ("Sure!
-{...}") and drops the prose; here that output is content.
+Where calls may start differs, to keep streaming and non-streaming equal. vLLM's streaming
+path looks for calls only when the output starts with ``<|python_tag|>`` or ``{`` (:178-181);
+its non-streaming path takes a ``{`` anywhere and drops all text around the calls. Here calls
+start at an output-initial ``{`` or at ``<|python_tag|>`` anywhere; text before the tag is
+content (absent if blank), and leading prose before a bare ``{`` keeps the output content.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from router.parsers import partial_json
 from router.parsers.base import ExtractedToolCalls, FunctionCall, IdFactory, Tool
 from router.parsers.ids import openai_tool_call_id
+from router.parsers.reasoning import held_back
 from router.parsers.toolstream import ReparsingToolStream, Snapshot, with_ids
 
 BOT = "<|python_tag|>"
@@ -56,8 +58,14 @@ def _objects(text: str) -> tuple[list[object], str | None]:
     return objects, None
 
 
-def _may_call(text: str) -> bool:
-    return text.startswith(BOT) or text.startswith("{")
+def _call_region(text: str) -> tuple[str, str] | None:
+    """``(content before the calls, text holding them)``, or ``None`` if no call may start."""
+    if text.startswith("{"):
+        return "", text  # a later <|python_tag|> is inside the JSON strings
+    if BOT in text:
+        head, region = text.split(BOT, 1)
+        return (head if head.strip() else ""), region
+    return None
 
 
 class Llama3JsonToolParser:
@@ -65,29 +73,30 @@ class Llama3JsonToolParser:
         self._new_id = new_id
 
     def parse(self, text: str) -> Snapshot | None:
-        if not _may_call(text):
+        split = _call_region(text)
+        if split is None:
             return None
-        objects, tail = _objects(text)
+        objects, tail = _objects(split[1])
         if tail is not None or not objects:
             return None
         try:
-            return Snapshot("", tuple(_call(obj) for obj in objects))
+            return Snapshot(split[0], tuple(_call(obj) for obj in objects))
         except (KeyError, TypeError):
             return None
 
     def snapshot(self, text: str) -> Snapshot:
-        if not _may_call(text):
-            if BOT.startswith(text):
-                return Snapshot("")  # may still become <|python_tag|>
-            return Snapshot(text)
-        objects, tail = _objects(text)
+        split = _call_region(text)
+        if split is None:
+            head = text[: len(text) - held_back(text, (BOT,))]  # "<|py" may become the tag
+            return Snapshot(head if head.strip() else "")  # blank content before a call is absent
+        objects, tail = _objects(split[1])
         try:
             calls = [_call(obj) for obj in objects]
         except (KeyError, TypeError):
-            return Snapshot("", ())  # refused at the end; send nothing more
+            return Snapshot(split[0], ())  # refused at the end; send nothing more
         if tail is not None and (partial := self._partial_call(tail)) is not None:
             calls.append(partial)
-        return Snapshot("", tuple(calls))
+        return Snapshot(split[0], tuple(calls))
 
     @staticmethod
     def _partial_call(tail: str) -> FunctionCall | None:

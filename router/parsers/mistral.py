@@ -72,11 +72,8 @@ def _v11_parse(text: str) -> Snapshot:
     calls = []
     for segment in segments:
         named = _v11_name(segment)
-        if named is None:
-            if segment.strip():  # truncated inside the name: the engine ends it with {} arguments
-                calls.append(FunctionCall(segment.strip(), "{}"))
-            continue
-        calls.append(FunctionCall(named[0], _v11_args(named[1])))
+        if named is not None:  # a name never closed by [ARGS] or "{" is no call
+            calls.append(FunctionCall(named[0], _v11_args(named[1])))
     return Snapshot(head.strip() if calls else head, tuple(calls))
 
 

@@ -153,11 +153,18 @@ LLAMA = [
     Case("llama3_json", "Use {curly} braces.", "Use {curly} braces."),
     Case("llama3_json", '{"answer": 42}', '{"answer": 42}'),  # JSON without a name is content
     Case("llama3_json", '<|python_tag|>{"name": "f"}', '<|python_tag|>{"name": "f"}'),
-    Case(  # leading prose: content (vLLM's non-streaming path would take the call; docs/parsers.md)
+    Case(  # leading prose before a bare "{": content (vLLM's non-streaming path takes the call; docs/parsers.md)
         "llama3_json",
         'Sure! {"name": "f", "parameters": {}}',
         'Sure! {"name": "f", "parameters": {}}',
     ),
+    Case(  # <|python_tag|> anywhere starts the calls; the text before it is content
+        "llama3_json",
+        'Let me check. <|python_tag|>{"name": "get_weather", "parameters": {"city": "Tokyo"}}',
+        "Let me check. ",
+        (("get_weather", '{"city": "Tokyo"}'),),
+    ),
+    Case("llama3_json", '\n<|python_tag|>{"name": "f", "parameters": {}}', None, (("f", "{}"),)),
 ]
 
 MISTRAL = [
@@ -188,6 +195,7 @@ MISTRAL = [
     Case("mistral", '[TOOL_CALLS]get_weather{"city": "Lyon"}', None, (("get_weather", '{"city": "Lyon"}'),)),
     Case("mistral", "[TOOL_CALLS]ping[ARGS]", None, (("ping", "{}"),)),
     Case("mistral", "Bonjour ! 👋 [1]", "Bonjour ! 👋 [1]"),
+    Case("mistral", "[TOOL_CALLS]not json, no name end", "[TOOL_CALLS]not json, no name end"),
     Case(  # pre-v11: a JSON array after the marker, arguments re-serialized
         "mistral",
         '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city":"Paris"}}, '
