@@ -35,6 +35,10 @@ CASES = [
     ("deepseek_r1", "<think>a < b and </thin is not a tag</think>ok", "a < b and </thin is not a tag", "ok"),
     ("deepseek_r1", "<think>ends on a partial tag </thi", "ends on a partial tag </thi", None),
     ("deepseek_r1", "", None, None),
+    # vLLM's non-streamed path drops text before <think> ("r") and partitions at a <think> found
+    # after </think> ("ghi", None); its streamed path gives what we give (docs/parsers.md).
+    ("deepseek_r1", "pre<think>r</think>c", "prer", "c"),
+    ("deepseek_r1", "abc</think>def<think>ghi", "abc", "def<think>ghi"),
     # Qwen3: thinking on by default; <tool_call> ends reasoning and stays in content.
     ("qwen3", "<think>\nLet me reason.\n</think>\n\nParis.", "\nLet me reason.\n", "\n\nParis."),
     ("qwen3", "<think>\nr\n</think>\n\nans</think>wer", "\nr\n", "\n\nanswer"),
@@ -49,6 +53,8 @@ CASES = [
     ("qwen3", "no tags at all", "no tags at all", None),
     ("qwen3", "<think>\n思考中… «ü»\n</think>\n\n答案 🎉<think>", "\n思考中… «ü»\n", "\n\n答案 🎉<think>"),
     ("qwen3", "<think>\n\n</think>\n\n", "\n\n", "\n\n"),
+    ("qwen3", "pre<think>r</think>c", "prer", "c"),
+    ("qwen3", "a\n<tool_call>{}</tool_call></think>z", "a\n", "<tool_call>{}</tool_call>z"),
 ]
 
 
