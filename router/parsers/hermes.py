@@ -12,7 +12,8 @@ Matches vllm/tool_parsers/hermes_tool_parser.py (0.32):
 
 Streaming (same results by construction; vLLM streams the model's raw argument text
 instead, which differs from its own non-streamed ``json.dumps``): a call starts once its
-``name`` string is closed and an ``"arguments"`` key has begun.
+``name`` string is closed and an ``"arguments"`` key has begun; its arguments are rewritten
+into the ``json.dumps`` form as they arrive (``json_stream``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from router.parsers import partial_json
 from router.parsers.base import ExtractedToolCalls, FunctionCall, IdFactory, Tool
 from router.parsers.ids import openai_tool_call_id
+from router.parsers.json_stream import ArgumentStreams
 from router.parsers.reasoning import held_back
 from router.parsers.toolstream import ReparsingToolStream, Snapshot, with_ids
 
@@ -75,36 +77,35 @@ class HermesToolParser:
             return None
         return Snapshot(_content_before(text, text.find(START)), calls)
 
-    def snapshot(self, text: str) -> Snapshot:
+    def snapshot(self, text: str, args: ArgumentStreams) -> Snapshot:
         start = text.find(START)
         if start < 0:
             head = text[: len(text) - held_back(text, (START,))]
             return Snapshot(head if head.strip() else "")
         calls = []
-        for body, closed in _bodies(text):
-            call = self._partial_call(body, closed)
+        for index, (body, closed) in enumerate(_bodies(text)):
+            call = self._partial_call(body, closed, index, args)
             if call is None:
                 break
             calls.append(call)
         return Snapshot(_content_before(text, start), tuple(calls))
 
     @staticmethod
-    def _partial_call(body: str, closed: bool) -> FunctionCall | None:
+    def _partial_call(body: str, closed: bool, index: int, args: ArgumentStreams) -> FunctionCall | None:
         if closed:
             try:
                 return _call(body)
             except (ValueError, KeyError, TypeError):
                 pass  # the whole output will be refused at the end; send no more of this call
         name = _NAME.search(body)
-        if name is None or _ARGS_KEY.search(body) is None:
+        key = _ARGS_KEY.search(body)
+        if name is None or key is None:
             return None
-        obj = partial_json.parse_partial(body.strip())
-        args = obj.get("arguments") if isinstance(obj, dict) else None
-        prefix = partial_json.stable_prefix(args) if args is not None else ""
-        return FunctionCall(name=json.loads(name.group(1)), arguments=prefix)
+        return FunctionCall(name=json.loads(name.group(1)), arguments=args.prefix(index, body[key.end() :]))
 
     def extract(self, text: str, tools: Sequence[Tool] = ()) -> ExtractedToolCalls:
         return with_ids(self.parse(text), text, self._new_id)
 
     def stream(self, tools: Sequence[Tool] = ()) -> ReparsingToolStream:
-        return ReparsingToolStream(self.snapshot, self.parse, self._new_id)
+        args = ArgumentStreams()
+        return ReparsingToolStream(lambda text: self.snapshot(text, args), self.parse, self._new_id)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from router.parsers import partial_json
 from router.parsers.base import ExtractedToolCalls, FunctionCall, IdFactory, Tool
 from router.parsers.ids import openai_tool_call_id
+from router.parsers.json_stream import ArgumentStreams
 from router.parsers.reasoning import held_back
 from router.parsers.toolstream import ReparsingToolStream, Snapshot, with_ids
 
@@ -46,16 +47,34 @@ def _call(obj: object) -> FunctionCall:
 
 def _objects(text: str) -> tuple[list[object], str | None]:
     """Complete top-level objects from the first ``{`` on, and the unfinished tail if any."""
-    objects: list[object] = []
-    pos = text.find("{")
-    while pos >= 0:
-        try:
-            obj, end = _DECODER.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return objects, text[pos:]
-        objects.append(obj)
-        pos = text.find("{", end)
-    return objects, None
+    scan = _Scan()
+    return scan.advance(text, settled=True)
+
+
+class _Scan:
+    """The objects of one stream's growing text that are already complete, kept between deltas."""
+
+    def __init__(self) -> None:
+        self.objects: list[object] = []
+        self._end = 0
+
+    def advance(self, text: str, settled: bool = False) -> tuple[list[object], str | None]:
+        # Streaming (not settled) decodes only when the text ends with "}": an object can only
+        # have just closed there, and decoding the open tail on every delta made a long argument
+        # cost O(n^2). One that closed mid-delta waits for a later "}" or the final parse.
+        pos = text.find("{", self._end)
+        may_close = settled or text.rstrip().endswith("}")
+        while pos >= 0:
+            if not may_close:
+                return self.objects, text[pos:]
+            try:
+                obj, end = _DECODER.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                return self.objects, text[pos:]
+            self.objects.append(obj)
+            self._end = end
+            pos = text.find("{", end)
+        return self.objects, None
 
 
 def _call_region(text: str) -> tuple[str, str] | None:
@@ -84,34 +103,31 @@ class Llama3JsonToolParser:
         except (KeyError, TypeError):
             return None
 
-    def snapshot(self, text: str) -> Snapshot:
+    def snapshot(self, text: str, scan: _Scan, args: ArgumentStreams) -> Snapshot:
         split = _call_region(text)
         if split is None:
             head = text[: len(text) - held_back(text, (BOT,))]  # "<|py" may become the tag
             return Snapshot(head if head.strip() else "")  # blank content before a call is absent
-        objects, tail = _objects(split[1])
+        objects, tail = scan.advance(split[1])
         try:
             calls = [_call(obj) for obj in objects]
         except (KeyError, TypeError):
             return Snapshot(split[0], ())  # refused at the end; send nothing more
-        if tail is not None and (partial := self._partial_call(tail)) is not None:
+        if tail is not None and (partial := self._partial_call(tail, len(calls), args)) is not None:
             calls.append(partial)
         return Snapshot(split[0], tuple(calls))
 
     @staticmethod
-    def _partial_call(tail: str) -> FunctionCall | None:
+    def _partial_call(tail: str, index: int, args: ArgumentStreams) -> FunctionCall | None:
         name = _NAME.search(tail)
-        if name is None or _ARGS_KEY.search(tail) is None:
+        key = _ARGS_KEY.search(tail)
+        if name is None or key is None:
             return None
-        obj = partial_json.parse_partial(tail)
-        if not isinstance(obj, dict):
-            return None
-        args = obj.get("arguments", obj.get("parameters"))
-        prefix = partial_json.stable_prefix(args) if args is not None else ""
-        return FunctionCall(name=json.loads(name.group(1)), arguments=prefix)
+        return FunctionCall(name=json.loads(name.group(1)), arguments=args.prefix(index, tail[key.end() :]))
 
     def extract(self, text: str, tools: Sequence[Tool] = ()) -> ExtractedToolCalls:
         return with_ids(self.parse(text), text, self._new_id)
 
     def stream(self, tools: Sequence[Tool] = ()) -> ReparsingToolStream:
-        return ReparsingToolStream(self.snapshot, self.parse, self._new_id)
+        scan, args = _Scan(), ArgumentStreams()
+        return ReparsingToolStream(lambda text: self.snapshot(text, scan, args), self.parse, self._new_id)

@@ -30,6 +30,7 @@ from typing import Any
 from router.parsers import partial_json
 from router.parsers.base import ExtractedToolCalls, FunctionCall, IdFactory, Tool
 from router.parsers.ids import mistral_tool_call_id
+from router.parsers.json_stream import ArgumentStreams, CanonicalJsonStream
 from router.parsers.reasoning import held_back
 from router.parsers.toolstream import ReparsingToolStream, Snapshot, with_ids
 
@@ -77,22 +78,22 @@ def _v11_parse(text: str) -> Snapshot:
     return Snapshot(head.strip() if calls else head, tuple(calls))
 
 
-def _v11_snapshot(text: str) -> Snapshot:
+def _v11_snapshot(text: str, values: ArgumentStreams) -> Snapshot:
     head, *segments = text.split(BOT)
     calls = [FunctionCall(n[0], _v11_args(n[1])) for s in segments[:-1] if (n := _v11_name(s)) is not None]
     if segments and (last := _v11_name(segments[-1])) is not None:
-        calls.append(FunctionCall(last[0], _v11_open_args(last[1])))
+        calls.append(FunctionCall(last[0], _v11_open_args(last[1], values.feed(len(calls), last[1].lstrip()))))
     return Snapshot(head.rstrip() if segments else _open_content(head), tuple(calls))
 
 
-def _v11_open_args(raw: str) -> str:
-    """A prefix of the arguments of the call still being written."""
-    stripped = raw.strip()
-    try:
-        _, end = _DECODER.raw_decode(stripped)
-        return stripped[:end]
-    except json.JSONDecodeError:
-        return stripped[: len(stripped) - held_back(stripped, (BOT,))].rstrip()
+def _v11_open_args(raw: str, value: CanonicalJsonStream) -> str:
+    """A prefix of the arguments of the call still being written. ``value`` scans the same text
+    once per character to find where the first JSON value ends (decoding it on every delta
+    made a long argument cost O(n^2)); text after that end is never arguments."""
+    stripped = raw.lstrip()
+    if value.end is not None:
+        return stripped[: value.end]
+    return stripped[: len(stripped) - held_back(stripped, (BOT,))].rstrip()
 
 
 def _open_content(head: str) -> str:
@@ -171,15 +172,16 @@ class MistralToolParser:
         parsed = _pre_v11_parse(text) if _is_pre_v11(text) else _v11_parse(text)
         return parsed if parsed is not None and parsed.calls else None
 
-    def snapshot(self, text: str) -> Snapshot:
+    def snapshot(self, text: str, values: ArgumentStreams) -> Snapshot:
         if BOT not in text:
             return Snapshot(_open_content(text))
         if not text.split(BOT, 1)[1].strip():
             return Snapshot(_open_content(text.split(BOT, 1)[0]))  # format not known yet
-        return _pre_v11_snapshot(text) if _is_pre_v11(text) else _v11_snapshot(text)
+        return _pre_v11_snapshot(text) if _is_pre_v11(text) else _v11_snapshot(text, values)
 
     def extract(self, text: str, tools: Sequence[Tool] = ()) -> ExtractedToolCalls:
         return with_ids(self.parse(text), text, self._new_id)
 
     def stream(self, tools: Sequence[Tool] = ()) -> ReparsingToolStream:
-        return ReparsingToolStream(self.snapshot, self.parse, self._new_id)
+        values = ArgumentStreams()
+        return ReparsingToolStream(lambda text: self.snapshot(text, values), self.parse, self._new_id)

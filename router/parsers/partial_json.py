@@ -1,10 +1,10 @@
-"""Streaming a call's ``arguments`` when the finished string is ``json.dumps`` of the parsed value.
+"""Arguments prefixes from a partial parse, for mistral's pre-v11 JSON array, and ``dumps``.
 
-vLLM's hermes, llama3_json and pythonic parsers return ``json.dumps(value, ensure_ascii=False)``
-of the model's arguments, not the model's own text (spacing and escapes differ). To stream
-fragments that concatenate to exactly that string, each step sends only a prefix the final
-string is sure to start with: the partial value (incomplete strings kept, incomplete numbers
-and literals left out) dumped the same way, minus every closing quote and bracket at its end.
+vLLM returns ``json.dumps(value, ensure_ascii=False)`` of the model's arguments, not the model's
+own text. A stream sends only a prefix the final string is sure to start with: the partial
+value (incomplete strings kept, incomplete numbers and literals left out) dumped the same way,
+minus every closing quote and bracket at its end. Re-parsing on every delta is O(n) per delta;
+hermes and llama3_json, whose arguments can be long, use ``json_stream`` instead.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ in ``DIVERGENT``, with what each side returns.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass
 
@@ -295,6 +296,26 @@ def test_arguments_stream_in_fragments() -> None:
     fragments = [p.arguments for d in [s.feed(ch) for ch in text] for p in d.tool_calls if p.arguments]
     assert len(fragments) > 10
     assert fragments[0].startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("name", "template"),
+    [
+        ("hermes", '<tool_call>\n{"name": "write", "arguments": ARGS}\n</tool_call>'),
+        ("llama3_json", '{"name": "write", "parameters": ARGS}; {"name": "done", "parameters": {}}'),
+        ("mistral", "[TOOL_CALLS]write[ARGS]ARGS[TOOL_CALLS]done[ARGS]{}"),
+    ],
+)
+def test_long_arguments_stream_whole(name: str, template: str) -> None:
+    """A 20 kB argument (code, escapes, numbers) in 4-character deltas, as a long write_file call streams."""
+    code = 'def f(x):\n    return "é\\"" + str(x * 1.5e3)\n' * 400
+    args = json.dumps({"path": "src/app.py", "content": code, "mode": 420, "tags": ["a", None, True]})
+    text = template.replace("ARGS", args)
+    parser = registry.tool_parser(name, counter_ids())
+    expected = parser.extract(text)
+    assert expected.tool_calls and len(expected.tool_calls[0].function.arguments) > 20_000
+    deltas = [text[i : i + 4] for i in range(0, len(text), 4)]
+    assert stream(registry.tool_parser(name, counter_ids()), deltas) == expected
 
 
 # Malformed outputs: vLLM's non-streamed parse refuses the whole output (all content, no call),
