@@ -8,7 +8,7 @@ and render the ``Answer``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from pdserve.state.memory import MemoryStore
 from router.admission import ANONYMOUS, Admission, AdmissionLimits
@@ -47,24 +47,27 @@ class RouterService:
             raise UnknownModelError(f"The model `{model}` does not exist.") from None
 
     async def serve(
-        self, model: str | None, generation: Callable[[ModelPool], Generation], client: str = ANONYMOUS
+        self, model: str | None, generations: Callable[[ModelPool], Sequence[Generation]], client: str = ANONYMOUS
     ) -> Answer:
-        """One request: ``generation`` validates it against the model's pool; admission
-        (``RateLimited`` / ``Overloaded``), placement and the first chunk happen before
-        this returns, so every error before the first token is raised here."""
+        """One request: ``generations`` validates it against the model's pool, into one
+        Generation per prompt (a completions batch has several). Admission (``RateLimited`` /
+        ``Overloaded``) charges the sum over prompts of prompt + n·max_tokens; admission,
+        placement and the first chunk happen before this returns, so every error before the
+        first token is raised here."""
         pool = self.pool(model)
-        gen = generation(pool)
-        if gen.n > 1:
-            chunks = self._orchestrator.generate_choices(pool, gen.choices())
-        else:
-            chunks = self._orchestrator.generate(pool, gen)
-        admitted = self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens * gen.n, chunks)
-        observed = self._metrics.observe(gen.arrival, len(gen.prompt_ids), admitted)
+        gens = generations(pool)
+        n = gens[0].n
+        prompts = tuple(tuple(gen.prompt_ids) for gen in gens)
+        chunks = self._orchestrator.generate(pool, gens)
+        budget = sum(gen.spec.max_tokens * gen.n for gen in gens)
+        admitted = self.admission.admitted(client, sum(map(len, prompts)), budget, chunks)
+        observed = self._metrics.observe(gens[0].arrival, [len(p) for p in prompts], n, admitted)
         first = await _first(observed)
         tok = pool.tokenizer
         return Answer(
             pool.name,
-            tuple(gen.prompt_ids),
+            prompts,
+            n,
             first,
             observed,
             tok.token_texts,

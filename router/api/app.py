@@ -87,7 +87,7 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrival = time.perf_counter()
         answer = await get_service().serve(
-            body.model, lambda pool: validate.chat(body, pool, arrival), _client(request)
+            body.model, lambda pool: [validate.chat(body, pool, arrival)], _client(request)
         )
         return await _respond(answer, body, chat=True)
 
@@ -102,7 +102,8 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
     shape = render.Shape(
         chat=chat,
         model=answer.model,
-        prompt_ids=answer.prompt_ids,
+        prompts=answer.prompts,
+        n=answer.n,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         return_token_ids=bool(body.return_token_ids),
         request_id=body.request_id,
@@ -118,23 +119,21 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
     return StreamingResponse(_guarded(render.stream(shape, answer.first, answer.rest)), media_type="text/event-stream")
 
 
-def _echo(answer: Answer, body: CompletionRequest | ChatCompletionRequest) -> str | None:
-    """What ``echo`` puts before each choice's text, as vLLM's server: a completion's prompt
-    (its text, or its ids decoded; nothing with ``return_token_ids``), a chat's last message
-    when it is the assistant's (the role the response continues)."""
+def _echo(answer: Answer, body: CompletionRequest | ChatCompletionRequest) -> tuple[str, ...] | None:
+    """What ``echo`` puts before each choice's text, per prompt, as vLLM's server: a
+    completion's prompt (its text, or its ids decoded; nothing with ``return_token_ids``), a
+    chat's last message when it is the assistant's (the role the response continues)."""
     if not body.echo:
         return None
     if isinstance(body, ChatCompletionRequest):
         last = body.messages[-1]
         if last.role != "assistant" or last.content is None:
-            return ""
-        return last.content if isinstance(last.content, str) else "\n".join(p.text for p in last.content)
+            return ("",)
+        return (last.content if isinstance(last.content, str) else "\n".join(p.text for p in last.content),)
     if body.return_token_ids:
-        return ""
-    prompt = body.prompt
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    return prompt if isinstance(prompt, str) else answer.decode(answer.prompt_ids)
+        return ("",) * len(answer.prompts)
+    texts = validate.prompts(body.prompt)
+    return tuple(p if isinstance(p, str) else answer.decode(ids) for p, ids in zip(texts, answer.prompts, strict=True))
 
 
 def _shown_logprobs(body: CompletionRequest | ChatCompletionRequest) -> int | None:
