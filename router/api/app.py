@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
-from router.api import errors, render, validate
+from router.api import errors, render, tokenize, validate
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
 from router.request import Answer
@@ -74,6 +74,14 @@ def create_app(
             for name, max_model_len in get_service().served_models()
         ]
         return {"object": "list", "data": data}
+
+    @app.post("/tokenize")
+    async def tokenize_prompt(body: tokenize.TokenizeRequest) -> dict[str, Any]:
+        return tokenize.tokenize(body, get_service().pool(body.model))
+
+    @app.post("/detokenize")
+    async def detokenize_tokens(body: tokenize.DetokenizeRequest) -> dict[str, Any]:
+        return tokenize.detokenize(body, get_service().pool(body.model))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:

@@ -85,6 +85,15 @@ def _prompt_ids(pool: ModelPool, req: CompletionRequest, prompt: str | list[int]
 
 
 def chat(req: ChatCompletionRequest, pool: ModelPool, arrival: float) -> Generation:
+    ids = chat_prompt(req, pool)
+    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    return _generation(pool, req, ids, limit, arrival)
+
+
+def chat_prompt(req: ChatCompletionRequest, pool: ModelPool) -> list[int]:
+    """A chat request's messages → the prompt's token ids. The one way from messages to ids:
+    /tokenize's chat form takes it too (router/api/tokenize.py), so it answers exactly the
+    ids a chat completion of the same messages generates from."""
     _check_fields(req, CHAT_REFUSED)
     if req.continue_final_message:
         raise BadRequestError("continue_final_message is not supported by pdserve yet", "continue_final_message")
@@ -93,11 +102,9 @@ def chat(req: ChatCompletionRequest, pool: ModelPool, arrival: float) -> Generat
         raise BadRequestError(f"{param} other than its default is not supported by pdserve yet", param)
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     try:
-        ids = pool.tokenizer.encode_chat(messages)
+        return pool.tokenizer.encode_chat(messages)
     except ValueError as exc:
         raise BadRequestError(str(exc), "messages") from None
-    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    return _generation(pool, req, ids, limit, arrival)
 
 
 def _check_fields(req: SamplingFields, refused: Mapping[str, Refused]) -> None:
