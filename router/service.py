@@ -9,6 +9,7 @@ and render the ``Answer``.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 
 from pdserve.state.memory import MemoryStore
 from router.admission import ANONYMOUS, Admission, AdmissionLimits
@@ -17,6 +18,20 @@ from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.pool import ModelPool
 from router.request import Answer, Chunk, Generation
+
+
+@dataclass(frozen=True)
+class Health:
+    """The router's models: ``served`` have a decode worker; ``without_decode`` have workers
+    (prefill only), none of which decodes, so every request for them fails with a 503."""
+
+    served: tuple[str, ...]
+    without_decode: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Every model the router knows can be served, and there is one."""
+        return bool(self.served) and not self.without_decode
 
 
 class RouterService:
@@ -37,10 +52,10 @@ class RouterService:
         """The named model's pool; no name (vLLM allows omitting it) means the first
         served model, as ``vllm serve`` takes its first served name."""
         if model is None:
-            served = [name for name, _ in self.served_models()]
+            served = self.served()
             if not served:
                 raise UnknownModelError("no model is served yet")
-            model = served[0]
+            return served[0]
         try:
             return self.pools[model]
         except KeyError:
@@ -74,10 +89,24 @@ class RouterService:
             lambda ids: tok.decode(ids, skip_special_tokens=False),
         )
 
-    def served_models(self) -> list[tuple[str, int]]:
-        """(name, max_model_len) of each model with a decode worker: one whose workers
-        all left is not served."""
-        return [(name, pool.max_model_len) for name, pool in self.pools.items() if pool.decode]
+    def served(self) -> list[ModelPool]:
+        """The pools of the models served now: those with a decode worker (one whose
+        workers all left is not served)."""
+        return [pool for pool in self.pools.values() if pool.decode]
+
+    def health(self) -> Health:
+        """The models with a worker, by whether one decodes. A model whose workers all left
+        is not counted: nothing tells it from one retired (/v1/models drops it too)."""
+        known = [pool for pool in self.pools.values() if pool.prefill or pool.decode]
+        return Health(
+            tuple(pool.name for pool in known if pool.decode), tuple(pool.name for pool in known if not pool.decode)
+        )
+
+    def vllm_version(self) -> str:
+        """The vLLM version the workers run: the first served model's (the model a request
+        without ``model`` gets; versions agree within a model); "" before a worker joined."""
+        pools = self.served() or list(self.pools.values())
+        return pools[0].vllm_version if pools else ""
 
     def rejected(self, reason: str) -> None:
         """A request refused before it reached the service (auth, validation, errors)."""

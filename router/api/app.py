@@ -1,11 +1,15 @@
 """FastAPI application: routes translate HTTP ⇄ RouterService calls, nothing more.
 
 A generation route validates the body against the model's pool (api/validate.py),
-makes one call, ``RouterService.serve``, and renders the ``Answer`` it returns."""
+makes one call, ``RouterService.serve``, and renders the ``Answer`` it returns. The
+others answer from the service's view of its pools (/health, /ping, /version,
+/v1/models) or a pool's tokenizer (/tokenize, /detokenize: api/tokenize.py), shaped as
+vLLM 0.32's server answers them."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -19,8 +23,9 @@ from router.admission import ANONYMOUS, client_id
 from router.api import errors, render, tokenize, validate
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
+from router.pool import ModelPool
 from router.request import Answer
-from router.service import RouterService
+from router.service import Health, RouterService
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -63,17 +68,22 @@ def create_app(
         return Response(get_service().exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        return _health(get_service().health())
+
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping() -> JSONResponse:
+        """SageMaker's health route: answered as /health, as vLLM's server answers it."""
+        return _health(get_service().health())
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": get_service().vllm_version()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         now = int(time.time())
-        data = [
-            {"id": name, "object": "model", "created": now, "owned_by": "pdserve", "max_model_len": max_model_len}
-            for name, max_model_len in get_service().served_models()
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [_model_card(pool, now) for pool in get_service().served()]}
 
     @app.post("/tokenize")
     async def tokenize_prompt(body: tokenize.TokenizeRequest) -> dict[str, Any]:
@@ -100,6 +110,45 @@ def create_app(
         return await _respond(answer, body, chat=True)
 
     return app
+
+
+def _health(health: Health) -> JSONResponse:
+    """200 while every model the router knows has a decode worker; else 503, saying which
+    have none (or that no worker has joined yet)."""
+    if health.ok:
+        return JSONResponse({"status": "ok"})
+    missing = list(health.without_decode)
+    message = f"no decode worker serves {', '.join(missing)}" if missing else "no model is served yet"
+    return JSONResponse({"status": "unavailable", "message": message, "models_without_decode": missing}, 503)
+
+
+def _model_card(pool: ModelPool, now: int) -> dict[str, Any]:
+    """vLLM's ``ModelCard``: ``root`` is the model directory the workers loaded, ``parent``
+    null (a base model, not an adapter), one permission with vLLM's defaults."""
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex}",
+        "object": "model_permission",
+        "created": now,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+    return {
+        "id": pool.name,
+        "object": "model",
+        "created": now,
+        "owned_by": "pdserve",
+        "root": pool.model_path or None,
+        "parent": None,
+        "max_model_len": pool.max_model_len,
+        "permission": [permission],
+    }
 
 
 def _client(request: Request) -> str:
