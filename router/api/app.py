@@ -47,7 +47,7 @@ def create_app(
 
         @app.middleware("http")
         async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            # /health and /metrics stay open for probes and Prometheus.
+            # The rest stays open, as vLLM guards /v1 only: /health and /metrics for probes and Prometheus.
             header = request.headers.get("authorization")
             if request.url.path.startswith("/v1/") and not bearer_ok(header, api_keys):
                 get_service().rejected("unauthenticated")
