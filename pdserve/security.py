@@ -2,9 +2,9 @@
 links between router and workers.
 
 - API keys (router): ``Authorization: Bearer <key>`` on every ``/v1/*`` request, checked
-  in constant time against every configured key; ``/health`` and ``/metrics`` stay open
-  for probes and Prometheus. Keys come from a file (one per line) or an environment
-  variable; they are never logged.
+  in constant time against every configured key; the other routes (``/health``,
+  ``/metrics``, ``/tokenize``, ...) stay open for probes and Prometheus, as vLLM's do.
+  Keys come from a file (one per line) or an environment variable; they are never logged.
 - Worker token: workers refuse every RPC without ``authorization: Bearer <token>``
   metadata (UNAUTHENTICATED), except the gRPC health service, which orchestrators probe
   without credentials.

@@ -145,6 +145,7 @@ class Fleet:
                 sampling_defaults=self._tokenizers.sampling_defaults(info.model, info.model_path),
                 scheduling_policy=info.scheduling_policy,
                 max_logprobs=info.max_logprobs,
+                model_path=info.model_path,
             )
             self.pools[info.model] = pool
         if isinstance(client, PrefillClient):

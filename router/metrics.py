@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -144,9 +144,11 @@ class RouterMetrics:
         return generate_latest(self.registry)
 
     async def observe(
-        self, arrival: float, prompt_tokens: int, chunks: AsyncIterator[Chunk]
+        self, arrival: float, prompt_tokens: Sequence[int], n: int, chunks: AsyncIterator[Chunk]
     ) -> AsyncGenerator[Chunk, None]:
-        """Pass chunks through, timing them: TTFT at the first, ITL per token after."""
+        """Pass chunks through, timing them: TTFT at the first, ITL per token after.
+        ``prompt_tokens``: each prompt's length (a completions batch has several), ``n``
+        choices each; a chunk's index is prompt index * n + choice."""
         self.inflight.inc()
         last = arrival
         first = True
@@ -163,9 +165,10 @@ class RouterMetrics:
                 last = now
                 if chunk.finish_reason is not None:
                     self.generation_tokens.inc(chunk.completion_tokens)  # every choice's
-                    if chunk.index == 0:  # the request's: its prompt was prefilled once
+                    if chunk.index == 0:
                         self.e2e.observe(now - arrival)
-                        self.prompt_tokens.inc(prompt_tokens)
+                    if chunk.index % n == 0:  # a prompt's first choice: the prompt was prefilled once
+                        self.prompt_tokens.inc(prompt_tokens[chunk.index // n])
                         self.cached_tokens.inc(chunk.cached_tokens)
                 yield chunk
         finally:

@@ -49,10 +49,21 @@ class Orchestrator:
         self._recovery = recovery or Recovery()
         self._releaser = KvReleaser(timeouts.release_s, self._observer.kv_released)
 
-    async def generate(self, pool: ModelPool, gen: Generation) -> AsyncGenerator[Chunk, None]:
-        async with contextlib.aclosing(self._run(RequestState(pool, gen, self._timeouts.request_s))) as chunks:
+    async def generate(self, pool: ModelPool, gens: Sequence[Generation]) -> AsyncGenerator[Chunk, None]:
+        """One request's chunks: one Generation per prompt (a completions batch has several,
+        all with the same ``n``). The prompts are different requests as far as placement
+        goes: each is placed on its own, with its own choices. Chunks carry vLLM's choice
+        index, prompt index * n + choice, and interleave as their tokens come."""
+        streams = [self._prompt(pool, gen) for gen in gens]
+        merged = streams[0] if len(streams) == 1 else _merge(streams, width=gens[0].n)
+        async with contextlib.aclosing(merged) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    def _prompt(self, pool: ModelPool, gen: Generation) -> AsyncGenerator[Chunk, None]:
+        if gen.n > 1:
+            return self.generate_choices(pool, gen.choices())
+        return self._run(RequestState(pool, gen, self._timeouts.request_s))
 
     async def generate_choices(self, pool: ModelPool, gens: Sequence[Generation]) -> AsyncGenerator[Chunk, None]:
         """The ``len(gens)`` choices of one request, interleaved, each chunk tagged with its
@@ -67,7 +78,7 @@ class Orchestrator:
         pin = first.placement.decode
         streams = [_prepend(head, lead)]
         streams += [self._run(RequestState(pool, g, self._timeouts.request_s, pin=pin)) for g in gens[1:]]
-        async with contextlib.aclosing(_merge(streams)) as merged:
+        async with contextlib.aclosing(_merge(streams, width=1)) as merged:
             async for chunk in merged:
                 yield chunk
 
@@ -223,10 +234,11 @@ async def _prepend(head: Chunk, rest: AsyncGenerator[Chunk, None]) -> AsyncGener
 _DONE = object()
 
 
-async def _merge(streams: Sequence[AsyncGenerator[Chunk, None]]) -> AsyncGenerator[Chunk, None]:
-    """Chunks of every stream as they come, tagged with the stream's index. The first
-    error ends the merge; leaving it (or an error) closes every stream, which ends their
-    RPCs and aborts their engine requests."""
+async def _merge(streams: Sequence[AsyncGenerator[Chunk, None]], width: int) -> AsyncGenerator[Chunk, None]:
+    """Chunks of every stream as they come, stream i's chunk c tagged with index
+    i * width + c's own index (``width``: how many indices one stream's chunks use). The
+    first error ends the merge; leaving it (or an error) closes every stream, which ends
+    their RPCs and aborts their engine requests."""
     queue: asyncio.Queue[tuple[int, Chunk | None, object]] = asyncio.Queue()
 
     async def pump(index: int, stream: AsyncGenerator[Chunk, None]) -> None:
@@ -249,7 +261,7 @@ async def _merge(streams: Sequence[AsyncGenerator[Chunk, None]]) -> AsyncGenerat
             elif isinstance(end, BaseException):
                 raise end
             elif chunk is not None:
-                yield dataclasses.replace(chunk, index=index)
+                yield dataclasses.replace(chunk, index=index * width + chunk.index)
     finally:
         for task in tasks:
             task.cancel()

@@ -42,8 +42,10 @@ class ModelPool:
         sampling_defaults: Mapping[str, float] | None = None,
         scheduling_policy: str = "fcfs",
         max_logprobs: int = 20,
+        model_path: str = "",
     ) -> None:
         self.name = name
+        self.model_path = model_path  # where the first worker loaded the model ("" if it reports none)
         self.tokenizer = tokenizer
         self.block_size = block_size
         self.vllm_version = vllm_version

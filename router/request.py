@@ -55,7 +55,7 @@ class Chunk:
     cached_tokens: int = 0
     token_ids: tuple[int, ...] = ()  # tokens consumed since the previous chunk
     logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when asked for
-    index: int = 0  # the choice it belongs to (n > 1)
+    index: int = 0  # the choice it belongs to: prompt index * n + choice (n > 1, completions batches)
     stop_reason: str | int | None = None  # the stop string, or stop token id, that ended it (vLLM's)
     # On the request's first chunk, when asked for: the prompt's logprobs, positions 1..
     # (position 0 has none); None: not asked for, or not this chunk.
@@ -76,7 +76,8 @@ class Answer:
     generated and timed. Closing ``rest`` ends the request on its workers."""
 
     model: str
-    prompt_ids: tuple[int, ...]
+    prompts: tuple[tuple[int, ...], ...]  # each prompt's ids: one, or a completions batch's
+    n: int  # choices per prompt; a chunk's ``index`` is prompt index * n + choice (vLLM's)
     first: Chunk
     rest: AsyncIterator[Chunk]
     token_texts: Callable[[Sequence[int]], list[str]]  # each token on its own, as logprobs show it

@@ -8,7 +8,8 @@ and render the ``Answer``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 
 from pdserve.state.memory import MemoryStore
 from router.admission import ANONYMOUS, Admission, AdmissionLimits
@@ -17,6 +18,20 @@ from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.pool import ModelPool
 from router.request import Answer, Chunk, Generation
+
+
+@dataclass(frozen=True)
+class Health:
+    """The router's models: ``served`` have a decode worker; ``without_decode`` have workers
+    (prefill only), none of which decodes, so every request for them fails with a 503."""
+
+    served: tuple[str, ...]
+    without_decode: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Every model the router knows can be served, and there is one."""
+        return bool(self.served) and not self.without_decode
 
 
 class RouterService:
@@ -37,34 +52,37 @@ class RouterService:
         """The named model's pool; no name (vLLM allows omitting it) means the first
         served model, as ``vllm serve`` takes its first served name."""
         if model is None:
-            served = [name for name, _ in self.served_models()]
+            served = self.served()
             if not served:
                 raise UnknownModelError("no model is served yet")
-            model = served[0]
+            return served[0]
         try:
             return self.pools[model]
         except KeyError:
             raise UnknownModelError(f"The model `{model}` does not exist.") from None
 
     async def serve(
-        self, model: str | None, generation: Callable[[ModelPool], Generation], client: str = ANONYMOUS
+        self, model: str | None, generations: Callable[[ModelPool], Sequence[Generation]], client: str = ANONYMOUS
     ) -> Answer:
-        """One request: ``generation`` validates it against the model's pool; admission
-        (``RateLimited`` / ``Overloaded``), placement and the first chunk happen before
-        this returns, so every error before the first token is raised here."""
+        """One request: ``generations`` validates it against the model's pool, into one
+        Generation per prompt (a completions batch has several). Admission (``RateLimited`` /
+        ``Overloaded``) charges the sum over prompts of prompt + n·max_tokens; admission,
+        placement and the first chunk happen before this returns, so every error before the
+        first token is raised here."""
         pool = self.pool(model)
-        gen = generation(pool)
-        if gen.n > 1:
-            chunks = self._orchestrator.generate_choices(pool, gen.choices())
-        else:
-            chunks = self._orchestrator.generate(pool, gen)
-        admitted = self.admission.admitted(client, len(gen.prompt_ids), gen.spec.max_tokens * gen.n, chunks)
-        observed = self._metrics.observe(gen.arrival, len(gen.prompt_ids), admitted)
+        gens = generations(pool)
+        n = gens[0].n
+        prompts = tuple(tuple(gen.prompt_ids) for gen in gens)
+        chunks = self._orchestrator.generate(pool, gens)
+        budget = sum(gen.spec.max_tokens * gen.n for gen in gens)
+        admitted = self.admission.admitted(client, sum(map(len, prompts)), budget, chunks)
+        observed = self._metrics.observe(gens[0].arrival, [len(p) for p in prompts], n, admitted)
         first = await _first(observed)
         tok = pool.tokenizer
         return Answer(
             pool.name,
-            tuple(gen.prompt_ids),
+            prompts,
+            n,
             first,
             observed,
             tok.token_texts,
@@ -72,10 +90,24 @@ class RouterService:
             pool.system_fingerprint,
         )
 
-    def served_models(self) -> list[tuple[str, int]]:
-        """(name, max_model_len) of each model with a decode worker: one whose workers
-        all left is not served."""
-        return [(name, pool.max_model_len) for name, pool in self.pools.items() if pool.decode]
+    def served(self) -> list[ModelPool]:
+        """The pools of the models served now: those with a decode worker (one whose
+        workers all left is not served)."""
+        return [pool for pool in self.pools.values() if pool.decode]
+
+    def health(self) -> Health:
+        """The models with a worker, by whether one decodes. A model whose workers all left
+        is not counted: nothing tells it from one retired (/v1/models drops it too)."""
+        known = [pool for pool in self.pools.values() if pool.prefill or pool.decode]
+        return Health(
+            tuple(pool.name for pool in known if pool.decode), tuple(pool.name for pool in known if not pool.decode)
+        )
+
+    def vllm_version(self) -> str:
+        """The vLLM version the workers run: the first served model's (the model a request
+        without ``model`` gets; versions agree within a model); "" before a worker joined."""
+        pools = self.served() or list(self.pools.values())
+        return pools[0].vllm_version if pools else ""
 
     def rejected(self, reason: str) -> None:
         """A request refused before it reached the service (auth, validation, errors)."""

@@ -80,6 +80,11 @@ class Tokenizer:
     def stream_decoder(self, prompt_ids: Sequence[int], skip_special_tokens: bool = True) -> StreamDecoder:
         return StreamDecoder(self._tok, prompt_ids, skip_special_tokens)
 
+    def token_strs(self, token_ids: Sequence[int]) -> list[str | None]:
+        """Each token's vocabulary entry (``convert_ids_to_tokens``: "Ġworld"), as vLLM's
+        /tokenize shows them; None for an id past the vocabulary."""
+        return list(self._tok.convert_ids_to_tokens(list(token_ids)))
+
     def token_texts(self, token_ids: Sequence[int]) -> list[str]:
         """Each token decoded on its own, as vLLM shows tokens in logprobs
         (``convert_ids_list_to_tokens``): a SentencePiece-style leading-space marker that
@@ -134,6 +139,9 @@ class TokenIdsOnly:
 
     def token_texts(self, token_ids: Sequence[int]) -> list[str]:
         return ["" for _ in token_ids]
+
+    def token_strs(self, token_ids: Sequence[int]) -> list[str | None]:
+        raise ValueError("this model has no tokenizer: its tokens have no strings")
 
 
 class _Silent:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Container health check (Docker HEALTHCHECK; Kubernetes uses its own native probes).
 
-    pdserve-healthcheck http [PORT]   router: GET /health answers 200
+    pdserve-healthcheck http [PORT]   router: GET /health answers 200 (every model it knows has a decode worker)
     pdserve-healthcheck grpc [PORT]   worker: grpc.health.v1 Check(service="") is SERVING
 
 Exit 0 when healthy, 1 when not (Docker's convention). Without PORT: the router's

@@ -150,7 +150,7 @@ def create_app(engine: SimDecodeEngine, tok: Tokenizer | TokenIdsOnly, model: st
         except (_BadRequest, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             return _error(400, str(exc))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        shape = render.Shape(chat=chat, model=model, prompt_ids=tuple(prompt), include_usage=include_usage)
+        shape = render.Shape(chat=chat, model=model, prompts=(tuple(prompt),), include_usage=include_usage)
         deltas = engine.decode(RequestId(render.new_id(shape)), prompt, sampling, None)
         chunks = _chunks(deltas, tok, prompt)
         try:

@@ -1,11 +1,15 @@
 """FastAPI application: routes translate HTTP ⇄ RouterService calls, nothing more.
 
 A generation route validates the body against the model's pool (api/validate.py),
-makes one call, ``RouterService.serve``, and renders the ``Answer`` it returns."""
+makes one call, ``RouterService.serve``, and renders the ``Answer`` it returns. The
+others answer from the service's view of its pools (/health, /ping, /version,
+/v1/models) or a pool's tokenizer (/tokenize, /detokenize: api/tokenize.py), shaped as
+vLLM 0.32's server answers them."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -16,12 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
-from router.api import errors, render, validate
+from router.api import errors, render, tokenize, validate
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
 from router.chat import ChatOptions
+from router.pool import ModelPool
 from router.request import Answer
-from router.service import RouterService
+from router.service import Health, RouterService
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -46,7 +51,7 @@ def create_app(
 
         @app.middleware("http")
         async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            # /health and /metrics stay open for probes and Prometheus.
+            # The rest stays open, as vLLM guards /v1 only: /health and /metrics for probes and Prometheus.
             header = request.headers.get("authorization")
             if request.url.path.startswith("/v1/") and not bearer_ok(header, api_keys):
                 get_service().rejected("unauthenticated")
@@ -67,17 +72,30 @@ def create_app(
         return Response(get_service().exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        return _health(get_service().health())
+
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping() -> JSONResponse:
+        """SageMaker's health route: answered as /health, as vLLM's server answers it."""
+        return _health(get_service().health())
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": get_service().vllm_version()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         now = int(time.time())
-        data = [
-            {"id": name, "object": "model", "created": now, "owned_by": "pdserve", "max_model_len": max_model_len}
-            for name, max_model_len in get_service().served_models()
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [_model_card(pool, now) for pool in get_service().served()]}
+
+    @app.post("/tokenize")
+    async def tokenize_prompt(body: tokenize.TokenizeRequest) -> dict[str, Any]:
+        return tokenize.tokenize(body, get_service().pool(body.model), chat_options)
+
+    @app.post("/detokenize")
+    async def detokenize_tokens(body: tokenize.DetokenizeRequest) -> dict[str, Any]:
+        return tokenize.detokenize(body, get_service().pool(body.model))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -93,7 +111,7 @@ def create_app(
         arrival = time.perf_counter()
         _take_request_id(body, request)
         answer = await get_service().serve(
-            body.model, lambda pool: validate.chat(body, pool, arrival, chat_options), _client(request)
+            body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], _client(request)
         )
         return await _respond(answer, body, chat=True)
 
@@ -107,6 +125,45 @@ def _take_request_id(body: CompletionRequest | ChatCompletionRequest, request: R
         body.request_id = header
 
 
+def _health(health: Health) -> JSONResponse:
+    """200 while every model the router knows has a decode worker; else 503, saying which
+    have none (or that no worker has joined yet)."""
+    if health.ok:
+        return JSONResponse({"status": "ok"})
+    missing = list(health.without_decode)
+    message = f"no decode worker serves {', '.join(missing)}" if missing else "no model is served yet"
+    return JSONResponse({"status": "unavailable", "message": message, "models_without_decode": missing}, 503)
+
+
+def _model_card(pool: ModelPool, now: int) -> dict[str, Any]:
+    """vLLM's ``ModelCard``: ``root`` is the model directory the workers loaded, ``parent``
+    null (a base model, not an adapter), one permission with vLLM's defaults."""
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex}",
+        "object": "model_permission",
+        "created": now,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+    return {
+        "id": pool.name,
+        "object": "model",
+        "created": now,
+        "owned_by": "pdserve",
+        "root": pool.model_path or None,
+        "parent": None,
+        "max_model_len": pool.max_model_len,
+        "permission": [permission],
+    }
+
+
 def _client(request: Request) -> str:
     return getattr(request.state, "client", ANONYMOUS)
 
@@ -115,7 +172,8 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
     shape = render.Shape(
         chat=chat,
         model=answer.model,
-        prompt_ids=answer.prompt_ids,
+        prompts=answer.prompts,
+        n=answer.n,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         continuous_usage=bool(
             body.stream_options and body.stream_options.include_usage and body.stream_options.continuous_usage_stats
@@ -135,27 +193,25 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
     return StreamingResponse(_guarded(render.stream(shape, answer.first, answer.rest)), media_type="text/event-stream")
 
 
-def _echo(answer: Answer, body: CompletionRequest | ChatCompletionRequest) -> str | None:
-    """What ``echo`` puts before each choice's text, as vLLM's server: a completion's prompt
-    (its text, or its ids decoded; nothing with ``return_token_ids``), a chat's last message
-    when its role is the response's (the assistant's, or with ``add_generation_prompt`` off
-    the last message's own)."""
+def _echo(answer: Answer, body: CompletionRequest | ChatCompletionRequest) -> tuple[str, ...] | None:
+    """What ``echo`` puts before each choice's text, per prompt, as vLLM's server: a
+    completion's prompt (its text, or its ids decoded; nothing with ``return_token_ids``), a
+    chat's last message when its role is the response's (the assistant's, or with
+    ``add_generation_prompt`` off the last message's own)."""
     if not body.echo:
         return None
     if isinstance(body, ChatCompletionRequest):
         last = body.messages[-1]
         role = "assistant" if body.add_generation_prompt else last.role
         if last.role != role or last.content is None:
-            return ""
+            return ("",)
         if isinstance(last.content, str):
-            return last.content
-        return "\n".join(p if isinstance(p, str) else str(p.get("text", "")) for p in last.content)
+            return (last.content,)
+        return ("\n".join(p if isinstance(p, str) else str(p.get("text", "")) for p in last.content),)
     if body.return_token_ids:
-        return ""
-    prompt = body.prompt
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    return prompt if isinstance(prompt, str) else answer.decode(answer.prompt_ids)
+        return ("",) * len(answer.prompts)
+    texts = validate.prompts(body.prompt)
+    return tuple(p if isinstance(p, str) else answer.decode(ids) for p, ids in zip(texts, answer.prompts, strict=True))
 
 
 def _shown_logprobs(body: CompletionRequest | ChatCompletionRequest) -> int | None:

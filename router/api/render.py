@@ -19,7 +19,8 @@ class Shape:
 
     chat: bool
     model: str
-    prompt_ids: tuple[int, ...]
+    prompts: tuple[tuple[int, ...], ...]  # each prompt's ids: one, or a completions batch's
+    n: int = 1  # choices per prompt: choice index = prompt index * n + choice, as vLLM numbers them
     include_usage: bool = False
     continuous_usage: bool = False  # stream_options.continuous_usage_stats (with include_usage): usage per chunk
     return_token_ids: bool = False
@@ -29,12 +30,16 @@ class Shape:
     token_texts: Callable[[Sequence[int]], list[str]] = lambda ids: [""] * len(ids)
     decode: Callable[[Sequence[int]], str] = lambda ids: ""
     system_fingerprint: str | None = None  # the decode workers' (vLLM's): whole responses, final chunks
-    echo: str | None = None  # echo: the text every choice starts with (None: no echo)
+    echo: tuple[str, ...] | None = None  # echo: per prompt, the text its choices start with (None: no echo)
     echo_only: bool = False  # echo with max_tokens 0: the prompt alone, the generated token hidden
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.prompt_ids)
+        return sum(len(p) for p in self.prompts)
+
+    def prompt(self, index: int) -> int:
+        """The prompt that choice ``index`` answers."""
+        return index // self.n
 
     @property
     def object(self) -> str:
@@ -136,9 +141,13 @@ def prompt_logprobs(shape: Shape, lps: Sequence[TokenLogprobs] | None) -> list[d
 
 
 def _choice_logprobs(
-    shape: Shape, lps: Sequence[TokenLogprobs], offset: int = 0, prompt: Sequence[TokenLogprobs] | None = None
+    shape: Shape,
+    index: int,
+    lps: Sequence[TokenLogprobs],
+    offset: int = 0,
+    prompt: Sequence[TokenLogprobs] | None = None,
 ) -> dict[str, Any] | None:
-    """A choice's logprobs (or a chunk's); ``prompt``: the prompt's, which an echoing
+    """Choice ``index``'s logprobs (or a chunk's); ``prompt``: its prompt's, which an echoing
     completion shows before its own (its first token bare)."""
     if shape.logprobs is None:
         return None
@@ -147,16 +156,17 @@ def _choice_logprobs(
     if prompt is None:
         return completion_logprobs(shape, lps, offset)
     shown = () if shape.echo_only else lps
-    return completion_logprobs(shape, [*prompt, *shown], offset, bare=shape.prompt_ids[:1])
+    return completion_logprobs(shape, [*prompt, *shown], offset, bare=shape.prompts[shape.prompt(index)][:1])
 
 
-def _shown_text(shape: Shape, text: str, first: bool) -> str:
-    """A choice's text as sent: an echo starts its first part; echo-only shows no output."""
+def _shown_text(shape: Shape, index: int, text: str, first: bool) -> str:
+    """Choice ``index``'s text as sent: its prompt's echo starts its first part; echo-only
+    shows no output."""
     if shape.echo is None:
         return text
     if not first:
         return "" if shape.echo_only else text
-    return shape.echo + ("" if shape.echo_only else text)
+    return shape.echo[shape.prompt(index)] + ("" if shape.echo_only else text)
 
 
 @dataclass
@@ -178,9 +188,10 @@ class _Choice:
         self.last = chunk
 
 
-def _usage_of(shape: Shape, lasts: dict[int, Chunk]) -> dict[str, Any]:
-    """Completion tokens of every choice; the prompt (and its cache hits) counted once."""
-    cached = lasts[0].cached_tokens if 0 in lasts else 0
+def _usage_of(shape: Shape, lasts: dict[int, Chunk], cached: int) -> dict[str, Any]:
+    """Completion tokens of every choice, each prompt counted once. ``cached``: one prompt's
+    cache hits, as vLLM reports them for a batch (the last prompt's in a whole response,
+    the first answer's in a stream)."""
     return usage(shape, sum(c.completion_tokens for c in lasts.values()), cached)
 
 
@@ -188,26 +199,32 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
     """A whole response, key for key as vLLM's server writes it (``null`` where it has
     nothing to say), so a client reading vLLM's fields finds them."""
     rendered = []
-    prompt_ids = list(shape.prompt_ids) if shape.return_token_ids else None
-    scored = next((c.prompt_logprobs for c in choices.values() if c.prompt_logprobs is not None), None)
-    echoed = scored if shape.echo is not None else None
+    # each prompt's logprobs come with its first choice (the others do not ask again)
+    scored = {shape.prompt(i): c.prompt_logprobs for i, c in choices.items() if c.prompt_logprobs is not None}
     for index, c in sorted(choices.items()):
         assert c.last is not None and c.last.finish_reason is not None  # the orchestrator guarantees it
-        text = _shown_text(shape, "".join(c.parts), first=True)
+        p = shape.prompt(index)
+        text = _shown_text(shape, index, "".join(c.parts), first=True)
+        echoed = scored.get(p) if shape.echo is not None else None
         choice: dict[str, Any] = {
             "index": index,
             "finish_reason": c.last.finish_reason,
             "stop_reason": c.last.stop_reason,
-            "logprobs": _choice_logprobs(shape, c.logprobs, prompt=echoed),
+            "logprobs": _choice_logprobs(shape, index, c.logprobs, prompt=echoed),
             "token_ids": c.token_ids if shape.return_token_ids else None,
             "routed_experts": None,
         }
         if shape.chat:
             choice["message"] = {"role": "assistant", "content": text, **_CHAT_MESSAGE_NULLS}
         else:
-            choice |= {"text": text, "prompt_logprobs": prompt_logprobs(shape, scored), "prompt_token_ids": prompt_ids}
+            choice |= {
+                "text": text,
+                "prompt_logprobs": prompt_logprobs(shape, scored.get(p)),
+                "prompt_token_ids": _prompt_ids(shape, p),
+            }
         rendered.append(choice)
     lasts = {i: c.last for i, c in choices.items() if c.last is not None}
+    last_prompt = lasts.get((len(shape.prompts) - 1) * shape.n)
     body = {
         "id": new_id(shape),
         "object": shape.object,
@@ -216,13 +233,22 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
         "choices": rendered,
         "service_tier": None,
         "system_fingerprint": shape.system_fingerprint,
-        "usage": _usage_of(shape, lasts),
+        "usage": _usage_of(shape, lasts, last_prompt.cached_tokens if last_prompt else 0),
         "kv_transfer_params": None,
         "ec_transfer_params": None,
     }
     if shape.chat:
-        body |= {"prompt_logprobs": prompt_logprobs(shape, scored), "prompt_token_ids": prompt_ids, "prompt_text": None}
+        body |= {
+            "prompt_logprobs": prompt_logprobs(shape, scored.get(0)),
+            "prompt_token_ids": _prompt_ids(shape, 0),
+            "prompt_text": None,
+        }
     return body
+
+
+def _prompt_ids(shape: Shape, prompt: int) -> list[int] | None:
+    """A prompt's ids where the response shows them: only with ``return_token_ids``."""
+    return list(shape.prompts[prompt]) if shape.return_token_ids else None
 
 
 # Chat message fields vLLM's server writes as null when it has no refusal, audio,
@@ -256,19 +282,19 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     rid, created = new_id(shape), int(time.time())
     offsets: dict[int, int] = {}  # completions' text_offset runs on across a choice's chunks
     lasts: dict[int, Chunk] = {}
-    scored: tuple[TokenLogprobs, ...] | None = None  # the prompt's logprobs (choice 0's first chunk)
+    scored: dict[int, tuple[TokenLogprobs, ...]] = {}  # each prompt's logprobs (its first choice's first chunk)
 
     def event(chunk: Chunk) -> bytes:
-        nonlocal scored
+        p = shape.prompt(chunk.index)
         if chunk.prompt_logprobs is not None:
-            scored = chunk.prompt_logprobs
+            scored[p] = chunk.prompt_logprobs
         role = chunk.index not in lasts  # a choice's first chunk names the role
         lasts[chunk.index] = chunk
-        echoed = scored if role and shape.echo is not None else None
-        logprobs = _choice_logprobs(shape, chunk.logprobs, offsets.get(chunk.index, 0), prompt=echoed)
+        echoed = scored.get(p) if role and shape.echo is not None else None
+        logprobs = _choice_logprobs(shape, chunk.index, chunk.logprobs, offsets.get(chunk.index, 0), prompt=echoed)
         if logprobs is not None and not shape.chat and logprobs["tokens"]:
             offsets[chunk.index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
-        text = _shown_text(shape, chunk.text, first=role)
+        text = _shown_text(shape, chunk.index, chunk.text, first=role)
         choice: dict[str, Any] = {"index": chunk.index, "finish_reason": chunk.finish_reason, "logprobs": logprobs}
         choice["stop_reason"] = chunk.stop_reason
         body: dict[str, Any] = {"id": rid, "object": shape.chunk_object, "created": created, "model": shape.model}
@@ -280,20 +306,20 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 delta["role"] = "assistant"
             choice["delta"] = delta
             if role:  # a choice's first chunk has the key, as vLLM's server writes it
-                body["prompt_token_ids"] = list(shape.prompt_ids) if shape.return_token_ids else None
+                body["prompt_token_ids"] = _prompt_ids(shape, p)
             body["prompt_text"] = None
         else:
             choice["text"] = text
             # every chunk has the key, the ids on a choice's first (vLLM also sends them with an echo)
             shown = role and (shape.return_token_ids or shape.echo is not None)
-            choice["prompt_token_ids"] = list(shape.prompt_ids) if shown else None
+            choice["prompt_token_ids"] = list(shape.prompts[p]) if shown else None
         # vLLM's server writes the key in every chunk, null unless asked for
         choice["token_ids"] = list(chunk.token_ids) if shape.return_token_ids else None
         body["choices"] = [choice]
         if shape.include_usage:  # continuous: the choice's tokens so far, as vLLM's server counts them
-            n = chunk.completion_tokens
+            n, prompt = chunk.completion_tokens, len(shape.prompts[p])
             body["usage"] = (
-                {"prompt_tokens": shape.prompt_tokens, "completion_tokens": n, "total_tokens": shape.prompt_tokens + n}
+                {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
                 if shape.continuous_usage
                 else None
             )
@@ -303,6 +329,7 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     async for chunk in rest:
         yield event(chunk)
     if shape.include_usage:
+        final = _usage_of(shape, lasts, first.cached_tokens)
         yield sse(
             {
                 "id": rid,
@@ -312,7 +339,7 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 "choices": [],
                 **({"system_fingerprint": shape.system_fingerprint} if shape.system_fingerprint else {}),
                 # vLLM's streamed usage has no completion_tokens_details key
-                "usage": {k: v for k, v in _usage_of(shape, lasts).items() if k != "completion_tokens_details"},
+                "usage": {k: v for k, v in final.items() if k != "completion_tokens_details"},
             }
         )
     yield b"data: [DONE]\n\n"

@@ -308,6 +308,8 @@ CHAT_REFUSED: dict[str, Refused] = {
 }
 COMPLETION_REFUSED: dict[str, Refused] = {
     **_SHARED_REFUSED,
-    "suffix": Refused((None,), "suffix (fill-in-the-middle) is not supported, as in vLLM"),
+    # vLLM 0.32 renders fill-in-the-middle for DeepSeek-V4 only; for any other model its
+    # server gives this 400 (OnlineRenderer.render_completion), with this message.
+    "suffix": Refused((None,), "is only supported for models with FIM completion rendering"),
     "prompt_embeds": Refused((None,), "prompt embeddings are not supported"),
 }

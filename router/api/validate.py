@@ -46,37 +46,62 @@ NEUTRAL: Mapping[str, float] = {
 # Removed from vLLM's models, which now ignore them with a warning: the client asked for
 # constrained output and would get free text, so they are refused instead.
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend")
-MAX_N = 128  # choices per request (vLLM sets no bound; this keeps one request's fan-out sane)
+MAX_PROMPTS = 1024  # prompts per completions request: vLLM's VLLM_MAX_COMPLETION_PROMPTS default
+MAX_N = 128  # choices per prompt (vLLM sets no bound; this keeps one request's fan-out sane)
 MAX_BAD_WORDS = 128  # vLLM's VLLM_MAX_NUM_BAD_WORDS default, counted after tokenization
 
 
-def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> Generation:
+def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> list[Generation]:
+    """One Generation per prompt: a completions ``prompt`` is one prompt (text or token ids)
+    or a batch of them, each generated on its own with the request's sampling."""
+    texts = prompts(req.prompt)
     _check_fields(req, COMPLETION_REFUSED)
-    prompt = req.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-        if len(prompt) != 1:
-            raise BadRequestError("only one prompt per request is supported", "prompt")
-        prompt = prompt[0]
-    try:
-        ids = (
-            pool.tokenizer.encode(prompt, req.add_special_tokens)
-            if isinstance(prompt, str)
-            else cast("list[int]", prompt)
-        )
-    except ValueError as exc:  # a model without a tokenizer takes token ids only
-        raise BadRequestError(str(exc), "prompt") from None
     # echo with max_tokens 0 returns the prompt alone: vLLM generates one token and shows none
     echo_only = bool(req.echo) and req.max_tokens == 0
-    return _generation(pool, req, ids, 1 if echo_only else req.max_tokens, arrival)
+    limit = 1 if echo_only else req.max_tokens
+    return [_generation(pool, req, _prompt_ids(pool, req, p), limit, arrival) for p in texts]
+
+
+def prompts(prompt: str | list[int] | list[str] | list[list[int]]) -> list[str | list[int]]:
+    """The prompts of a completions request, read as vLLM's ``prompt_to_seq`` reads them: a
+    string or one list of token ids is one prompt; a list of strings or of token-id lists
+    is a batch of at most ``MAX_PROMPTS``."""
+    if prompt == "":
+        raise BadRequestError("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        return [cast("str | list[int]", prompt)]
+    if len(prompt) > MAX_PROMPTS:
+        raise BadRequestError(
+            f"prompt list length {len(prompt)} exceeds the maximum allowed count of {MAX_PROMPTS}.", "prompt"
+        )
+    return list(cast("list[str | list[int]]", prompt))
+
+
+def _prompt_ids(pool: ModelPool, req: CompletionRequest, prompt: str | list[int]) -> list[int]:
+    if not isinstance(prompt, str):
+        return prompt
+    try:
+        return pool.tokenizer.encode(prompt, req.add_special_tokens)
+    except ValueError as exc:  # a model without a tokenizer takes token ids only
+        raise BadRequestError(str(exc), "prompt") from None
 
 
 def chat(
     req: ChatCompletionRequest, pool: ModelPool, arrival: float, options: chat_render.ChatOptions | None = None
 ) -> Generation:
-    _check_fields(req, CHAT_REFUSED)
-    ids = chat_prompt_ids(req, pool, options or chat_render.ChatOptions())
+    ids = chat_prompt(req, pool, options)
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     return _generation(pool, req, ids, limit, arrival)
+
+
+def chat_prompt(
+    req: ChatCompletionRequest, pool: ModelPool, options: chat_render.ChatOptions | None = None
+) -> list[int]:
+    """A chat request's messages → the prompt's token ids. The one way from messages to ids:
+    /tokenize's chat form takes it too (router/api/tokenize.py), so it answers exactly the
+    ids a chat completion of the same messages generates from."""
+    _check_fields(req, CHAT_REFUSED)
+    return chat_prompt_ids(req, pool, options or chat_render.ChatOptions())
 
 
 def chat_prompt_ids(req: ChatCompletionRequest, pool: ModelPool, options: chat_render.ChatOptions) -> list[int]:

@@ -1,19 +1,22 @@
 """The router's request models against vLLM's own (DESIGN §7): every field vLLM's
 ChatCompletionRequest and CompletionRequest have is declared (honoured) or refused by
-name, nothing else is declared, and ``null`` is accepted exactly where vLLM accepts it."""
+name, nothing else is declared, and ``null`` is accepted exactly where vLLM accepts it;
+/tokenize, /detokenize and /v1/models take and answer vLLM's fields."""
 
 from __future__ import annotations
 
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from pdserve.engine.base import SamplingSpec
-from router.api import schemas, structured
+from router.api import schemas, structured, tokenize
 from tests.helpers import structural_tags as tags
+from tests.helpers.router import ScriptedDecode, ScriptedPrefill, scripted_router, tiny_tokenizer
 
 vllm_chat = pytest.importorskip("vllm.entrypoints.openai.chat_completion.protocol")
 vllm_completion = pytest.importorskip("vllm.entrypoints.openai.completion.protocol")
@@ -102,3 +105,49 @@ def test_structural_tags_are_what_vllm_makes_of_them(
     else:
         with pytest.raises(vllm_compat.CLIENT_ERRORS, match="Invalid structural tag specification"):
             vllm_compat.structured_outputs(SamplingSpec(max_tokens=1, structured_outputs=sent))
+
+
+vllm_tokenize = pytest.importorskip("vllm.entrypoints.serve.tokenize.protocol")
+vllm_serve = pytest.importorskip("vllm.entrypoints.serve.engine.protocol")
+TOKENIZE_PAIRS = [
+    (tokenize.TokenizeCompletionRequest, vllm_tokenize.TokenizeCompletionRequest),
+    (tokenize.TokenizeChatRequest, vllm_tokenize.TokenizeChatRequest),
+    (tokenize.DetokenizeRequest, vllm_tokenize.DetokenizeRequest),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), TOKENIZE_PAIRS, ids=[p[0].__name__ for p in TOKENIZE_PAIRS])
+def test_tokenize_bodies_are_vllms(ours: type[BaseModel], theirs: type[BaseModel]) -> None:
+    """/tokenize and /detokenize take vLLM's fields, with its defaults and nullability."""
+    assert set(ours.model_fields) == set(theirs.model_fields)
+    for name, field in ours.model_fields.items():
+        other = theirs.model_fields[name]
+        assert _takes_none(field.annotation) == _takes_none(other.annotation), name
+        if not field.is_required():
+            assert field.get_default(call_default_factory=True) == other.get_default(call_default_factory=True), name
+
+
+def test_a_tokenize_chat_body_is_a_chat_completion_body() -> None:
+    """The chat form is rendered as the chat completion of the same fields (router/api/tokenize.py):
+    every field of it but ``return_token_strs`` is a chat completion field, with the same default."""
+    fields = set(vllm_tokenize.TokenizeChatRequest.model_fields) - {"return_token_strs"}
+    chat = vllm_chat.ChatCompletionRequest.model_fields
+    assert fields <= set(chat)
+    for name in fields - {"messages"}:
+        mine = vllm_tokenize.TokenizeChatRequest.model_fields[name].get_default(call_default_factory=True)
+        assert mine == chat[name].get_default(call_default_factory=True), name
+
+
+def test_answers_have_vllms_keys(tmp_path: Path) -> None:
+    """/tokenize, /detokenize and /v1/models answer with the keys of vLLM's response models."""
+    router = scripted_router(tiny_tokenizer(tmp_path), [ScriptedPrefill()], [ScriptedDecode([5])], model_path="/m")
+    tokenized = router.client.post("/tokenize", json={"prompt": "hi"}).json()
+    assert list(tokenized) == list(vllm_tokenize.TokenizeResponse.model_fields)
+    assert list(router.client.post("/detokenize", json={"tokens": [5]}).json()) == ["prompt"]
+    listing = router.client.get("/v1/models").json()
+    assert list(listing) == list(vllm_serve.ModelList.model_fields)
+    (card,) = listing["data"]
+    assert list(card) == list(vllm_serve.ModelCard.model_fields)
+    assert list(card["permission"][0]) == list(vllm_serve.ModelPermission.model_fields)
+    defaults = vllm_serve.ModelPermission().model_dump(exclude={"id", "created"})
+    assert {k: v for k, v in card["permission"][0].items() if k in defaults} == defaults

@@ -107,6 +107,17 @@ def test_every_container_is_probed_bounded_and_non_root(overlay: str) -> None:
             assert c["image"].rsplit(":", 1)[-1] not in ("", "latest") and ":" in c["image"], c["image"]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_probes_restart_it_only_when_it_stops_answering(overlay: str) -> None:
+    """/health is 503 while a model has no decode worker (none registered yet, or all gone):
+    readiness only. Start-up and liveness ask /version, which the router answers alone."""
+    dep = find(render(overlay), "Deployment", "pdserve-router")
+    (router,) = dep["spec"]["template"]["spec"]["containers"]
+    assert router["readinessProbe"]["httpGet"]["path"] == "/health"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert router[probe]["httpGet"]["path"] == "/version", probe
+
+
 @pytest.mark.parametrize("role", WORKER_ROLES)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_worker_deployment_has_role_label_probes_placement_and_autoscaler(overlay: str, role: str) -> None:

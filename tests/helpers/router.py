@@ -170,17 +170,21 @@ def make_pool(
     sampling_defaults: dict[str, float] | None = None,
     scheduling_policy: str = "fcfs",
     max_logprobs: int = 20,
+    vllm_version: str = "",
+    model_path: str = "",
 ) -> ModelPool:
     return ModelPool(
         name,
         tokenizer,
         max_model_len=max_model_len,
         block_size=block_size,
+        vllm_version=vllm_version,
         prefill={p.worker: p for p in prefill},
         decode={d.worker: d for d in decode},
         sampling_defaults=sampling_defaults,
         scheduling_policy=scheduling_policy,
         max_logprobs=max_logprobs,
+        model_path=model_path,
     )
 
 
@@ -214,6 +218,8 @@ def scripted_router(
     max_logprobs: int = 20,
     chat: ChatOptions | None = None,
     max_model_len: int = 256,
+    vllm_version: str = "",
+    model_path: str = "",
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
     pool = make_pool(
@@ -224,6 +230,8 @@ def scripted_router(
         scheduling_policy=scheduling_policy,
         max_logprobs=max_logprobs,
         max_model_len=max_model_len,
+        vllm_version=vllm_version,
+        model_path=model_path,
     )
     metrics = RouterMetrics(policy)
     placer = Placer(make_policy(policy), ThresholdDecider(), store or MemoryStore())

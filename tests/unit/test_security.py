@@ -59,7 +59,9 @@ def test_the_api_needs_a_key_when_keys_are_configured() -> None:
     resp = client.post("/v1/completions", json={"model": "m", "prompt": "x"})
     assert resp.status_code == 401  # rejected before the body is looked at
     assert client.get("/v1/models", headers={"Authorization": "Bearer sk-2"}).status_code == 200
-    assert client.get("/health").status_code == 200  # probes and Prometheus need no key
+    # probes and Prometheus need no key (/health is 503, not 401: no worker has joined)
+    assert client.get("/health").status_code == 503
+    assert client.get("/version").status_code == 200
     assert client.get("/metrics").status_code == 200
     samples = metric_samples(client.get("/metrics").text)
     assert samples[("pdserve_router_rejections_total", (("reason", "unauthenticated"),))] == 4

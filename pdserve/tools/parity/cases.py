@@ -340,9 +340,8 @@ def _prompts() -> list[Case]:
     return [
         cmpl("prompt.token_ids", prompt=PROMPT_IDS),
         cmpl("prompt.token_ids", stream=True, prompt=PROMPT_IDS),
-        cmpl("prompt.token_ids_batch", prompt=[PROMPT_IDS, PROMPT_IDS[:3]]),
-        cmpl("prompt.string_batch", prompt=[PROMPT, "Hello"]),
         cmpl("prompt.string_list_of_one", prompt=[PROMPT]),
+        cmpl("prompt.empty_string", prompt=""),
         cmpl("prompt.empty_token_ids", prompt=[]),
         cmpl("prompt.token_past_vocab", prompt=[PAST_VOCAB]),
         cmpl("prompt.negative_token", prompt=[-1]),
@@ -423,6 +422,29 @@ def _chat_rendering() -> list[Case]:
     ]
 
 
+def _batches() -> list[Case]:
+    """Completions batches: one choice per prompt and choice, numbered prompt index * n + i."""
+    ids, texts = [PROMPT_IDS, PROMPT_IDS[:3]], [PROMPT, "Hello"]
+    seeded: dict[str, Any] = {"n": 2, "temperature": 1.0, "seed": 11}
+    usage: dict[str, Any] = {"stream_options": {"include_usage": True}}
+    return [
+        cmpl("prompt.token_ids_batch", prompt=ids),
+        cmpl("prompt.token_ids_batch", stream=True, prompt=ids, **usage),
+        cmpl("prompt.string_batch", prompt=texts),
+        cmpl("prompt.string_batch", stream=True, prompt=texts, **usage),
+        cmpl("prompt.token_ids_batch_n_2", prompt=ids, **seeded),
+        cmpl("prompt.token_ids_batch_n_2", stream=True, prompt=ids, **seeded, **usage),
+        cmpl("prompt.string_batch_n_2", prompt=texts, **seeded),
+        cmpl("prompt.string_batch_n_2", stream=True, prompt=texts, **seeded, **usage),
+        cmpl("prompt.batch_with_empty_string", prompt=[PROMPT, ""]),
+        cmpl("prompt.batch_echo", prompt=texts, echo=True, logprobs=1, return_token_ids=False),
+        cmpl("prompt.batch_echo", stream=True, prompt=texts, echo=True, logprobs=1, return_token_ids=False),
+        cmpl("prompt.batch_prompt_logprobs", prompt=texts, prompt_logprobs=1),
+        cmpl("prompt.batch_stop", prompt=texts, stop=[",", "."], max_tokens=8),
+        cmpl("suffix.batch", prompt=texts, suffix="!"),
+    ]
+
+
 def battery() -> list[Case]:
     """Every case, ids unique."""
     cases = [
@@ -437,6 +459,7 @@ def battery() -> list[Case]:
         *_logprobs(),
         *_structured(),
         *_prompts(),
+        *_batches(),
     ]
     ids = [c.id for c in cases]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
