@@ -91,6 +91,9 @@ class ChatOptions:
     template: str | None = None  # --chat-template (loaded): instead of the model's
     trust_request_template: bool = False  # --trust-request-chat-template
     content_format: str = "auto"  # --chat-template-content-format: auto | string | openai
+    reasoning_parser: str = ""  # --reasoning-parser: router/parsers/registry.py; "" = none
+    tool_call_parser: str = ""  # --tool-call-parser; "" = none
+    enable_auto_tool_choice: bool = False  # --enable-auto-tool-choice: tool_choice "auto" runs the parser
 
 
 class ChatTokenizer(Protocol):

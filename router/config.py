@@ -11,6 +11,7 @@ from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from router.admission import AdmissionLimits
 from router.chat import CONTENT_FORMATS, ChatOptions, load_template
+from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
 from router.recovery import Recovery
@@ -79,6 +80,23 @@ class RouterConfig:
         choices=CONTENT_FORMATS,
         help="message content as the template gets it: string (text parts joined), openai (a list of parts), "
         "or auto (openai if the template loops over content), as vllm serve's flag",
+    )
+    reasoning_parser: str = flag(
+        "",
+        env="PDSERVE_REASONING_PARSER",
+        help="split chat output into reasoning and content with this parser (vllm serve's names: "
+        "deepseek_r1, qwen3); none by default",
+    )
+    tool_call_parser: str = flag(
+        "",
+        env="PDSERVE_TOOL_CALL_PARSER",
+        help="find tool calls in chat output with this parser (vllm serve's names: hermes, qwen3_json, "
+        "llama3_json, mistral, pythonic); needed for tool_choice auto, required or a named tool",
+    )
+    enable_auto_tool_choice: bool = flag(
+        False,
+        env="PDSERVE_ENABLE_AUTO_TOOL_CHOICE",
+        help="let tool_choice auto (the default with tools) run the parser",
     )
     policy: str = flag("prefix-aware", env="PDSERVE_POLICY", choices=tuple(sorted(POLICIES)), help="placement policy")
     weights: dict[str, float] = flag(
@@ -207,6 +225,12 @@ class RouterConfig:
         if self.chat_template_content_format not in CONTENT_FORMATS:
             raise ValueError(f"chat_template_content_format: choose one of {list(CONTENT_FORMATS)}")
         load_template(self.chat_template)  # ValueError naming a template that is neither file nor text
+        if self.reasoning_parser and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser: choose one of {sorted(REASONING_PARSERS)}")
+        if self.tool_call_parser and self.tool_call_parser not in TOOL_PARSERS:
+            raise ValueError(f"tool_call_parser: choose one of {sorted(TOOL_PARSERS)}")
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice: needs --tool-call-parser")
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {sorted(POLICIES)}")
         for addr in (*self.prefill, *self.decode):
@@ -217,7 +241,12 @@ class RouterConfig:
     @property
     def chat(self) -> ChatOptions:
         return ChatOptions(
-            load_template(self.chat_template), self.trust_request_chat_template, self.chat_template_content_format
+            load_template(self.chat_template),
+            self.trust_request_chat_template,
+            self.chat_template_content_format,
+            self.reasoning_parser,
+            self.tool_call_parser,
+            self.enable_auto_tool_choice,
         )
 
     def with_secrets(self) -> RouterConfig:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
 from router.api import errors, render, tokenize, validate
+from router.api.chat_output import ChatParsing
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
 from router.chat import ChatOptions
@@ -113,7 +114,7 @@ def create_app(
         answer = await get_service().serve(
             body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], _client(request)
         )
-        return await _respond(answer, body, chat=True)
+        return await _respond(answer, body, chat=True, parsing=_parsing(answer, body, chat_options))
 
     return app
 
@@ -168,7 +169,26 @@ def _client(request: Request) -> str:
     return getattr(request.state, "client", ANONYMOUS)
 
 
-async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionRequest, chat: bool) -> Response:
+def _parsing(answer: Answer, body: ChatCompletionRequest, options: ChatOptions) -> ChatParsing | None:
+    """What the server's parsers do with this chat request's output (api/chat_output.py)."""
+    mode, named = validate.tool_mode(body)
+    if not options.reasoning_parser and mode == "none":
+        return None
+    return ChatParsing(
+        reasoning_parser=options.reasoning_parser,
+        tool_parser=options.tool_call_parser,
+        mode=mode,
+        named=named,
+        tools=tuple(t.model_dump() for t in body.tools or ()),
+        include_reasoning=body.include_reasoning,
+        prompt_text=answer.decode(answer.prompts[0]),
+        template_kwargs=body.chat_template_kwargs or {},
+    )
+
+
+async def _respond(
+    answer: Answer, body: CompletionRequest | ChatCompletionRequest, chat: bool, parsing: ChatParsing | None = None
+) -> Response:
     shape = render.Shape(
         chat=chat,
         model=answer.model,
@@ -187,6 +207,7 @@ async def _respond(answer: Answer, body: CompletionRequest | ChatCompletionReque
         system_fingerprint=answer.system_fingerprint,
         echo=_echo(answer, body),
         echo_only=isinstance(body, CompletionRequest) and bool(body.echo) and body.max_tokens == 0,
+        parsing=parsing,
     )
     if not body.stream:
         return JSONResponse(await render.collect(shape, answer.chunks()))

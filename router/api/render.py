@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdserve.engine.base import TokenLogprobs
+from router.api import chat_output
+from router.api.chat_output import ChatParsing, ChoiceStream
 from router.request import Chunk
 
 
@@ -32,6 +34,7 @@ class Shape:
     system_fingerprint: str | None = None  # the decode workers' (vLLM's): whole responses, final chunks
     echo: tuple[str, ...] | None = None  # echo: per prompt, the text its choices start with (None: no echo)
     echo_only: bool = False  # echo with max_tokens 0: the prompt alone, the generated token hidden
+    parsing: ChatParsing | None = None  # chat: reasoning and tool-call parsing of the output
 
     @property
     def prompt_tokens(self) -> int:
@@ -216,6 +219,11 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
         }
         if shape.chat:
             choice["message"] = {"role": "assistant", "content": text, **_CHAT_MESSAGE_NULLS}
+            if shape.parsing is not None:  # reasoning and tool calls, as vLLM's parsers split them
+                fields, choice["finish_reason"] = shape.parsing.whole(text, c.last.finish_reason)
+                choice["message"] |= fields
+                if shape.parsing.suppresses_metadata:
+                    choice["logprobs"] = choice["token_ids"] = None
         else:
             choice |= {
                 "text": text,
@@ -283,6 +291,7 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     offsets: dict[int, int] = {}  # completions' text_offset runs on across a choice's chunks
     lasts: dict[int, Chunk] = {}
     scored: dict[int, tuple[TokenLogprobs, ...]] = {}  # each prompt's logprobs (its first choice's first chunk)
+    parsers: dict[int, ChoiceStream] = {}  # per choice, with chat parsing
 
     def event(chunk: Chunk) -> bytes:
         p = shape.prompt(chunk.index)
@@ -302,8 +311,16 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             body["system_fingerprint"] = shape.system_fingerprint  # a choice's last chunk, as vLLM's server
         if shape.chat:
             delta: dict[str, Any] = {"content": text}
+            if shape.parsing is not None:  # reasoning and tool calls, as vLLM's parsers stream them
+                parse = parsers.setdefault(chunk.index, shape.parsing.stream())
+                delta = parse.feed(text)
+                if chunk.finish_reason is not None:
+                    held, choice["finish_reason"] = parse.finish(chunk.finish_reason)
+                    delta = chat_output.join(delta, held)
+                if shape.parsing.suppresses_metadata:
+                    choice["logprobs"] = None
             if role:
-                delta["role"] = "assistant"
+                delta = {"role": "assistant", **delta}
             choice["delta"] = delta
             if role:  # a choice's first chunk has the key, as vLLM's server writes it
                 body["prompt_token_ids"] = _prompt_ids(shape, p)
@@ -314,7 +331,8 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             shown = role and (shape.return_token_ids or shape.echo is not None)
             choice["prompt_token_ids"] = list(shape.prompts[p]) if shown else None
         # vLLM's server writes the key in every chunk, null unless asked for
-        choice["token_ids"] = list(chunk.token_ids) if shape.return_token_ids else None
+        hidden = shape.parsing is not None and shape.parsing.suppresses_metadata
+        choice["token_ids"] = list(chunk.token_ids) if shape.return_token_ids and not hidden else None
         body["choices"] = [choice]
         if shape.include_usage:  # continuous: the choice's tokens so far, as vLLM's server counts them
             n, prompt = chunk.completion_tokens, len(shape.prompts[p])

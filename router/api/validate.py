@@ -8,6 +8,8 @@ model's generation config (``ModelPool.sampling_defaults``, empty with
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -15,7 +17,7 @@ from typing import Any, cast
 
 from pdserve.engine.base import LOGIT_BIAS_LIMIT, SamplingSpec
 from router import chat as chat_render
-from router.api import structured
+from router.api import chat_output, structured
 from router.api.schemas import (
     CHAT_REFUSED,
     COMPLETION_REFUSED,
@@ -89,9 +91,51 @@ def _prompt_ids(pool: ModelPool, req: CompletionRequest, prompt: str | list[int]
 def chat(
     req: ChatCompletionRequest, pool: ModelPool, arrival: float, options: chat_render.ChatOptions | None = None
 ) -> Generation:
+    options = options or chat_render.ChatOptions()
     ids = chat_prompt(req, pool, options)
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    return _generation(pool, req, ids, limit, arrival)
+    gen = _generation(pool, req, ids, limit, arrival)
+    mode, name = tool_mode(req)
+    if mode in ("named", "required"):
+        # vLLM constrains the output to the calls' JSON (tool_parsers/utils.py get_json_schema_from_tools)
+        if gen.spec.structured_outputs:
+            raise BadRequestError(
+                "You can only use one kind of structured outputs constraint: a tool_choice that forces a call "
+                "constrains the output itself",
+                "structured_outputs",
+            )
+        tools = _tools(req, options) or []
+        schema = (
+            chat_output.named_schema(tools, name)
+            if mode == "named"
+            else chat_output.required_schema(tools, req.parallel_tool_calls)
+        )
+        gen = dataclasses.replace(
+            gen, spec=dataclasses.replace(gen.spec, structured_outputs=json.dumps({"json": schema}))
+        )
+    if _keeps_special_tokens(options, mode):
+        gen = dataclasses.replace(gen, skip_special_tokens=False)
+    return gen
+
+
+def tool_mode(req: ChatCompletionRequest) -> tuple[chat_output.ToolMode, str]:
+    """How the request's tools shape the output: ("none" | "auto" | "named" | "required",
+    the named tool). ``tools`` without a ``tool_choice`` means "auto", as in vLLM."""
+    if not req.tools:
+        return "none", ""
+    choice = req.tool_choice if "tool_choice" in req.model_fields_set else "auto"
+    if isinstance(choice, NamedToolChoice):
+        return "named", choice.function.name
+    if choice in ("auto", "required"):
+        return choice, ""
+    return "none", ""
+
+
+def _keeps_special_tokens(options: chat_render.ChatOptions, mode: str) -> bool:
+    """Parsers that read special-token markers see them in the text, as vLLM arranges: hermes
+    and mistral when tools may be called, qwen3's reasoning always."""
+    tool_markers = options.tool_call_parser in ("hermes", "qwen3_json", "mistral") and mode != "none"
+    return tool_markers or options.reasoning_parser == "qwen3"
 
 
 def chat_prompt(
@@ -108,7 +152,7 @@ def chat_prompt_ids(req: ChatCompletionRequest, pool: ModelPool, options: chat_r
     """A chat request's prompt ids, rendered as vLLM's server renders them (router/chat.py)."""
     if req.continue_final_message and req.add_generation_prompt:
         raise BadRequestError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
-    tools = _tools(req)
+    tools = _tools(req, options)
     try:
         kwargs = chat_render.template_kwargs(
             add_generation_prompt=req.add_generation_prompt,
@@ -127,10 +171,10 @@ def chat_prompt_ids(req: ChatCompletionRequest, pool: ModelPool, options: chat_r
         raise BadRequestError(str(exc), "messages") from None
 
 
-def _tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+def _tools(req: ChatCompletionRequest, options: chat_render.ChatOptions) -> list[dict[str, Any]] | None:
     """The tools for the template, after vLLM's checks of ``tools`` and ``tool_choice``
-    (``tools`` without a choice means "auto"). No tool-call parser runs yet, so a choice
-    that needs one gets vLLM's answer for a server started without ``--tool-call-parser``."""
+    (``tools`` without a choice means "auto"). A choice that needs a tool-call parser the
+    server lacks gets vLLM's answer for a server started without it."""
     if req.tools is not None and not req.tools:
         raise BadRequestError(
             "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.", "tools"
@@ -143,12 +187,13 @@ def _tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
             raise BadRequestError(
                 "The tool specified in `tool_choice` does not match any of the specified `tools`", "tool_choice"
             )
-        if choice == "auto":
+        if choice == "auto" and not (options.enable_auto_tool_choice and options.tool_call_parser):
             raise BadRequestError(
                 '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
             )
-        named = f'function "{choice.function.name}"' if isinstance(choice, NamedToolChoice) else f'"{choice}"'
-        raise BadRequestError(f"tool_choice={named} requires --tool-call-parser to be set")
+        if choice != "auto" and not options.tool_call_parser:
+            named = f'function "{choice.function.name}"' if isinstance(choice, NamedToolChoice) else f'"{choice}"'
+            raise BadRequestError(f"tool_choice={named} requires --tool-call-parser to be set")
     return None if req.tools is None else [t.model_dump() for t in req.tools]
 
 
