@@ -172,8 +172,8 @@ def _client(request: Request) -> str:
 def _parsing(answer: Answer, body: ChatCompletionRequest, options: ChatOptions) -> ChatParsing | None:
     """What the server's parsers do with this chat request's output (api/chat_output.py)."""
     mode, named = validate.tool_mode(body)
-    if not options.reasoning_parser and mode == "none":
-        return None
+    if not options.reasoning_parser and not options.tool_call_parser:
+        return None  # as vLLM without a parser: the output is the content
     return ChatParsing(
         reasoning_parser=options.reasoning_parser,
         tool_parser=options.tool_call_parser,

@@ -40,8 +40,9 @@ class ChatParsing:
 
     @property
     def suppresses_metadata(self) -> bool:
-        """vLLM leaves logprobs and token ids out when reasoning is hidden."""
-        return bool(self.reasoning_parser) and not self.include_reasoning
+        """vLLM leaves logprobs and token ids out with ``include_reasoning: false`` whenever the
+        server has a parser (reasoning or tool-call), whether or not reasoning was found."""
+        return not self.include_reasoning
 
     def whole(self, text: str, finish_reason: str) -> tuple[dict[str, Any], str]:
         """(message fields, finish reason) of a finished choice."""
@@ -149,6 +150,10 @@ class ChoiceStream:
         if reasoning and self._p.include_reasoning:
             return join({"reasoning": reasoning}, rest)
         return rest
+
+    def hides_reasoning(self, delta: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's streamed deltas say ``reasoning: null`` when it is not included."""
+        return delta if self._p.include_reasoning else {**delta, "reasoning": None}
 
 
 def join(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

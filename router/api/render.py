@@ -317,10 +317,11 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 if chunk.finish_reason is not None:
                     held, choice["finish_reason"] = parse.finish(chunk.finish_reason)
                     delta = chat_output.join(delta, held)
+                delta = parse.hides_reasoning(delta)
                 if shape.parsing.suppresses_metadata:
                     choice["logprobs"] = None
-            if role:
-                delta = {"role": "assistant", **delta}
+            if role:  # vLLM's first delta names the role with (at least) empty content
+                delta = {"role": "assistant", "content": "", **delta}
             choice["delta"] = delta
             if role:  # a choice's first chunk has the key, as vLLM's server writes it
                 body["prompt_token_ids"] = _prompt_ids(shape, p)

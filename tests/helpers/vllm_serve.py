@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +54,12 @@ def serve_args(model_dir: Path, served_name: str, port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def vllm_serve(model_dir: Path, served_name: str, tmp: Path) -> Iterator[VllmServer]:
+def vllm_serve(model_dir: Path, served_name: str, tmp: Path, extra: Sequence[str] = ()) -> Iterator[VllmServer]:
     """A running `vllm serve` on a free port; stopped with its whole process group on exit,
     whatever happens (a failed start included)."""
     port = free_port(1)
     log = tmp / "vllm_serve.log"
-    cmd = [sys.executable, "-c", _LAUNCH, *serve_args(model_dir, served_name, port)]  # cwd: REPO
+    cmd = [sys.executable, "-c", _LAUNCH, *serve_args(model_dir, served_name, port), *extra]  # cwd: REPO
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,

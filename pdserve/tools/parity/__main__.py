@@ -20,7 +20,7 @@ import httpx
 
 from pdserve.flags import add_flags, build, flag
 from pdserve.tools.parity import known as known_file
-from pdserve.tools.parity.cases import battery
+from pdserve.tools.parity.cases import SUITES
 from pdserve.tools.parity.client import Server
 from pdserve.tools.parity.compare import LOGPROB_ABS_TOL, Mismatch, summary
 from pdserve.tools.parity.run import CaseResult, run_battery
@@ -38,6 +38,12 @@ class ParityConfig:
     known: str = flag("", help="known-differences JSON (docs/parity_known.json); none: every mismatch counts")
     out: str = flag("", help="write every case's statuses and every mismatch here (JSON)")
     only: str = flag("*", help="run only the cases whose id matches this glob, e.g. 'chat.stop.*'")
+    suite: str = flag(
+        "default",
+        choices=tuple(SUITES),
+        help="default: both servers as started plain; tools: both started with the same tool-capable "
+        "--chat-template and --tool-call-parser hermes --enable-auto-tool-choice",
+    )
     concurrency: int = flag(4, help="cases in flight at once (batching did not change greedy outputs: docs/parity.md)")
     logprob_tol: float = flag(LOGPROB_ABS_TOL, help="largest absolute difference of two equal logprobs")
     sdk: bool = flag(True, name="--no-sdk", negate=True, help="skip the check through the openai SDK")
@@ -71,11 +77,11 @@ async def run(cfg: ParityConfig, known: list[known_file.KnownDifference]) -> Rep
         Server(cfg.a.rstrip("/"), cfg.model_a or first_model(cfg.a)),
         Server(cfg.b.rstrip("/"), cfg.model_b or first_model(cfg.b)),
     )
-    cases = [c for c in battery() if fnmatchcase(c.id, cfg.only)]
+    cases = [c for c in SUITES[cfg.suite]() if fnmatchcase(c.id, cfg.only)]
     start = time.monotonic()
     results = await run_battery(servers, cases, cfg.concurrency, cfg.logprob_tol)
     found = [m for r in results for m in r.mismatches]
-    if cfg.sdk and fnmatchcase("sdk.chat", cfg.only):
+    if cfg.sdk and cfg.suite == "default" and fnmatchcase("sdk.chat", cfg.only):
         found += await sdk_mismatches(servers)
     return Report(results, known_file.triage(found, known), time.monotonic() - start)
 

@@ -13,6 +13,7 @@ one model.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -466,3 +467,62 @@ def battery() -> list[Case]:
     if dupes:
         raise ValueError(f"duplicate case ids: {dupes}")
     return cases
+
+
+WEATHER = [{"role": "user", "content": "What is the weather in Paris? Call the tool."}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+ONE_CALL: dict[str, Any] = {"parallel_tool_calls": False, "max_tokens": 40}
+
+
+def tools_battery() -> list[Case]:
+    """Both servers started with the same tool-capable chat template (ChatML, Hermes tools:
+    tests/templates/hermes_tools.jinja) and ``--tool-call-parser hermes
+    --enable-auto-tool-choice`` (issue #14): what reaches the template, and how the output is
+    split into content and tool calls, whole and streamed."""
+    history = [
+        *WEATHER,
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "content": '{"sky": "clear"}', "tool_call_id": "call_1"},
+    ]
+    off: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": False}}
+    cases = [
+        chat("suite_tools.plain", max_tokens=12),
+        chat("suite_tools.plain", stream=True, max_tokens=12),
+        chat("suite_tools.thinking_off", max_tokens=12, **off),
+        chat("suite_tools.thinking_off", stream=True, max_tokens=12, **off),
+        chat("suite_tools.reasoning_effort_none", max_tokens=12, reasoning_effort="none"),
+        chat("suite_tools.include_reasoning_false", max_tokens=12, include_reasoning=False, logprobs=True),
+        chat("suite_tools.include_reasoning_false", stream=True, max_tokens=12, include_reasoning=False),
+        chat("suite_tools.system", messages=[{"role": "system", "content": "Be brief."}, *MESSAGES], max_tokens=8),
+        chat("suite_tools.auto", messages=WEATHER, tools=[TOOL], max_tokens=40, **off),
+        chat("suite_tools.auto", stream=True, messages=WEATHER, tools=[TOOL], max_tokens=40, **off),
+        chat("suite_tools.auto_thinking", messages=WEATHER, tools=[TOOL], max_tokens=40),
+        chat("suite_tools.none", messages=WEATHER, tools=[TOOL], tool_choice="none", max_tokens=20, **off),
+        chat("suite_tools.required", messages=WEATHER, tools=[TOOL], tool_choice="required", **ONE_CALL, **off),
+        chat(
+            "suite_tools.required",
+            stream=True,
+            messages=WEATHER,
+            tools=[TOOL],
+            tool_choice="required",
+            **ONE_CALL,
+            **off,
+        ),
+        chat("suite_tools.named", messages=WEATHER, tools=[TOOL], tool_choice=NAMED, max_tokens=40, **off),
+        chat("suite_tools.named", stream=True, messages=WEATHER, tools=[TOOL], tool_choice=NAMED, max_tokens=40, **off),
+        chat("suite_tools.named_unknown", tools=[TOOL], tool_choice={"type": "function", "function": {"name": "x"}}),
+        chat("suite_tools.history", messages=history, tools=[TOOL], tool_choice="none", max_tokens=16, **off),
+        chat("suite_tools.history_auto", messages=history, tools=[TOOL], max_tokens=24, **off),
+        chat("suite_tools.developer", messages=[{"role": "developer", "content": "Be brief."}, *MESSAGES], **off),
+        chat("suite_tools.names", messages=[{"role": "user", "content": "Hi", "name": "ann"}], max_tokens=8, **off),
+        chat("suite_tools.continue", messages=CONTINUED, add_generation_prompt=False, continue_final_message=True),
+        chat("suite_tools.n_2", n=2, temperature=1.0, seed=5, max_tokens=12),
+        chat("suite_tools.empty_tools", tools=[]),
+    ]
+    ids = [c.id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate case ids in the tools suite")
+    return cases
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {"default": battery, "tools": tools_battery}
