@@ -40,11 +40,16 @@ def test_router_answers_as_vllm_serve_does(
     cfg = ParityConfig(
         a=cluster.url, b=reference_server.url, model_a=cluster.model, model_b=reference_server.model, concurrency=16
     )
+    check(cfg, tmp_path_factory.mktemp("parity"), least=120)
+
+
+def check(cfg: ParityConfig, tmp: Path, least: int) -> None:
+    """Run the battery; every mismatch must be a known one (the report lands in ``tmp``)."""
     report = asyncio.run(run(cfg, known_file.load(KNOWN)))
-    out = tmp_path_factory.mktemp("parity") / "parity.json"
+    out = tmp / "parity.json"
     out.write_text(json.dumps(report_json(report), indent=1, default=str))
     print(f"{render(report)}\nevery case and mismatch: {out}")
-    assert len(report.results) >= 120
+    assert len(report.results) >= least
     if report.triage.unknown:
         table_ = table(report.triage.unknown)
         pytest.fail(f"mismatches not in docs/parity_known.json (all in {out}):\n{table_}", pytrace=False)
@@ -84,11 +89,4 @@ def test_router_parses_tools_and_reasoning_as_vllm_serve_does(
     cfg = ParityConfig(
         a=router, b=server.url, model_a=cluster.model, model_b=server.model, concurrency=8, suite="tools"
     )
-    report = asyncio.run(run(cfg, known_file.load(KNOWN)))
-    out = tmp_path_factory.mktemp("parity_tools") / "parity.json"
-    out.write_text(json.dumps(report_json(report), indent=1, default=str))
-    print(f"{render(report)}\nevery case and mismatch: {out}")
-    assert len(report.results) >= 20
-    if report.triage.unknown:
-        table_ = table(report.triage.unknown)
-        pytest.fail(f"mismatches not in docs/parity_known.json (all in {out}):\n{table_}", pytrace=False)
+    check(cfg, tmp_path_factory.mktemp("parity_tools"), least=20)
