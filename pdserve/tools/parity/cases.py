@@ -420,6 +420,67 @@ def _chat_rendering() -> list[Case]:
         chat("tools.named_unknown", tools=[TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
         chat("tools.empty", tools=[]),
         chat("tools.choice_without_tools", tool_choice="auto"),
+        *_chat_rendering_more(),
+    ]
+
+
+def _chat_rendering_more() -> list[Case]:
+    """More of issue #14: message shapes, template options, and text-level details."""
+    assistant_parts = [{"type": "text", "text": "It is"}, {"type": "refusal", "refusal": "no"}]
+    return [
+        chat(
+            "messages.system_parts",
+            messages=[{"role": "system", "content": [{"type": "text", "text": "Brief."}]}, *MESSAGES],
+        ),
+        chat(
+            "messages.thinking_part", messages=[{"role": "user", "content": [{"type": "thinking", "thinking": "Hm."}]}]
+        ),
+        chat(
+            "messages.assistant_parts",
+            messages=[*MESSAGES, {"role": "assistant", "content": assistant_parts}, *MESSAGES],
+        ),
+        chat("messages.tool_parts", messages=[*MESSAGES, {"role": "tool", "content": [{"type": "text", "text": "x"}]}]),
+        chat("messages.bare_string_part", messages=[{"role": "user", "content": ["Hi"]}]),
+        chat("messages.empty_assistant", messages=[*MESSAGES, {"role": "assistant", "content": ""}, *MESSAGES]),
+        chat("messages.null_user_content", messages=[{"role": "user", "content": None}]),
+        chat(
+            "messages.two_systems",
+            messages=[{"role": "system", "content": "A."}, {"role": "system", "content": "B."}, *MESSAGES],
+        ),
+        chat("messages.developer_last", messages=[*MESSAGES, {"role": "developer", "content": "Short."}]),
+        chat(
+            "messages.name_on_assistant", messages=[*MESSAGES, {"role": "assistant", "content": "Paris", "name": "bot"}]
+        ),
+        chat("add_special_tokens.true", add_special_tokens=True),
+        chat("documents.two", documents=[{"title": "a", "text": "x"}, {"title": "b", "text": "y"}]),
+        chat("reasoning_effort.none", reasoning_effort="none"),
+        chat("reasoning_effort.bogus", reasoning_effort="extreme"),
+        chat("chat_template_kwargs.null", chat_template_kwargs=None),
+        chat("chat_template_kwargs.chat_template_key", chat_template_kwargs={"chat_template": "{{ x }}"}),
+        chat("echo.no_generation_prompt", echo=True, messages=CONTINUED, add_generation_prompt=False),
+        chat(
+            "continue_final_message.stream",
+            stream=True,
+            messages=CONTINUED,
+            add_generation_prompt=False,
+            continue_final_message=True,
+        ),
+        chat(
+            "tools.none_history",
+            messages=[
+                *MESSAGES,
+                {"role": "assistant", "tool_calls": [CALL]},
+                {"role": "tool", "content": "Paris", "tool_call_id": "call_1"},
+            ],
+            tools=[TOOL],
+            tool_choice="none",
+        ),
+        chat("tools.wrong_type", tools=[{"type": "retrieval"}]),
+        *both("min_tokens.with_stop", stop=[",", "."], min_tokens=3, max_tokens=10),
+        *both("stop.overlapping", stop=["Paris", "is"], max_tokens=10),
+        *both("stream_options.continuous_usage_alone", stream=True, stream_options={"continuous_usage_stats": True}),
+        *both("spaces_between_special_tokens.false", spaces_between_special_tokens=False),
+        *both("request_id.custom", request_id="parity-123"),
     ]
 
 
