@@ -161,6 +161,11 @@ def conversation(
 def _message(index: int, msg: Mapping[str, Any], openai_format: bool) -> dict[str, Any]:
     role = msg["role"]
     content = msg.get("content")
+    # vLLM's request models: only an assistant's content may be null; OpenAI's other roles need it
+    if role != "assistant" and ("content" in msg if content is None else False):
+        raise ChatError(f"messages.{index}.content: a {role} message's content cannot be null", "messages")
+    if role in OPENAI_ROLES - {"assistant"} and "content" not in msg:
+        raise ChatError(f"messages.{index}.content: a {role} message needs content", "messages")
     parts: list[Any] = [] if content is None else [content] if isinstance(content, str) else list(content)
     if role == "system":
         parts = _without_billing_header(parts)

@@ -202,3 +202,18 @@ def test_the_router_flags_reach_the_options(tmp_path: Path) -> None:
     assert config.from_args(["--decode", "127.0.0.1:1", "--chat-template", "{{ x }}"]).chat.template == "{{ x }}"
     with pytest.raises(ValueError, match="chat template"):
         config.from_args(["--decode", "127.0.0.1:1", "--chat-template", "no_such_file.jinja"])
+
+
+@pytest.mark.parametrize(
+    "message",
+    [{"role": "user", "content": None}, {"role": "user"}, {"role": "critic", "content": None}, {"role": "tool"}],
+)
+def test_content_may_be_null_or_absent_only_where_vllm_allows(tok: Tokenizer, message: dict[str, Any]) -> None:
+    """vLLM's request models: an assistant's content may be null or absent, a custom role's
+    absent; OpenAI's other roles need it."""
+    assert refused(tok, messages=[message])["param"] == "messages"
+
+
+def test_an_assistant_without_content_and_a_custom_role_without_it_render(tok: Tokenizer) -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}, {"role": "critic"}]
+    assert "<|im_start|>critic\n" in rendered(tok, hermes(), messages=messages)
