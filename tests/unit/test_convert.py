@@ -72,3 +72,11 @@ def test_kv_params_json() -> None:
     for bad in ("[1]", "{nope"):
         with pytest.raises(ValueError):
             convert.kv_params_from_json(bad)
+
+
+def test_any_64_bit_priority_crosses_the_wire() -> None:
+    """The API takes a 64-bit priority (as vLLM's int); the fuzzer found 1204272427486 failing
+    an int32 wire field with a 500."""
+    for priority in (1204272427486, -(2**63), 2**63 - 1):
+        spec = SamplingSpec(priority=priority)
+        assert convert.sampling_from_pb(convert.sampling_to_pb(spec)).priority == priority
