@@ -22,8 +22,8 @@ COMPLETIONS = "/v1/completions"
 MODEL = "$model"  # replaced by each server's served model name when sent
 ABSENT = object()  # a field value meaning "leave the field out of the body"
 
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-SHORT_MESSAGES = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
+MESSAGES = [{"role": "user", "content": "Name the capital of France."}]
+SHORT_MESSAGES = [{"role": "user", "content": "Answer yes or no: is the sky blue?"}]
 PROMPT = "The capital of France is"
 PROMPT_IDS = [504, 3575, 282, 4649, 314]  # PROMPT, tokenized by SmolLM2
 PARIS, PERIOD, COMMA, EOS = 7042, 30, 28, 2  # " Paris", ".", ",", "<|im_end|>"
@@ -441,7 +441,7 @@ def _chat_rendering_more() -> list[Case]:
         ),
         chat("messages.tool_parts", messages=[*MESSAGES, {"role": "tool", "content": [{"type": "text", "text": "x"}]}]),
         chat("messages.bare_string_part", messages=[{"role": "user", "content": ["Hi"]}]),
-        chat("messages.empty_assistant", messages=[*MESSAGES, {"role": "assistant", "content": ""}, *MESSAGES]),
+        chat("messages.empty_assistant", messages=[*MESSAGES, {"role": "assistant", "content": ""}, *SHORT_MESSAGES]),
         chat("messages.null_user_content", messages=[{"role": "user", "content": None}]),
         chat(
             "messages.two_systems",
@@ -449,7 +449,8 @@ def _chat_rendering_more() -> list[Case]:
         ),
         chat("messages.developer_last", messages=[*MESSAGES, {"role": "developer", "content": "Short."}]),
         chat(
-            "messages.name_on_assistant", messages=[*MESSAGES, {"role": "assistant", "content": "Paris", "name": "bot"}]
+            "messages.name_on_assistant",
+            messages=[*MESSAGES, {"role": "assistant", "content": "Paris.", "name": "bot"}, *SHORT_MESSAGES],
         ),
         chat("add_special_tokens.true", add_special_tokens=True),
         chat("documents.two", documents=[{"title": "a", "text": "x"}, {"title": "b", "text": "y"}]),
