@@ -84,6 +84,9 @@ def load_template(value: str) -> str | None:
     raise ValueError(f"chat template {value!r} is neither a file nor a template (it has no {{, }} or newline)")
 
 
+TOOL_STRICT_LEVELS = ("auto", "function", "parameter")  # vLLM's --tool-strict-level, in order
+
+
 @dataclass(frozen=True)
 class ChatOptions:
     """The server's side of chat rendering (router flags, as ``vllm serve``'s)."""
@@ -94,6 +97,7 @@ class ChatOptions:
     reasoning_parser: str = ""  # --reasoning-parser: router/parsers/registry.py; "" = none
     tool_call_parser: str = ""  # --tool-call-parser; "" = none
     enable_auto_tool_choice: bool = False  # --enable-auto-tool-choice: tool_choice "auto" runs the parser
+    tool_strict_level: str = "auto"  # --tool-strict-level: api/tool_grammar.py
 
 
 class ChatTokenizer(Protocol):

@@ -10,7 +10,7 @@ from pdserve.config import model_path
 from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from router.admission import AdmissionLimits
-from router.chat import CONTENT_FORMATS, ChatOptions, load_template
+from router.chat import CONTENT_FORMATS, TOOL_STRICT_LEVELS, ChatOptions, load_template
 from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
@@ -97,6 +97,13 @@ class RouterConfig:
         False,
         env="PDSERVE_ENABLE_AUTO_TOOL_CHOICE",
         help="let tool_choice auto (the default with tools) run the parser",
+    )
+    tool_strict_level: str = flag(
+        "auto",
+        env="PDSERVE_TOOL_STRICT_LEVEL",
+        choices=TOOL_STRICT_LEVELS,
+        help="as vllm serve's: function constrains the call syntax of every request with tools, parameter "
+        "also each tool's arguments; auto: forced choices and strict tools only (hermes, llama3_json)",
     )
     policy: str = flag("prefix-aware", env="PDSERVE_POLICY", choices=tuple(sorted(POLICIES)), help="placement policy")
     weights: dict[str, float] = flag(
@@ -247,6 +254,7 @@ class RouterConfig:
             self.reasoning_parser,
             self.tool_call_parser,
             self.enable_auto_tool_choice,
+            self.tool_strict_level,
         )
 
     def with_secrets(self) -> RouterConfig:

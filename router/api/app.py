@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
-from router.api import errors, render, tokenize, validate
+from router.api import errors, render, tokenize, tool_grammar, validate
 from router.api.chat_output import ChatParsing
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -183,6 +183,9 @@ def _parsing(answer: Answer, body: ChatCompletionRequest, options: ChatOptions) 
         include_reasoning=body.include_reasoning,
         prompt_text=answer.decode(answer.prompts[0]),
         template_kwargs=body.chat_template_kwargs or {},
+        native=tool_grammar.native(options.tool_call_parser, mode),
+        auto_tools=options.enable_auto_tool_choice,
+        single_call=body.parallel_tool_calls is False,
     )
 
 

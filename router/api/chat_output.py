@@ -6,9 +6,11 @@ this module decides which run for a request and shapes what they return:
 - reasoning first, when the server has a reasoning parser; ``include_reasoning: false``
   drops it (and, as vLLM, the choice's logprobs and token ids);
 - then tool calls: ``tool_choice`` ``auto`` runs the tool-call parser on the content
-  (``finish_reason`` "tool_calls" when it found calls); a named tool's output *is* its
-  arguments (constrained by that tool's parameter schema); ``required`` output is a JSON
-  list of ``{"name", "parameters"}`` (constrained by vLLM's schema of it), "tool_calls".
+  (``finish_reason`` "tool_calls" when it found calls). Forced calls are read as
+  api/tool_grammar.py constrained them: in the parser's own syntax (``native``: hermes,
+  llama3_json) by the same parser, or by JSON schema (mistral, pythonic), where a named
+  tool's output *is* its arguments and ``required`` output is a JSON list of
+  ``{"name", "parameters"}``. ``required`` finishes with "tool_calls", a named tool with "stop".
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ class ChatParsing:
     include_reasoning: bool = True
     prompt_text: str = ""  # where the output starts (inside reasoning or not) depends on it
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    native: bool = False  # forced calls (named, required) come in the parser's syntax (api/tool_grammar.py)
+    auto_tools: bool = True  # --enable-auto-tool-choice: vLLM reads native forced calls only then
+    single_call: bool = False  # parallel_tool_calls false: vLLM keeps the first call only
+
+    @property
+    def parses_calls(self) -> bool:
+        """Whether the tool-call parser reads the content (vLLM's ``is_auto_tool_choice``)."""
+        return self.mode == "auto" or (self.native and self.auto_tools and self.mode != "none")
 
     @property
     def suppresses_metadata(self) -> bool:
@@ -48,7 +58,15 @@ class ChatParsing:
         """(message fields, finish reason) of a finished choice."""
         reasoning, content = self._split(text)
         calls: list[dict[str, Any]] = []
-        if self.mode == "auto" and content is not None:
+        if self.native and self.mode in ("named", "required"):
+            if self.parses_calls and content is not None:
+                found = registry.tool_parser(self.tool_parser).extract(content, self.tools)
+                calls = [_call(c.id, c.function.name, c.function.arguments) for c in found.tool_calls]
+                content = found.content if calls else content
+            content = "" if content is None or not content.strip() else content
+            if self.mode == "required" and finish_reason == "stop":
+                finish_reason = "tool_calls"
+        elif self.mode == "auto" and content is not None:
             found = registry.tool_parser(self.tool_parser).extract(content, self.tools)
             content = found.content
             calls = [_call(c.id, c.function.name, c.function.arguments) for c in found.tool_calls]
@@ -64,8 +82,16 @@ class ChatParsing:
                 finish_reason = "tool_calls"
         fields: dict[str, Any] = {"content": content, "reasoning": reasoning if self.include_reasoning else None}
         if calls:
-            fields["tool_calls"] = calls
+            fields["tool_calls"] = calls[:1] if self.single_call else calls
         return fields, finish_reason
+
+    def reasoning_tokens(self, text: str, token_texts: Sequence[str], finished: bool = True) -> int | None:
+        """A choice's reasoning tokens (``text`` is its output; ``token_texts`` its tokens, each
+        decoded on its own), as vLLM reports them; None without a reasoning parser."""
+        if not self.reasoning_parser:
+            return None
+        parser = registry.reasoning_parser(self.reasoning_parser, self.prompt_text, self.template_kwargs)
+        return parser.reasoning_tokens(text, token_texts, finished)
 
     def stream(self) -> ChoiceStream:
         return ChoiceStream(self)
@@ -87,10 +113,10 @@ class ChoiceStream:
             parser = registry.reasoning_parser(parsing.reasoning_parser, parsing.prompt_text, parsing.template_kwargs)
             self._reasoning = parser.stream()
         self._tools: ToolStream | None = None
-        if parsing.mode == "auto":
+        if parsing.parses_calls:
             self._tools = registry.tool_parser(parsing.tool_parser).stream(parsing.tools)
         self._called = False
-        self._named_id = chat_tool_call_id() if parsing.mode == "named" else ""
+        self._named_id = chat_tool_call_id() if parsing.mode == "named" and not parsing.native else ""
         self._held: list[str] = []  # mode "required": the JSON list, parsed at the end
 
     def feed(self, text: str) -> dict[str, Any]:
@@ -108,7 +134,10 @@ class ChoiceStream:
             fields = self._merge(d.reasoning, self._content(d.content) if d.content else {})
         if self._tools is not None:
             fields = join(fields, self._tool_delta(self._tools.flush()))
-        if self._p.mode == "required":
+        if self._p.native:
+            if self._called and self._p.mode != "named" and finish_reason == "stop":
+                finish_reason = "tool_calls"  # vLLM: calls streamed, and not for a named tool
+        elif self._p.mode == "required":
             calls = _required_calls("".join(self._held))
             deltas = [_delta_call(i, chat_tool_call_id(), n, a) for i, (n, a) in enumerate(calls)]
             fields = join(fields, {"tool_calls": deltas} if deltas else {})
@@ -123,6 +152,8 @@ class ChoiceStream:
             return {}
         if self._tools is not None:
             return self._tool_delta(self._tools.feed(text))
+        if self._p.native:
+            return {"content": text}
         if self._p.mode == "named":
             first = not self._called
             self._called = True
@@ -141,9 +172,10 @@ class ChoiceStream:
         out: dict[str, Any] = {}
         if d.content:
             out["content"] = d.content
-        if d.tool_calls:
+        calls = [c for c in d.tool_calls or () if c.index == 0 or not self._p.single_call]
+        if calls:
             self._called = True
-            out["tool_calls"] = [_openai_delta(c) for c in d.tool_calls]
+            out["tool_calls"] = [_openai_delta(c) for c in calls]
         return out
 
     def _merge(self, reasoning: str | None, rest: dict[str, Any]) -> dict[str, Any]:
@@ -205,33 +237,3 @@ def _required_calls(text: str) -> list[tuple[str, str]]:
         for item in items
         if isinstance(item, dict) and "name" in item
     ]
-
-
-def required_schema(tools: Sequence[Mapping[str, Any]], parallel_tool_calls: bool | None) -> dict[str, Any]:
-    """vLLM's ``_get_json_schema_from_tools``: a non-empty list of calls to the given tools."""
-    defs: dict[str, Any] = {}
-    schemas = []
-    for tool in tools:
-        function = dict(tool["function"])
-        params = dict(function.get("parameters") or {}) or {"type": "object", "properties": {}}
-        defs.update(params.pop("$defs", {}) or {})
-        schemas.append(
-            {
-                "properties": {"name": {"type": "string", "enum": [function["name"]]}, "parameters": params},
-                "required": ["name", "parameters"],
-            }
-        )
-    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": schemas}}
-    if parallel_tool_calls is False:
-        schema["maxItems"] = 1
-    if defs:
-        schema["$defs"] = defs
-    return schema
-
-
-def named_schema(tools: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any]:
-    """The named tool's parameter schema (an empty object schema when it has none)."""
-    for tool in tools:
-        if tool["function"]["name"] == name:
-            return dict(tool["function"].get("parameters") or {}) or {"type": "object", "properties": {}}
-    raise KeyError(name)

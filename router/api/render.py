@@ -53,14 +53,35 @@ class Shape:
         return "chat.completion.chunk" if self.chat else "text_completion"
 
 
-def usage(shape: Shape, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+def usage(
+    shape: Shape, completion_tokens: int, cached_tokens: int, reasoning_tokens: int | None = None
+) -> dict[str, Any]:
+    """vLLM's usage; ``reasoning_tokens``: None without a reasoning parser (no details)."""
+    details = None if reasoning_tokens is None else {"reasoning_tokens": reasoning_tokens}
     return {
         "prompt_tokens": shape.prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": shape.prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
-        "completion_tokens_details": None,
+        "completion_tokens_details": details,
     }
+
+
+def counts_reasoning(shape: Shape) -> bool:
+    return shape.parsing is not None and bool(shape.parsing.reasoning_parser)
+
+
+def token_texts(shape: Shape, token_ids: Sequence[int]) -> list[str]:
+    """Each token decoded on its own, as vLLM's parser engine decodes them to count reasoning."""
+    return [shape.decode([t]) for t in token_ids] if counts_reasoning(shape) else []
+
+
+def reasoning_tokens(shape: Shape, text: str, texts: Sequence[str], finished: bool = True) -> int | None:
+    """One choice's reasoning tokens (its output ``text``, so far unless ``finished``;
+    ``texts``: ``token_texts`` of its tokens); None without a reasoning parser."""
+    if shape.parsing is None or not counts_reasoning(shape):
+        return None
+    return shape.parsing.reasoning_tokens(text, texts, finished)
 
 
 def new_id(shape: Shape) -> str:
@@ -191,11 +212,14 @@ class _Choice:
         self.last = chunk
 
 
-def _usage_of(shape: Shape, lasts: dict[int, Chunk], cached: int) -> dict[str, Any]:
+def _usage_of(
+    shape: Shape, lasts: dict[int, Chunk], cached: int, reasoning: Sequence[int | None] = ()
+) -> dict[str, Any]:
     """Completion tokens of every choice, each prompt counted once. ``cached``: one prompt's
     cache hits, as vLLM reports them for a batch (the last prompt's in a whole response,
-    the first answer's in a stream)."""
-    return usage(shape, sum(c.completion_tokens for c in lasts.values()), cached)
+    the first answer's in a stream); ``reasoning``: each choice's reasoning tokens."""
+    counted = [r for r in reasoning if r is not None]
+    return usage(shape, sum(c.completion_tokens for c in lasts.values()), cached, sum(counted) if counted else None)
 
 
 def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
@@ -204,10 +228,13 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
     rendered = []
     # each prompt's logprobs come with its first choice (the others do not ask again)
     scored = {shape.prompt(i): c.prompt_logprobs for i, c in choices.items() if c.prompt_logprobs is not None}
+    reasoning = []
     for index, c in sorted(choices.items()):
         assert c.last is not None and c.last.finish_reason is not None  # the orchestrator guarantees it
         p = shape.prompt(index)
-        text = _shown_text(shape, index, "".join(c.parts), first=True)
+        output = "".join(c.parts)
+        text = _shown_text(shape, index, output, first=True)
+        reasoning.append(reasoning_tokens(shape, output, token_texts(shape, c.token_ids)))
         echoed = scored.get(p) if shape.echo is not None else None
         choice: dict[str, Any] = {
             "index": index,
@@ -220,7 +247,9 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
         if shape.chat:
             choice["message"] = {"role": "assistant", "content": text, **_CHAT_MESSAGE_NULLS}
             if shape.parsing is not None:  # reasoning and tool calls, as vLLM's parsers split them
-                fields, choice["finish_reason"] = shape.parsing.whole(text, c.last.finish_reason)
+                fields, choice["finish_reason"] = shape.parsing.whole(output, c.last.finish_reason)
+                if shape.echo is not None:  # vLLM puts the echo before the parsed content
+                    fields["content"] = shape.echo[p] + (fields["content"] or "")
                 choice["message"] |= fields
                 if shape.parsing.suppresses_metadata:
                     choice["logprobs"] = choice["token_ids"] = None
@@ -241,7 +270,7 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
         "choices": rendered,
         "service_tier": None,
         "system_fingerprint": shape.system_fingerprint,
-        "usage": _usage_of(shape, lasts, last_prompt.cached_tokens if last_prompt else 0),
+        "usage": _usage_of(shape, lasts, last_prompt.cached_tokens if last_prompt else 0, reasoning),
         "kv_transfer_params": None,
         "ec_transfer_params": None,
     }
@@ -292,6 +321,12 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     lasts: dict[int, Chunk] = {}
     scored: dict[int, tuple[TokenLogprobs, ...]] = {}  # each prompt's logprobs (its first choice's first chunk)
     parsers: dict[int, ChoiceStream] = {}  # per choice, with chat parsing
+    outputs: dict[int, tuple[list[str], list[str]]] = {}  # per choice: its text and token_texts so far
+
+    def reasoning_so_far(index: int) -> int | None:
+        parts, texts = outputs.get(index, ([], []))
+        last = lasts.get(index)
+        return reasoning_tokens(shape, "".join(parts), texts, last is not None and last.finish_reason is not None)
 
     def event(chunk: Chunk) -> bytes:
         p = shape.prompt(chunk.index)
@@ -299,6 +334,9 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             scored[p] = chunk.prompt_logprobs
         role = chunk.index not in lasts  # a choice's first chunk names the role
         lasts[chunk.index] = chunk
+        parts, texts = outputs.setdefault(chunk.index, ([], []))
+        parts.append(chunk.text)
+        texts.extend(token_texts(shape, chunk.token_ids))
         echoed = scored.get(p) if role and shape.echo is not None else None
         logprobs = _choice_logprobs(shape, chunk.index, chunk.logprobs, offsets.get(chunk.index, 0), prompt=echoed)
         if logprobs is not None and not shape.chat and logprobs["tokens"]:
@@ -313,10 +351,12 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             delta: dict[str, Any] = {"content": text}
             if shape.parsing is not None:  # reasoning and tool calls, as vLLM's parsers stream them
                 parse = parsers.setdefault(chunk.index, shape.parsing.stream())
-                delta = parse.feed(text)
+                delta = parse.feed(chunk.text)
                 if chunk.finish_reason is not None:
                     held, choice["finish_reason"] = parse.finish(chunk.finish_reason)
                     delta = chat_output.join(delta, held)
+                if text != chunk.text:  # the echo comes first, as vLLM sends it before the output
+                    delta = chat_output.join({"content": text[: len(text) - len(chunk.text)]}, delta)
                 delta = parse.hides_reasoning(delta)
                 if shape.parsing.suppresses_metadata:
                     choice["logprobs"] = None
@@ -337,18 +377,21 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
         body["choices"] = [choice]
         if shape.include_usage:  # continuous: the choice's tokens so far, as vLLM's server counts them
             n, prompt = chunk.completion_tokens, len(shape.prompts[p])
-            body["usage"] = (
-                {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
-                if shape.continuous_usage
-                else None
-            )
+            body["usage"] = None
+            if shape.continuous_usage:
+                body["usage"] = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+                reasoning = reasoning_so_far(chunk.index)
+                if reasoning is not None:
+                    body["usage"]["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         return sse(body)
 
     yield event(first)
     async for chunk in rest:
         yield event(chunk)
     if shape.include_usage:
-        final = _usage_of(shape, lasts, first.cached_tokens)
+        final = _usage_of(shape, lasts, first.cached_tokens, [reasoning_so_far(i) for i in sorted(lasts)])
+        if final["completion_tokens_details"] is None:  # vLLM's streamed usage then has no such key
+            del final["completion_tokens_details"]
         yield sse(
             {
                 "id": rid,
@@ -357,8 +400,7 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
                 "model": shape.model,
                 "choices": [],
                 **({"system_fingerprint": shape.system_fingerprint} if shape.system_fingerprint else {}),
-                # vLLM's streamed usage has no completion_tokens_details key
-                "usage": {k: v for k, v in final.items() if k != "completion_tokens_details"},
+                "usage": final,
             }
         )
     yield b"data: [DONE]\n\n"

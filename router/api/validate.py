@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from pdserve.engine.base import LOGIT_BIAS_LIMIT, SamplingSpec
 from router import chat as chat_render
-from router.api import chat_output, structured
+from router.api import chat_output, structured, tool_grammar
 from router.api.schemas import (
     CHAT_REFUSED,
     COMPLETION_REFUSED,
@@ -96,34 +96,36 @@ def chat(
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     gen = _generation(pool, req, ids, limit, arrival)
     mode, name = tool_mode(req)
-    if mode in ("named", "required"):
-        # vLLM constrains the output to the calls' JSON (tool_parsers/utils.py get_json_schema_from_tools)
-        if gen.spec.structured_outputs:
-            raise BadRequestError(
-                "You can only use one kind of structured outputs constraint: a tool_choice that forces a call "
-                "constrains the output itself",
-                "structured_outputs",
-            )
-        tools = _tools(req, options) or []
-        schema = (
-            chat_output.named_schema(tools, name)
-            if mode == "named"
-            else chat_output.required_schema(tools, req.parallel_tool_calls)
+    if mode in ("named", "required") and gen.spec.structured_outputs:
+        raise BadRequestError(
+            "You can only use one kind of structured outputs constraint: a tool_choice that forces a call "
+            "constrains the output itself",
+            "structured_outputs",
         )
-        gen = dataclasses.replace(
-            gen, spec=dataclasses.replace(gen.spec, structured_outputs=json.dumps({"json": schema}))
-        )
+    tools = [t.model_dump() for t in req.tools or ()]
+    own = json.loads(gen.spec.structured_outputs) if gen.spec.structured_outputs else None
+    constraint = tool_grammar.constraint(
+        options.tool_call_parser, tools, mode, name, req.parallel_tool_calls, options.tool_strict_level, own
+    )
+    if constraint.structured_outputs is not None:
+        spec = dataclasses.replace(gen.spec, structured_outputs=json.dumps(constraint.structured_outputs))
+        gen = dataclasses.replace(gen, spec=spec)
     if _keeps_special_tokens(options, mode):
         gen = dataclasses.replace(gen, skip_special_tokens=False)
     return gen
 
 
+def tool_choice(req: ChatCompletionRequest) -> Any:
+    """The request's ``tool_choice``; ``tools`` without one means "auto", as in vLLM."""
+    return "auto" if req.tools and "tool_choice" not in req.model_fields_set else req.tool_choice
+
+
 def tool_mode(req: ChatCompletionRequest) -> tuple[chat_output.ToolMode, str]:
     """How the request's tools shape the output: ("none" | "auto" | "named" | "required",
-    the named tool). ``tools`` without a ``tool_choice`` means "auto", as in vLLM."""
+    the named tool)."""
     if not req.tools:
         return "none", ""
-    choice = req.tool_choice if "tool_choice" in req.model_fields_set else "auto"
+    choice = tool_choice(req)
     if isinstance(choice, NamedToolChoice):
         return "named", choice.function.name
     if choice in ("auto", "required"):
@@ -173,13 +175,13 @@ def chat_prompt_ids(req: ChatCompletionRequest, pool: ModelPool, options: chat_r
 
 def _tools(req: ChatCompletionRequest, options: chat_render.ChatOptions) -> list[dict[str, Any]] | None:
     """The tools for the template, after vLLM's checks of ``tools`` and ``tool_choice``
-    (``tools`` without a choice means "auto"). A choice that needs a tool-call parser the
-    server lacks gets vLLM's answer for a server started without it."""
+    (``tool_choice``). A choice that needs a tool-call parser the server lacks gets vLLM's
+    answer for a server started without it."""
     if req.tools is not None and not req.tools:
         raise BadRequestError(
             "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.", "tools"
         )
-    choice = req.tool_choice if "tool_choice" in req.model_fields_set or not req.tools else "auto"
+    choice = tool_choice(req)
     if choice is not None and choice != "none":
         if req.tools is None:
             raise BadRequestError("When using `tool_choice`, `tools` must be set.", "tool_choice")

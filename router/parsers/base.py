@@ -116,6 +116,12 @@ class ReasoningParser(Protocol):
         """``(reasoning, content)`` of a whole output."""
         ...
 
+    def reasoning_tokens(self, text: str, token_texts: Sequence[str], finished: bool = True) -> int:
+        """How many of the tokens (each decoded on its own) that make ``text`` are reasoning,
+        as vLLM counts them for ``usage.completion_tokens_details.reasoning_tokens``;
+        ``finished``: ``text`` is the whole output, not a stream's output so far."""
+        ...
+
     def stream(self) -> ReasoningStream: ...
 
 

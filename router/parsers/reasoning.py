@@ -17,7 +17,7 @@ results agree by construction (vLLM's own two paths disagree in corner cases; do
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,8 @@ class ThinkStream:
         self._verbatim = not thinking  # reasoning closed before the output began: no tag is special
         self._start_dropped = False
         self._pending = ""
+        self._at = 0  # where ``_pending`` starts in the whole text fed
+        self.spans: list[tuple[int, int]] = []  # [start, end) of each piece of reasoning in that text
 
     def _tags(self) -> tuple[str, ...]:
         if self._verbatim:
@@ -98,15 +100,22 @@ class ThinkStream:
             tags = self._tags()
             hit = first_tag(self._pending, tags)
             if hit is None:
-                keep = held_back(self._pending, tags)
-                out.append(self._pending[: len(self._pending) - keep])
-                self._pending = self._pending[len(self._pending) - keep :]
+                self._emit(out, len(self._pending) - held_back(self._pending, tags))
                 break
             index, tag = hit
-            out.append(self._pending[:index])
-            self._pending = self._pending[index + len(tag) :]
+            self._emit(out, index)
+            self._pending = self._pending[len(tag) :]
+            self._at += len(tag)
             self._on_tag(tag, content)
         return ReasoningDelta("".join(reasoning) or None, "".join(content) or None)
+
+    def _emit(self, out: list[str], n: int) -> None:
+        """Move the first ``n`` pending characters to ``out``."""
+        if n and self._in_reasoning:
+            self.spans.append((self._at, self._at + n))
+        out.append(self._pending[:n])
+        self._pending = self._pending[n:]
+        self._at += n
 
     def _on_tag(self, tag: str, content: list[str]) -> None:
         if not self._in_reasoning:
@@ -119,10 +128,11 @@ class ThinkStream:
             content.append(tag)  # an implicit end (<tool_call>) belongs to the content
 
     def flush(self) -> ReasoningDelta:
-        rest, self._pending = self._pending, ""
-        if not rest:
+        rest: list[str] = []
+        self._emit(rest, len(self._pending))
+        if not rest[0]:
             return ReasoningDelta()
-        return ReasoningDelta(rest, None) if self._in_reasoning else ReasoningDelta(None, rest)
+        return ReasoningDelta(rest[0], None) if self._in_reasoning else ReasoningDelta(None, rest[0])
 
 
 class ThinkReasoningParser:
@@ -135,12 +145,59 @@ class ThinkReasoningParser:
     def stream(self) -> ThinkStream:
         return ThinkStream(self._rules, self._thinking)
 
+    def reasoning_tokens(self, text: str, token_texts: Sequence[str], finished: bool = True) -> int:
+        """How many of the output's tokens are reasoning, as vLLM counts them for
+        ``usage.completion_tokens_details.reasoning_tokens``:
+
+        - ``deepseek_r1`` (basic_parsers.py ``count_reasoning_tokens``): tokens between a
+          ``<think>`` and its ``</think>`` in the *output* (depth counted; vLLM needs both tags
+          to be single tokens), so reasoning the prompt opened counts 0;
+        - ``qwen3`` (parser engine, incremental_lexer.py ``_char_token_counts``): each token
+          belongs to the character where its own text is found in the output, searching on
+          from the previous one (a token not found counts at the first character); the
+          tokens of reasoning characters count, the tags' do not. Before the output is
+          ``finished``, text that may still begin a tag is not counted yet.
+        """
+        if not self._rules.drop_every_start:  # deepseek_r1
+            count = depth = 0
+            for piece in token_texts:
+                if piece == THINK_START:
+                    depth += 1
+                elif piece == THINK_END:
+                    depth = max(depth - 1, 0)
+                elif depth:
+                    count += 1
+            return count
+        stream = self.stream()
+        stream.feed(text)
+        if finished:
+            stream.flush()
+        counts = char_token_counts(text, token_texts)
+        return sum(sum(counts[a:b]) for a, b in stream.spans)
+
     def split(self, text: str) -> tuple[str | None, str | None]:
         stream = self.stream()
         first, last = stream.feed(text), stream.flush()
         reasoning = (first.reasoning or "") + (last.reasoning or "")
         content = (first.content or "") + (last.content or "")
         return reasoning or None, content or None
+
+
+def char_token_counts(text: str, token_texts: Sequence[str]) -> list[int]:
+    """vLLM's ``_char_token_counts``: how many tokens start at each character of ``text``."""
+    counts = [0] * len(text)
+    if not text:
+        return counts
+    pos = assigned = 0
+    for piece in token_texts:
+        found = text.find(piece, pos) if piece else -1
+        if found < 0:
+            continue
+        counts[found] += 1
+        assigned += 1
+        pos = found + len(piece)
+    counts[0] += len(token_texts) - assigned
+    return counts
 
 
 def starts_in_reasoning(rules: ThinkRules, prompt: str, chat_template_kwargs: Mapping[str, Any]) -> bool:

@@ -1,8 +1,9 @@
 """Tool calling through P/D on the embedded model, with the official openai SDK (issue #14):
 a second router over the session cluster's workers, started as one would start `vllm serve`
 for tools (`--chat-template` with tool support, `--tool-call-parser hermes`,
-`--enable-auto-tool-choice`). `tool_choice="required"` constrains the output to vLLM's
-schema of a call list, so even the 135M model returns a call whose arguments validate."""
+`--enable-auto-tool-choice`). `tool_choice="required"` constrains the output to hermes
+`<tool_call>` envelopes (vLLM 0.32's structural tag), and the tool is `strict`, so its
+arguments follow its schema: even the 135M model returns a call whose arguments validate."""
 
 from __future__ import annotations
 
@@ -31,7 +32,12 @@ PARAMETERS = {
 TOOLS: list[Any] = [
     {
         "type": "function",
-        "function": {"name": "get_weather", "description": "Weather in a city", "parameters": PARAMETERS},
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": PARAMETERS,
+            "strict": True,
+        },
     }
 ]
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from router.api.chat_output import named_schema, required_schema
+from router.api.tool_grammar import named_schema, required_schema
 from router.chat import ChatOptions
+from router.parsers import reasoning
 from router.tokenizer import Tokenizer
 from tests.helpers.router import ScriptedDecode, ScriptedPrefill, ScriptedRouter, scripted_router, tiny_tokenizer
 
@@ -93,7 +94,8 @@ def test_auto_tool_calls_are_parsed_and_finish_with_tool_calls(tok: Tokenizer) -
 
 
 def test_a_named_tool_choice_constrains_the_output_to_its_arguments(tok: Tokenizer) -> None:
-    r, decode = cluster(tok, '{"city": "Paris"}', ChatOptions(tool_call_parser="hermes"))
+    """A parser without a structural-tag format (pythonic): the output is the arguments."""
+    r, decode = cluster(tok, '{"city": "Paris"}', ChatOptions(tool_call_parser="pythonic"))
     named = {"type": "function", "function": {"name": "get_weather"}}
     choice = ask(r, tools=[TOOL], tool_choice=named)["choices"][0]
     assert json.loads(decode.calls[-1]["spec"].structured_outputs) == {"json": named_schema([TOOL], "get_weather")}
@@ -105,8 +107,9 @@ def test_a_named_tool_choice_constrains_the_output_to_its_arguments(tok: Tokeniz
 
 
 def test_required_tool_choice_constrains_the_output_to_a_list_of_calls(tok: Tokenizer) -> None:
+    """A parser without a structural-tag format (mistral): a JSON list of calls."""
     output = '[{"name": "get_weather", "parameters": {"city": "Paris"}}]'
-    r, decode = cluster(tok, output, ChatOptions(tool_call_parser="hermes"))
+    r, decode = cluster(tok, output, ChatOptions(tool_call_parser="mistral"))
     choice = ask(r, tools=[TOOL], tool_choice="required", parallel_tool_calls=False)["choices"][0]
     schema = json.loads(decode.calls[-1]["spec"].structured_outputs)["json"]
     assert schema == required_schema([TOOL], False) and schema["maxItems"] == 1
@@ -117,6 +120,43 @@ def test_required_tool_choice_constrains_the_output_to_a_list_of_calls(tok: Toke
     streamed = assembled(ask(r, stream=True, tools=[TOOL], tool_choice="required"))
     assert [c["function"]["name"] for c in streamed["tool_calls"]] == ["get_weather"]
     assert streamed["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_hermes_forced_calls_are_constrained_and_read_in_its_own_syntax(tok: Tokenizer, choice: Any) -> None:
+    """hermes has a structural-tag format: a forced call is written as an auto one would be
+    (``<tool_call>`` envelopes; the arguments free unless the tool is strict) and read by
+    the parser; ``required`` finishes with "tool_calls", a named tool with "stop"."""
+    options = ChatOptions(tool_call_parser="hermes", enable_auto_tool_choice=True)
+    r, decode = cluster(tok, HERMES_CALL, options)
+    choice_out = ask(r, tools=[TOOL], tool_choice=choice, parallel_tool_calls=False)["choices"][0]
+    tag = json.loads(json.loads(decode.calls[-1]["spec"].structured_outputs)["structural_tag"])
+    assert tag["format"]["type"] == "tags_with_separator" and tag["format"]["stop_after_first"]
+    assert {t["begin"] for t in tag["format"]["tags"]} == {
+        '<tool_call>\n{"name": "get_weather", "arguments": ',
+        '<tool_call>{"name": "get_weather", "arguments": ',
+    }
+    (call,) = choice_out["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert choice_out["message"]["content"] == ""
+    finish = "tool_calls" if choice == "required" else "stop"
+    assert choice_out["finish_reason"] == finish
+    streamed = assembled(ask(r, stream=True, tools=[TOOL], tool_choice=choice))
+    assert [c["function"] for c in streamed["tool_calls"]] == [call["function"]]
+    assert streamed["finish_reason"] == finish and not streamed["content"]
+
+
+def test_a_strict_tool_constrains_auto_calls_and_a_plain_one_does_not(tok: Tokenizer) -> None:
+    options = ChatOptions(tool_call_parser="hermes", enable_auto_tool_choice=True)
+    r, decode = cluster(tok, HERMES_CALL, options)
+    ask(r, tools=[TOOL])
+    assert decode.calls[-1]["spec"].structured_outputs == ""
+    strict = {"type": "function", "function": {**TOOL["function"], "strict": True}}
+    choice = ask(r, tools=[strict])["choices"][0]
+    tag = json.loads(json.loads(decode.calls[-1]["spec"].structured_outputs)["structural_tag"])
+    assert tag["format"]["type"] == "triggered_tags" and tag["format"]["triggers"] == ["<tool_call>"]
+    assert tag["format"]["tags"][0]["content"]["json_schema"] == TOOL["function"]["parameters"]
+    assert choice["finish_reason"] == "tool_calls"
 
 
 def test_a_forced_tool_choice_and_another_constraint_are_a_400(tok: Tokenizer) -> None:
@@ -139,3 +179,41 @@ def test_unknown_parser_names_are_refused_at_start(tmp_path: Any) -> None:
         config.from_args(["--decode", "127.0.0.1:1", "--enable-auto-tool-choice"])
     ok = config.from_args(["--decode", "127.0.0.1:1", "--tool-call-parser", "hermes", "--enable-auto-tool-choice"])
     assert ok.chat.tool_call_parser == "hermes" and ok.chat.enable_auto_tool_choice
+
+
+def test_reasoning_tokens_are_reported_in_usage_whole_and_streamed(tok: Tokenizer) -> None:
+    text = "<think>Paris is in France.</think>Paris."
+    r, _ = cluster(tok, text, ChatOptions(reasoning_parser="qwen3"))
+    ids = tok.encode(text, add_special_tokens=False)
+    expected = reasoning.qwen3().reasoning_tokens(text, [tok.decode([t], skip_special_tokens=False) for t in ids])
+    assert expected > 0
+    usage = ask(r)["usage"]
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": expected}
+    chunks = ask(r, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
+    counts = [c["usage"]["completion_tokens_details"]["reasoning_tokens"] for c in chunks if c["choices"]]
+    assert counts == sorted(counts) and counts[-1] == expected  # grows as the reasoning streams
+    assert chunks[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": expected}
+    plain, _ = cluster(tok, text, ChatOptions())  # no reasoning parser: no details, as vLLM
+    assert ask(plain)["usage"]["completion_tokens_details"] is None
+
+
+def test_echo_comes_before_the_parsed_content(tok: Tokenizer) -> None:
+    """The parsers read the output only; the echoed last message is put before the content."""
+    options = ChatOptions(tool_call_parser="hermes", enable_auto_tool_choice=True, reasoning_parser="qwen3")
+    r, _ = cluster(tok, "<think>r</think>done", options)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>"}]
+    body = {"messages": messages, "echo": True, "add_generation_prompt": False, "continue_final_message": True}
+    message = ask(r, **body)["choices"][0]["message"]
+    assert (message["reasoning"], message["content"]) == ("r", "<think>done")
+    streamed = assembled(ask(r, stream=True, **body))
+    assert (streamed["reasoning"], streamed["content"]) == ("r", "<think>done")
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(tok: Tokenizer) -> None:
+    options = ChatOptions(tool_call_parser="hermes", enable_auto_tool_choice=True)
+    r, _ = cluster(tok, HERMES_CALL + HERMES_CALL.replace("Paris", "Lyon"), options)
+    assert len(ask(r, tools=[TOOL])["choices"][0]["message"]["tool_calls"]) == 2
+    single = ask(r, tools=[TOOL], parallel_tool_calls=False)["choices"][0]["message"]["tool_calls"]
+    assert [c["function"]["arguments"] for c in single] == ['{"city": "Paris"}']
+    streamed = assembled(ask(r, stream=True, tools=[TOOL], parallel_tool_calls=False))
+    assert [c["function"]["arguments"] for c in streamed["tool_calls"]] == ['{"city": "Paris"}']

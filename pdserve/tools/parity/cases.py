@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -532,6 +532,11 @@ def battery() -> list[Case]:
 
 
 WEATHER = [{"role": "user", "content": "What is the weather in Paris? Call the tool."}]
+STRICT_TOOL = {"type": "function", "function": {**cast("dict[str, Any]", TOOL["function"]), "strict": True}}
+OTHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}},
+}
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 ONE_CALL: dict[str, Any] = {"parallel_tool_calls": False, "max_tokens": 40}
 
@@ -572,6 +577,31 @@ def tools_battery() -> list[Case]:
         ),
         chat("suite_tools.named", messages=WEATHER, tools=[TOOL], tool_choice=NAMED, max_tokens=40, **off),
         chat("suite_tools.named", stream=True, messages=WEATHER, tools=[TOOL], tool_choice=NAMED, max_tokens=40, **off),
+        chat("suite_tools.auto_strict", messages=WEATHER, tools=[STRICT_TOOL], max_tokens=40, **off),
+        chat("suite_tools.auto_strict", stream=True, messages=WEATHER, tools=[STRICT_TOOL], max_tokens=40, **off),
+        chat("suite_tools.auto_single", messages=WEATHER, tools=[TOOL], **ONE_CALL, **off),
+        chat("suite_tools.required_strict", messages=WEATHER, tools=[STRICT_TOOL], tool_choice="required", **ONE_CALL),
+        chat(
+            "suite_tools.required_strict",
+            stream=True,
+            messages=WEATHER,
+            tools=[STRICT_TOOL],
+            tool_choice="required",
+            **ONE_CALL,
+            **off,
+        ),
+        chat("suite_tools.named_strict", messages=WEATHER, tools=[STRICT_TOOL], tool_choice=NAMED, **ONE_CALL, **off),
+        chat(
+            "suite_tools.required_two_tools", messages=WEATHER, tools=[TOOL, OTHER_TOOL], tool_choice="required", **off
+        ),
+        chat(
+            "suite_tools.auto_strict_with_schema",
+            messages=WEATHER,
+            tools=[STRICT_TOOL],
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+            max_tokens=40,
+            **off,
+        ),
         chat("suite_tools.named_unknown", tools=[TOOL], tool_choice={"type": "function", "function": {"name": "x"}}),
         chat("suite_tools.history", messages=history, tools=[TOOL], tool_choice="none", max_tokens=16, **off),
         chat("suite_tools.history_auto", messages=history, tools=[TOOL], max_tokens=24, **off),
