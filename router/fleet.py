@@ -62,6 +62,7 @@ class FleetOptions:
     # restarted, empty Redis is refilled by the workers' next heartbeats). It leaves
     # placement sooner: at its first failed Load poll.
     missing_grace_s: float = 5.0
+    reasoning_parser: str = ""  # the router's --reasoning-parser; workers' engines should gate grammars alike
 
 
 class TokenizerSource:
@@ -158,8 +159,25 @@ class Fleet:
             feed = IndexFeed(self._store, info.model, worker, info.block_size)
             subscriber = EventSubscriber(info.kv_events, info.kv_replay)
             self._followers[worker] = asyncio.create_task(follow(subscriber, feed))
+        self._warn_on_grammar_gating(worker, info)
         log.info("%s worker %s joined model %s", info.role, worker, info.model)
         self._changed()
+
+    def _warn_on_grammar_gating(self, worker: WorkerId, info: EngineInfo) -> None:
+        """vllm serve's one --reasoning-parser both splits the output and makes the engine's
+        grammars wait for the end of reasoning; here the router and the workers each take it."""
+        if info.engine != "vllm" or info.reasoning_parser == self._options.reasoning_parser:
+            return
+        log.warning(
+            "%s worker %s: its engine's reasoning parser is %r, the router's %r: structured outputs and "
+            "forced tool calls will %s the reasoning, unlike vllm serve (give both the same "
+            "--reasoning-parser / PDSERVE_REASONING_PARSER)",
+            info.role,
+            worker,
+            info.reasoning_parser,
+            self._options.reasoning_parser,
+            "wait for the end of" if info.reasoning_parser else "constrain",
+        )
 
     def _remove(self, worker: WorkerId) -> None:
         model = self._where.pop(worker, None)

@@ -157,6 +157,7 @@ class EngineInfo:
     scheduling_policy: str = "fcfs"  # "priority": requests' priority orders the engine's queue
     max_logprobs: int = 20  # top logprobs per position the engine computes at most (vLLM's max_logprobs)
     system_fingerprint: str = ""  # as vLLM's server stamps responses: version, parallelism, config hash
+    reasoning_parser: str = ""  # the engine's: its grammars wait for the end of reasoning; "": none
 
 
 @dataclass(frozen=True)

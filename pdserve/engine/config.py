@@ -77,6 +77,12 @@ class EngineConfig:
         "none: the vLLM release's own (30 s in vLLM 0.32; 480 s in releases that read "
         "VLLM_NIXL_ABORT_REQUEST_TIMEOUT). Give both roles the same value",
     )
+    reasoning_parser: str = flag(
+        "",
+        env="PDSERVE_REASONING_PARSER",
+        help="as vllm serve's --reasoning-parser for the engine: structured outputs (and forced tool calls) "
+        "constrain the output only after the reasoning ends; give the router the same (one variable sets both)",
+    )
     engine_args: dict[str, Any] = flag(
         default_factory=dict,
         name="--engine-arg",

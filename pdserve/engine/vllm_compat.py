@@ -70,6 +70,8 @@ def engine_args(cfg: EngineConfig, role: str) -> AsyncEngineArgs:
         kv_transfer_config=None if kv_role is None else _kv_transfer_config(kv_role, cfg.kv_lease_s),
         kv_events_config=_kv_events_config(cfg),
     )
+    if cfg.reasoning_parser:  # vLLM puts it in StructuredOutputsConfig: grammars wait for </think>
+        kwargs["reasoning_parser"] = cfg.reasoning_parser
     if kv_role is not None:  # NIXL's progress thread busy-polls unless this module runs first
         kwargs["worker_extension_cls"] = NIXL_WORKER_EXTENSION
     kwargs.update(cfg.engine_args)

@@ -111,6 +111,7 @@ class _VllmRuntime:
             scheduling_policy=compat.scheduling_policy(self.llm),
             max_logprobs=compat.max_logprobs(self.llm),
             system_fingerprint=compat.system_fingerprint(self.llm),
+            reasoning_parser=self.config.reasoning_parser,
         )
 
     async def load(self) -> EngineLoad:

@@ -163,6 +163,7 @@ def info_to_pb(info: EngineInfo) -> pb.WorkerInfo:
         scheduling_policy=info.scheduling_policy,
         max_logprobs=info.max_logprobs,
         system_fingerprint=info.system_fingerprint,
+        reasoning_parser=info.reasoning_parser,
     )
 
 
@@ -181,6 +182,7 @@ def info_from_pb(msg: pb.WorkerInfo) -> EngineInfo:
         scheduling_policy=msg.scheduling_policy or "fcfs",
         max_logprobs=msg.max_logprobs or 20,
         system_fingerprint=msg.system_fingerprint,
+        reasoning_parser=msg.reasoning_parser,
     )
 
 

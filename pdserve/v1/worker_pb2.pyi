@@ -142,7 +142,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "model", "block_size", "vllm_version", "kv_capacity_tokens", "max_model_len", "engine", "kv_events", "kv_replay", "model_path", "scheduling_policy", "max_logprobs", "system_fingerprint")
+    __slots__ = ("role", "model", "block_size", "vllm_version", "kv_capacity_tokens", "max_model_len", "engine", "kv_events", "kv_replay", "model_path", "scheduling_policy", "max_logprobs", "system_fingerprint", "reasoning_parser")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class WorkerInfo(_message.Message):
     SCHEDULING_POLICY_FIELD_NUMBER: _ClassVar[int]
     MAX_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    REASONING_PARSER_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     block_size: int
@@ -169,7 +170,8 @@ class WorkerInfo(_message.Message):
     scheduling_policy: str
     max_logprobs: int
     system_fingerprint: str
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., vllm_version: _Optional[str] = ..., kv_capacity_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., engine: _Optional[str] = ..., kv_events: _Optional[str] = ..., kv_replay: _Optional[str] = ..., model_path: _Optional[str] = ..., scheduling_policy: _Optional[str] = ..., max_logprobs: _Optional[int] = ..., system_fingerprint: _Optional[str] = ...) -> None: ...
+    reasoning_parser: str
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., vllm_version: _Optional[str] = ..., kv_capacity_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., engine: _Optional[str] = ..., kv_events: _Optional[str] = ..., kv_replay: _Optional[str] = ..., model_path: _Optional[str] = ..., scheduling_policy: _Optional[str] = ..., max_logprobs: _Optional[int] = ..., system_fingerprint: _Optional[str] = ..., reasoning_parser: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ()
