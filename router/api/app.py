@@ -211,6 +211,9 @@ async def _respond(
         echo=_echo(answer, body),
         echo_only=isinstance(body, CompletionRequest) and bool(body.echo) and body.max_tokens == 0,
         parsing=parsing,
+        prompt_text=answer.decode(answer.prompts[0])
+        if isinstance(body, ChatCompletionRequest) and body.return_prompt_text
+        else None,
     )
     if not body.stream:
         return JSONResponse(await render.collect(shape, answer.chunks()))

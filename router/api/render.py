@@ -35,6 +35,7 @@ class Shape:
     echo: tuple[str, ...] | None = None  # echo: per prompt, the text its choices start with (None: no echo)
     echo_only: bool = False  # echo with max_tokens 0: the prompt alone, the generated token hidden
     parsing: ChatParsing | None = None  # chat: reasoning and tool-call parsing of the output
+    prompt_text: str | None = None  # chat return_prompt_text: the rendered prompt (whole; a stream's first chunk)
 
     @property
     def prompt_tokens(self) -> int:
@@ -278,7 +279,7 @@ def whole(shape: Shape, choices: dict[int, _Choice]) -> dict[str, Any]:
         body |= {
             "prompt_logprobs": prompt_logprobs(shape, scored.get(0)),
             "prompt_token_ids": _prompt_ids(shape, 0),
-            "prompt_text": None,
+            "prompt_text": shape.prompt_text,
         }
     return body
 
@@ -365,7 +366,7 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             choice["delta"] = delta
             if role:  # a choice's first chunk has the key, as vLLM's server writes it
                 body["prompt_token_ids"] = _prompt_ids(shape, p)
-            body["prompt_text"] = None
+            body["prompt_text"] = shape.prompt_text if role else None
         else:
             choice["text"] = text
             # every chunk has the key, the ids on a choice's first (vLLM also sends them with an echo)

@@ -272,6 +272,7 @@ class ChatCompletionRequest(SamplingFields):
     documents: list[dict[str, str]] | None = None
     chat_template: str | None = None  # needs the router's --trust-request-chat-template
     chat_template_kwargs: dict[str, Any] | None = None
+    return_prompt_text: bool | None = False  # the rendered prompt in the response (vLLM's prompt_text)
 
 
 class Refused(NamedTuple):
@@ -304,7 +305,6 @@ CHAT_REFUSED: dict[str, Refused] = {
     **_SHARED_REFUSED,
     "media_io_kwargs": Refused((None,), "multimodal input is not supported"),
     "mm_processor_kwargs": Refused((None,), "multimodal input is not supported"),
-    "return_prompt_text": Refused(_OFF, f"{_NOT_YET}"),
 }
 COMPLETION_REFUSED: dict[str, Refused] = {
     **_SHARED_REFUSED,

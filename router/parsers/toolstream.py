@@ -11,9 +11,11 @@ A parser supplies two pure functions of the whole text seen so far:
 ``parse``, which sends whatever was held back. Re-parsing costs O(n) per delta; outputs with
 tool calls are short, and this keeps one source of truth per format.
 
-Hazard: if the finished output is rejected as a whole (malformed JSON after calls were
-streamed), the calls already sent cannot be taken back; ``flush`` then sends the content
-that ``parse`` returns where it extends what was sent, and nothing that contradicts it.
+Hazard: if the finished output is rejected as a whole (malformed JSON, or a call cut off by
+``max_tokens``, after calls were streamed), the calls already sent cannot be taken back;
+``flush`` then sends nothing more, as vLLM's streaming parsers send nothing at the end (the
+non-streamed answer is all content). With no call sent, it sends the content ``parse``
+returns where that extends what was sent, and nothing that contradicts it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class ReparsingToolStream:
             return ToolDelta()
         self._flushed = True
         final = self._parse(self._text)
+        if final is None and self._calls:
+            return ToolDelta()
         return self._advance(final if final is not None else Snapshot(self._text))
 
     def _advance(self, snap: Snapshot) -> ToolDelta:

@@ -67,7 +67,6 @@ ASKING: dict[str, Any] = {
     "chat_template_kwargs": {"a": 1},
     "media_io_kwargs": {"a": {}},
     "mm_processor_kwargs": {"a": 1},
-    "return_prompt_text": True,
     "suffix": "x",
     "prompt_embeds": "AAAA",
 }
@@ -378,3 +377,15 @@ def test_responses_carry_the_decode_workers_system_fingerprint(tok: Tokenizer) -
     other = ScriptedDecode([1], "decode:2")
     r.pool.add_decode(other, dataclasses.replace(info, system_fingerprint="vllm-0.32.0-ffff0000"))
     assert r.pool.system_fingerprint is None
+
+
+def test_return_prompt_text_shows_the_rendered_prompt(tok: Tokenizer) -> None:
+    r, _ = router(tok)
+    rendered = r.client.post("/tokenize", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+    text = tok.decode(rendered.json()["tokens"], skip_special_tokens=False)
+    assert "hi" in text
+    assert post(r, True, return_prompt_text=True).json()["prompt_text"] == text
+    assert post(r, True).json()["prompt_text"] is None
+    lines = post(r, True, return_prompt_text=True, stream=True).text.splitlines()
+    chunks = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
+    assert [c["prompt_text"] for c in chunks] == [text] + [None] * (len(chunks) - 1)  # the first chunk only

@@ -453,6 +453,8 @@ def _chat_rendering_more() -> list[Case]:
             messages=[*MESSAGES, {"role": "assistant", "content": "Paris.", "name": "bot"}, *SHORT_MESSAGES],
         ),
         chat("add_special_tokens.true", add_special_tokens=True),
+        chat("return_prompt_text.true", return_prompt_text=True),
+        chat("return_prompt_text.true", stream=True, return_prompt_text=True),
         chat("documents.two", documents=[{"title": "a", "text": "x"}, {"title": "b", "text": "y"}]),
         chat("reasoning_effort.none", reasoning_effort="none"),
         chat("reasoning_effort.bogus", reasoning_effort="extreme"),
