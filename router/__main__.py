@@ -14,6 +14,7 @@ from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
+from pdserve.state.redis import redact
 from router import config
 from router.admission import Admission
 from router.api.app import create_app
@@ -30,10 +31,10 @@ log = logging.getLogger("router")
 
 def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[StateStore, bool]:
     """(store, whether this router follows the workers' KV events itself)."""
-    store = make_store(cfg.state_url)
+    store = make_store(cfg.state_url, namespace=cfg.state_namespace)
     if cfg.state_url.startswith("memory"):
         return store, True
-    return FallbackStore(store, on_change=metrics.store_available), False
+    return FallbackStore(store, on_change=metrics.store_available, on_error=metrics.store_failed), False
 
 
 async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet, StateStore]:
@@ -65,7 +66,8 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service, fleet, store = await build_service(cfg)
         holder["service"] = service
-        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, cfg.state_url)
+        state = redact(cfg.state_url)
+        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, state)
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pdserve.config import model_path
 from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
+from pdserve.state import check_namespace
 from router.admission import AdmissionLimits
 from router.chat import CONTENT_FORMATS, ChatOptions, load_template
 from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
@@ -112,6 +113,12 @@ class RouterConfig:
         env="PDSERVE_STATE_URL",
         help="worker registry and block index: memory:// (this router only) or redis://host:port (shared by "
         "router replicas; workers register there)",
+    )
+    state_namespace: str = flag(
+        "pdserve",
+        env="PDSERVE_STATE_NAMESPACE",
+        help="prefix of every key this cluster keeps in --state-url: clusters sharing one Redis database "
+        "see each other's workers only if they share it (the workers' flag must match)",
     )
     tokenizers: dict[str, str] = flag(
         default_factory=dict,
@@ -218,6 +225,7 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not self.decode and self.state_url.startswith("memory"):
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
+        check_namespace(self.state_namespace)
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
         if not self.keep_alive_s > 0:

@@ -80,6 +80,13 @@ class RouterMetrics:
             "pdserve_router_state_store_up", "1 while the shared state store (Redis) answers", registry=r
         )
         self.store_up.set(1)
+        self.store_errors = Counter(
+            "pdserve_router_state_store_errors",
+            "Calls the shared state store failed, by kind: connection, timeout, oom, readonly, misconf, "
+            "noperm, auth, response (the router then serves from its local view)",
+            ["kind"],
+            registry=r,
+        )
         self.workers = Gauge("pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r)
         self.retries = Counter(
             "pdserve_router_retries",
@@ -131,6 +138,9 @@ class RouterMetrics:
 
     def store_available(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
+
+    def store_failed(self, kind: str) -> None:
+        self.store_errors.labels(kind).inc()
 
     def fleet_changed(self, pools: Mapping[str, ModelPool]) -> None:
         for pool in pools.values():

@@ -20,7 +20,7 @@ from pdserve.flags import flag
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
 from pdserve.kv.hashing import SCHEME
-from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, make_store
+from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, check_namespace, make_store
 from pdserve.types import WorkerId
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ class RegistrationOptions:
         env="PDSERVE_ADVERTISE",
         help="host:port routers dial (default --host:--port; required when --host is 0.0.0.0)",
     )
+    state_namespace: str = flag(
+        "pdserve",
+        env="PDSERVE_STATE_NAMESPACE",
+        help="prefix of this cluster's keys in --state-url (the routers' flag must match)",
+    )
     ttl_s: float = flag(
         10.0,
         name="--heartbeat-ttl",
@@ -51,6 +56,7 @@ class RegistrationOptions:
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
             raise ValueError("heartbeat_ttl_s must be > 0")
+        check_namespace(self.state_namespace)
 
 
 class Registration:
@@ -76,7 +82,8 @@ class Registration:
         )
         # Heartbeats and index writes run in the background: a longer timeout than a
         # router's per-request reads, so a starved CPU does not flap the registration.
-        return cls(make_store(options.state_url, timeout_s=STORE_TIMEOUT_S), record, options.ttl_s)
+        store = make_store(options.state_url, timeout_s=STORE_TIMEOUT_S, namespace=options.state_namespace)
+        return cls(store, record, options.ttl_s)
 
     async def run(self) -> None:
         """Heartbeat and follow KV events until cancelled."""
