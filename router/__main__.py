@@ -15,6 +15,7 @@ from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
 from pdserve.state.redis import redact
+from pdserve.state.trust import RegistryTrust
 from router import config
 from router.admission import Admission
 from router.api.app import create_app
@@ -34,6 +35,13 @@ def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[State
     store = make_store(cfg.state_url, namespace=cfg.state_namespace)
     if cfg.state_url.startswith("memory"):
         return store, True
+    if not cfg.registry_secrets:
+        log.warning(
+            "NO REGISTRY SECRET: this router dials every valid record in %s, so anyone who can write there "
+            "can receive requests and the worker token. Set PDSERVE_REGISTRY_SECRET or --registry-secret-file "
+            "(routers and workers alike) outside local development.",
+            redact(cfg.state_url),
+        )
     return FallbackStore(store, on_change=metrics.store_available, on_error=metrics.store_failed), False
 
 
@@ -44,8 +52,8 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     fleet = Fleet(
         store,
         TokenizerSource(cfg.tokenizers, cfg.model_dir, cfg.generation_config),
-        FleetOptions(follow_events=follow_events, link=cfg.link),
-        on_change=metrics.fleet_changed,
+        FleetOptions(follow_events=follow_events, link=cfg.link, trust=RegistryTrust(cfg.registry_secrets)),
+        metrics,
     )
     await fleet.add_static(list(cfg.prefill), list(cfg.decode), cfg.startup_timeout_s)
     await fleet.refresh()

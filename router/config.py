@@ -212,6 +212,12 @@ class RouterConfig:
         env="PDSERVE_WORKER_TOKEN_FILE",
         help="token sent to workers: the file's first line (or PDSERVE_WORKER_TOKEN)",
     )
+    registry_secret_file: str = flag(
+        "",
+        env="PDSERVE_REGISTRY_SECRET_FILE",
+        help="dial only registered workers whose record one of these secrets signed (one per line; also the "
+        "comma-separated PDSERVE_REGISTRY_SECRET); none: every valid record is trusted (local development)",
+    )
     worker_tls_cert: str = flag("", env="PDSERVE_WORKER_TLS_CERT", help="dial workers over TLS: PEM client certificate")
     worker_tls_key: str = flag("", env="PDSERVE_WORKER_TLS_KEY", help="dial workers over TLS: PEM its private key")
     worker_tls_ca: str = flag(
@@ -221,6 +227,7 @@ class RouterConfig:
     # Read from the files above (and their variables) by ``with_secrets``.
     api_keys: tuple[str, ...] = ()  # clients must send one (Bearer); () = open
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
+    registry_secrets: tuple[str, ...] = ()  # verify registry records with these; () = trust valid ones
 
     def __post_init__(self) -> None:
         if not self.decode and self.state_url.startswith("memory"):
@@ -262,7 +269,10 @@ class RouterConfig:
         tls = TlsFiles(self.worker_tls_cert, self.worker_tls_key, self.worker_tls_ca)
         token = next(iter(read_secrets(self.worker_token_file, "PDSERVE_WORKER_TOKEN")), "")
         return dataclasses.replace(
-            self, api_keys=read_secrets(self.api_keys_file, "PDSERVE_API_KEYS"), link=WorkerLink(tls, token)
+            self,
+            api_keys=read_secrets(self.api_keys_file, "PDSERVE_API_KEYS"),
+            link=WorkerLink(tls, token),
+            registry_secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"),
         )
 
 

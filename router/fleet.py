@@ -3,7 +3,9 @@
 Sources of workers: the static ``--prefill/--decode`` lists (asked for their
 Info at start-up) and the shared registry (workers that register themselves,
 re-read every ``refresh_s``; one that stops heart-beating leaves when its
-entry expires). Every worker's Load is polled every ``poll_s``; one that fails
+entry has been gone for its heartbeat TTL). A registered worker is dialled
+only once its record is trusted (router/registry.py), and joins only if its
+Info agrees with its record and is sane. Every worker's Load is polled every ``poll_s``; one that fails
 a poll is out of placement until it answers again. With an in-process store
 the router also follows each worker's KV events into its block index (with
 Redis, the workers feed the index themselves).
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +23,16 @@ import grpc
 from pdserve.engine.base import EngineInfo
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
-from pdserve.kv.hashing import SCHEME
 from pdserve.security import WorkerLink
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
+from pdserve.state.trust import RegistryTrust
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient
 from router.errors import WorkerError
 from router.generation_config import sampling_defaults
+from router.metrics import RouterMetrics
 from router.pool import ModelPool
+from router.registry import RegistryReader
 from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,10 +61,24 @@ class FleetOptions:
     rpc_timeout_s: float = 2.0
     follow_events: bool = True  # the router feeds its own (in-process) block index
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
-    # A registered worker leaves the pool once its entry has been gone this long (a
-    # restarted, empty Redis is refilled by the workers' next heartbeats). It leaves
-    # placement sooner: at its first failed Load poll.
-    missing_grace_s: float = 5.0
+    trust: RegistryTrust = field(default_factory=RegistryTrust)  # which registry records may be dialled
+    # A registered worker leaves the pool once its entry has been gone for the heartbeat TTL
+    # its record states (a restarted, empty Redis is refilled by the workers' next heartbeats,
+    # every TTL/3); this for records that state none. It leaves placement sooner: at its
+    # first failed Load poll.
+    missing_grace_s: float = 10.0
+
+
+MAX_CONTEXT = 1 << 24  # a worker reporting a longer context (or none) is not believed
+
+
+def check_info(record: WorkerRecord, info: EngineInfo) -> None:
+    """``ValueError`` unless a registered worker's Info agrees with its record and is sane."""
+    for attr in ("role", "model", "block_size"):
+        if getattr(info, attr) != getattr(record, attr):
+            raise ValueError(f"its Info says {attr} {getattr(info, attr)!r}, its record {getattr(record, attr)!r}")
+    if not 0 < info.max_model_len <= MAX_CONTEXT:
+        raise ValueError(f"max_model_len {info.max_model_len} outside [1, {MAX_CONTEXT}]")
 
 
 class TokenizerSource:
@@ -103,13 +120,15 @@ class Fleet:
         store: StateStore,
         tokenizers: TokenizerSource,
         options: FleetOptions,
-        on_change: Callable[[dict[str, ModelPool]], None] | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.pools: dict[str, ModelPool] = {}
         self._store = store
         self._tokenizers = tokenizers
         self._options = options
-        self._on_change = on_change
+        self._metrics = metrics
+        self._registry = RegistryReader(store, options.trust, metrics.registry_rejected if metrics else None)
+        self._grace: dict[WorkerId, float] = {}  # registered worker → seconds it may be missing
         self._where: dict[WorkerId, str] = {}  # worker → model
         self._clients: dict[WorkerId, Client] = {}  # polled for Load, closed at the end
         self._static: set[WorkerId] = set()
@@ -177,23 +196,24 @@ class Fleet:
         self._changed()
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self.pools)
+        if self._metrics is not None:
+            self._metrics.fleet_changed(self.pools)
 
     async def refresh(self) -> None:
         """Join registered workers that are new (or restarted); drop expired ones."""
         try:
-            records = await self._store.workers()
+            records = await self._registry.records()
         except StoreUnavailable:
             return  # keep the current view
         live = {r.worker_id: r for r in records}
         now = asyncio.get_running_loop().time()
         for worker in [w for w in self._where if w not in self._static and w not in live]:
             since = self._missing_since.setdefault(worker, now)
-            if now - since >= self._options.missing_grace_s:
+            if now - since >= self._grace.get(worker, self._options.missing_grace_s):
                 self._remove(worker)
                 self._instances.pop(worker, None)
                 self._missing_since.pop(worker, None)
+                self._grace.pop(worker, None)
         for worker in live:
             self._missing_since.pop(worker, None)
         for record in records:
@@ -204,20 +224,28 @@ class Fleet:
             await self._join(record)
 
     async def _join(self, record: WorkerRecord) -> None:
-        if record.hash_scheme != SCHEME:
-            log.error(
-                "worker %s hashes blocks with %s, this router with %s", record.worker_id, record.hash_scheme, SCHEME
-            )
-            return
+        """Dial a trusted record's worker (the only place a registered address is dialled)."""
         kind = PrefillClient if record.role == "prefill" else DecodeClient
         client: Client = kind(record.worker_id, self._options.link)
         try:
             info = await client.info(timeout=self._options.rpc_timeout_s)
-            self._add(client, info)
-            self._instances[record.worker_id] = record.instance_id
-        except (WorkerError, ValueError) as exc:
+            check_info(record, info)
+        except ValueError as exc:
+            self._registry.reject("bad_info", f"worker {record.worker_id}: {exc}")
+            await client.close()
+            return
+        except WorkerError as exc:
             log.warning("registered worker %s not joined: %s", record.worker_id, exc)
             await client.close()
+            return
+        try:
+            self._add(client, info)
+        except ValueError as exc:
+            log.warning("registered worker %s not joined: %s", record.worker_id, exc)
+            await client.close()
+            return
+        self._instances[record.worker_id] = record.instance_id
+        self._grace[record.worker_id] = record.ttl_ms / 1000 or self._options.missing_grace_s
 
     async def _refresh_loop(self) -> None:
         while True:

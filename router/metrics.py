@@ -87,6 +87,13 @@ class RouterMetrics:
             ["kind"],
             registry=r,
         )
+        self.registry_rejections = Counter(
+            "pdserve_router_registry_rejected",
+            "Registry entries skipped, never dialled, by reason: malformed, unsigned, bad_signature, "
+            "hash_scheme, bad_info (its Info disagrees with its record or is not sane)",
+            ["reason"],
+            registry=r,
+        )
         self.workers = Gauge("pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r)
         self.retries = Counter(
             "pdserve_router_retries",
@@ -138,6 +145,9 @@ class RouterMetrics:
 
     def store_available(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
+
+    def registry_rejected(self, reason: str) -> None:
+        self.registry_rejections.labels(reason).inc()
 
     def store_failed(self, kind: str) -> None:
         self.store_errors.labels(kind).inc()

@@ -54,7 +54,7 @@ class MalformedRecord(ValueError):
 
 
 # Bounds of a sane record: a value outside them is a corrupt or hostile entry, never a worker.
-_LIMITS = {"block_size": (1, 1 << 16), "capacity_tokens": (0, 1 << 40)}
+_LIMITS = {"block_size": (1, 1 << 16), "capacity_tokens": (0, 1 << 40), "ttl_ms": (0, 86_400_000)}
 _MAX_TEXT = 512
 ROLES = ("prefill", "decode")
 
@@ -70,6 +70,7 @@ class WorkerRecord:
     instance_id: str  # new on every start: a restart is told apart from a heartbeat
     kv_events: str = ""  # ZMQ endpoint of the engine's KV event publisher ("" = none)
     kv_replay: str = ""  # its replay endpoint
+    ttl_ms: int = 0  # its heartbeat TTL: how long routers wait before dropping a missing worker (0 = theirs)
     signature: str = ""  # HMAC of ``payload()`` under the registry secret ("" = unsigned)
 
     def to_json(self) -> str:

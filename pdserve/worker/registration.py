@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from pdserve.flags import flag
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
 from pdserve.kv.hashing import SCHEME
+from pdserve.security import read_secrets
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, check_namespace, make_store
+from pdserve.state.trust import RegistryTrust
 from pdserve.types import WorkerId
 
 log = logging.getLogger(__name__)
@@ -52,11 +55,22 @@ class RegistrationOptions:
         env="PDSERVE_HEARTBEAT_TTL_S",
         help="seconds a registration lives without a heartbeat",
     )
+    registry_secret_file: str = flag(
+        "",
+        env="PDSERVE_REGISTRY_SECRET_FILE",
+        help="sign this worker's registry record with the file's first secret (also the comma-separated "
+        "PDSERVE_REGISTRY_SECRET); routers configured with a secret dial only signed records",
+    )
+    secrets: tuple[str, ...] = ()  # read by ``with_secrets``; the first signs
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
             raise ValueError("heartbeat_ttl_s must be > 0")
         check_namespace(self.state_namespace)
+
+    def with_secrets(self) -> RegistrationOptions:
+        """These options with the registry secrets read (file, then PDSERVE_REGISTRY_SECRET)."""
+        return dataclasses.replace(self, secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"))
 
 
 class Registration:
@@ -79,11 +93,19 @@ class Registration:
             instance_id=uuid.uuid4().hex,
             kv_events=info.kv_events,
             kv_replay=info.kv_replay,
+            ttl_ms=int(options.ttl_s * 1000),
         )
+        trust = RegistryTrust(options.secrets)
+        if not trust.enabled:
+            log.warning(
+                "NO REGISTRY SECRET: this worker's record goes unsigned; routers with a secret will not dial it, "
+                "and anyone who can write to the store can register addresses. Set PDSERVE_REGISTRY_SECRET or "
+                "--registry-secret-file outside local development."
+            )
         # Heartbeats and index writes run in the background: a longer timeout than a
         # router's per-request reads, so a starved CPU does not flap the registration.
         store = make_store(options.state_url, timeout_s=STORE_TIMEOUT_S, namespace=options.state_namespace)
-        return cls(store, record, options.ttl_s)
+        return cls(store, trust.sign(record), options.ttl_s)
 
     async def run(self) -> None:
         """Heartbeat and follow KV events until cancelled."""

@@ -170,6 +170,7 @@ WORKER_FLAGS = {
     "--advertise": "PDSERVE_ADVERTISE",
     "--heartbeat-ttl": "PDSERVE_HEARTBEAT_TTL_S",
     "--state-namespace": "PDSERVE_STATE_NAMESPACE",
+    "--registry-secret-file": "PDSERVE_REGISTRY_SECRET_FILE",
 }
 ROUTER_FLAGS = {
     "--host": "PDSERVE_ROUTER_HOST",
@@ -205,6 +206,7 @@ ROUTER_FLAGS = {
     "--enable-auto-tool-choice": "PDSERVE_ENABLE_AUTO_TOOL_CHOICE",
     "--api-keys-file": "PDSERVE_API_KEYS_FILE",
     "--worker-token-file": "PDSERVE_WORKER_TOKEN_FILE",
+    "--registry-secret-file": "PDSERVE_REGISTRY_SECRET_FILE",
     "--worker-tls-cert": "PDSERVE_WORKER_TLS_CERT",
     "--worker-tls-key": "PDSERVE_WORKER_TLS_KEY",
     "--worker-tls-ca": "PDSERVE_WORKER_TLS_CA",
