@@ -25,7 +25,7 @@ from router.orchestrator import Orchestrator
 from router.placement import make_policy
 from router.placement.decider import ThresholdDecider
 from router.placer import Placer
-from router.service import RouterService
+from router.service import Background, RouterService
 
 log = logging.getLogger("router")
 
@@ -64,7 +64,11 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     placer = Placer(make_policy(cfg.policy, cfg.weights), decider, store, cfg.predict_ttl_s)
     orchestrator = Orchestrator(placer, cfg.timeouts, metrics, cfg.recovery)
     admission = Admission(cfg.admission, store)
-    return RouterService(fleet.pools, orchestrator, metrics, admission), fleet, store
+
+    def background() -> Background:
+        return Background(fleet.loops_down(), store.up if isinstance(store, FallbackStore) else True)
+
+    return RouterService(fleet.pools, orchestrator, metrics, admission, background), fleet, store
 
 
 def make_app(cfg: config.RouterConfig) -> FastAPI:

@@ -26,6 +26,7 @@ from pdserve.kv.feed import IndexFeed, follow
 from pdserve.security import WorkerLink
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
 from pdserve.state.trust import RegistryTrust
+from pdserve.supervise import Supervisor
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient
 from router.errors import WorkerError
@@ -136,7 +137,7 @@ class Fleet:
         self._missing_since: dict[WorkerId, float] = {}
         self._followers: dict[WorkerId, asyncio.Task[None]] = {}
         self._retired: list[Client] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = Supervisor(metrics.loop_restarted if metrics else None)
 
     async def add_static(self, prefill: list[str], decode: list[str], startup_timeout_s: float) -> None:
         link = self._options.link
@@ -147,7 +148,13 @@ class Fleet:
             self._add(client, info)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._poll_loop())]
+        """Discovery and Load polls, each restarted with backoff if it fails."""
+        self._loops.spawn("discovery", self._refresh_loop)
+        self._loops.spawn("load_poll", self._poll_loop)
+
+    def loops_down(self) -> dict[str, str]:
+        """Background loops waiting to restart, and why (for /health)."""
+        return self._loops.down()
 
     def _add(self, client: Client, info: EngineInfo) -> None:
         worker = client.worker
@@ -276,7 +283,8 @@ class Fleet:
             await asyncio.sleep(self._options.poll_s)
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *self._followers.values()]
+        await self._loops.close()
+        tasks = list(self._followers.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -94,6 +94,12 @@ class RouterMetrics:
             ["reason"],
             registry=r,
         )
+        self.loop_restarts = Counter(
+            "pdserve_router_loop_restarts",
+            "Background loops (discovery, load_poll) that failed and were started again",
+            ["loop"],
+            registry=r,
+        )
         self.workers = Gauge("pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r)
         self.retries = Counter(
             "pdserve_router_retries",
@@ -145,6 +151,9 @@ class RouterMetrics:
 
     def store_available(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
+
+    def loop_restarted(self, loop: str) -> None:
+        self.loop_restarts.labels(loop).inc()
 
     def registry_rejected(self, reason: str) -> None:
         self.registry_rejections.labels(reason).inc()

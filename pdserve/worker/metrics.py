@@ -30,7 +30,16 @@ class WorkerMetrics(Collector):
         self._errors = Counter(
             "pdserve_worker_errors", "RPCs that ended with an error status", ["code"], registry=self.registry
         )
+        self._restarts = Counter(
+            "pdserve_worker_loop_restarts",
+            "Background loops (heartbeat, kv_feed) that failed and were started again",
+            ["loop"],
+            registry=self.registry,
+        )
         self.registry.register(self)
+
+    def loop_restarted(self, loop: str) -> None:
+        self._restarts.labels(loop).inc()
 
     def error(self, code: grpc.StatusCode) -> None:
         self._errors.labels(code.name).inc()

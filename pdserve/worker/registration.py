@@ -3,7 +3,8 @@
 Runs only when the worker is given a state store (``--state-url``); with static
 worker lists the router finds workers itself. ``Registration.run`` registers,
 heart-beats every ``ttl_s / 3`` (registering again if the entry expired, e.g.
-while Redis was down) and follows the engine's KV events into the index.
+while Redis was down) and follows the engine's KV events into the index; each
+of the two loops is restarted with backoff if it fails (pdserve.supervise).
 ``deregister`` is the first step of a graceful stop.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdserve.engine.base import EngineInfo
@@ -24,6 +26,7 @@ from pdserve.kv.hashing import SCHEME
 from pdserve.security import read_secrets
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, check_namespace, make_store
 from pdserve.state.trust import RegistryTrust
+from pdserve.supervise import Supervisor
 from pdserve.types import WorkerId
 
 log = logging.getLogger(__name__)
@@ -74,15 +77,24 @@ class RegistrationOptions:
 
 
 class Registration:
-    def __init__(self, store: StateStore, record: WorkerRecord, ttl_s: float) -> None:
+    def __init__(
+        self, store: StateStore, record: WorkerRecord, ttl_s: float, on_restart: Callable[[str], None] | None = None
+    ) -> None:
         self._store = store
         self.record = record
         self._ttl_s = ttl_s
         self._up: bool | None = None
         self._feed: IndexFeed | None = None
+        self._on_restart = on_restart
 
     @classmethod
-    def create(cls, options: RegistrationOptions, worker_id: WorkerId, info: EngineInfo) -> Registration:
+    def create(
+        cls,
+        options: RegistrationOptions,
+        worker_id: WorkerId,
+        info: EngineInfo,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> Registration:
         record = WorkerRecord(
             worker_id=worker_id,
             role=info.role,
@@ -105,21 +117,24 @@ class Registration:
         # Heartbeats and index writes run in the background: a longer timeout than a
         # router's per-request reads, so a starved CPU does not flap the registration.
         store = make_store(options.state_url, timeout_s=STORE_TIMEOUT_S, namespace=options.state_namespace)
-        return cls(store, trust.sign(record), options.ttl_s)
+        return cls(store, trust.sign(record), options.ttl_s, on_restart)
 
     async def run(self) -> None:
         """Heartbeat and follow KV events until cancelled."""
-        tasks = [asyncio.create_task(self._heartbeat())]
+        loops = Supervisor(self._on_restart)
+        loops.spawn("heartbeat", self._heartbeat)
         if self.record.kv_events:
             self._feed = IndexFeed(self._store, self.record.model, self.record.worker_id, self.record.block_size)
-            subscriber = EventSubscriber(self.record.kv_events, self.record.kv_replay)
-            tasks.append(asyncio.create_task(follow(subscriber, self._feed)))
+            loops.spawn("kv_feed", self._follow)
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.Event().wait()  # until cancelled
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await loops.close()
+
+    async def _follow(self) -> None:
+        assert self._feed is not None
+        self._feed.dirty = True  # a restarted feed may have missed events: rewrite the block set
+        await follow(EventSubscriber(self.record.kv_events, self.record.kv_replay), self._feed)
 
     async def _heartbeat(self) -> None:
         registered = False
