@@ -31,6 +31,7 @@ from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient
 from router.errors import WorkerError
 from router.generation_config import sampling_defaults
+from router.generations import Generations
 from router.metrics import RouterMetrics
 from router.pool import ModelPool
 from router.registry import RegistryReader
@@ -123,14 +124,15 @@ class Fleet:
         options: FleetOptions,
         metrics: RouterMetrics | None = None,
     ) -> None:
-        self.pools: dict[str, ModelPool] = {}
+        self._generations = Generations()
+        self.pools = self._generations.active  # model → the pool requests go to (router/generations.py)
         self._store = store
         self._tokenizers = tokenizers
         self._options = options
         self._metrics = metrics
         self._registry = RegistryReader(store, options.trust, metrics.registry_rejected if metrics else None)
         self._grace: dict[WorkerId, float] = {}  # registered worker → seconds it may be missing
-        self._where: dict[WorkerId, str] = {}  # worker → model
+        self._where: dict[WorkerId, ModelPool] = {}  # worker → the pool it joined
         self._clients: dict[WorkerId, Client] = {}  # polled for Load, closed at the end
         self._static: set[WorkerId] = set()
         self._instances: dict[WorkerId, str] = {}  # registry instance ids seen
@@ -160,25 +162,15 @@ class Fleet:
         worker = client.worker
         if info.role != ("prefill" if isinstance(client, PrefillClient) else "decode"):
             raise ValueError(f"worker {worker} is a {info.role} worker")
-        pool = self.pools.get(info.model)
-        if pool is None:
-            pool = ModelPool(
-                name=info.model,
-                tokenizer=self._tokenizers.get(info.model, info.model_path),
-                max_model_len=info.max_model_len,
-                block_size=info.block_size,
-                vllm_version=info.vllm_version,
-                sampling_defaults=self._tokenizers.sampling_defaults(info.model, info.model_path),
-                scheduling_policy=info.scheduling_policy,
-                max_logprobs=info.max_logprobs,
-                model_path=info.model_path,
-            )
-            self.pools[info.model] = pool
-        if isinstance(client, PrefillClient):
-            pool.add_prefill(client, info)
-        else:
-            pool.add_decode(client, info)
-        self._where[worker] = info.model
+        pool = self._generations.pool_for(info, self._new_pool)
+        try:
+            if isinstance(client, PrefillClient):
+                pool.add_prefill(client, info)
+            else:
+                pool.add_decode(client, info)
+        finally:
+            self._generations.settle(info.model)  # a refused first worker leaves no empty pool
+        self._where[worker] = pool
         self._clients[worker] = client
         if self._options.follow_events and info.kv_events:
             feed = IndexFeed(self._store, info.model, worker, info.block_size)
@@ -187,12 +179,26 @@ class Fleet:
         log.info("%s worker %s joined model %s", info.role, worker, info.model)
         self._changed()
 
+    def _new_pool(self, info: EngineInfo) -> ModelPool:
+        return ModelPool(
+            name=info.model,
+            tokenizer=self._tokenizers.get(info.model, info.model_path),
+            max_model_len=info.max_model_len,
+            block_size=info.block_size,
+            vllm_version=info.vllm_version,
+            sampling_defaults=self._tokenizers.sampling_defaults(info.model, info.model_path),
+            scheduling_policy=info.scheduling_policy,
+            max_logprobs=info.max_logprobs,
+            model_path=info.model_path,
+        )
+
     def _remove(self, worker: WorkerId) -> None:
-        model = self._where.pop(worker, None)
-        pool = self.pools.get(model or "")
+        pool = self._where.pop(worker, None)
         if pool is None:
             return
+        model = pool.name
         pool.remove(worker)
+        self._generations.settle(model)
         client = self._clients.pop(worker, None)
         if client is not None:
             self._retired.append(client)  # requests in flight may still use it
@@ -260,7 +266,7 @@ class Fleet:
             await asyncio.sleep(self._options.refresh_s)
 
     async def poll(self) -> None:
-        jobs = [(self.pools[self._where[w]], c) for w, c in self._clients.items()]
+        jobs = [(self._where[w], c) for w, c in self._clients.items()]
         results = await asyncio.gather(
             *(c.load(timeout=self._options.rpc_timeout_s) for _, c in jobs), return_exceptions=True
         )
