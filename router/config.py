@@ -120,6 +120,12 @@ class RouterConfig:
         help="prefix of every key this cluster keeps in --state-url: clusters sharing one Redis database "
         "see each other's workers only if they share it (the workers' flag must match)",
     )
+    state_password_file: str = flag(
+        "",
+        env="PDSERVE_STATE_PASSWORD_FILE",
+        help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD), so that it "
+        "stays out of the URL, the environment of other processes and the logs",
+    )
     tokenizers: dict[str, str] = flag(
         default_factory=dict,
         name="--tokenizer",
@@ -228,6 +234,7 @@ class RouterConfig:
     api_keys: tuple[str, ...] = ()  # clients must send one (Bearer); () = open
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
     registry_secrets: tuple[str, ...] = ()  # verify registry records with these; () = trust valid ones
+    state_password: str = ""  # read from ``state_password_file`` (or its variable)
 
     def __post_init__(self) -> None:
         if not self.decode and self.state_url.startswith("memory"):
@@ -273,6 +280,7 @@ class RouterConfig:
             api_keys=read_secrets(self.api_keys_file, "PDSERVE_API_KEYS"),
             link=WorkerLink(tls, token),
             registry_secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"),
+            state_password=next(iter(read_secrets(self.state_password_file, "PDSERVE_STATE_PASSWORD")), ""),
         )
 
 

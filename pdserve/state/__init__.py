@@ -25,10 +25,10 @@ def check_namespace(namespace: str) -> None:
         raise ValueError(f"state_namespace: {namespace!r}: use 1-64 of A-Z a-z 0-9 _ . -")
 
 
-def make_store(url: str, timeout_s: float = 0.5, namespace: str = DEFAULT_NAMESPACE) -> StateStore:
+def make_store(url: str, timeout_s: float = 0.5, namespace: str = DEFAULT_NAMESPACE, password: str = "") -> StateStore:
     """``memory://`` (or empty) → in-process; ``redis://[user:password@]host:port/db`` (or
     ``rediss://`` for TLS) → Redis, its keys under ``namespace`` (clusters
-    sharing one database stay disjoint)."""
+    sharing one database stay disjoint); ``password``, if given, over the URL's."""
     check_namespace(namespace)
     if not url or url.startswith("memory:"):
         from pdserve.state.memory import MemoryStore
@@ -37,6 +37,6 @@ def make_store(url: str, timeout_s: float = 0.5, namespace: str = DEFAULT_NAMESP
     if url.startswith(("redis://", "rediss://", "unix://")):
         from pdserve.state.redis import RedisStore
 
-        return RedisStore(url, timeout_s=timeout_s, namespace=namespace)
+        return RedisStore(url, timeout_s=timeout_s, namespace=namespace, password=password)
     scheme = url.partition(":")[0]  # never the whole URL: it may hold a password
     raise ValueError(f"state_url: unsupported scheme {scheme!r}; use memory:// or redis://host:port")

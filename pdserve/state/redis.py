@@ -134,13 +134,14 @@ async def _reachable(url: str) -> AsyncIterator[None]:
 
 
 class RedisStore:
-    def __init__(self, url: str, timeout_s: float = 0.5, namespace: str = "pdserve") -> None:
+    def __init__(self, url: str, timeout_s: float = 0.5, namespace: str = "pdserve", password: str = "") -> None:
         self.url = redact(url)
         # RESP2: under RESP3, redis-py 8.1's asyncio pool skips its check for connections the
         # server closed (redis/redis-py#4252), so after a Redis restart every pooled connection
         # failed one call. We use no RESP3 feature.
+        extra = {"password": password} if password else {}
         self._r = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True, protocol=2
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True, protocol=2, **extra
         )
         self._p = namespace
         self._ttl_ms: dict[WorkerId, int] = {}  # registration TTL of the workers writing through this client

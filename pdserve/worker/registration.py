@@ -58,6 +58,11 @@ class RegistrationOptions:
         env="PDSERVE_HEARTBEAT_TTL_S",
         help="seconds a registration lives without a heartbeat",
     )
+    state_password_file: str = flag(
+        "",
+        env="PDSERVE_STATE_PASSWORD_FILE",
+        help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD)",
+    )
     registry_secret_file: str = flag(
         "",
         env="PDSERVE_REGISTRY_SECRET_FILE",
@@ -65,6 +70,7 @@ class RegistrationOptions:
         "PDSERVE_REGISTRY_SECRET); routers configured with a secret dial only signed records",
     )
     secrets: tuple[str, ...] = ()  # read by ``with_secrets``; the first signs
+    state_password: str = ""  # read by ``with_secrets``
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
@@ -72,8 +78,12 @@ class RegistrationOptions:
         check_namespace(self.state_namespace)
 
     def with_secrets(self) -> RegistrationOptions:
-        """These options with the registry secrets read (file, then PDSERVE_REGISTRY_SECRET)."""
-        return dataclasses.replace(self, secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"))
+        """These options with the registry secrets and the store's password read (file, then variable)."""
+        return dataclasses.replace(
+            self,
+            secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"),
+            state_password=next(iter(read_secrets(self.state_password_file, "PDSERVE_STATE_PASSWORD")), ""),
+        )
 
 
 class Registration:
@@ -116,7 +126,12 @@ class Registration:
             )
         # Heartbeats and index writes run in the background: a longer timeout than a
         # router's per-request reads, so a starved CPU does not flap the registration.
-        store = make_store(options.state_url, timeout_s=STORE_TIMEOUT_S, namespace=options.state_namespace)
+        store = make_store(
+            options.state_url,
+            timeout_s=STORE_TIMEOUT_S,
+            namespace=options.state_namespace,
+            password=options.state_password,
+        )
         return cls(store, trust.sign(record), options.ttl_s, on_restart)
 
     async def run(self) -> None:

@@ -103,6 +103,11 @@ async def test_wrong_password_and_stopped_server(server: RedisServer) -> None:
         assert caught.value.kind == "auth" and "wrong-pw" not in str(caught.value)
     finally:
         await store.close()
+    store = make_store(server.url, timeout_s=5, password="right-pw")  # --state-password-file: not in the URL
+    try:
+        await store.register(record(), ttl_s=30)
+    finally:
+        await store.close()
     server.stop()
     store = make_store(f"redis://default:right-pw@127.0.0.1:{server.port}/0", timeout_s=5)
     try:

@@ -171,6 +171,7 @@ WORKER_FLAGS = {
     "--heartbeat-ttl": "PDSERVE_HEARTBEAT_TTL_S",
     "--state-namespace": "PDSERVE_STATE_NAMESPACE",
     "--registry-secret-file": "PDSERVE_REGISTRY_SECRET_FILE",
+    "--state-password-file": "PDSERVE_STATE_PASSWORD_FILE",
 }
 ROUTER_FLAGS = {
     "--host": "PDSERVE_ROUTER_HOST",
@@ -185,6 +186,7 @@ ROUTER_FLAGS = {
     "--weights": "PDSERVE_WEIGHTS",
     "--state-url": "PDSERVE_STATE_URL",
     "--state-namespace": "PDSERVE_STATE_NAMESPACE",
+    "--state-password-file": "PDSERVE_STATE_PASSWORD_FILE",
     "--tokenizer": "",
     "--disagg-min-tokens": "PDSERVE_DISAGG_MIN_TOKENS",
     "--prefill-saturated-waiting": "PDSERVE_PREFILL_SATURATED_WAITING",
