@@ -129,3 +129,11 @@ def test_without_a_secret_records_go_unsigned_and_valid_ones_are_trusted() -> No
     assert trust.check(_record().to_json()) == _record()
     with pytest.raises(UntrustedRecord):
         trust.check('{"worker_id": 1}')
+
+
+def test_a_redis_url_is_logged_without_its_password() -> None:
+    from pdserve.state.redis import redact
+
+    assert redact("redis://user:s3cret@redis:6379/0") == "redis://user:***@redis:6379/0"
+    assert redact("rediss://:s3cret@10.0.0.1/2") == "rediss://:***@10.0.0.1/2"
+    assert redact("redis://redis:6379/0") == "redis://redis:6379/0"
