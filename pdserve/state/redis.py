@@ -13,9 +13,11 @@ clusters sharing one Redis database never see each other:
   {ns}:p:{model}:{hash}      hash worker → expiry (ms) of predicted entries; the key expires too
   {ns}:c:{key}               a counter (``count``), expires one window after its first add
 Nothing a dead worker leaves outlives its TTL. Registry updates are atomic (Lua
-scripts or MULTI). Every command has the client's socket timeout; every Redis
-error — unreachable, timed out, OOM under ``maxmemory``, READONLY, MISCONF, NOPERM,
-any other error reply — becomes ``StoreUnavailable`` with its kind.
+scripts or MULTI). The scripts name keys they build from a record, so this layout needs
+one Redis (standalone, or Sentinel for failover), not Redis Cluster. Every command has
+the client's socket timeout; every Redis error — unreachable, timed out, OOM under
+``maxmemory``, READONLY, MISCONF, NOPERM, any other error reply — becomes
+``StoreUnavailable`` with its kind.
 """
 
 from __future__ import annotations

@@ -137,3 +137,21 @@ def test_a_redis_url_is_logged_without_its_password() -> None:
     assert redact("redis://user:s3cret@redis:6379/0") == "redis://user:***@redis:6379/0"
     assert redact("rediss://:s3cret@10.0.0.1/2") == "rediss://:***@10.0.0.1/2"
     assert redact("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+def test_a_registered_workers_info_must_agree_with_its_record_and_be_sane() -> None:
+    from pdserve.engine.base import EngineInfo
+    from router.fleet import check_info
+
+    rec = _record()
+    info = EngineInfo("decode", "m", 16, "0.32.0", 4096, 2048, "vllm")
+    check_info(rec, info)
+    for bad, field in (
+        (dataclasses.replace(info, model="other"), "model"),
+        (dataclasses.replace(info, role="prefill"), "role"),
+        (dataclasses.replace(info, block_size=32), "block_size"),
+        (dataclasses.replace(info, max_model_len=0), "max_model_len"),
+        (dataclasses.replace(info, max_model_len=1 << 40), "max_model_len"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            check_info(rec, bad)
