@@ -2,9 +2,10 @@
 counted and started again after a backoff, doubling up to ``max_backoff_s`` and reset
 once it has run ``healthy_s`` without failing. Cancellation stops it for good.
 
-Callers: the router's fleet (discovery, Load polls) and a worker's registration
-(heartbeat, KV event feed). ``down()`` names the loops waiting to restart, for health
-endpoints. One event loop; every task is held here (none is left unreferenced).
+Callers: the router's fleet (discovery, Load polls, and with an in-process store one
+KV event feed per worker) and a worker's registration (heartbeat, KV event feed).
+``down()`` names the loops waiting to restart, for health endpoints. One event loop;
+every task is held here (none is left unreferenced).
 """
 
 from __future__ import annotations
@@ -31,12 +32,21 @@ class Supervisor:
         self._healthy_s = healthy_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._down: dict[str, str] = {}  # loop → the error it is restarting from
+        self._stopped: list[asyncio.Task[None]] = []  # cancelled by ``stop``, not yet awaited
 
     def spawn(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run ``loop()`` until ``close``, starting it again whenever it ends."""
         if name in self._tasks:
             raise ValueError(f"a loop named {name} already runs")
         self._tasks[name] = asyncio.create_task(self._keep(name, loop), name=name)
+
+    def stop(self, name: str) -> None:
+        """Cancel one loop (awaited by ``close``); unknown names are ignored."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            self._stopped.append(task)
+        self._down.pop(name, None)
 
     def down(self) -> dict[str, str]:
         """The loops not running now (failed, waiting to restart) and why."""
@@ -66,8 +76,9 @@ class Supervisor:
             log.info("background loop %s restarted", name)
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._stopped]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._stopped.clear()

@@ -137,7 +137,6 @@ class Fleet:
         self._static: set[WorkerId] = set()
         self._instances: dict[WorkerId, str] = {}  # registry instance ids seen
         self._missing_since: dict[WorkerId, float] = {}
-        self._followers: dict[WorkerId, asyncio.Task[None]] = {}
         self._retired: list[Client] = []
         self._loops = Supervisor(metrics.loop_restarted if metrics else None)
 
@@ -174,8 +173,7 @@ class Fleet:
         self._clients[worker] = client
         if self._options.follow_events and info.kv_events:
             feed = IndexFeed(self._store, info.model, worker, info.block_size)
-            subscriber = EventSubscriber(info.kv_events, info.kv_replay)
-            self._followers[worker] = asyncio.create_task(follow(subscriber, feed))
+            self._loops.spawn(f"kv_feed:{worker}", lambda: _follow(feed, info))
         log.info("%s worker %s joined model %s", info.role, worker, info.model)
         self._changed()
 
@@ -202,9 +200,7 @@ class Fleet:
         client = self._clients.pop(worker, None)
         if client is not None:
             self._retired.append(client)  # requests in flight may still use it
-        follower = self._followers.pop(worker, None)
-        if follower is not None:
-            follower.cancel()
+        self._loops.stop(f"kv_feed:{worker}")
         log.info("worker %s left model %s", worker, model)
         self._changed()
 
@@ -290,9 +286,11 @@ class Fleet:
 
     async def close(self) -> None:
         await self._loops.close()
-        tasks = list(self._followers.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         for client in [*self._clients.values(), *self._retired]:
             await client.close()
+
+
+async def _follow(feed: IndexFeed, info: EngineInfo) -> None:
+    """One worker's KV events into this router's own index; a restart rewrites its block set."""
+    feed.dirty = True
+    await follow(EventSubscriber(info.kv_events, info.kv_replay), feed)

@@ -94,3 +94,24 @@ def test_health_names_a_store_outage_and_an_empty_fleet(tmp_path: Path) -> None:
     resp = empty.client.get("/ready")
     assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
     assert resp.json()["state_store"].startswith("unreachable")
+
+
+async def test_a_stopped_loop_is_not_restarted() -> None:
+    restarts: list[str] = []
+    runs = 0
+
+    async def forever() -> None:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(3600)
+
+    loops = Supervisor(restarts.append, min_backoff_s=0.01)
+    loops.spawn("feed", forever)
+    await wait_for(lambda: runs == 1)
+    loops.stop("feed")
+    loops.stop("unknown")
+    await asyncio.sleep(0.05)
+    assert (runs, restarts, loops.down()) == (1, [], {})
+    loops.spawn("feed", forever)  # the name is free again
+    await wait_for(lambda: runs == 2)
+    await loops.close()
