@@ -32,6 +32,7 @@ class RouterMetrics:
 
     def __init__(self, policy: str) -> None:
         self._policy = policy
+        self._models: set[str] = set()  # models the workers gauge has reported
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "pdserve_router_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -162,6 +163,11 @@ class RouterMetrics:
         self.store_errors.labels(kind).inc()
 
     def fleet_changed(self, pools: Mapping[str, ModelPool]) -> None:
+        """Each model's active pool (router/generations.py); a model that is gone reads 0."""
+        for model in self._models - set(pools):
+            for role in ("prefill", "decode"):
+                self.workers.labels(model, role).set(0)
+        self._models = set(pools)
         for pool in pools.values():
             self.workers.labels(pool.name, "prefill").set(len(pool.prefill))
             self.workers.labels(pool.name, "decode").set(len(pool.decode))

@@ -66,3 +66,16 @@ def test_max_model_len_follows_the_live_members_up_and_down() -> None:
     assert (pool.max_model_len, pool.max_logprobs) == (512, 5)
     leave(gens, pool, "d2")
     assert (pool.max_model_len, pool.max_logprobs) == (2048, 20)  # up again
+
+
+def test_the_workers_gauge_reads_zero_for_a_model_that_is_gone() -> None:
+    from router.metrics import RouterMetrics
+    from tests.factories import metric_samples
+
+    metrics, gens = RouterMetrics("round-robin"), Generations()
+    pool = join(gens, OLD, "d1")
+    metrics.fleet_changed(gens.active)
+    leave(gens, pool, "d1")
+    metrics.fleet_changed(gens.active)
+    samples = metric_samples(metrics.exposition().decode())
+    assert samples[("pdserve_router_workers", (("model", "m"), ("role", "decode")))] == 0
