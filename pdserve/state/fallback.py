@@ -63,7 +63,7 @@ class FallbackStore:
         if up:
             log.info("shared state store is back; serving from the shared view")
         else:
-            log.warning("shared state store unreachable (%s); serving from this router's local view", why)
+            log.warning("shared state store failing (%s); serving from this router's local view", why)
         if self._on_change is not None:
             self._on_change(up)
 

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdserve.engine.base import EngineInfo
@@ -28,6 +27,7 @@ from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, check_name
 from pdserve.state.trust import RegistryTrust
 from pdserve.supervise import Supervisor
 from pdserve.types import WorkerId
+from pdserve.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ class RegistrationOptions:
 
 class Registration:
     def __init__(
-        self, store: StateStore, record: WorkerRecord, ttl_s: float, on_restart: Callable[[str], None] | None = None
+        self, store: StateStore, record: WorkerRecord, ttl_s: float, metrics: WorkerMetrics | None = None
     ) -> None:
         self._store = store
         self.record = record
         self._ttl_s = ttl_s
         self._up: bool | None = None
         self._feed: IndexFeed | None = None
-        self._on_restart = on_restart
+        self._metrics = metrics  # loop restarts, store errors
 
     @classmethod
     def create(
@@ -103,7 +103,7 @@ class Registration:
         options: RegistrationOptions,
         worker_id: WorkerId,
         info: EngineInfo,
-        on_restart: Callable[[str], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> Registration:
         record = WorkerRecord(
             worker_id=worker_id,
@@ -132,11 +132,11 @@ class Registration:
             namespace=options.state_namespace,
             password=options.state_password,
         )
-        return cls(store, trust.sign(record), options.ttl_s, on_restart)
+        return cls(store, trust.sign(record), options.ttl_s, metrics)
 
     async def run(self) -> None:
         """Heartbeat and follow KV events until cancelled."""
-        loops = Supervisor(self._on_restart)
+        loops = Supervisor(self._metrics.loop_restarted if self._metrics is not None else None)
         loops.spawn("heartbeat", self._heartbeat)
         if self.record.kv_events:
             self._feed = IndexFeed(self._store, self.record.model, self.record.worker_id, self.record.block_size)
@@ -164,6 +164,8 @@ class Registration:
                 registered = True
                 self._set_up(True)
             except StoreUnavailable as exc:
+                if self._metrics is not None:
+                    self._metrics.store_failed(exc.kind)
                 self._set_up(False, str(exc))
             await asyncio.sleep(self._ttl_s / 3)
 

@@ -141,8 +141,7 @@ async def run_worker(
     registered: Registration | None = None
     if registration is not None and registration.state_url:
         advertise = registration.advertise or f"{options.host}:{port}"
-        on_restart = metrics.loop_restarted if metrics is not None else None
-        registered = Registration.create(registration, WorkerId(advertise), engine.info(), on_restart)
+        registered = Registration.create(registration, WorkerId(advertise), engine.info(), metrics)
         background.append(asyncio.create_task(registered.run()))
 
     loop = asyncio.get_running_loop()

@@ -54,6 +54,7 @@ WORKER = frozenset(
         "pdserve_worker_inflight_requests",
         "pdserve_worker_errors_total",
         "pdserve_worker_loop_restarts_total",
+        "pdserve_worker_state_store_errors_total",
     }
 )
 CONTRACT = ROUTER | WORKER
