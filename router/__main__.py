@@ -14,6 +14,8 @@ from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
+from pdserve.state.redis import redact
+from pdserve.state.trust import RegistryTrust
 from router import config
 from router.admission import Admission
 from router.api.app import create_app
@@ -23,17 +25,24 @@ from router.orchestrator import Orchestrator
 from router.placement import make_policy
 from router.placement.decider import ThresholdDecider
 from router.placer import Placer
-from router.service import RouterService
+from router.service import Background, RouterService
 
 log = logging.getLogger("router")
 
 
 def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[StateStore, bool]:
     """(store, whether this router follows the workers' KV events itself)."""
-    store = make_store(cfg.state_url)
+    store = make_store(cfg.state_url, namespace=cfg.state_namespace, password=cfg.state_password)
     if cfg.state_url.startswith("memory"):
         return store, True
-    return FallbackStore(store, on_change=metrics.store_available), False
+    if not cfg.registry_secrets:
+        log.warning(
+            "NO REGISTRY SECRET: this router dials every valid record in %s, so anyone who can write there "
+            "can receive requests and the worker token. Set PDSERVE_REGISTRY_SECRET or --registry-secret-file "
+            "(routers and workers alike) outside local development.",
+            redact(cfg.state_url),
+        )
+    return FallbackStore(store, on_change=metrics.store_available, on_error=metrics.store_failed), False
 
 
 async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet, StateStore]:
@@ -43,8 +52,13 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     fleet = Fleet(
         store,
         TokenizerSource(cfg.tokenizers, cfg.model_dir, cfg.generation_config),
-        FleetOptions(follow_events=follow_events, link=cfg.link, reasoning_parser=cfg.reasoning_parser),
-        on_change=metrics.fleet_changed,
+        FleetOptions(
+            follow_events=follow_events,
+            link=cfg.link,
+            trust=RegistryTrust(cfg.registry_secrets),
+            reasoning_parser=cfg.reasoning_parser,
+        ),
+        metrics,
     )
     await fleet.add_static(list(cfg.prefill), list(cfg.decode), cfg.startup_timeout_s)
     await fleet.refresh()
@@ -55,7 +69,11 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     placer = Placer(make_policy(cfg.policy, cfg.weights), decider, store, cfg.predict_ttl_s)
     orchestrator = Orchestrator(placer, cfg.timeouts, metrics, cfg.recovery)
     admission = Admission(cfg.admission, store)
-    return RouterService(fleet.pools, orchestrator, metrics, admission), fleet, store
+
+    def background() -> Background:
+        return Background(fleet.loops_down(), store.up if isinstance(store, FallbackStore) else True)
+
+    return RouterService(fleet.pools, orchestrator, metrics, admission, background), fleet, store
 
 
 def make_app(cfg: config.RouterConfig) -> FastAPI:
@@ -65,7 +83,8 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service, fleet, store = await build_service(cfg)
         holder["service"] = service
-        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, cfg.state_url)
+        state = redact(cfg.state_url)
+        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, state)
         try:
             yield
         finally:

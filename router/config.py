@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pdserve.config import model_path
 from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
+from pdserve.state import check_namespace
 from router.admission import AdmissionLimits
 from router.chat import CONTENT_FORMATS, TOOL_STRICT_LEVELS, ChatOptions, load_template
 from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
@@ -120,6 +121,18 @@ class RouterConfig:
         help="worker registry and block index: memory:// (this router only) or redis://host:port (shared by "
         "router replicas; workers register there)",
     )
+    state_namespace: str = flag(
+        "pdserve",
+        env="PDSERVE_STATE_NAMESPACE",
+        help="prefix of every key this cluster keeps in --state-url: clusters sharing one Redis database "
+        "see each other's workers only if they share it (the workers' flag must match)",
+    )
+    state_password_file: str = flag(
+        "",
+        env="PDSERVE_STATE_PASSWORD_FILE",
+        help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD), so that it "
+        "stays out of the URL, the environment of other processes and the logs",
+    )
     tokenizers: dict[str, str] = flag(
         default_factory=dict,
         name="--tokenizer",
@@ -212,6 +225,12 @@ class RouterConfig:
         env="PDSERVE_WORKER_TOKEN_FILE",
         help="token sent to workers: the file's first line (or PDSERVE_WORKER_TOKEN)",
     )
+    registry_secret_file: str = flag(
+        "",
+        env="PDSERVE_REGISTRY_SECRET_FILE",
+        help="dial only registered workers whose record one of these secrets signed (one per line; also the "
+        "comma-separated PDSERVE_REGISTRY_SECRET); none: every valid record is trusted (local development)",
+    )
     worker_tls_cert: str = flag("", env="PDSERVE_WORKER_TLS_CERT", help="dial workers over TLS: PEM client certificate")
     worker_tls_key: str = flag("", env="PDSERVE_WORKER_TLS_KEY", help="dial workers over TLS: PEM its private key")
     worker_tls_ca: str = flag(
@@ -221,10 +240,13 @@ class RouterConfig:
     # Read from the files above (and their variables) by ``with_secrets``.
     api_keys: tuple[str, ...] = ()  # clients must send one (Bearer); () = open
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
+    registry_secrets: tuple[str, ...] = ()  # verify registry records with these; () = trust valid ones
+    state_password: str = ""  # read from ``state_password_file`` (or its variable)
 
     def __post_init__(self) -> None:
         if not self.decode and self.state_url.startswith("memory"):
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
+        check_namespace(self.state_namespace)
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
         if not self.keep_alive_s > 0:
@@ -262,7 +284,11 @@ class RouterConfig:
         tls = TlsFiles(self.worker_tls_cert, self.worker_tls_key, self.worker_tls_ca)
         token = next(iter(read_secrets(self.worker_token_file, "PDSERVE_WORKER_TOKEN")), "")
         return dataclasses.replace(
-            self, api_keys=read_secrets(self.api_keys_file, "PDSERVE_API_KEYS"), link=WorkerLink(tls, token)
+            self,
+            api_keys=read_secrets(self.api_keys_file, "PDSERVE_API_KEYS"),
+            link=WorkerLink(tls, token),
+            registry_secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"),
+            state_password=next(iter(read_secrets(self.state_password_file, "PDSERVE_STATE_PASSWORD")), ""),
         )
 
 

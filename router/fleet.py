@@ -3,7 +3,9 @@
 Sources of workers: the static ``--prefill/--decode`` lists (asked for their
 Info at start-up) and the shared registry (workers that register themselves,
 re-read every ``refresh_s``; one that stops heart-beating leaves when its
-entry expires). Every worker's Load is polled every ``poll_s``; one that fails
+entry has been gone for its heartbeat TTL). A registered worker is dialled
+only once its record is trusted (router/registry.py), and joins only if its
+Info agrees with its record and is sane. Every worker's Load is polled every ``poll_s``; one that fails
 a poll is out of placement until it answers again. With an in-process store
 the router also follows each worker's KV events into its block index (with
 Redis, the workers feed the index themselves).
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +23,18 @@ import grpc
 from pdserve.engine.base import EngineInfo
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
-from pdserve.kv.hashing import SCHEME
 from pdserve.security import WorkerLink
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
+from pdserve.state.trust import RegistryTrust
+from pdserve.supervise import Supervisor
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient
 from router.errors import WorkerError
 from router.generation_config import sampling_defaults
+from router.generations import Generations
+from router.metrics import RouterMetrics
 from router.pool import ModelPool
+from router.registry import RegistryReader
 from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,11 +63,25 @@ class FleetOptions:
     rpc_timeout_s: float = 2.0
     follow_events: bool = True  # the router feeds its own (in-process) block index
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
-    # A registered worker leaves the pool once its entry has been gone this long (a
-    # restarted, empty Redis is refilled by the workers' next heartbeats). It leaves
-    # placement sooner: at its first failed Load poll.
-    missing_grace_s: float = 5.0
+    trust: RegistryTrust = field(default_factory=RegistryTrust)  # which registry records may be dialled
+    # A registered worker leaves the pool once its entry has been gone for the heartbeat TTL
+    # its record states (a restarted, empty Redis is refilled by the workers' next heartbeats,
+    # every TTL/3); this for records that state none. It leaves placement sooner: at its
+    # first failed Load poll.
+    missing_grace_s: float = 10.0
     reasoning_parser: str = ""  # the router's --reasoning-parser; workers' engines should gate grammars alike
+
+
+MAX_CONTEXT = 1 << 24  # a worker reporting a longer context (or none) is not believed
+
+
+def check_info(record: WorkerRecord, info: EngineInfo) -> None:
+    """``ValueError`` unless a registered worker's Info agrees with its record and is sane."""
+    for attr in ("role", "model", "block_size"):
+        if getattr(info, attr) != getattr(record, attr):
+            raise ValueError(f"its Info says {attr} {getattr(info, attr)!r}, its record {getattr(record, attr)!r}")
+    if not 0 < info.max_model_len <= MAX_CONTEXT:
+        raise ValueError(f"max_model_len {info.max_model_len} outside [1, {MAX_CONTEXT}]")
 
 
 class TokenizerSource:
@@ -104,21 +123,23 @@ class Fleet:
         store: StateStore,
         tokenizers: TokenizerSource,
         options: FleetOptions,
-        on_change: Callable[[dict[str, ModelPool]], None] | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
-        self.pools: dict[str, ModelPool] = {}
+        self._generations = Generations()
+        self.pools = self._generations.active  # model → the pool requests go to (router/generations.py)
         self._store = store
         self._tokenizers = tokenizers
         self._options = options
-        self._on_change = on_change
-        self._where: dict[WorkerId, str] = {}  # worker → model
+        self._metrics = metrics
+        self._registry = RegistryReader(store, options.trust, metrics.registry_rejected if metrics else None)
+        self._grace: dict[WorkerId, float] = {}  # registered worker → seconds it may be missing
+        self._where: dict[WorkerId, ModelPool] = {}  # worker → the pool it joined
         self._clients: dict[WorkerId, Client] = {}  # polled for Load, closed at the end
         self._static: set[WorkerId] = set()
         self._instances: dict[WorkerId, str] = {}  # registry instance ids seen
         self._missing_since: dict[WorkerId, float] = {}
-        self._followers: dict[WorkerId, asyncio.Task[None]] = {}
         self._retired: list[Client] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = Supervisor(metrics.loop_restarted if metrics else None)
 
     async def add_static(self, prefill: list[str], decode: list[str], startup_timeout_s: float) -> None:
         link = self._options.link
@@ -129,36 +150,31 @@ class Fleet:
             self._add(client, info)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._poll_loop())]
+        """Discovery and Load polls, each restarted with backoff if it fails."""
+        self._loops.spawn("discovery", self._refresh_loop)
+        self._loops.spawn("load_poll", self._poll_loop)
+
+    def loops_down(self) -> dict[str, str]:
+        """Background loops waiting to restart, and why (for /health)."""
+        return self._loops.down()
 
     def _add(self, client: Client, info: EngineInfo) -> None:
         worker = client.worker
         if info.role != ("prefill" if isinstance(client, PrefillClient) else "decode"):
             raise ValueError(f"worker {worker} is a {info.role} worker")
-        pool = self.pools.get(info.model)
-        if pool is None:
-            pool = ModelPool(
-                name=info.model,
-                tokenizer=self._tokenizers.get(info.model, info.model_path),
-                max_model_len=info.max_model_len,
-                block_size=info.block_size,
-                vllm_version=info.vllm_version,
-                sampling_defaults=self._tokenizers.sampling_defaults(info.model, info.model_path),
-                scheduling_policy=info.scheduling_policy,
-                max_logprobs=info.max_logprobs,
-                model_path=info.model_path,
-            )
-            self.pools[info.model] = pool
-        if isinstance(client, PrefillClient):
-            pool.add_prefill(client, info)
-        else:
-            pool.add_decode(client, info)
-        self._where[worker] = info.model
+        pool = self._generations.pool_for(info, self._new_pool)
+        try:
+            if isinstance(client, PrefillClient):
+                pool.add_prefill(client, info)
+            else:
+                pool.add_decode(client, info)
+        finally:
+            self._generations.settle(info.model)  # a refused first worker leaves no empty pool
+        self._where[worker] = pool
         self._clients[worker] = client
         if self._options.follow_events and info.kv_events:
             feed = IndexFeed(self._store, info.model, worker, info.block_size)
-            subscriber = EventSubscriber(info.kv_events, info.kv_replay)
-            self._followers[worker] = asyncio.create_task(follow(subscriber, feed))
+            self._loops.spawn(f"kv_feed:{worker}", lambda: _follow(feed, info))
         self._warn_on_grammar_gating(worker, info)
         log.info("%s worker %s joined model %s", info.role, worker, info.model)
         self._changed()
@@ -179,39 +195,52 @@ class Fleet:
             "wait for the end of" if info.reasoning_parser else "constrain",
         )
 
+    def _new_pool(self, info: EngineInfo) -> ModelPool:
+        return ModelPool(
+            name=info.model,
+            tokenizer=self._tokenizers.get(info.model, info.model_path),
+            max_model_len=info.max_model_len,
+            block_size=info.block_size,
+            vllm_version=info.vllm_version,
+            sampling_defaults=self._tokenizers.sampling_defaults(info.model, info.model_path),
+            scheduling_policy=info.scheduling_policy,
+            max_logprobs=info.max_logprobs,
+            model_path=info.model_path,
+        )
+
     def _remove(self, worker: WorkerId) -> None:
-        model = self._where.pop(worker, None)
-        pool = self.pools.get(model or "")
+        pool = self._where.pop(worker, None)
         if pool is None:
             return
+        model = pool.name
         pool.remove(worker)
+        self._generations.settle(model)
         client = self._clients.pop(worker, None)
         if client is not None:
             self._retired.append(client)  # requests in flight may still use it
-        follower = self._followers.pop(worker, None)
-        if follower is not None:
-            follower.cancel()
+        self._loops.stop(f"kv_feed:{worker}")
         log.info("worker %s left model %s", worker, model)
         self._changed()
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self.pools)
+        if self._metrics is not None:
+            self._metrics.fleet_changed(self.pools)
 
     async def refresh(self) -> None:
         """Join registered workers that are new (or restarted); drop expired ones."""
         try:
-            records = await self._store.workers()
+            records = await self._registry.records()
         except StoreUnavailable:
             return  # keep the current view
         live = {r.worker_id: r for r in records}
         now = asyncio.get_running_loop().time()
         for worker in [w for w in self._where if w not in self._static and w not in live]:
             since = self._missing_since.setdefault(worker, now)
-            if now - since >= self._options.missing_grace_s:
+            if now - since >= self._grace.get(worker, self._options.missing_grace_s):
                 self._remove(worker)
                 self._instances.pop(worker, None)
                 self._missing_since.pop(worker, None)
+                self._grace.pop(worker, None)
         for worker in live:
             self._missing_since.pop(worker, None)
         for record in records:
@@ -222,20 +251,28 @@ class Fleet:
             await self._join(record)
 
     async def _join(self, record: WorkerRecord) -> None:
-        if record.hash_scheme != SCHEME:
-            log.error(
-                "worker %s hashes blocks with %s, this router with %s", record.worker_id, record.hash_scheme, SCHEME
-            )
-            return
+        """Dial a trusted record's worker (the only place a registered address is dialled)."""
         kind = PrefillClient if record.role == "prefill" else DecodeClient
         client: Client = kind(record.worker_id, self._options.link)
         try:
             info = await client.info(timeout=self._options.rpc_timeout_s)
-            self._add(client, info)
-            self._instances[record.worker_id] = record.instance_id
-        except (WorkerError, ValueError) as exc:
+            check_info(record, info)
+        except ValueError as exc:
+            self._registry.reject("bad_info", f"worker {record.worker_id}: {exc}")
+            await client.close()
+            return
+        except WorkerError as exc:
             log.warning("registered worker %s not joined: %s", record.worker_id, exc)
             await client.close()
+            return
+        try:
+            self._add(client, info)
+        except ValueError as exc:
+            log.warning("registered worker %s not joined: %s", record.worker_id, exc)
+            await client.close()
+            return
+        self._instances[record.worker_id] = record.instance_id
+        self._grace[record.worker_id] = record.ttl_ms / 1000 or self._options.missing_grace_s
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -243,7 +280,7 @@ class Fleet:
             await asyncio.sleep(self._options.refresh_s)
 
     async def poll(self) -> None:
-        jobs = [(self.pools[self._where[w]], c) for w, c in self._clients.items()]
+        jobs = [(self._where[w], c) for w, c in self._clients.items()]
         results = await asyncio.gather(
             *(c.load(timeout=self._options.rpc_timeout_s) for _, c in jobs), return_exceptions=True
         )
@@ -266,9 +303,12 @@ class Fleet:
             await asyncio.sleep(self._options.poll_s)
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *self._followers.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._loops.close()
         for client in [*self._clients.values(), *self._retired]:
             await client.close()
+
+
+async def _follow(feed: IndexFeed, info: EngineInfo) -> None:
+    """One worker's KV events into this router's own index; a restart rewrites its block set."""
+    feed.dirty = True
+    await follow(EventSubscriber(info.kv_events, info.kv_replay), feed)

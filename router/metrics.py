@@ -32,6 +32,7 @@ class RouterMetrics:
 
     def __init__(self, policy: str) -> None:
         self._policy = policy
+        self._models: set[str] = set()  # models the workers gauge has reported
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "pdserve_router_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -80,6 +81,26 @@ class RouterMetrics:
             "pdserve_router_state_store_up", "1 while the shared state store (Redis) answers", registry=r
         )
         self.store_up.set(1)
+        self.store_errors = Counter(
+            "pdserve_router_state_store_errors",
+            "Calls the shared state store failed, by kind: connection, timeout, oom, readonly, misconf, "
+            "noperm, auth, response (the router then serves from its local view)",
+            ["kind"],
+            registry=r,
+        )
+        self.registry_rejections = Counter(
+            "pdserve_router_registry_rejected",
+            "Registry entries skipped, never dialled, by reason: malformed, unsigned, bad_signature, "
+            "hash_scheme, bad_info (its Info disagrees with its record or is not sane)",
+            ["reason"],
+            registry=r,
+        )
+        self.loop_restarts = Counter(
+            "pdserve_router_loop_restarts",
+            "Background loops (discovery, load_poll) that failed and were started again",
+            ["loop"],
+            registry=r,
+        )
         self.workers = Gauge("pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r)
         self.retries = Counter(
             "pdserve_router_retries",
@@ -132,7 +153,21 @@ class RouterMetrics:
     def store_available(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
 
+    def loop_restarted(self, loop: str) -> None:
+        self.loop_restarts.labels(loop).inc()
+
+    def registry_rejected(self, reason: str) -> None:
+        self.registry_rejections.labels(reason).inc()
+
+    def store_failed(self, kind: str) -> None:
+        self.store_errors.labels(kind).inc()
+
     def fleet_changed(self, pools: Mapping[str, ModelPool]) -> None:
+        """Each model's active pool (router/generations.py); a model that is gone reads 0."""
+        for model in self._models - set(pools):
+            for role in ("prefill", "decode"):
+                self.workers.labels(model, role).set(0)
+        self._models = set(pools)
         for pool in pools.values():
             self.workers.labels(pool.name, "prefill").set(len(pool.prefill))
             self.workers.labels(pool.name, "decode").set(len(pool.decode))

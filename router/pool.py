@@ -53,8 +53,9 @@ class ModelPool:
         self.sampling_defaults: Mapping[str, float] = MappingProxyType(dict(sampling_defaults or {}))
         # Every worker of the pool schedules alike: a join that differs is refused (add_*).
         self.scheduling_policy = scheduling_policy
-        self._max_model_len = max_model_len
+        self._max_model_len = max_model_len  # until a worker reports its own
         self._max_logprobs = max_logprobs
+        self._limits: dict[WorkerId, tuple[int, int]] = {}  # worker → (max_model_len, max_logprobs)
         self._fingerprints: dict[WorkerId, str] = {}  # the decode workers' (they write the output)
         self._prefill: dict[WorkerId, PrefillWorker] = dict(prefill or {})
         self._decode: dict[WorkerId, DecodeWorker] = dict(decode or {})
@@ -71,8 +72,9 @@ class ModelPool:
 
     @property
     def max_model_len(self) -> int:
-        """The smallest context of the pool's workers."""
-        return self._max_model_len
+        """The smallest context of the pool's workers now (it goes up again when the worker
+        with the smallest leaves)."""
+        return min((lens for lens, _ in self._limits.values()), default=self._max_model_len)
 
     @property
     def system_fingerprint(self) -> str | None:
@@ -85,7 +87,7 @@ class ModelPool:
     def max_logprobs(self) -> int:
         """The fewest top logprobs per position any of the pool's workers computes (vLLM's
         ``max_logprobs``, which the workers report): a request asking for more is a 400."""
-        return self._max_logprobs
+        return min((n for _, n in self._limits.values()), default=self._max_logprobs)
 
     @property
     def prefill(self) -> Mapping[WorkerId, PrefillWorker]:
@@ -117,14 +119,14 @@ class ModelPool:
                 raise ValueError(
                     f"worker {worker}: {attr} {getattr(info, attr)!r}, pool {self.name!r} has {getattr(self, attr)!r}"
                 )
-        self._max_model_len = min(self._max_model_len, info.max_model_len)
-        self._max_logprobs = min(self._max_logprobs, info.max_logprobs)
+        self._limits[worker] = (info.max_model_len, info.max_logprobs)
 
     def remove(self, worker: WorkerId) -> None:
         """The worker leaves; requests in flight on it keep the client they hold."""
         self._prefill.pop(worker, None)
         self._decode.pop(worker, None)
         self._fingerprints.pop(worker, None)
+        self._limits.pop(worker, None)
         self._loads.pop(worker, None)
         self._polled_inflight.pop(worker, None)
         self._down.discard(worker)

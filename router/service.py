@@ -8,8 +8,8 @@ and render the ``Answer``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from pdserve.state.memory import MemoryStore
 from router.admission import ANONYMOUS, Admission, AdmissionLimits
@@ -21,17 +21,32 @@ from router.request import Answer, Chunk, Generation
 
 
 @dataclass(frozen=True)
+class Background:
+    """What runs behind the requests: loops waiting to restart (name → why) and whether the
+    shared state store answers (False: serving from this router's local view)."""
+
+    loops_down: Mapping[str, str] = field(default_factory=dict)
+    store_up: bool = True
+
+
+@dataclass(frozen=True)
 class Health:
     """The router's models: ``served`` have a decode worker; ``without_decode`` have workers
-    (prefill only), none of which decodes, so every request for them fails with a 503."""
+    (prefill only), none of which decodes, so every request for them fails with a 503.
+    ``background``: degradations that do not stop serving (a loop restarting, Redis down)."""
 
     served: tuple[str, ...]
     without_decode: tuple[str, ...]
+    background: Background = field(default_factory=Background)
 
     @property
     def ok(self) -> bool:
         """Every model the router knows can be served, and there is one."""
         return bool(self.served) and not self.without_decode
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.background.loops_down) or not self.background.store_up
 
 
 class RouterService:
@@ -41,8 +56,10 @@ class RouterService:
         orchestrator: Orchestrator,
         metrics: RouterMetrics,
         admission: Admission | None = None,
+        background: Callable[[], Background] = Background,
     ) -> None:
         self.pools = pools
+        self._background = background
         self._orchestrator = orchestrator
         self._metrics = metrics
         self.admission = admission or Admission(AdmissionLimits(), MemoryStore())
@@ -100,7 +117,9 @@ class RouterService:
         is not counted: nothing tells it from one retired (/v1/models drops it too)."""
         known = [pool for pool in self.pools.values() if pool.prefill or pool.decode]
         return Health(
-            tuple(pool.name for pool in known if pool.decode), tuple(pool.name for pool in known if not pool.decode)
+            tuple(pool.name for pool in known if pool.decode),
+            tuple(pool.name for pool in known if not pool.decode),
+            self._background(),
         )
 
     def vllm_version(self) -> str:

@@ -9,13 +9,27 @@ while Redis is unreachable.
 
 from __future__ import annotations
 
-from pdserve.state.base import StateStore, StoreUnavailable, WorkerRecord
+import re
 
-__all__ = ["StateStore", "StoreUnavailable", "WorkerRecord", "make_store"]
+from pdserve.state.base import MalformedRecord, StateStore, StoreUnavailable, WorkerRecord
+
+__all__ = ["MalformedRecord", "StateStore", "StoreUnavailable", "WorkerRecord", "check_namespace", "make_store"]
+
+DEFAULT_NAMESPACE = "pdserve"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def make_store(url: str, timeout_s: float = 0.5) -> StateStore:
-    """``memory://`` (or empty) → in-process; ``redis://host:port/db`` → Redis."""
+def check_namespace(namespace: str) -> None:
+    """``ValueError`` unless ``namespace`` is a plain key prefix (no ``:``, which separates keys)."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"state_namespace: {namespace!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+
+
+def make_store(url: str, timeout_s: float = 0.5, namespace: str = DEFAULT_NAMESPACE, password: str = "") -> StateStore:
+    """``memory://`` (or empty) → in-process; ``redis://[user:password@]host:port/db`` (or
+    ``rediss://`` for TLS) → Redis, its keys under ``namespace`` (clusters
+    sharing one database stay disjoint); ``password``, if given, over the URL's."""
+    check_namespace(namespace)
     if not url or url.startswith("memory:"):
         from pdserve.state.memory import MemoryStore
 
@@ -23,5 +37,6 @@ def make_store(url: str, timeout_s: float = 0.5) -> StateStore:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from pdserve.state.redis import RedisStore
 
-        return RedisStore(url, timeout_s=timeout_s)
-    raise ValueError(f"state_url: unsupported {url!r}; use memory:// or redis://host:port")
+        return RedisStore(url, timeout_s=timeout_s, namespace=namespace, password=password)
+    scheme = url.partition(":")[0]  # never the whole URL: it may hold a password
+    raise ValueError(f"state_url: unsupported scheme {scheme!r}; use memory:// or redis://host:port")

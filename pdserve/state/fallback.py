@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from pdserve.state.base import StateStore, StoreUnavailable, WorkerRecord
+from pdserve.state.base import StateStore, StoreUnavailable, WorkerRecord, valid_records
 from pdserve.state.memory import MemoryStore
 from pdserve.types import BlockHash, WorkerId
 
@@ -26,7 +26,11 @@ T = TypeVar("T")
 
 class FallbackStore:
     def __init__(
-        self, shared: StateStore, retry_s: float = 1.0, on_change: Callable[[bool], None] | None = None
+        self,
+        shared: StateStore,
+        retry_s: float = 1.0,
+        on_change: Callable[[bool], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.shared = shared
         self.local = MemoryStore()
@@ -34,7 +38,8 @@ class FallbackStore:
         self._retry_s = retry_s
         self._retry_at = 0.0
         self._on_change = on_change
-        self._last_workers: list[WorkerRecord] = []
+        self._on_error = on_error  # told each failure's kind (StoreUnavailable.kind): metrics
+        self._last_entries: list[str] = []
 
     async def _try(self, call: Callable[[], Awaitable[T]]) -> T:
         if not self.up and time.monotonic() < self._retry_at:
@@ -42,6 +47,8 @@ class FallbackStore:
         try:
             result = await call()
         except StoreUnavailable as exc:
+            if self._on_error is not None:
+                self._on_error(exc.kind)
             self._set(False, str(exc))
             raise
         self._set(True)
@@ -56,7 +63,7 @@ class FallbackStore:
         if up:
             log.info("shared state store is back; serving from the shared view")
         else:
-            log.warning("shared state store unreachable (%s); serving from this router's local view", why)
+            log.warning("shared state store failing (%s); serving from this router's local view", why)
         if self._on_change is not None:
             self._on_change(up)
 
@@ -72,12 +79,15 @@ class FallbackStore:
         await self.local.deregister(worker_id)
         await self._try(lambda: self.shared.deregister(worker_id))
 
-    async def workers(self) -> list[WorkerRecord]:
+    async def entries(self) -> list[str]:
         try:
-            self._last_workers = await self._try(self.shared.workers)
+            self._last_entries = await self._try(self.shared.entries)
         except StoreUnavailable:
             pass  # the registry as last seen
-        return list(self._last_workers)
+        return list(self._last_entries)
+
+    async def workers(self) -> list[WorkerRecord]:
+        return valid_records(await self.entries())
 
     async def add_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         await self.local.add_blocks(model, worker_id, hashes)

@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from pdserve.state.base import WorkerRecord, prefix_lengths
+from pdserve.state.base import WorkerRecord, prefix_lengths, valid_records
 from pdserve.types import BlockHash, WorkerId
 
 
@@ -39,11 +39,14 @@ class MemoryStore:
         for model in models:
             await self.replace_blocks(model, worker_id, ())
 
-    async def workers(self) -> list[WorkerRecord]:
+    async def entries(self) -> list[str]:
         now = self._clock()
         for worker_id in [w for w, (_, exp) in self._workers.items() if exp <= now]:
-            del self._workers[worker_id]
-        return [record for record, _ in self._workers.values()]
+            await self.deregister(worker_id)  # its blocks go with it, as Redis's expire
+        return [record.to_json() for record, _ in self._workers.values()]
+
+    async def workers(self) -> list[WorkerRecord]:
+        return valid_records(await self.entries())
 
     async def add_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         for h in hashes:
@@ -81,6 +84,9 @@ class MemoryStore:
 
     async def match(self, model: str, hashes: Sequence[BlockHash]) -> dict[WorkerId, int]:
         now = self._clock()
+        expired = {w for w, (_, exp) in self._workers.items() if exp <= now}
+        for worker_id in expired:
+            await self.deregister(worker_id)
         holders: list[set[WorkerId]] = []
         for h in hashes:
             held = set(self._stored.get((model, h), ()))

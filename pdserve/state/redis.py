@@ -1,14 +1,23 @@
 """Redis StateStore: shared by router replicas, written by the workers.
 
-Keys (``prefix`` default ``pdserve``):
-  {p}:w:{worker}            worker record (JSON), expires with its heartbeat TTL
-  {p}:workers               set of registered worker ids (expired ones pruned on read)
-  {p}:b:{model}:{hash}      set of workers holding the block (from KV events)
-  {p}:p:{model}:{hash}      hash worker → expiry (ms) of predicted entries; the key expires too
-  {p}:o:{model}:{worker}    set of the worker's blocks (to clear them)
-  {p}:c:{key}               a counter (``count``), expires one window after its first add
-Every command has the client's socket timeout; connection and timeout errors
-become ``StoreUnavailable``.
+Keys, under a namespace (``--state-namespace``, default ``pdserve``) so that two
+clusters sharing one Redis database never see each other:
+  {ns}:w:{worker}            worker record (JSON), expires with its heartbeat TTL
+  {ns}:workers               set of registered worker ids: re-added by every heartbeat,
+                             pruned of expired ids on read, expires with the last worker
+  {ns}:o:{model}:{worker}    set of the worker's blocks (hex); expires with the worker's
+                             registration: every heartbeat refreshes it (one PEXPIRE, however
+                             many blocks); a writer that never registered: ``UNREGISTERED_TTL_S``
+                             after its last write
+  {ns}:m:{model}             set of workers with a block set for the model (pruned on read)
+  {ns}:p:{model}:{hash}      hash worker → expiry (ms) of predicted entries; the key expires too
+  {ns}:c:{key}               a counter (``count``), expires one window after its first add
+Nothing a dead worker leaves outlives its TTL. Registry updates are atomic (Lua
+scripts or MULTI). The scripts name keys they build from a record, so this layout needs
+one Redis (standalone, or Sentinel for failover), not Redis Cluster. Every command has
+the client's socket timeout; every Redis error — unreachable, timed out, OOM under
+``maxmemory``, READONLY, MISCONF, NOPERM, any other error reply — becomes
+``StoreUnavailable`` with its kind.
 """
 
 from __future__ import annotations
@@ -16,106 +25,211 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pdserve.state.base import StoreUnavailable, WorkerRecord, prefix_lengths
+from pdserve.state.base import StoreUnavailable, WorkerRecord, prefix_lengths, valid_records
 from pdserve.types import BlockHash, WorkerId, to_hex
+
+UNREGISTERED_TTL_S = 600.0
+
+# KEYS: record, workers set. ARGV: worker id, ttl ms, namespace. 0 if the record expired.
+_HEARTBEAT = """
+local rec = redis.call('GET', KEYS[1])
+if not rec then return 0 end
+local ttl = tonumber(ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('SADD', KEYS[2], ARGV[1])
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+local ok, data = pcall(cjson.decode, rec)
+if ok and type(data) == 'table' and type(data.model) == 'string' then
+  local blocks = ARGV[3] .. ':o:' .. data.model .. ':' .. ARGV[1]
+  local models = ARGV[3] .. ':m:' .. data.model
+  if redis.call('PTTL', blocks) >= 0 and redis.call('PTTL', blocks) < ttl then redis.call('PEXPIRE', blocks, ttl) end
+  if redis.call('PTTL', models) >= 0 and redis.call('PTTL', models) < ttl then redis.call('PEXPIRE', models, ttl) end
+end
+return 1
+"""
+
+# KEYS: workers set. ARGV: record key prefix. The live records; ids whose record expired are
+# removed in the same atomic step, so a heartbeat's re-add can never be undone by a stale read.
+_ENTRIES = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local rec = redis.call('GET', ARGV[1] .. id)
+  if rec then out[#out + 1] = rec else redis.call('SREM', KEYS[1], id) end
+end
+return out
+"""
+
+# KEYS: record, workers set. ARGV: worker id, namespace. Removes the record and its blocks.
+_DEREGISTER = """
+local rec = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+if rec then
+  local ok, data = pcall(cjson.decode, rec)
+  if ok and type(data) == 'table' and type(data.model) == 'string' then
+    redis.call('DEL', ARGV[2] .. ':o:' .. data.model .. ':' .. ARGV[1])
+    redis.call('SREM', ARGV[2] .. ':m:' .. data.model, ARGV[1])
+  end
+end
+return 1
+"""
+
+# KEYS: the model's worker set. ARGV: block set key prefix, then worker ids whose block set
+# looked gone: removed only if it still is (a concurrent write re-created it otherwise).
+_PRUNE = """
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then redis.call('SREM', KEYS[1], ARGV[i]) end
+end
+return 1
+"""
+
+_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (OutOfMemoryError, "oom"),  # maxmemory reached under noeviction
+    (ReadOnlyError, "readonly"),  # a replica (e.g. after a failover)
+    (NoPermissionError, "noperm"),  # an ACL user lacking the command or key
+    (AuthenticationError, "auth"),
+)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (logs and errors never show it)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def error_kind(exc: BaseException) -> str:
+    """The metrics label of a Redis error."""
+    for cls, kind in _KINDS:
+        if isinstance(exc, cls):
+            return kind
+    if isinstance(exc, ResponseError):
+        return "misconf" if "MISCONF" in str(exc) else "response"
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return "timeout"
+    return "connection"
 
 
 @asynccontextmanager
 async def _reachable(url: str) -> AsyncIterator[None]:
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis at {url}: {exc}") from None
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"redis at {url}: {type(exc).__name__}: {exc}", error_kind(exc)) from None
 
 
 class RedisStore:
-    def __init__(self, url: str, timeout_s: float = 0.5, prefix: str = "pdserve") -> None:
-        self.url = url
+    def __init__(self, url: str, timeout_s: float = 0.5, namespace: str = "pdserve", password: str = "") -> None:
+        self.url = redact(url)
         # RESP2: under RESP3, redis-py 8.1's asyncio pool skips its check for connections the
         # server closed (redis/redis-py#4252), so after a Redis restart every pooled connection
         # failed one call. We use no RESP3 feature.
+        extra = {"password": password} if password else {}
         self._r = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True, protocol=2
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True, protocol=2, **extra
         )
-        self._p = prefix
+        self._p = namespace
+        self._ttl_ms: dict[WorkerId, int] = {}  # registration TTL of the workers writing through this client
+        self._heartbeat = self._r.register_script(_HEARTBEAT)
+        self._entries = self._r.register_script(_ENTRIES)
+        self._deregister = self._r.register_script(_DEREGISTER)
+        self._prune = self._r.register_script(_PRUNE)
 
     def _w(self, worker_id: str) -> str:
         return f"{self._p}:w:{worker_id}"
 
-    def _b(self, model: str, h: BlockHash | str) -> str:
-        return f"{self._p}:b:{model}:{h if isinstance(h, str) else to_hex(h)}"
+    @property
+    def _workers(self) -> str:
+        return f"{self._p}:workers"
 
     def _pred(self, model: str, h: BlockHash) -> str:
         return f"{self._p}:p:{model}:{to_hex(h)}"
 
-    def _o(self, model: str, worker_id: str) -> str:
+    def _o(self, model: str, worker_id: str = "") -> str:
         return f"{self._p}:o:{model}:{worker_id}"
 
+    def _m(self, model: str) -> str:
+        return f"{self._p}:m:{model}"
+
     async def register(self, record: WorkerRecord, ttl_s: float) -> None:
+        ttl_ms = int(ttl_s * 1000)
         async with _reachable(self.url):
             pipe = self._r.pipeline(transaction=True)
-            pipe.set(self._w(record.worker_id), record.to_json(), px=int(ttl_s * 1000))
-            pipe.sadd(f"{self._p}:workers", record.worker_id)
+            pipe.set(self._w(record.worker_id), record.to_json(), px=ttl_ms)
+            pipe.sadd(self._workers, record.worker_id)
+            pipe.pexpire(self._workers, ttl_ms, gt=True)
+            pipe.pexpire(self._workers, ttl_ms, nx=True)
+            pipe.pexpire(self._o(record.model, record.worker_id), ttl_ms)
             await pipe.execute()
+        self._ttl_ms[record.worker_id] = ttl_ms
 
     async def heartbeat(self, worker_id: WorkerId, ttl_s: float) -> bool:
+        self._ttl_ms[worker_id] = int(ttl_s * 1000)
         async with _reachable(self.url):
-            return bool(await self._r.pexpire(self._w(worker_id), int(ttl_s * 1000)))
+            keys = [self._w(worker_id), self._workers]
+            return bool(await self._heartbeat(keys=keys, args=[worker_id, int(ttl_s * 1000), self._p]))
 
     async def deregister(self, worker_id: WorkerId) -> None:
+        self._ttl_ms.pop(worker_id, None)
         async with _reachable(self.url):
-            raw = await self._r.get(self._w(worker_id))
-            await self._r.delete(self._w(worker_id))
-            await self._r.srem(f"{self._p}:workers", worker_id)
-        if raw is not None:
-            await self.replace_blocks(WorkerRecord.from_json(raw).model, worker_id, ())
+            await self._deregister(keys=[self._w(worker_id), self._workers], args=[worker_id, self._p])
+
+    async def entries(self) -> list[str]:
+        async with _reachable(self.url):
+            return [str(e) for e in await self._entries(keys=[self._workers], args=[self._w("")])]
 
     async def workers(self) -> list[WorkerRecord]:
-        async with _reachable(self.url):
-            ids = sorted(str(i) for i in await self._r.smembers(f"{self._p}:workers"))
-            if not ids:
-                return []
-            values = await self._r.mget([self._w(i) for i in ids])
-            gone = [i for i, v in zip(ids, values, strict=True) if v is None]
-            if gone:  # expired: pruned here so the set does not grow forever
-                await self._r.srem(f"{self._p}:workers", *gone)
-        return [WorkerRecord.from_json(v) for v in values if v is not None]
+        return valid_records(await self.entries())
+
+    def _touch(self, pipe: aioredis.client.Pipeline, model: str, worker_id: WorkerId) -> None:
+        ttl_ms = self._ttl_ms.get(worker_id, int(UNREGISTERED_TTL_S * 1000))
+        pipe.pexpire(self._o(model, worker_id), ttl_ms)
+        pipe.sadd(self._m(model), worker_id)
+        pipe.pexpire(self._m(model), ttl_ms, gt=True)
+        pipe.pexpire(self._m(model), ttl_ms, nx=True)
 
     async def add_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         if not hashes:
             return
         async with _reachable(self.url):
-            pipe = self._r.pipeline(transaction=False)
-            for h in hashes:
-                pipe.sadd(self._b(model, h), worker_id)
+            pipe = self._r.pipeline(transaction=True)
             pipe.sadd(self._o(model, worker_id), *(to_hex(h) for h in hashes))
+            self._touch(pipe, model, worker_id)
             await pipe.execute()
 
     async def remove_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
-        if hashes:
-            await self._remove_hex(model, worker_id, [to_hex(h) for h in hashes])
-
-    async def _remove_hex(self, model: str, worker_id: WorkerId, hexes: Sequence[str]) -> None:
+        if not hashes:
+            return
         async with _reachable(self.url):
-            pipe = self._r.pipeline(transaction=False)
-            for h in hexes:
-                pipe.srem(self._b(model, h), worker_id)
-            pipe.srem(self._o(model, worker_id), *hexes)
-            await pipe.execute()
+            await self._r.srem(self._o(model, worker_id), *(to_hex(h) for h in hashes))
 
     async def replace_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         async with _reachable(self.url):
-            owned = {str(h) for h in await self._r.smembers(self._o(model, worker_id))}
-        keep = {to_hex(h) for h in hashes}
-        stale = [h for h in owned if h not in keep]
-        if stale:
-            await self._remove_hex(model, worker_id, stale)
-        await self.add_blocks(model, worker_id, [h for h in hashes if to_hex(h) not in owned])
+            pipe = self._r.pipeline(transaction=True)
+            pipe.delete(self._o(model, worker_id))
+            if hashes:
+                pipe.sadd(self._o(model, worker_id), *(to_hex(h) for h in hashes))
+                self._touch(pipe, model, worker_id)
+            else:
+                pipe.srem(self._m(model), worker_id)
+            await pipe.execute()
 
     async def predict(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash], ttl_s: float) -> None:
         ttl_ms = int(ttl_s * 1000)
@@ -130,21 +244,38 @@ class RedisStore:
     async def match(self, model: str, hashes: Sequence[BlockHash]) -> dict[WorkerId, int]:
         if not hashes:
             return {}
+        hexes = [to_hex(h) for h in hashes]
         async with _reachable(self.url):
             pipe = self._r.pipeline(transaction=False)
+            pipe.smembers(self._m(model))
             for h in hashes:
-                pipe.smembers(self._b(model, h))
                 pipe.hgetall(self._pred(model, h))
-            replies = await pipe.execute()
+            members, *predicted = await pipe.execute()
+            workers = sorted(str(w) for w in members)
+            stored = await self._stored(model, workers, hexes)
         now_ms = time.time() * 1000
         holders: list[set[WorkerId]] = []
-        for stored, predicted in zip(replies[0::2], replies[1::2], strict=True):
-            held = {WorkerId(w) for w in stored}
-            held.update(WorkerId(w) for w, exp in predicted.items() if float(exp) > now_ms)
+        for i, preds in enumerate(predicted):
+            held = {WorkerId(w) for w, flags in stored.items() if flags[i]}
+            held.update(WorkerId(w) for w, exp in preds.items() if float(exp) > now_ms)
             if not held:
                 break
             holders.append(held)
         return prefix_lengths(holders)
+
+    async def _stored(self, model: str, workers: list[str], hexes: list[str]) -> dict[str, list[int]]:
+        """Which of ``hexes`` each worker's block set holds; prunes workers whose set expired."""
+        if not workers:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for w in workers:
+            pipe.exists(self._o(model, w))
+            pipe.smismember(self._o(model, w), hexes)
+        replies = await pipe.execute()
+        gone = [w for w, exists in zip(workers, replies[0::2], strict=True) if not exists]
+        if gone:
+            await self._prune(keys=[self._m(model)], args=[self._o(model), *gone])
+        return {w: [int(f) for f in flags] for w, flags in zip(workers, replies[1::2], strict=True)}
 
     async def count(self, key: str, amount: int, window_s: float) -> int:
         async with _reachable(self.url):

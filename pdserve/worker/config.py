@@ -84,5 +84,6 @@ def worker_config(role: WorkerRole, argv: list[str] | None = None) -> WorkerConf
     return dataclasses.replace(
         cfg,
         server=dataclasses.replace(cfg.server.with_secrets(), service_name=role.service_name),
+        registration=cfg.registration.with_secrets(),
         engine=with_passthrough(cfg.engine, rest),
     )

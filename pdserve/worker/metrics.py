@@ -30,7 +30,26 @@ class WorkerMetrics(Collector):
         self._errors = Counter(
             "pdserve_worker_errors", "RPCs that ended with an error status", ["code"], registry=self.registry
         )
+        self._restarts = Counter(
+            "pdserve_worker_loop_restarts",
+            "Background loops (heartbeat, kv_feed) that failed and were started again",
+            ["loop"],
+            registry=self.registry,
+        )
+        self._store_errors = Counter(
+            "pdserve_worker_state_store_errors",
+            "Heartbeats the shared state store failed, by kind (connection, timeout, oom, readonly, misconf, "
+            "noperm, auth, response); the worker keeps serving and registers again once it answers",
+            ["kind"],
+            registry=self.registry,
+        )
         self.registry.register(self)
+
+    def store_failed(self, kind: str) -> None:
+        self._store_errors.labels(kind).inc()
+
+    def loop_restarted(self, loop: str) -> None:
+        self._restarts.labels(loop).inc()
 
     def error(self, code: grpc.StatusCode) -> None:
         self._errors.labels(code.name).inc()

@@ -141,7 +141,7 @@ async def run_worker(
     registered: Registration | None = None
     if registration is not None and registration.state_url:
         advertise = registration.advertise or f"{options.host}:{port}"
-        registered = Registration.create(registration, WorkerId(advertise), engine.info())
+        registered = Registration.create(registration, WorkerId(advertise), engine.info(), metrics)
         background.append(asyncio.create_task(registered.run()))
 
     loop = asyncio.get_running_loop()

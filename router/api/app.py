@@ -76,6 +76,11 @@ def create_app(
     async def health() -> JSONResponse:
         return _health(get_service().health())
 
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Kubernetes' readinessProbe: 200 while requests can be served (as /health)."""
+        return _health(get_service().health())
+
     @app.api_route("/ping", methods=["GET", "POST"])
     async def ping() -> JSONResponse:
         """SageMaker's health route: answered as /health, as vLLM's server answers it."""
@@ -128,12 +133,19 @@ def _take_request_id(body: CompletionRequest | ChatCompletionRequest, request: R
 
 def _health(health: Health) -> JSONResponse:
     """200 while every model the router knows has a decode worker; else 503, saying which
-    have none (or that no worker has joined yet)."""
+    have none (or that no worker has joined yet). The body also names what is degraded
+    but still serving: a background loop restarting, the shared state store unreachable."""
+    details: dict[str, Any] = {}
+    if health.background.loops_down:
+        details["loops_down"] = dict(health.background.loops_down)
+    if not health.background.store_up:
+        details["state_store"] = "unreachable: serving from this router's local view"
     if health.ok:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "degraded" if health.degraded else "ok", **details})
     missing = list(health.without_decode)
     message = f"no decode worker serves {', '.join(missing)}" if missing else "no model is served yet"
-    return JSONResponse({"status": "unavailable", "message": message, "models_without_decode": missing}, 503)
+    body = {"status": "unavailable", "message": message, "models_without_decode": missing, **details}
+    return JSONResponse(body, 503)
 
 
 def _model_card(pool: ModelPool, now: int) -> dict[str, Any]:

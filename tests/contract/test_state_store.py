@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 
 from pdserve.kv.hashing import block_hashes
 from pdserve.state import StateStore, WorkerRecord, make_store
@@ -118,3 +119,78 @@ async def test_counters_add_up_within_their_window_and_start_again_after(store: 
     assert await store.count("other" + key, 1, window_s=0.5) == 1  # counters are independent
     await asyncio.sleep(0.7)
     assert await store.count(key, 1, window_s=0.5) == 1  # a new window
+
+
+async def test_a_worker_that_stops_heart_beating_takes_its_blocks_with_it(store: StateStore) -> None:
+    """Nothing a dead worker wrote outlives its TTL (the index needs no sweeper)."""
+    await store.register(record(A), ttl_s=0.4)
+    await store.register(record(B), ttl_s=30)
+    await store.add_blocks("m", A, hashes(2))
+    await store.add_blocks("m", B, hashes(1))
+    assert await store.heartbeat(A, ttl_s=0.4)  # a heartbeat keeps the blocks alive too
+    assert await store.match("m", hashes(2)) == {A: 2, B: 1}
+    await asyncio.sleep(0.6)
+    assert await store.match("m", hashes(2)) == {B: 1}
+
+
+async def test_entries_are_the_records_as_written(store: StateStore) -> None:
+    rec = record(A)
+    await store.register(rec, ttl_s=30)
+    assert [WorkerRecord.from_json(e) for e in await store.entries()] == [rec]
+
+
+# --- Redis only: what the registry's key layout must guarantee ------------------------------
+
+
+@pytest.fixture
+async def redis_stores(redis_server: RedisServer) -> AsyncIterator[tuple[StateStore, StateStore]]:
+    """Two stores on one database, in two namespaces (two clusters sharing a Redis)."""
+    redis_server.flush(db=2)
+    one = make_store(redis_server.db_url(2), timeout_s=10, namespace="cluster-a")
+    two = make_store(redis_server.db_url(2), timeout_s=10, namespace="cluster-b")
+    yield one, two
+    await one.close()
+    await two.close()
+
+
+async def test_namespaces_are_disjoint(redis_stores: tuple[StateStore, StateStore]) -> None:
+    one, two = redis_stores
+    await one.register(record(A), ttl_s=30)
+    await two.register(record(B), ttl_s=30)
+    await one.add_blocks("m", A, hashes(2))
+    await two.add_blocks("m", B, hashes(2))
+    assert [r.worker_id for r in await one.workers()] == [A]
+    assert [r.worker_id for r in await two.workers()] == [B]
+    assert await one.match("m", hashes(2)) == {A: 2}
+    assert await two.match("m", hashes(2)) == {B: 2}
+    await one.deregister(B)  # not its worker: the other cluster's record stays
+    assert [r.worker_id for r in await two.workers()] == [B]
+
+
+async def test_a_heartbeat_puts_a_live_worker_back_in_the_registry(
+    redis_stores: tuple[StateStore, StateStore], redis_server: RedisServer
+) -> None:
+    """The race SMEMBERS → MGET → SREM could lose a live worker from the set for good;
+    whatever removed it, its next heartbeat re-adds it."""
+    one, _ = redis_stores
+    await one.register(record(A), ttl_s=30)
+    raw = redis.Redis(port=redis_server.port, db=2)
+    raw.srem("cluster-a:workers", A)
+    assert await one.workers() == []
+    assert await one.heartbeat(A, ttl_s=30)
+    assert [r.worker_id for r in await one.workers()] == [A]
+
+
+async def test_malformed_entries_are_returned_raw_and_left_out_of_workers(
+    redis_stores: tuple[StateStore, StateStore], redis_server: RedisServer
+) -> None:
+    one, _ = redis_stores
+    await one.register(record(A), ttl_s=30)
+    raw = redis.Redis(port=redis_server.port, db=2)
+    bad = {"x:1": "{not json", "y:1": '{"worker_id": "y:1", "role": "prefill"}', "z:1": "[1, 2]"}
+    for worker, text in bad.items():
+        raw.set(f"cluster-a:w:{worker}", text)
+        raw.sadd("cluster-a:workers", worker)
+    entries = await one.entries()
+    assert len(entries) == 4 and set(bad.values()) <= set(entries)
+    assert [r.worker_id for r in await one.workers()] == [A]

@@ -36,6 +36,9 @@ ROUTER = ROUTER_HISTOGRAMS | {
     "pdserve_router_kv_released_total",
     "pdserve_router_queued_requests",
     "pdserve_router_asyncio_tasks",
+    "pdserve_router_state_store_errors_total",
+    "pdserve_router_registry_rejected_total",
+    "pdserve_router_loop_restarts_total",
 }
 WORKER = frozenset(
     {
@@ -50,6 +53,8 @@ WORKER = frozenset(
         "pdserve_worker_kv_transfer_seconds_total",
         "pdserve_worker_inflight_requests",
         "pdserve_worker_errors_total",
+        "pdserve_worker_loop_restarts_total",
+        "pdserve_worker_state_store_errors_total",
     }
 )
 CONTRACT = ROUTER | WORKER

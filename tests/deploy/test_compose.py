@@ -103,3 +103,28 @@ def test_prometheus_scrapes_every_role_where_compose_runs_it() -> None:
             env = active(compose, profile)[workers[role]]["environment"]
             assert targets[role] == [f"{role}:{env['PDSERVE_METRICS_PORT']}"], profile
     assert set(targets) == set(WORKER_ROLES)
+
+
+def test_redis_is_password_protected_bounded_and_every_pdserve_service_has_the_secrets() -> None:
+    """secrets-init makes the Redis password and the registry secret once, into a volume that
+    Redis and every pdserve service mount read-only; none is in the environment or the URL."""
+    compose = load_compose()
+    services = compose["services"]
+    init = services["secrets-init"]
+    assert init["volumes"] == ["secrets:/secrets"] and "redis_password" in init["entrypoint"][-1]
+    redis = services["redis"]
+    script = redis["entrypoint"][-1]
+    assert "requirepass" in script and "redis-server -" in script, "the password via stdin, not argv"
+    assert "--maxmemory " in script and "--maxmemory-policy noeviction" in script
+    assert "REDISCLI_AUTH" in redis["healthcheck"]["test"][-1]
+    assert redis["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
+    for profile in PROFILES:
+        for name, service in active(compose, profile).items():
+            if not service["image"].startswith("pdserve/") or name == "model-init":
+                continue
+            env = service["environment"]
+            assert "secrets:/run/pdserve-secrets:ro" in service["volumes"], name
+            assert env["PDSERVE_STATE_PASSWORD_FILE"].startswith("/run/pdserve-secrets/"), name
+            assert env["PDSERVE_REGISTRY_SECRET_FILE"].startswith("/run/pdserve-secrets/"), name
+            assert "@" not in env["PDSERVE_STATE_URL"], name
+            assert service["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully", name

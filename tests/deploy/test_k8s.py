@@ -109,11 +109,11 @@ def test_every_container_is_probed_bounded_and_non_root(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_router_probes_restart_it_only_when_it_stops_answering(overlay: str) -> None:
-    """/health is 503 while a model has no decode worker (none registered yet, or all gone):
+    """/ready is 503 while a model has no decode worker (none registered yet, or all gone):
     readiness only. Start-up and liveness ask /version, which the router answers alone."""
     dep = find(render(overlay), "Deployment", "pdserve-router")
     (router,) = dep["spec"]["template"]["spec"]["containers"]
-    assert router["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert router["readinessProbe"]["httpGet"]["path"] == "/ready"
     for probe in ("startupProbe", "livenessProbe"):
         assert router[probe]["httpGet"]["path"] == "/version", probe
 
@@ -239,3 +239,72 @@ def adapter_query(rule: dict[str, Any]) -> str:
     """The rule's metricsQuery as the adapter expands it for one pod."""
     query = rule["metricsQuery"].replace("<<.Series>>", rule["seriesQuery"].split("{")[0])
     return query.replace("<<.LabelMatchers>>", 'pod="p"').replace("<<.GroupBy>>", "pod")
+
+
+def secret_mounts(template: dict[str, Any]) -> dict[str, str]:
+    """Secret name → where the pod's first container mounts it."""
+    pod = template["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return {secrets[m["name"]]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"] in secrets}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_needs_a_password_and_every_pdserve_pod_has_it_and_the_registry_secret(overlay: str) -> None:
+    """The Secret is not shipped (no default password); every pod reads it from a mount."""
+    resources = render(overlay)
+    assert not [r for r in resources if r["kind"] == "Secret"]
+    config = config_data(resources)
+    assert "@" not in config["PDSERVE_STATE_URL"], "no password in the URL"
+    redis_pod = find(resources, "StatefulSet", "pdserve-redis")["spec"]["template"]
+    (redis,) = redis_pod["spec"]["containers"]
+    script = " ".join(redis["command"])
+    assert "requirepass" in script and "redis-server -" in script, "the password via stdin, not argv"
+    assert "--maxmemory " in script and "--maxmemory-policy noeviction" in script
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "REDISCLI_AUTH" in " ".join(redis[probe]["exec"]["command"])
+    assert secret_mounts(redis_pod)["pdserve-secrets"] == "/run/secrets/pdserve"
+    for name in ("pdserve-router", *(f"pdserve-{role}" for role in WORKER_ROLES)):
+        mount = secret_mounts(find(resources, "Deployment", name)["spec"]["template"])["pdserve-secrets"]
+        for key in ("PDSERVE_STATE_PASSWORD_FILE", "PDSERVE_REGISTRY_SECRET_FILE"):
+            assert config[key].startswith(mount + "/"), (name, key)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_fence_each_role(overlay: str) -> None:
+    """Redis only from pdserve pods; a worker's gRPC only from routers; KV peers reach each
+    other on any port (UCX picks its own); the router's API from anywhere."""
+    resources = render(overlay)
+    policies = {
+        r["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: r
+        for r in resources
+        if r["kind"] == "NetworkPolicy"
+    }
+    assert set(policies) == {"redis", "router", *WORKER_ROLES}
+    components = {t["metadata"]["labels"]["app.kubernetes.io/component"] for _, t in pod_templates(resources)}
+    assert components <= set(policies), "every pod is fenced"
+
+    def sources(rule: dict[str, Any]) -> set[str]:
+        found = set()
+        for peer in rule.get("from", []):
+            sel = peer.get("podSelector")
+            if sel is None:
+                found.add("cluster" if "namespaceSelector" in peer else "?")
+            elif "matchLabels" in sel:
+                found.add(sel["matchLabels"]["app.kubernetes.io/component"])
+            else:
+                (expr,) = [e for e in sel["matchExpressions"] if e["key"] == "app.kubernetes.io/component"]
+                found.update(expr["values"])
+        return found or {"anywhere"}
+
+    (redis_rule,) = policies["redis"]["spec"]["ingress"]
+    assert sources(redis_rule) == {"router", *WORKER_ROLES} and redis_rule["ports"] == [
+        {"port": "redis", "protocol": "TCP"}
+    ]
+    for role in WORKER_ROLES:
+        rules = {
+            tuple(p["port"] for p in r.get("ports", [])) or "any": sources(r) for r in policies[role]["spec"]["ingress"]
+        }
+        peer = "decode" if role == "prefill" else "prefill"
+        assert rules == {("grpc",): {"router"}, "any": {peer}, ("metrics",): {"cluster"}}, role
+    (router_rule,) = policies["router"]["spec"]["ingress"]
+    assert sources(router_rule) == {"anywhere"} and router_rule["ports"] == [{"port": "http", "protocol": "TCP"}]

@@ -11,7 +11,13 @@ from tests.redis_server import RedisServer
 BLOCK = 128  # the block size of the session cluster and of the sim workers (their default)
 
 
-def index_holders(redis_server: RedisServer, model: str, prompt_ids: list[int]) -> list[set[str]]:
-    """Workers per block from the KV-event index only (not the routers' predictions)."""
+def index_holders(
+    redis_server: RedisServer, model: str, prompt_ids: list[int], namespace: str = "pdserve"
+) -> list[set[str]]:
+    """Workers per block from the KV-event index only (not the routers' predictions): the
+    per-worker block sets (pdserve/state/redis.py's layout)."""
     r = redis.Redis(port=redis_server.port, decode_responses=True)
-    return [r.smembers(f"pdserve:b:{model}:{to_hex(h)}") for h in block_hashes(model, prompt_ids, BLOCK)]
+    workers = sorted(r.smembers(f"{namespace}:m:{model}"))
+    hexes = [to_hex(h) for h in block_hashes(model, prompt_ids, BLOCK)]
+    held = {w: r.smismember(f"{namespace}:o:{model}:{w}", hexes) for w in workers} if hexes else {}
+    return [{w for w in workers if held[w][i]} for i in range(len(hexes))]

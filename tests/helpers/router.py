@@ -5,7 +5,7 @@ metrics the way router/__main__.py does, behind FastAPI's TestClient."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from router.placer import Placer
 from router.pool import ModelPool
 from router.recovery import Recovery
 from router.request import Timeouts
-from router.service import RouterService
+from router.service import Background, RouterService
 from router.tokenizer import TokenIdsOnly, Tokenizer
 from tests.factories import make_tiny_tokenizer, metric_samples
 
@@ -220,6 +220,8 @@ def scripted_router(
     max_model_len: int = 256,
     vllm_version: str = "",
     model_path: str = "",
+    metrics: RouterMetrics | None = None,
+    background: Callable[[], Background] = Background,
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
     pool = make_pool(
@@ -233,10 +235,10 @@ def scripted_router(
         vllm_version=vllm_version,
         model_path=model_path,
     )
-    metrics = RouterMetrics(policy)
+    metrics = metrics or RouterMetrics(policy)
     placer = Placer(make_policy(policy), ThresholdDecider(), store or MemoryStore())
     orchestrator = Orchestrator(placer, timeouts or Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))
     admission = Admission(limits or AdmissionLimits(), MemoryStore())
-    service = RouterService({"tiny": pool}, orchestrator, metrics, admission)
+    service = RouterService({"tiny": pool}, orchestrator, metrics, admission, background)
     app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes, chat=chat)
     return ScriptedRouter(TestClient(app), service, pool, metrics)

@@ -170,6 +170,9 @@ WORKER_FLAGS = {
     "--state-url": "PDSERVE_STATE_URL",
     "--advertise": "PDSERVE_ADVERTISE",
     "--heartbeat-ttl": "PDSERVE_HEARTBEAT_TTL_S",
+    "--state-namespace": "PDSERVE_STATE_NAMESPACE",
+    "--registry-secret-file": "PDSERVE_REGISTRY_SECRET_FILE",
+    "--state-password-file": "PDSERVE_STATE_PASSWORD_FILE",
 }
 ROUTER_FLAGS = {
     "--host": "PDSERVE_ROUTER_HOST",
@@ -183,6 +186,8 @@ ROUTER_FLAGS = {
     "--request-timeout": "PDSERVE_REQUEST_TIMEOUT_S",
     "--weights": "PDSERVE_WEIGHTS",
     "--state-url": "PDSERVE_STATE_URL",
+    "--state-namespace": "PDSERVE_STATE_NAMESPACE",
+    "--state-password-file": "PDSERVE_STATE_PASSWORD_FILE",
     "--tokenizer": "",
     "--disagg-min-tokens": "PDSERVE_DISAGG_MIN_TOKENS",
     "--prefill-saturated-waiting": "PDSERVE_PREFILL_SATURATED_WAITING",
@@ -205,6 +210,7 @@ ROUTER_FLAGS = {
     "--tool-strict-level": "PDSERVE_TOOL_STRICT_LEVEL",
     "--api-keys-file": "PDSERVE_API_KEYS_FILE",
     "--worker-token-file": "PDSERVE_WORKER_TOKEN_FILE",
+    "--registry-secret-file": "PDSERVE_REGISTRY_SECRET_FILE",
     "--worker-tls-cert": "PDSERVE_WORKER_TLS_CERT",
     "--worker-tls-key": "PDSERVE_WORKER_TLS_KEY",
     "--worker-tls-ca": "PDSERVE_WORKER_TLS_CA",
@@ -300,3 +306,12 @@ def test_router_admission_flags_and_env(model_dir: Path, monkeypatch: pytest.Mon
         router_config.from_args([*base, "--max-body-bytes", "0"])
     with pytest.raises(ValueError, match="keep_alive_s"):
         router_config.from_args([*base, "--keep-alive-s", "0"])
+
+
+def test_a_state_namespace_is_a_plain_key_prefix(model_dir: Path) -> None:
+    base = ["--model", str(model_dir), "--decode", "d:1"]
+    assert router_config.from_args([*base, "--state-namespace", "prod-eu.1"]).state_namespace == "prod-eu.1"
+    with pytest.raises(ValueError, match="state_namespace"):
+        router_config.from_args([*base, "--state-namespace", "a:b"])
+    with pytest.raises(ValueError, match="state_namespace"):
+        prefill_config.from_args(["--model", str(model_dir), "--state-namespace", "has space"])

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from pdserve.security import TlsFiles, bearer_ok, read_secrets
+from pdserve.state import WorkerRecord
 from pdserve.state.memory import MemoryStore
+from pdserve.state.trust import RegistryTrust, UntrustedRecord
+from pdserve.types import WorkerId
 from router.api.app import create_app
 from router.config import MAX_BODY_BYTES
 from router.metrics import RouterMetrics
@@ -80,3 +85,73 @@ def test_tls_configuration_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tls_ca"):
         TlsFiles(ca=str(tmp_path / "missing.pem"))
     assert not TlsFiles().enabled and TlsFiles(ca=str(cert)).enabled
+
+
+# --- the registry's records (pdserve.state.trust) --------------------------------------------
+
+
+def _record(worker: str = "10.0.0.1:50051") -> WorkerRecord:
+    return WorkerRecord(WorkerId(worker), "decode", "m", 16, "s", 4096, "i1", ttl_ms=9000)
+
+
+def test_a_signed_record_verifies_and_rotation_accepts_either_secret() -> None:
+    old, new = RegistryTrust(("old",)), RegistryTrust(("new",))
+    routers = RegistryTrust(("new", "old"))  # mid-rotation
+    for worker in (old, new):
+        entry = worker.sign(_record()).to_json()
+        assert routers.check(entry) == worker.sign(_record())
+    with pytest.raises(UntrustedRecord) as caught:
+        new.check(old.sign(_record()).to_json())
+    assert caught.value.reason == "bad_signature"
+
+
+def test_a_tampered_unsigned_or_malformed_record_is_refused() -> None:
+    trust = RegistryTrust(("s",))
+    signed = trust.sign(_record())
+    moved = dataclasses.replace(signed, worker_id=WorkerId("6.6.6.6:50051"))  # same signature, other address
+    cases = {
+        moved.to_json(): "bad_signature",
+        _record().to_json(): "unsigned",
+        "{": "malformed",
+        json.dumps({**json.loads(signed.to_json()), "role": "admin"}): "malformed",
+        json.dumps({**json.loads(signed.to_json()), "block_size": True}): "malformed",
+        json.dumps({**json.loads(signed.to_json()), "worker_id": "no-port"}): "malformed",
+    }
+    for entry, reason in cases.items():
+        with pytest.raises(UntrustedRecord) as caught:
+            trust.check(entry)
+        assert caught.value.reason == reason, entry
+
+
+def test_without_a_secret_records_go_unsigned_and_valid_ones_are_trusted() -> None:
+    trust = RegistryTrust()
+    assert not trust.enabled and trust.sign(_record()).signature == ""
+    assert trust.check(_record().to_json()) == _record()
+    with pytest.raises(UntrustedRecord):
+        trust.check('{"worker_id": 1}')
+
+
+def test_a_redis_url_is_logged_without_its_password() -> None:
+    from pdserve.state.redis import redact
+
+    assert redact("redis://user:s3cret@redis:6379/0") == "redis://user:***@redis:6379/0"
+    assert redact("rediss://:s3cret@10.0.0.1/2") == "rediss://:***@10.0.0.1/2"
+    assert redact("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+def test_a_registered_workers_info_must_agree_with_its_record_and_be_sane() -> None:
+    from pdserve.engine.base import EngineInfo
+    from router.fleet import check_info
+
+    rec = _record()
+    info = EngineInfo("decode", "m", 16, "0.32.0", 4096, 2048, "vllm")
+    check_info(rec, info)
+    for bad, field in (
+        (dataclasses.replace(info, model="other"), "model"),
+        (dataclasses.replace(info, role="prefill"), "role"),
+        (dataclasses.replace(info, block_size=32), "block_size"),
+        (dataclasses.replace(info, max_model_len=0), "max_model_len"),
+        (dataclasses.replace(info, max_model_len=1 << 40), "max_model_len"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            check_info(rec, bad)

@@ -135,7 +135,7 @@ class _SimRuntime:
             role=self.role,
             model=self.config.served_model_name,
             block_size=self.config.block_size,
-            vllm_version="sim",
+            vllm_version=self.profile.vllm_version,
             kv_capacity_tokens=self.pool.num_blocks * self.config.block_size,
             max_model_len=self.config.max_model_len,
             scheduling_policy=self.profile.scheduling_policy,

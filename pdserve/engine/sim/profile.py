@@ -48,6 +48,8 @@ class SimProfile:
     # as vLLM's engine arguments of the same names
     scheduling_policy: str = "fcfs"  # "priority": the waiting queue is ordered by (priority, arrival)
     max_logprobs: int = 20
+    # the vLLM version the worker reports: old and new workers of a simulated rolling upgrade
+    vllm_version: str = "sim"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
