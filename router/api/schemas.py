@@ -272,7 +272,7 @@ class ChatCompletionRequest(SamplingFields):
     documents: list[dict[str, str]] | None = None
     chat_template: str | None = None  # needs the router's --trust-request-chat-template
     chat_template_kwargs: dict[str, Any] | None = None
-    return_prompt_text: bool | None = False  # the rendered prompt in the response (vLLM's prompt_text)
+    return_prompt_text: bool | None = None  # the rendered prompt in the response (vLLM's prompt_text)
 
 
 class Refused(NamedTuple):
