@@ -43,7 +43,7 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     fleet = Fleet(
         store,
         TokenizerSource(cfg.tokenizers, cfg.model_dir, cfg.generation_config),
-        FleetOptions(follow_events=follow_events, link=cfg.link),
+        FleetOptions(follow_events=follow_events, link=cfg.link, outliers=cfg.outliers),
         on_change=metrics.fleet_changed,
     )
     await fleet.add_static(list(cfg.prefill), list(cfg.decode), cfg.startup_timeout_s)

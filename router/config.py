@@ -11,6 +11,7 @@ from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from router.admission import AdmissionLimits
 from router.chat import CONTENT_FORMATS, ChatOptions, load_template
+from router.outliers import OutlierPolicy
 from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
@@ -145,6 +146,21 @@ class RouterConfig:
         request_s=Flag(
             name="--request-timeout", env="PDSERVE_REQUEST_TIMEOUT_S", help="deadline of one request, seconds"
         ),
+        prefill_s=Flag(
+            name="--prefill-timeout",
+            env="PDSERVE_PREFILL_TIMEOUT_S",
+            help="seconds one prefill attempt may take before it is retried elsewhere (never past the request's)",
+        ),
+        first_token_s=Flag(
+            name="--first-token-timeout",
+            env="PDSERVE_FIRST_TOKEN_TIMEOUT_S",
+            help="seconds a decode attempt may take to its first token before it is placed again",
+        ),
+        stall_s=Flag(
+            name="--stall-timeout",
+            env="PDSERVE_STALL_TIMEOUT_S",
+            help="seconds a decode stream may go without a token before it migrates to another worker",
+        ),
     )
     recovery: Recovery = group(
         "recovery",
@@ -161,6 +177,43 @@ class RouterConfig:
         migrations=Flag(
             env="PDSERVE_MIGRATIONS",
             help="times a stream moves to another decode worker when its worker fails mid-generation; 0 = off",
+        ),
+        retry_budget=Flag(
+            env="PDSERVE_RETRY_BUDGET",
+            help="retries (of every kind) allowed per request over the last 10 s, plus --min-retries; "
+            "past it a failure goes to the client",
+        ),
+        min_retries=Flag(env="PDSERVE_MIN_RETRIES", help="retries allowed in any 10 s whatever the request count"),
+    )
+    outliers: OutlierPolicy = group(
+        "outlier ejection",
+        OutlierPolicy,
+        default_factory=OutlierPolicy,
+        max_errors=Flag(
+            name="--eject-after-errors",
+            env="PDSERVE_EJECT_AFTER_ERRORS",
+            help="failed requests in a row that eject a worker",
+        ),
+        max_timeouts=Flag(
+            name="--eject-after-timeouts",
+            env="PDSERVE_EJECT_AFTER_TIMEOUTS",
+            help="timeouts in a row (attempt timeouts, Load polls) that eject a worker",
+        ),
+        base_s=Flag(
+            name="--ejection-time",
+            env="PDSERVE_EJECTION_TIME_S",
+            help="seconds of a first ejection; the n-th lasts n times this",
+        ),
+        max_s=Flag(name="--max-ejection-time", env="PDSERVE_MAX_EJECTION_TIME_S", help="longest ejection, seconds"),
+        max_share=Flag(
+            name="--max-ejected-share",
+            env="PDSERVE_MAX_EJECTED_SHARE",
+            help="share of a model's prefill or decode workers that may be ejected at once (at least one)",
+        ),
+        probe_timeout_s=Flag(
+            name="--probe-timeout",
+            env="PDSERVE_PROBE_TIMEOUT_S",
+            help="seconds the one-token probe of an ejected worker may take",
         ),
     )
     admission: AdmissionLimits = group(
@@ -268,5 +321,5 @@ def from_args(argv: list[str] | None = None) -> RouterConfig:
     """The config from flags and env; ``ValueError`` naming the field when a value is bad."""
     cfg = build(RouterConfig, parser().parse_args(argv)).with_secrets()
     # A prefill RPC gets its own deadline, never longer than the whole request's.
-    prefill_s = min(Timeouts().prefill_s, cfg.timeouts.request_s)
+    prefill_s = min(cfg.timeouts.prefill_s, cfg.timeouts.request_s)
     return dataclasses.replace(cfg, timeouts=dataclasses.replace(cfg.timeouts, prefill_s=prefill_s))

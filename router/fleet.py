@@ -3,8 +3,10 @@
 Sources of workers: the static ``--prefill/--decode`` lists (asked for their
 Info at start-up) and the shared registry (workers that register themselves,
 re-read every ``refresh_s``; one that stops heart-beating leaves when its
-entry expires). Every worker's Load is polled every ``poll_s``; one that fails
-a poll is out of placement until it answers again. With an in-process store
+entry expires). Every worker's Load is polled every ``poll_s``; a poll that
+fails or times out counts against the worker in its pool's outlier ejection
+(router/outliers.py), and an ejected worker whose time is up is probed
+(router/probe.py) before it returns. With an in-process store
 the router also follows each worker's KV events into its block index (with
 Redis, the workers feed the index themselves).
 """
@@ -27,9 +29,11 @@ from pdserve.security import WorkerLink
 from pdserve.state import StateStore, StoreUnavailable, WorkerRecord
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient
-from router.errors import WorkerError
+from router.errors import WorkerError, WorkerFailure
 from router.generation_config import sampling_defaults
+from router.outliers import Failure, OutlierPolicy
 from router.pool import ModelPool
+from router.probe import probe
 from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,7 @@ class FleetOptions:
     # restarted, empty Redis is refilled by the workers' next heartbeats). It leaves
     # placement sooner: at its first failed Load poll.
     missing_grace_s: float = 5.0
+    outliers: OutlierPolicy = field(default_factory=OutlierPolicy)  # every pool's ejection policy
 
 
 class TokenizerSource:
@@ -116,7 +121,8 @@ class Fleet:
         self._instances: dict[WorkerId, str] = {}  # registry instance ids seen
         self._missing_since: dict[WorkerId, float] = {}
         self._followers: dict[WorkerId, asyncio.Task[None]] = {}
-        self._retired: list[Client] = []
+        self._retired: list[tuple[ModelPool, Client]] = []  # left, closed once no request uses them
+        self._probes: dict[WorkerId, asyncio.Task[None]] = {}  # at most one per ejected worker
         self._tasks: list[asyncio.Task[None]] = []
 
     async def add_static(self, prefill: list[str], decode: list[str], startup_timeout_s: float) -> None:
@@ -146,6 +152,7 @@ class Fleet:
                 scheduling_policy=info.scheduling_policy,
                 max_logprobs=info.max_logprobs,
                 model_path=info.model_path,
+                outliers=self._options.outliers,
             )
             self.pools[info.model] = pool
         if isinstance(client, PrefillClient):
@@ -169,7 +176,7 @@ class Fleet:
         pool.remove(worker)
         client = self._clients.pop(worker, None)
         if client is not None:
-            self._retired.append(client)  # requests in flight may still use it
+            self._retired.append((pool, client))  # requests in flight may still use it
         follower = self._followers.pop(worker, None)
         if follower is not None:
             follower.cancel()
@@ -230,17 +237,47 @@ class Fleet:
             *(c.load(timeout=self._options.rpc_timeout_s) for _, c in jobs), return_exceptions=True
         )
         for (pool, client), result in zip(jobs, results, strict=True):
-            if isinstance(result, WorkerError) and result.code is not grpc.StatusCode.UNAVAILABLE:
-                continue  # slow (a busy CPU engine answers late), not gone: keep it in placement
             if isinstance(result, WorkerError):
-                if pool.mark_down(client.worker):
-                    log.warning("worker %s is out of placement: %s", client.worker, result)
+                # A poll past its deadline counts as slowness; a busy CPU engine may answer
+                # one late, so it takes OutlierPolicy.max_timeouts in a row to eject.
+                gone = result.code is grpc.StatusCode.UNAVAILABLE
+                slow = result.code is grpc.StatusCode.DEADLINE_EXCEEDED
+                if gone or slow:
+                    pool.failed(client.worker, Failure.GONE if gone else Failure.TIMEOUT)
             elif isinstance(result, BaseException):
                 raise result
             else:
-                if pool.mark_up(client.worker):
-                    log.info("worker %s is back", client.worker)
                 pool.record_load(client.worker, result)
+        self._start_probes()
+        await self._close_retired()
+
+    async def _close_retired(self) -> None:
+        """Close the channels of workers that left once no request runs on that address:
+        a request takes its client from the pool inside ``pool.counted``."""
+        idle = [(pool, c) for pool, c in self._retired if not pool.busy(c.worker)]
+        self._retired = [(pool, c) for pool, c in self._retired if pool.busy(c.worker)]
+        for _, client in idle:
+            await client.close()
+
+    def _start_probes(self) -> None:
+        for pool in self.pools.values():
+            for worker in pool.probe_due():
+                client = self._clients.get(worker)
+                if client is None:
+                    pool.probed(worker, False)
+                    continue
+                self._probes[worker] = asyncio.create_task(self._probe(pool, client))
+
+    async def _probe(self, pool: ModelPool, client: Client) -> None:
+        try:
+            await probe(client, self._options.outliers.probe_timeout_s)
+        except WorkerFailure as exc:
+            log.warning("worker %s failed its probe: %s", client.worker, exc)
+            pool.probed(client.worker, False)
+        else:
+            pool.probed(client.worker, True)
+        finally:
+            self._probes.pop(client.worker, None)
 
     async def _poll_loop(self) -> None:
         while True:
@@ -248,9 +285,9 @@ class Fleet:
             await asyncio.sleep(self._options.poll_s)
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *self._followers.values()]
+        tasks = [*self._tasks, *self._followers.values(), *self._probes.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for client in [*self._clients.values(), *self._retired]:
+        for client in [*self._clients.values(), *(c for _, c in self._retired)]:
             await client.close()
