@@ -71,9 +71,16 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
         finally:
             await fleet.close()
             await store.close()
+            service.close()
 
     return create_app(
-        lambda: holder["service"], lifespan, cfg.api_keys, max_body_bytes=cfg.max_body_bytes, chat=cfg.chat
+        lambda: holder["service"],
+        lifespan,
+        cfg.tenants.keys,
+        max_body_bytes=cfg.max_body_bytes,
+        chat=cfg.chat,
+        cache_salts=cfg.tenants.salts,
+        prompt_chars_per_token=cfg.prompt_chars_per_token,
     )
 
 

@@ -10,6 +10,7 @@ from pdserve.config import model_path
 from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from router.admission import AdmissionLimits
+from router.api.size import PROMPT_CHARS_PER_TOKEN
 from router.chat import CONTENT_FORMATS, ChatOptions, load_template
 from router.outliers import OutlierPolicy
 from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
@@ -17,6 +18,7 @@ from router.placement import POLICIES
 from router.placement.scorers import parse_weights
 from router.recovery import Recovery
 from router.request import Timeouts
+from router.tenants import Tenants
 
 PROG = "pdserve router"
 
@@ -223,6 +225,10 @@ class RouterConfig:
         max_inflight=Flag(
             env="PDSERVE_MAX_INFLIGHT", help="requests generating at once; more wait in the queue; 0 = no limit"
         ),
+        max_inflight_per_key=Flag(
+            env="PDSERVE_MAX_INFLIGHT_PER_KEY",
+            help="requests of one API key generating at once; more wait their turn; 0 = no limit",
+        ),
         max_queued=Flag(env="PDSERVE_MAX_QUEUED", help="requests waiting for a slot; past this → 503 with Retry-After"),
         queue_timeout_s=Flag(
             name="--queue-timeout", env="PDSERVE_QUEUE_TIMEOUT_S", help="seconds a request waits for a slot before 503"
@@ -247,11 +253,23 @@ class RouterConfig:
     max_body_bytes: int = flag(
         MAX_BODY_BYTES, env="PDSERVE_MAX_BODY_BYTES", help="larger request bodies get 413 before they are read"
     )
+    prompt_chars_per_token: int = flag(
+        PROMPT_CHARS_PER_TOKEN,
+        env="PDSERVE_PROMPT_CHARS_PER_TOKEN",
+        help="a prompt with more characters than this x the model's context (max_model_len) gets a 400 "
+        "before it is templated or tokenized",
+    )
     api_keys_file: str = flag(
         "",
         env="PDSERVE_API_KEYS_FILE",
-        help="require Authorization: Bearer <key> on /v1/*, keys one per line (also the comma-separated "
-        "PDSERVE_API_KEYS)",
+        help="require Authorization: Bearer <key> on /v1/*, keys one per line, each optionally followed by "
+        "cache_salt=SALT (the key's prefix-cache salt); also the comma-separated PDSERVE_API_KEYS",
+    )
+    cache_salt_per_key: bool = flag(
+        False,
+        env="PDSERVE_CACHE_SALT_PER_KEY",
+        help="salt every API key's requests with a salt of its own (keys with a cache_salt= keep theirs): "
+        "no tenant shares prefix-cache blocks with another",
     )
     worker_token_file: str = flag(
         "",
@@ -265,7 +283,7 @@ class RouterConfig:
     )
     log_level: str = flag("INFO", env="PDSERVE_LOG_LEVEL", help="logging level")
     # Read from the files above (and their variables) by ``with_secrets``.
-    api_keys: tuple[str, ...] = ()  # clients must send one (Bearer); () = open
+    tenants: Tenants = field(default_factory=Tenants)  # API keys and their cache salts
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
 
     def __post_init__(self) -> None:
@@ -273,6 +291,8 @@ class RouterConfig:
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
+        if self.prompt_chars_per_token < 1:
+            raise ValueError("prompt_chars_per_token must be ≥ 1")
         if not self.keep_alive_s > 0:
             raise ValueError("keep_alive_s must be > 0")
         if self.chat_template_content_format not in CONTENT_FORMATS:
@@ -306,9 +326,9 @@ class RouterConfig:
         """This config with API keys and the worker link read from their files and variables."""
         tls = TlsFiles(self.worker_tls_cert, self.worker_tls_key, self.worker_tls_ca)
         token = next(iter(read_secrets(self.worker_token_file, "PDSERVE_WORKER_TOKEN")), "")
-        return dataclasses.replace(
-            self, api_keys=read_secrets(self.api_keys_file, "PDSERVE_API_KEYS"), link=WorkerLink(tls, token)
-        )
+        entries = read_secrets(self.api_keys_file, "PDSERVE_API_KEYS")
+        tenants = Tenants.parse(entries, self.cache_salt_per_key)
+        return dataclasses.replace(self, tenants=tenants, link=WorkerLink(tls, token))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -226,6 +226,7 @@ def scripted_router(
     max_model_len: int = 256,
     vllm_version: str = "",
     model_path: str = "",
+    cache_salts: dict[str, str] | None = None,
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
     pool = make_pool(
@@ -244,5 +245,7 @@ def scripted_router(
     orchestrator = Orchestrator(placer, timeouts or Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))
     admission = Admission(limits or AdmissionLimits(), MemoryStore())
     service = RouterService({"tiny": pool}, orchestrator, metrics, admission)
-    app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes, chat=chat)
+    app = create_app(
+        lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes, chat=chat, cache_salts=cache_salts
+    )
     return ScriptedRouter(TestClient(app), service, pool, metrics)
