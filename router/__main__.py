@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
+from pdserve.security import redact_url
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
 from router import config
@@ -65,7 +66,8 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service, fleet, store = await build_service(cfg)
         holder["service"] = service
-        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, cfg.state_url)
+        state = redact_url(cfg.state_url)
+        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, state)
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ while Redis is unreachable.
 
 from __future__ import annotations
 
+from pdserve.security import redact_url
 from pdserve.state.base import StateStore, StoreUnavailable, WorkerRecord
 
 __all__ = ["StateStore", "StoreUnavailable", "WorkerRecord", "make_store"]
@@ -24,4 +25,4 @@ def make_store(url: str, timeout_s: float = 0.5) -> StateStore:
         from pdserve.state.redis import RedisStore
 
         return RedisStore(url, timeout_s=timeout_s)
-    raise ValueError(f"state_url: unsupported {url!r}; use memory:// or redis://host:port")
+    raise ValueError(f"state_url: unsupported {redact_url(url)!r}; use memory:// or redis://host:port")

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pdserve.security import redact_url
 from pdserve.state.base import StoreUnavailable, WorkerRecord, prefix_lengths
 from pdserve.types import BlockHash, WorkerId, to_hex
 
@@ -30,7 +31,7 @@ async def _reachable(url: str) -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis at {url}: {exc}") from None
+        raise StoreUnavailable(f"redis at {redact_url(url)}: {exc}") from None  # logged: no password
 
 
 class RedisStore:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pdserve.security import TlsFiles, bearer_ok, read_secrets
+from pdserve.security import TlsFiles, WorkerLink, bearer_ok, read_secrets, redact_url
 from pdserve.state.memory import MemoryStore
+from pdserve.worker.server import ServerOptions
 from router.api.app import create_app
 from router.config import MAX_BODY_BYTES
 from router.metrics import RouterMetrics
@@ -18,6 +19,7 @@ from router.placement.decider import ThresholdDecider
 from router.placer import Placer
 from router.request import Timeouts
 from router.service import RouterService
+from router.tenants import Tenants
 from tests.factories import metric_samples
 
 
@@ -80,3 +82,23 @@ def test_tls_configuration_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tls_ca"):
         TlsFiles(ca=str(tmp_path / "missing.pem"))
     assert not TlsFiles().enabled and TlsFiles(ca=str(cert)).enabled
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("redis://:s3cret@redis:6379/0", "redis://***@redis:6379/0"),
+        ("rediss://user:s3cret@redis:6380", "rediss://***@redis:6380"),
+        ("redis://redis:6379/0?password=s3cret", "redis://redis:6379/0?***"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_urls_in_logs_and_errors_lose_their_passwords(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_secret_bearing_config_shows_no_secret_in_its_repr() -> None:
+    assert "tok3n" not in repr(WorkerLink(token="tok3n"))
+    assert "tok3n" not in repr(ServerOptions(tokens=("tok3n",)))
+    assert "sk-k3y" not in repr(Tenants.parse(["sk-k3y cache_salt=s"]))
