@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 Client = PrefillClient | DecodeClient
 INFO_WAIT_S = 15.0
+MAX_TOKENIZERS = 16
 
 
 async def wait_for_info(client: Client, deadline_s: float) -> EngineInfo:
@@ -78,7 +80,9 @@ class TokenizerSource:
         self._explicit = explicit
         self._fallback = fallback
         self._generation_config = generation_config
-        self._cache: dict[str, tuple[Tokenizer | TokenIdsOnly, dict[str, float]]] = {}
+        # Most recently used last; at most MAX_TOKENIZERS (a pool keeps its own tokenizer, so
+        # an evicted one is only loaded again when that model's next worker joins).
+        self._cache: OrderedDict[str, tuple[Tokenizer | TokenIdsOnly, dict[str, float]]] = OrderedDict()
 
     def get(self, model: str, model_path: str) -> Tokenizer | TokenIdsOnly:
         return self._load(model, model_path)[0]
@@ -99,7 +103,13 @@ class TokenizerSource:
             defaults = sampling_defaults(self._generation_config, path)
             self._cache[model] = (load_tokenizer(path), defaults)
             log.info("model %s: tokenizer from %s; sampling defaults %s", model, path, defaults or "vLLM's")
+            while len(self._cache) > MAX_TOKENIZERS:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(model)
         return self._cache[model]
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 class Fleet:
