@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pdserve.state.memory import MemoryStore
 from router.admission import ANONYMOUS, Admission, AdmissionLimits
@@ -23,6 +24,7 @@ from router.pool import ModelPool
 from router.request import Answer, Chunk, Generation
 
 PREPARE_THREADS = 4
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class RouterService:
     def close(self) -> None:
         self._prepare.shutdown(wait=False, cancel_futures=True)
 
+    async def prepare(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on the templating/tokenizing threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._prepare, work, *args)
+
     def pool(self, model: str | None) -> ModelPool:
         """The named model's pool; no name (vLLM allows omitting it) means the first
         served model, as ``vllm serve`` takes its first served name."""
@@ -89,8 +95,7 @@ class RouterService:
         pool = self.pool(model)
         ticket = await self.admission.gate.acquire(client)
         try:
-            loop = asyncio.get_running_loop()
-            gens = _salted(await loop.run_in_executor(self._prepare, generations, pool), cache_salt)
+            gens = _salted(await self.prepare(generations, pool), cache_salt)
             n = gens[0].n
             prompts = tuple(tuple(gen.prompt_ids) for gen in gens)
             chunks = self._orchestrator.generate(pool, gens)

@@ -102,11 +102,13 @@ def create_app(
 
     @app.post("/tokenize")
     async def tokenize_prompt(body: tokenize.TokenizeRequest) -> dict[str, Any]:
-        return tokenize.tokenize(body, get_service().pool(body.model), chat_options)
+        service = get_service()
+        return await service.prepare(tokenize.tokenize, body, service.pool(body.model), chat_options)
 
     @app.post("/detokenize")
     async def detokenize_tokens(body: tokenize.DetokenizeRequest) -> dict[str, Any]:
-        return tokenize.detokenize(body, get_service().pool(body.model))
+        service = get_service()
+        return await service.prepare(tokenize.detokenize, body, service.pool(body.model))
 
     def sized(body: CompletionRequest | ChatCompletionRequest) -> None:
         size.check(body, get_service().pool(body.model).max_model_len, prompt_chars_per_token)
