@@ -24,7 +24,8 @@ def check(body: CompletionRequest | ChatCompletionRequest, max_model_len: int, c
         param = "messages"
     else:
         prompts: list[Any] = [body.prompt] if isinstance(body.prompt, str) or _ids(body.prompt) else body.prompt
-        least = max(math.ceil(len(p) / chars_per_token) if isinstance(p, str) else len(p) for p in prompts)
+        sizes = (math.ceil(len(p) / chars_per_token) if isinstance(p, str) else len(p) for p in prompts)
+        least = max(sizes, default=0)  # an empty batch is validate's to refuse
         param = "prompt"
     if least > max_model_len:
         raise BadRequestError(

@@ -46,6 +46,13 @@ def test_a_prompt_surely_over_the_context_is_a_400_before_tokenizing(
     assert time.monotonic() - started < 2 and not decode.calls
 
 
+@pytest.mark.parametrize("prompt", [[], [[]], [""], ""])
+def test_empty_prompts_are_left_to_validation(tok: Tokenizer, prompt: object) -> None:
+    r = scripted_router(tok, [ScriptedPrefill()], [ScriptedDecode([300, 301])])
+    resp = r.client.post("/v1/completions", json={"model": "tiny", "max_tokens": 1, "prompt": prompt})
+    assert resp.status_code == 400, resp.text
+
+
 def test_a_prompt_within_the_bound_is_tokenized_as_before(tok: Tokenizer) -> None:
     r = scripted_router(tok, [ScriptedPrefill()], [ScriptedDecode([300, 301])])
     resp = r.client.post("/v1/completions", json={"model": "tiny", "max_tokens": 1, "prompt": "x " * 500})
