@@ -4,16 +4,25 @@ through the HTTP surface with scripted workers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from pdserve.engine.base import EngineInfo, EngineLoad, FinishReason, TokenDelta
+from pdserve.state.memory import MemoryStore
 from pdserve.types import WorkerId
+from router.errors import WorkerError
+from router.fleet import Fleet, FleetOptions, TokenizerSource
 from router.outliers import Ejections, Failure, OutlierPolicy
 from router.recovery import Recovery, RetryBudget
 from router.request import Timeouts
 from router.tokenizer import Tokenizer
+from tests.factories import make_tiny_tokenizer
 from tests.helpers.router import ScriptedDecode, ScriptedPrefill, scripted_router, tiny_tokenizer
 
 W = [WorkerId(f"d{i}:1") for i in range(4)]
@@ -172,3 +181,61 @@ def test_a_stream_stalled_mid_way_migrates_after_the_stall_timeout(tok: Tokenize
     assert resp.json()["choices"][0]["text"] == tok.decode(text)
     assert time.monotonic() - started < 3
     assert r.counter("pdserve_router_migrations_total") == 1
+
+
+class FakeDecodeClient:
+    """A decode worker's client as the fleet polls and probes it: ``load_ok`` (its Load
+    poll answers, else DEADLINE_EXCEEDED) and ``engine_ok`` (a request through its engine
+    produces a token, else the stream aborts)."""
+
+    def __init__(self, name: str) -> None:
+        self.worker = WorkerId(name)
+        self.load_ok = self.engine_ok = True
+        self.probes = 0
+
+    async def load(self, timeout: float) -> EngineLoad:
+        if not self.load_ok:
+            raise WorkerError(self.worker, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        return EngineLoad()
+
+    async def decode(self, *args: Any, **kwargs: Any) -> AsyncGenerator[TokenDelta, None]:
+        self.probes += 1
+        yield TokenDelta((300,), 1, FinishReason.LENGTH if self.engine_ok else FinishReason.ABORT)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_load_polls_that_time_out_eject_and_only_a_probe_through_the_engine_brings_it_back(
+    tmp_path: Path,
+) -> None:
+    policy = OutlierPolicy(base_s=0.5, max_s=5.0)  # wide margins: a busy CI machine's loop runs late
+    tokenizers = TokenizerSource({}, str(make_tiny_tokenizer(tmp_path)))
+    fleet = Fleet(MemoryStore(), tokenizers, FleetOptions(follow_events=False, outliers=policy))
+    info = EngineInfo("decode", "m", 16, "", 1 << 20, 4096, "sim")
+    stuck, healthy = FakeDecodeClient("d0:1"), FakeDecodeClient("d1:1")
+    for client in (stuck, healthy):
+        fleet._add(client, info)  # type: ignore[arg-type]
+    pool = fleet.pools["m"]
+    stuck.load_ok = stuck.engine_ok = False
+    await fleet.poll()
+    assert pool.down == frozenset()  # one slow poll is not enough
+    await fleet.poll()
+    assert pool.down == {stuck.worker}
+    stuck.load_ok = True  # the server answers Load again; its engine is still wedged
+    await fleet.poll()
+    assert pool.down == {stuck.worker}
+    await asyncio.sleep(0.6)
+    await fleet.poll()  # the ejection is over: a probe, which fails
+    await asyncio.sleep(0.05)
+    assert stuck.probes == 1 and pool.down == {stuck.worker}
+    stuck.engine_ok = True
+    await asyncio.sleep(0.6)
+    await fleet.poll()  # the second ejection lasts twice as long: no probe yet
+    assert stuck.probes == 1
+    await asyncio.sleep(0.5)
+    await fleet.poll()
+    await asyncio.sleep(0.05)
+    assert stuck.probes == 2 and pool.down == frozenset()
+    assert healthy.probes == 0
+    await fleet.close()
