@@ -101,6 +101,11 @@ class RouterMetrics:
             "client left, before the first token) a decode worker accepted",
             registry=r,
         )
+        self.ejected = Gauge(
+            "pdserve_router_ejected_workers",
+            "Workers out of placement by outlier ejection (router/outliers.py)",
+            registry=r,
+        )
         self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
         self.queued = Gauge(
             "pdserve_router_queued_requests", "Requests waiting for a slot (--max-inflight)", registry=r
@@ -111,8 +116,9 @@ class RouterMetrics:
             "pdserve_router_rejections", "Requests refused before reaching a worker", ["reason"], registry=r
         )
 
-    def watch(self, gate: Gate) -> None:
+    def watch(self, gate: Gate, pools: Mapping[str, ModelPool]) -> None:
         self.queued.set_function(lambda: gate.queued)
+        self.ejected.set_function(lambda: sum(len(pool.down) for pool in list(pools.values())))
 
     def placed(self, role: str, worker: WorkerId) -> None:
         self.placements.labels(role, self._policy, worker).inc()

@@ -53,7 +53,7 @@ class RouterService:
         self._orchestrator = orchestrator
         self._metrics = metrics
         self.admission = admission or Admission(AdmissionLimits(), MemoryStore())
-        metrics.watch(self.admission.gate)
+        metrics.watch(self.admission.gate, pools)
         # Chat templating and tokenizing: off the event loop, which streams every other
         # request's tokens. Fast tokenizers release the GIL while they encode.
         self._prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="tokenize")

@@ -141,6 +141,7 @@ def test_half_the_decode_fleet_resource_exhausted_costs_at_most_a_fifth_more_att
     assert attempts <= 1.2 * requests, attempts
     assert codes.count(200) >= 0.95 * requests, codes
     assert r.pool.down == {decode[0].worker, decode[1].worker}
+    assert r.counter("pdserve_router_ejected_workers") == 2
 
 
 def test_past_the_retry_budget_the_failure_goes_to_the_client(tok: Tokenizer) -> None:
