@@ -140,3 +140,41 @@ def test_a_sigstopped_decode_worker_loses_its_traffic_and_nothing_waits_the_dead
     assert slowest < SLOWEST_S, f"a request took {slowest:.1f} s"
     samples = metric_samples(httpx.get(f"{fleet.url}/metrics").text)
     assert samples.get(("pdserve_router_migrations_total", ()), 0) >= 1  # streams on it moved mid-way
+
+
+def test_half_the_decode_fleet_failing_every_request_costs_at_most_a_fifth_more_attempts(
+    tmp_path: Path, default_model: Path
+) -> None:
+    """Sim workers as processes: two of four decode workers fail every request (the sim's
+    error_rate=1: INTERNAL; tests/unit/test_outliers.py shows RESOURCE_EXHAUSTED with
+    scripted workers). Every decode attempt is a placement, so the router's placement
+    counter counts the attempts: ejection and the retry budget keep them ≤ 1.2 x requests."""
+    requests = 120
+    with Procs(tmp_path) as procs:
+        prefill = numbered_sim_worker(procs, "prefill", 0)[0]
+        good = [numbered_sim_worker(procs, "decode", i)[0] for i in range(2)]
+        bad = [numbered_sim_worker(procs, "decode", i, "--engine-arg", "error_rate=1")[0] for i in range(2, 4)]
+        url = start_router(procs, default_model, [prefill], [*good, *bad], ["--log-level", "ERROR"]).address
+        model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+
+        async def run() -> list[int]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                gate = asyncio.Semaphore(4)
+
+                async def one(i: int) -> int:
+                    async with gate:
+                        body = {"model": model, "prompt": f"request {i}", "max_tokens": 4}
+                        return (await client.post(f"{url}/v1/completions", json=body)).status_code
+
+                return await asyncio.gather(*(one(i) for i in range(requests)))
+
+        codes = asyncio.run(run())
+        samples = metric_samples(httpx.get(f"{url}/metrics").text)
+    attempts = sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "pdserve_router_placement_decisions_total" and ("role", "decode") in labels
+    )
+    print(f"\n{requests} requests, {attempts:.0f} decode attempts, {codes.count(200)} succeeded")
+    assert attempts <= 1.2 * requests
+    assert codes.count(200) >= 0.9 * requests, codes
