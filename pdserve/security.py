@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,24 @@ def read_secrets(file: str = "", env: str = "") -> tuple[str, ...]:
     if env and os.environ.get(env):
         found += [v.strip() for v in os.environ[env].split(",") if v.strip()]
     return tuple(dict.fromkeys(found))
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line or an error: its user and password (``redis://:pw@host``)
+    and a query naming a password (``?password=pw``) replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        has_login = parts.username is not None or parts.password is not None
+    except ValueError:  # not a URL: nothing in it can be told from a secret
+        return "***"
+    secret_query = "password" in parts.query.lower()
+    if not has_login and not secret_query:
+        return url
+    if has_login:
+        parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
+    if secret_query:
+        parts = parts._replace(query="***")
+    return urllib.parse.urlunsplit(parts)
 
 
 def bearer_token(header: str | None) -> str:
@@ -100,7 +119,7 @@ class WorkerLink:
     """How a router reaches its workers: TLS files and the shared token (both optional)."""
 
     tls: TlsFiles = field(default_factory=TlsFiles)
-    token: str = ""
+    token: str = field(default="", repr=False)  # a secret: never in a repr, so never in a log
 
     def channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
         if self.tls.enabled:

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 
 from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
+from pdserve.security import redact_url
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
-from pdserve.state.redis import redact
 from pdserve.state.trust import RegistryTrust
 from router import config
 from router.admission import Admission
@@ -40,7 +40,7 @@ def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[State
             "NO REGISTRY SECRET: this router dials every valid record in %s, so anyone who can write there "
             "can receive requests and the worker token. Set PDSERVE_REGISTRY_SECRET or --registry-secret-file "
             "(routers and workers alike) outside local development.",
-            redact(cfg.state_url),
+            redact_url(cfg.state_url),
         )
     return FallbackStore(store, on_change=metrics.store_available, on_error=metrics.store_failed), False
 
@@ -57,6 +57,7 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
             link=cfg.link,
             trust=RegistryTrust(cfg.registry_secrets),
             reasoning_parser=cfg.reasoning_parser,
+            outliers=cfg.outliers,
         ),
         metrics,
     )
@@ -83,16 +84,23 @@ def make_app(cfg: config.RouterConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service, fleet, store = await build_service(cfg)
         holder["service"] = service
-        state = redact(cfg.state_url)
+        state = redact_url(cfg.state_url)
         log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, state)
         try:
             yield
         finally:
             await fleet.close()
             await store.close()
+            service.close()
 
     return create_app(
-        lambda: holder["service"], lifespan, cfg.api_keys, max_body_bytes=cfg.max_body_bytes, chat=cfg.chat
+        lambda: holder["service"],
+        lifespan,
+        cfg.tenants.keys,
+        max_body_bytes=cfg.max_body_bytes,
+        chat=cfg.chat,
+        cache_salts=cfg.tenants.salts,
+        prompt_chars_per_token=cfg.prompt_chars_per_token,
     )
 
 

@@ -11,12 +11,15 @@ from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
 from pdserve.state import check_namespace
 from router.admission import AdmissionLimits
+from router.api.size import PROMPT_CHARS_PER_TOKEN
 from router.chat import CONTENT_FORMATS, TOOL_STRICT_LEVELS, ChatOptions, load_template
+from router.outliers import OutlierPolicy
 from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
 from router.placement import POLICIES
 from router.placement.scorers import parse_weights
 from router.recovery import Recovery
 from router.request import Timeouts
+from router.tenants import Tenants
 
 PROG = "pdserve router"
 
@@ -165,6 +168,21 @@ class RouterConfig:
         request_s=Flag(
             name="--request-timeout", env="PDSERVE_REQUEST_TIMEOUT_S", help="deadline of one request, seconds"
         ),
+        prefill_s=Flag(
+            name="--prefill-timeout",
+            env="PDSERVE_PREFILL_TIMEOUT_S",
+            help="seconds one prefill attempt may take before it is retried elsewhere (never past the request's)",
+        ),
+        first_token_s=Flag(
+            name="--first-token-timeout",
+            env="PDSERVE_FIRST_TOKEN_TIMEOUT_S",
+            help="seconds a decode attempt may take to its first token before it is placed again",
+        ),
+        stall_s=Flag(
+            name="--stall-timeout",
+            env="PDSERVE_STALL_TIMEOUT_S",
+            help="seconds a decode stream may go without a token before it migrates to another worker",
+        ),
     )
     recovery: Recovery = group(
         "recovery",
@@ -182,6 +200,43 @@ class RouterConfig:
             env="PDSERVE_MIGRATIONS",
             help="times a stream moves to another decode worker when its worker fails mid-generation; 0 = off",
         ),
+        retry_budget=Flag(
+            env="PDSERVE_RETRY_BUDGET",
+            help="retries (of every kind) allowed per request over the last 10 s, plus --min-retries; "
+            "past it a failure goes to the client",
+        ),
+        min_retries=Flag(env="PDSERVE_MIN_RETRIES", help="retries allowed in any 10 s whatever the request count"),
+    )
+    outliers: OutlierPolicy = group(
+        "outlier ejection",
+        OutlierPolicy,
+        default_factory=OutlierPolicy,
+        max_errors=Flag(
+            name="--eject-after-errors",
+            env="PDSERVE_EJECT_AFTER_ERRORS",
+            help="failed requests in a row that eject a worker",
+        ),
+        max_timeouts=Flag(
+            name="--eject-after-timeouts",
+            env="PDSERVE_EJECT_AFTER_TIMEOUTS",
+            help="timeouts in a row (attempt timeouts, Load polls) that eject a worker",
+        ),
+        base_s=Flag(
+            name="--ejection-time",
+            env="PDSERVE_EJECTION_TIME_S",
+            help="seconds of a first ejection; the n-th lasts n times this",
+        ),
+        max_s=Flag(name="--max-ejection-time", env="PDSERVE_MAX_EJECTION_TIME_S", help="longest ejection, seconds"),
+        max_share=Flag(
+            name="--max-ejected-share",
+            env="PDSERVE_MAX_EJECTED_SHARE",
+            help="share of a model's prefill or decode workers that may be ejected at once (at least one)",
+        ),
+        probe_timeout_s=Flag(
+            name="--probe-timeout",
+            env="PDSERVE_PROBE_TIMEOUT_S",
+            help="seconds the one-token probe of an ejected worker may take",
+        ),
     )
     admission: AdmissionLimits = group(
         "admission",
@@ -189,6 +244,10 @@ class RouterConfig:
         default_factory=AdmissionLimits,
         max_inflight=Flag(
             env="PDSERVE_MAX_INFLIGHT", help="requests generating at once; more wait in the queue; 0 = no limit"
+        ),
+        max_inflight_per_key=Flag(
+            env="PDSERVE_MAX_INFLIGHT_PER_KEY",
+            help="requests of one API key generating at once; more wait their turn; 0 = no limit",
         ),
         max_queued=Flag(env="PDSERVE_MAX_QUEUED", help="requests waiting for a slot; past this → 503 with Retry-After"),
         queue_timeout_s=Flag(
@@ -214,11 +273,23 @@ class RouterConfig:
     max_body_bytes: int = flag(
         MAX_BODY_BYTES, env="PDSERVE_MAX_BODY_BYTES", help="larger request bodies get 413 before they are read"
     )
+    prompt_chars_per_token: int = flag(
+        PROMPT_CHARS_PER_TOKEN,
+        env="PDSERVE_PROMPT_CHARS_PER_TOKEN",
+        help="a prompt with more characters than this x the model's context (max_model_len) gets a 400 "
+        "before it is templated or tokenized",
+    )
     api_keys_file: str = flag(
         "",
         env="PDSERVE_API_KEYS_FILE",
-        help="require Authorization: Bearer <key> on /v1/*, keys one per line (also the comma-separated "
-        "PDSERVE_API_KEYS)",
+        help="require Authorization: Bearer <key> on /v1/*, keys one per line, each optionally followed by "
+        "cache_salt=SALT (the key's prefix-cache salt); also the comma-separated PDSERVE_API_KEYS",
+    )
+    cache_salt_per_key: bool = flag(
+        False,
+        env="PDSERVE_CACHE_SALT_PER_KEY",
+        help="salt every API key's requests with a salt of its own (keys with a cache_salt= keep theirs): "
+        "no tenant shares prefix-cache blocks with another",
     )
     worker_token_file: str = flag(
         "",
@@ -238,7 +309,7 @@ class RouterConfig:
     )
     log_level: str = flag("INFO", env="PDSERVE_LOG_LEVEL", help="logging level")
     # Read from the files above (and their variables) by ``with_secrets``.
-    api_keys: tuple[str, ...] = ()  # clients must send one (Bearer); () = open
+    tenants: Tenants = field(default_factory=Tenants)  # API keys and their cache salts
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
     registry_secrets: tuple[str, ...] = ()  # verify registry records with these; () = trust valid ones
     state_password: str = ""  # read from ``state_password_file`` (or its variable)
@@ -249,6 +320,8 @@ class RouterConfig:
         check_namespace(self.state_namespace)
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
+        if self.prompt_chars_per_token < 1:
+            raise ValueError("prompt_chars_per_token must be ≥ 1")
         if not self.keep_alive_s > 0:
             raise ValueError("keep_alive_s must be > 0")
         if self.chat_template_content_format not in CONTENT_FORMATS:
@@ -283,9 +356,10 @@ class RouterConfig:
         """This config with API keys and the worker link read from their files and variables."""
         tls = TlsFiles(self.worker_tls_cert, self.worker_tls_key, self.worker_tls_ca)
         token = next(iter(read_secrets(self.worker_token_file, "PDSERVE_WORKER_TOKEN")), "")
+        entries = read_secrets(self.api_keys_file, "PDSERVE_API_KEYS")
         return dataclasses.replace(
             self,
-            api_keys=read_secrets(self.api_keys_file, "PDSERVE_API_KEYS"),
+            tenants=Tenants.parse(entries, self.cache_salt_per_key),
             link=WorkerLink(tls, token),
             registry_secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"),
             state_password=next(iter(read_secrets(self.state_password_file, "PDSERVE_STATE_PASSWORD")), ""),
@@ -302,5 +376,5 @@ def from_args(argv: list[str] | None = None) -> RouterConfig:
     """The config from flags and env; ``ValueError`` naming the field when a value is bad."""
     cfg = build(RouterConfig, parser().parse_args(argv)).with_secrets()
     # A prefill RPC gets its own deadline, never longer than the whole request's.
-    prefill_s = min(Timeouts().prefill_s, cfg.timeouts.request_s)
+    prefill_s = min(cfg.timeouts.prefill_s, cfg.timeouts.request_s)
     return dataclasses.replace(cfg, timeouts=dataclasses.replace(cfg.timeouts, prefill_s=prefill_s))

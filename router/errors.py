@@ -10,7 +10,8 @@
 │   └── ``RateLimited``      the client's per-minute budget is used up
 └── ``WorkerFailure``        a worker failed the request (``worker``)
     ├── ``WorkerError``      a worker RPC ended with a gRPC status (``code``)
-    └── ``BrokenStreamError``  a decode stream ended without finishing
+    ├── ``BrokenStreamError``  a decode stream ended without finishing
+    └── ``AttemptTimeout``   an attempt ran past its own timeout (not the request's)
 
 They map to HTTP statuses and OpenAI error bodies in one place: router/api/errors.py.
 """
@@ -109,3 +110,11 @@ class BrokenStreamError(WorkerFailure):
 
     def __init__(self, worker: WorkerId, message: str) -> None:
         super().__init__(worker, f"{worker}: {message}")
+
+
+class AttemptTimeout(WorkerFailure):
+    """One attempt on ``worker`` ran past its per-attempt timeout (router/request.py
+    ``Timeouts``) while the request still had time: the worker is slow or wedged."""
+
+    def __init__(self, worker: WorkerId, what: str, seconds: float) -> None:
+        super().__init__(worker, f"{worker}: no {what} within {seconds:g} s")

@@ -5,8 +5,10 @@ Info at start-up) and the shared registry (workers that register themselves,
 re-read every ``refresh_s``; one that stops heart-beating leaves when its
 entry has been gone for its heartbeat TTL). A registered worker is dialled
 only once its record is trusted (router/registry.py), and joins only if its
-Info agrees with its record and is sane. Every worker's Load is polled every ``poll_s``; one that fails
-a poll is out of placement until it answers again. With an in-process store
+Info agrees with its record and is sane. Every worker's Load is polled every ``poll_s``;
+a poll that fails or times out counts against the worker in its pool's outlier ejection
+(router/outliers.py), and an ejected worker whose time is up is probed
+(router/probe.py) before it returns. With an in-process store
 the router also follows each worker's KV events into its block index (with
 Redis, the workers feed the index themselves).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +32,13 @@ from pdserve.state.trust import RegistryTrust
 from pdserve.supervise import Supervisor
 from pdserve.types import WorkerId
 from router.clients import DecodeClient, PrefillClient
-from router.errors import WorkerError
+from router.errors import WorkerError, WorkerFailure
 from router.generation_config import sampling_defaults
 from router.generations import Generations
 from router.metrics import RouterMetrics
+from router.outliers import Failure, OutlierPolicy
 from router.pool import ModelPool
+from router.probe import probe
 from router.registry import RegistryReader
 from router.tokenizer import TokenIdsOnly, Tokenizer, load_tokenizer
 
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Client = PrefillClient | DecodeClient
 INFO_WAIT_S = 15.0
+MAX_TOKENIZERS = 16
 
 
 async def wait_for_info(client: Client, deadline_s: float) -> EngineInfo:
@@ -70,6 +76,7 @@ class FleetOptions:
     # first failed Load poll.
     missing_grace_s: float = 10.0
     reasoning_parser: str = ""  # the router's --reasoning-parser; workers' engines should gate grammars alike
+    outliers: OutlierPolicy = field(default_factory=OutlierPolicy)  # every pool's ejection policy
 
 
 MAX_CONTEXT = 1 << 24  # a worker reporting a longer context (or none) is not believed
@@ -93,7 +100,9 @@ class TokenizerSource:
         self._explicit = explicit
         self._fallback = fallback
         self._generation_config = generation_config
-        self._cache: dict[str, tuple[Tokenizer | TokenIdsOnly, dict[str, float]]] = {}
+        # Most recently used last; at most MAX_TOKENIZERS (a pool keeps its own tokenizer, so
+        # an evicted one is only loaded again when that model's next worker joins).
+        self._cache: OrderedDict[str, tuple[Tokenizer | TokenIdsOnly, dict[str, float]]] = OrderedDict()
 
     def get(self, model: str, model_path: str) -> Tokenizer | TokenIdsOnly:
         return self._load(model, model_path)[0]
@@ -114,7 +123,13 @@ class TokenizerSource:
             defaults = sampling_defaults(self._generation_config, path)
             self._cache[model] = (load_tokenizer(path), defaults)
             log.info("model %s: tokenizer from %s; sampling defaults %s", model, path, defaults or "vLLM's")
+            while len(self._cache) > MAX_TOKENIZERS:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(model)
         return self._cache[model]
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 class Fleet:
@@ -138,8 +153,9 @@ class Fleet:
         self._static: set[WorkerId] = set()
         self._instances: dict[WorkerId, str] = {}  # registry instance ids seen
         self._missing_since: dict[WorkerId, float] = {}
-        self._retired: list[Client] = []
+        self._retired: list[tuple[ModelPool, Client]] = []  # left, closed once no request uses them
         self._loops = Supervisor(metrics.loop_restarted if metrics else None)
+        self._probes: dict[WorkerId, asyncio.Task[None]] = {}  # at most one per ejected worker
 
     async def add_static(self, prefill: list[str], decode: list[str], startup_timeout_s: float) -> None:
         link = self._options.link
@@ -206,6 +222,7 @@ class Fleet:
             scheduling_policy=info.scheduling_policy,
             max_logprobs=info.max_logprobs,
             model_path=info.model_path,
+            outliers=self._options.outliers,
         )
 
     def _remove(self, worker: WorkerId) -> None:
@@ -217,7 +234,7 @@ class Fleet:
         self._generations.settle(model)
         client = self._clients.pop(worker, None)
         if client is not None:
-            self._retired.append(client)  # requests in flight may still use it
+            self._retired.append((pool, client))  # requests in flight may still use it
         self._loops.stop(f"kv_feed:{worker}")
         log.info("worker %s left model %s", worker, model)
         self._changed()
@@ -285,17 +302,47 @@ class Fleet:
             *(c.load(timeout=self._options.rpc_timeout_s) for _, c in jobs), return_exceptions=True
         )
         for (pool, client), result in zip(jobs, results, strict=True):
-            if isinstance(result, WorkerError) and result.code is not grpc.StatusCode.UNAVAILABLE:
-                continue  # slow (a busy CPU engine answers late), not gone: keep it in placement
             if isinstance(result, WorkerError):
-                if pool.mark_down(client.worker):
-                    log.warning("worker %s is out of placement: %s", client.worker, result)
+                # A poll past its deadline counts as slowness; a busy CPU engine may answer
+                # one late, so it takes OutlierPolicy.max_timeouts in a row to eject.
+                gone = result.code is grpc.StatusCode.UNAVAILABLE
+                slow = result.code is grpc.StatusCode.DEADLINE_EXCEEDED
+                if gone or slow:
+                    pool.failed(client.worker, Failure.GONE if gone else Failure.TIMEOUT)
             elif isinstance(result, BaseException):
                 raise result
             else:
-                if pool.mark_up(client.worker):
-                    log.info("worker %s is back", client.worker)
                 pool.record_load(client.worker, result)
+        self._start_probes()
+        await self._close_retired()
+
+    async def _close_retired(self) -> None:
+        """Close the channels of workers that left once no request runs on that address:
+        a request takes its client from the pool inside ``pool.counted``."""
+        idle = [(pool, c) for pool, c in self._retired if not pool.busy(c.worker)]
+        self._retired = [(pool, c) for pool, c in self._retired if pool.busy(c.worker)]
+        for _, client in idle:
+            await client.close()
+
+    def _start_probes(self) -> None:
+        for pool in self.pools.values():
+            for worker in pool.probe_due():
+                client = self._clients.get(worker)
+                if client is None:
+                    pool.probed(worker, False)
+                    continue
+                self._probes[worker] = asyncio.create_task(self._probe(pool, client))
+
+    async def _probe(self, pool: ModelPool, client: Client) -> None:
+        try:
+            await probe(client, self._options.outliers.probe_timeout_s)
+        except WorkerFailure as exc:
+            log.warning("worker %s failed its probe: %s", client.worker, exc)
+            pool.probed(client.worker, False)
+        else:
+            pool.probed(client.worker, True)
+        finally:
+            self._probes.pop(client.worker, None)
 
     async def _poll_loop(self) -> None:
         while True:
@@ -304,7 +351,11 @@ class Fleet:
 
     async def close(self) -> None:
         await self._loops.close()
-        for client in [*self._clients.values(), *self._retired]:
+        probes = list(self._probes.values())
+        for task in probes:
+            task.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+        for client in [*self._clients.values(), *(c for _, c in self._retired)]:
             await client.close()
 
 

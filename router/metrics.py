@@ -32,7 +32,10 @@ class RouterMetrics:
 
     def __init__(self, policy: str) -> None:
         self._policy = policy
-        self._models: set[str] = set()  # models the workers gauge has reported
+        # Label values of the per-worker and per-model series: those of workers and models
+        # that left are removed (fleet_changed), so churn does not grow the exposition.
+        self._placed: set[tuple[str, WorkerId]] = set()
+        self._models: set[str] = set()
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "pdserve_router_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -118,6 +121,11 @@ class RouterMetrics:
             "client left, before the first token) a decode worker accepted",
             registry=r,
         )
+        self.ejected = Gauge(
+            "pdserve_router_ejected_workers",
+            "Workers out of placement by outlier ejection (router/outliers.py)",
+            registry=r,
+        )
         self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
         self.queued = Gauge(
             "pdserve_router_queued_requests", "Requests waiting for a slot (--max-inflight)", registry=r
@@ -128,11 +136,13 @@ class RouterMetrics:
             "pdserve_router_rejections", "Requests refused before reaching a worker", ["reason"], registry=r
         )
 
-    def watch(self, gate: Gate) -> None:
+    def watch(self, gate: Gate, pools: Mapping[str, ModelPool]) -> None:
         self.queued.set_function(lambda: gate.queued)
+        self.ejected.set_function(lambda: sum(len(pool.down) for pool in list(pools.values())))
 
     def placed(self, role: str, worker: WorkerId) -> None:
         self.placements.labels(role, self._policy, worker).inc()
+        self._placed.add((role, worker))
 
     def disaggregated(self, reason: str) -> None:
         self.disagg.labels("remote" if reason == "remote" else "local", reason).inc()
@@ -171,6 +181,19 @@ class RouterMetrics:
         for pool in pools.values():
             self.workers.labels(pool.name, "prefill").set(len(pool.prefill))
             self.workers.labels(pool.name, "decode").set(len(pool.decode))
+        live = {("prefill", w) for p in pools.values() for w in p.prefill}
+        live |= {("decode", w) for p in pools.values() for w in p.decode}
+        for role, worker in self._placed - live:
+            self.placements.remove(role, self._policy, worker)
+        self._placed &= live
+        for model in self._models - set(pools):
+            for role in ("prefill", "decode"):
+                self.workers.remove(model, role)
+        self._models = set(pools)
+
+    def series(self) -> int:
+        """Label sets of the per-worker and per-model series (a churn test checks they stay bounded)."""
+        return len(self._placed) + 2 * len(self._models)
 
     def dispatched(self, queued_s: float) -> None:
         self.queue_time.observe(queued_s)

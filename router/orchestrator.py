@@ -23,13 +23,16 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from pdserve.engine.base import FinishReason
+import grpc
+
+from pdserve.engine.base import FinishReason, PrefillResult, TokenDelta
 from pdserve.types import WorkerId
-from router.errors import BrokenStreamError, WorkerError, WorkerFailure
+from router.errors import AttemptTimeout, BrokenStreamError, WorkerError, WorkerFailure
 from router.observer import NullObserver, Observer
+from router.outliers import Failure
 from router.placer import Placer
 from router.pool import ModelPool
-from router.recovery import Recovery
+from router.recovery import Recovery, RetryBudget
 from router.release import KvReleaser
 from router.request import Chunk, Generation, Timeouts
 from router.request_state import RequestState
@@ -47,6 +50,7 @@ class Orchestrator:
         self._timeouts = timeouts
         self._observer: Observer = observer or NullObserver()
         self._recovery = recovery or Recovery()
+        self._budget = RetryBudget(self._recovery.retry_budget, self._recovery.min_retries)
         self._releaser = KvReleaser(timeouts.release_s, self._observer.kv_released)
 
     async def generate(self, pool: ModelPool, gens: Sequence[Generation]) -> AsyncGenerator[Chunk, None]:
@@ -83,6 +87,7 @@ class Orchestrator:
                 yield chunk
 
     async def _run(self, state: RequestState) -> AsyncGenerator[Chunk, None]:
+        self._budget.request()
         while True:
             state.begin()
             try:
@@ -115,7 +120,13 @@ class Orchestrator:
             if state.restarts > self._recovery.decode_retries:
                 return False
             self._observer.retried("decode")
-        return True
+        return self._within_budget()
+
+    def _within_budget(self) -> bool:
+        if self._budget.try_retry():
+            return True
+        self._observer.retried("over_budget")
+        return False
 
     async def _attempt(self, state: RequestState) -> AsyncGenerator[Chunk, None]:
         first = state.first
@@ -137,6 +148,8 @@ class Orchestrator:
             async with contextlib.aclosing(self._decode(state, kv_params, cached)) as chunks:
                 async for chunk in chunks:
                     finished = chunk.finish_reason is not None
+                    if finished:
+                        state.pool.succeeded(where.decode)
                     yield chunk
         if finished:
             return
@@ -150,8 +163,9 @@ class Orchestrator:
         unread = kv_params  # the prefill's KV, until a token shows the decode engine has it
         try:
             client = state.pool.decode_client(decode)
-            deltas = client.decode(state.engine_id("decode"), state.prompt, state.spec, kv_params, timeout=state.left())
-            async with contextlib.aclosing(deltas):
+            rpc = client.decode(state.engine_id("decode"), state.prompt, state.spec, kv_params, timeout=state.left())
+            deltas = self._paced(state, rpc)
+            async with contextlib.aclosing(rpc), contextlib.aclosing(deltas):
                 async for delta in deltas:
                     if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
                         raise BrokenStreamError(
@@ -172,6 +186,26 @@ class Orchestrator:
             if unread is not None:
                 self._releaser.release(state.pool, state.request_id, unread, decode)
 
+    async def _paced(
+        self, state: RequestState, deltas: AsyncGenerator[TokenDelta, None]
+    ) -> AsyncGenerator[TokenDelta, None]:
+        """``deltas``, or ``AttemptTimeout`` when the first token or the next one takes
+        longer than its per-attempt timeout (a wedged engine behind a live server). A
+        limit past the request's deadline is left to that deadline (a RequestTimeout)."""
+        first = True
+        while True:
+            what, limit = ("first token", self._timeouts.first_token_s) if first else ("token", self._timeouts.stall_s)
+            bounded = limit < state.left()
+            try:
+                async with asyncio.timeout(limit if bounded else None):
+                    delta = await anext(deltas)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise AttemptTimeout(state.placement.decode, what, limit) from None
+            first = first and not delta.token_ids
+            yield delta
+
     async def _prefill(self, state: RequestState) -> tuple[dict[str, Any] | None, int | None]:
         """(kv_transfer_params, cached tokens) of a remote prefill, retried on other prefill
         workers; (None, None) when the decode worker is to prefill itself."""
@@ -179,22 +213,17 @@ class Orchestrator:
         worker, tries = where.prefill, 0
         while worker is not None:
             try:
-                with state.pool.counted(worker, state.uncached):
-                    result = await state.pool.prefill_client(worker).prefill(
-                        state.engine_id("prefill"),
-                        state.prompt,
-                        state.spec,
-                        timeout=min(self._timeouts.prefill_s, state.left()),
-                    )
+                result = await self._prefill_once(state, worker)
+                state.pool.succeeded(worker)
                 if state.spec.prompt_logprobs is not None:
                     state.output.prompt_scored(result.prompt_logprobs)
                 return result.kv_transfer_params, result.cached_tokens
-            except WorkerError as exc:
+            except WorkerFailure as exc:
                 if not exc.retryable:
                     raise
                 self._out(state, worker, exc)
                 tries += 1
-                if tries > self._recovery.prefill_retries:
+                if tries > self._recovery.prefill_retries or not self._within_budget():
                     break
                 self._observer.retried("prefill")
                 await self._recovery.backoff(tries - 1)
@@ -206,12 +235,26 @@ class Orchestrator:
             self._observer.retried("local_prefill")
         return None, None
 
-    def _out(self, state: RequestState, worker: WorkerId, exc: BaseException) -> None:
-        """A worker that failed a request: not tried again for it, and out of placement
-        until its next successful Load poll (the circuit breaker's probe)."""
+    async def _prefill_once(self, state: RequestState, worker: WorkerId) -> PrefillResult:
+        """One prefill attempt; ``AttemptTimeout`` past the prefill timeout when the
+        request still had longer."""
+        left = state.left()
+        with state.pool.counted(worker, state.uncached):
+            try:
+                return await state.pool.prefill_client(worker).prefill(
+                    state.engine_id("prefill"), state.prompt, state.spec, timeout=min(self._timeouts.prefill_s, left)
+                )
+            except WorkerError as exc:
+                if exc.code is grpc.StatusCode.DEADLINE_EXCEEDED and self._timeouts.prefill_s < left:
+                    raise AttemptTimeout(worker, "prefill", self._timeouts.prefill_s) from None
+                raise
+
+    def _out(self, state: RequestState, worker: WorkerId, exc: WorkerFailure) -> None:
+        """A worker that failed a request: not tried again for it, and counted by the
+        pool's outlier ejection (router/outliers.py)."""
         log.warning("worker %s failed a request: %s", worker, exc)
         state.fail(worker)
-        state.pool.mark_down(worker)
+        state.pool.failed(worker, failure_of(exc))
 
     def _notify(self, state: RequestState, first: bool) -> None:
         where = state.placement
@@ -222,6 +265,15 @@ class Orchestrator:
         self._observer.prefix(where.matched_tokens, len(state.prompt))
         if first:  # the first placement only
             self._observer.dispatched(time.perf_counter() - state.gen.arrival)
+
+
+def failure_of(exc: WorkerFailure) -> Failure:
+    """How outlier ejection counts a worker's failure."""
+    if isinstance(exc, AttemptTimeout):
+        return Failure.TIMEOUT
+    if isinstance(exc, WorkerError) and exc.code is grpc.StatusCode.UNAVAILABLE:
+        return Failure.GONE
+    return Failure.ERROR
 
 
 async def _prepend(head: Chunk, rest: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:

@@ -2,8 +2,9 @@
 
 Mutated on the event loop only, through its own methods: the fleet joins and
 removes workers and records their Load polls, requests are counted while they
-run on a worker, a worker that fails a request is marked down. Placement reads
-a snapshot (``WorkerView`` per candidate).
+run on a worker, failures and successes feed the pool's outlier ejection
+(router/outliers.py). Placement reads a snapshot (``WorkerView`` per candidate).
+Every per-worker map is pruned when the worker leaves or its count returns to zero.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pdserve.engine.base import EngineInfo, EngineLoad
 from pdserve.types import WorkerId
 from router.clients import DecodeWorker, PrefillWorker
 from router.errors import WorkerError
+from router.outliers import Ejections, Failure, OutlierPolicy
 from router.placement.base import WorkerView
 from router.tokenizer import TokenIdsOnly, Tokenizer
 
@@ -43,6 +45,7 @@ class ModelPool:
         scheduling_policy: str = "fcfs",
         max_logprobs: int = 20,
         model_path: str = "",
+        outliers: OutlierPolicy | None = None,
     ) -> None:
         self.name = name
         self.model_path = model_path  # where the first worker loaded the model ("" if it reports none)
@@ -63,7 +66,7 @@ class ModelPool:
         self._prefill_tokens: Counter[WorkerId] = Counter()  # uncached prompt tokens in flight
         self._loads: dict[WorkerId, EngineLoad] = {}  # last Load poll
         self._polled_inflight: Counter[WorkerId] = Counter()  # ``_inflight`` at that poll
-        self._down: set[WorkerId] = set()  # failed their last Load poll, or a request
+        self._ejections = Ejections(outliers or OutlierPolicy())
 
     @property
     def priority_scheduling(self) -> bool:
@@ -99,7 +102,19 @@ class ModelPool:
 
     @property
     def down(self) -> frozenset[WorkerId]:
-        return frozenset(self._down)
+        """Workers ejected from placement (router/outliers.py)."""
+        return self._ejections.ejected
+
+    def tracked(self) -> dict[str, int]:
+        """Sizes of the per-worker maps (a churn test checks they stay bounded)."""
+        return {
+            "inflight": len(self._inflight),
+            "prefill_tokens": len(self._prefill_tokens),
+            "loads": len(self._loads),
+            "polled_inflight": len(self._polled_inflight),
+            "fingerprints": len(self._fingerprints),
+            "ejections": len(self._ejections),
+        }
 
     # --- membership (the fleet) ---------------------------------------------------------
 
@@ -129,26 +144,40 @@ class ModelPool:
         self._limits.pop(worker, None)
         self._loads.pop(worker, None)
         self._polled_inflight.pop(worker, None)
-        self._down.discard(worker)
+        self._ejections.forget(worker)
 
     # --- health and load ----------------------------------------------------------------
 
-    def mark_down(self, worker: WorkerId) -> bool:
-        """Out of placement until ``mark_up``; True if it was up."""
-        was_up = worker not in self._down
-        self._down.add(worker)
-        return was_up
+    def failed(self, worker: WorkerId, failure: Failure) -> bool:
+        """A request, probe or Load poll of ``worker`` failed; True if that ejected it.
+        A worker that already left is not counted."""
+        role = self._prefill if worker in self._prefill else self._decode
+        if worker not in role:
+            return False
+        return self._ejections.failed(worker, failure, role.keys())
 
-    def mark_up(self, worker: WorkerId) -> bool:
-        """Back in placement; True if it was down."""
-        was_down = worker in self._down
-        self._down.discard(worker)
-        return was_down
+    def succeeded(self, worker: WorkerId) -> None:
+        """A request on ``worker`` finished: its failure counts start again."""
+        self._ejections.succeeded(worker)
+
+    def probe_due(self) -> list[WorkerId]:
+        """Ejected workers to probe now; each must be answered with ``probed``."""
+        return self._ejections.probe_due()
+
+    def probed(self, worker: WorkerId, ok: bool) -> None:
+        self._ejections.probed(worker, ok)
 
     def record_load(self, worker: WorkerId, load: EngineLoad) -> None:
-        """A Load poll's answer, and how many of its requests were this router's then."""
+        """A Load poll's answer, and how many of its requests were this router's then
+        (a poll that returns after the worker left is dropped)."""
+        if worker not in self._prefill and worker not in self._decode:
+            return
         self._loads[worker] = load
         self._polled_inflight[worker] = self._inflight[worker]
+
+    def busy(self, worker: WorkerId) -> bool:
+        """Requests of this router run on ``worker`` (``counted``)."""
+        return self._inflight[worker] > 0
 
     @contextmanager
     def counted(self, worker: WorkerId, prefill_tokens: int = 0) -> Iterator[None]:
@@ -158,8 +187,8 @@ class ModelPool:
         try:
             yield
         finally:
-            self._inflight[worker] -= 1
-            self._prefill_tokens[worker] -= prefill_tokens
+            _decrement(self._inflight, worker, 1)
+            _decrement(self._prefill_tokens, worker, prefill_tokens)
 
     # --- what placement and requests read ----------------------------------------------
 
@@ -167,7 +196,8 @@ class ModelPool:
         """The role's workers in placement, less ``exclude``."""
         workers = self._prefill if role == "prefill" else self._decode
         # Every decode worker failing its poll: try them anyway rather than refuse outright.
-        up = [w for w in workers if w not in self._down] or (list(workers) if role == "decode" else [])
+        out = self._ejections.ejected
+        up = [w for w in workers if w not in out] or (list(workers) if role == "decode" else [])
         return [w for w in up if w not in exclude]
 
     def snapshot(self, workers: list[WorkerId], matched: Mapping[WorkerId, int]) -> list[WorkerView]:
@@ -192,6 +222,13 @@ class ModelPool:
 
     def decode_client(self, worker: WorkerId) -> DecodeWorker:
         return _client(self._decode, worker)
+
+
+def _decrement(counts: Counter[WorkerId], worker: WorkerId, by: int) -> None:
+    """Count down; a worker's entry goes at zero (workers come and go: the maps stay bounded)."""
+    counts[worker] -= by
+    if counts[worker] <= 0:
+        del counts[worker]
 
 
 def _client(clients: dict[WorkerId, _C], worker: WorkerId) -> _C:

@@ -64,9 +64,20 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Timeouts:
-    prefill_s: float = 300.0  # one prefill RPC
+    """Deadlines. The per-attempt ones (prefill, first token, stall) are well inside the
+    request's: an attempt past one fails like a worker error, and is retried elsewhere
+    while the request has time left (router/recovery.py)."""
+
+    prefill_s: float = 60.0  # one prefill RPC
     request_s: float = 600.0  # the whole request from its arrival: queue, retries, migrations, stream
     release_s: float = 3.0  # one Release RPC; off the request's path (router/release.py)
+    first_token_s: float = 60.0  # a decode attempt's first token (its KV pull or local prefill included)
+    stall_s: float = 30.0  # between two tokens of a decode stream
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_s", "request_s", "release_s", "first_token_s", "stall_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
 
 
 @dataclass(frozen=True)

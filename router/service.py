@@ -8,8 +8,12 @@ and render the ``Answer``.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from pdserve.state.memory import MemoryStore
 from router.admission import ANONYMOUS, Admission, AdmissionLimits
@@ -18,6 +22,9 @@ from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.pool import ModelPool
 from router.request import Answer, Chunk, Generation
+
+PREPARE_THREADS = 4
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,17 @@ class RouterService:
         self._orchestrator = orchestrator
         self._metrics = metrics
         self.admission = admission or Admission(AdmissionLimits(), MemoryStore())
-        metrics.watch(self.admission.gate)
+        metrics.watch(self.admission.gate, pools)
+        # Chat templating and tokenizing: off the event loop, which streams every other
+        # request's tokens. Fast tokenizers release the GIL while they encode.
+        self._prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="tokenize")
+
+    def close(self) -> None:
+        self._prepare.shutdown(wait=False, cancel_futures=True)
+
+    async def prepare(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on the templating/tokenizing threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._prepare, work, *args)
 
     def pool(self, model: str | None) -> ModelPool:
         """The named model's pool; no name (vLLM allows omitting it) means the first
@@ -79,21 +96,32 @@ class RouterService:
             raise UnknownModelError(f"The model `{model}` does not exist.") from None
 
     async def serve(
-        self, model: str | None, generations: Callable[[ModelPool], Sequence[Generation]], client: str = ANONYMOUS
+        self,
+        model: str | None,
+        generations: Callable[[ModelPool], Sequence[Generation]],
+        client: str = ANONYMOUS,
+        cache_salt: str = "",
     ) -> Answer:
         """One request: ``generations`` validates it against the model's pool, into one
-        Generation per prompt (a completions batch has several). Admission (``RateLimited`` /
-        ``Overloaded``) charges the sum over prompts of prompt + n·max_tokens; admission,
-        placement and the first chunk happen before this returns, so every error before the
-        first token is raised here."""
+        Generation per prompt (a completions batch has several); it runs on a worker
+        thread once the client has a slot (``Overloaded``). The rate limit (``RateLimited``)
+        then charges the sum over prompts of prompt + n·max_tokens. Placement and the first
+        chunk happen before this returns, so every error before the first token is raised
+        here. ``cache_salt``: the client's prefix-cache salt, set by the operator
+        (router/tenants.py)."""
         pool = self.pool(model)
-        gens = generations(pool)
-        n = gens[0].n
-        prompts = tuple(tuple(gen.prompt_ids) for gen in gens)
-        chunks = self._orchestrator.generate(pool, gens)
-        budget = sum(gen.spec.max_tokens * gen.n for gen in gens)
-        admitted = self.admission.admitted(client, sum(map(len, prompts)), budget, chunks)
-        observed = self._metrics.observe(gens[0].arrival, [len(p) for p in prompts], n, admitted)
+        ticket = await self.admission.gate.acquire(client)
+        try:
+            gens = _salted(await self.prepare(generations, pool), cache_salt)
+            n = gens[0].n
+            prompts = tuple(tuple(gen.prompt_ids) for gen in gens)
+            chunks = self._orchestrator.generate(pool, gens)
+            budget = sum(gen.spec.max_tokens * gen.n for gen in gens)
+            admitted = self.admission.admitted(client, sum(map(len, prompts)), budget, chunks, ticket)
+            observed = self._metrics.observe(gens[0].arrival, [len(p) for p in prompts], n, admitted)
+        except BaseException:
+            ticket.release()
+            raise
         first = await _first(observed)
         tok = pool.tokenizer
         return Answer(
@@ -138,6 +166,22 @@ class RouterService:
     def exposition(self) -> bytes:
         """The Prometheus text of the router's metrics."""
         return self._metrics.exposition()
+
+
+def _salted(gens: Sequence[Generation], salt: str) -> Sequence[Generation]:
+    """The tenant's salt before the request's own: the tenant's cached blocks are shared
+    with no other tenant's, whatever salt a request brings."""
+    if not salt:
+        return gens
+    return [
+        dataclasses.replace(g, spec=dataclasses.replace(g.spec, cache_salt=_salt(salt, g.spec.cache_salt)))
+        for g in gens
+    ]
+
+
+def _salt(tenant: str, own: str) -> str:
+    # length-prefixed: no (tenant, own) pair reads as another tenant's salt
+    return f"{len(tenant)}:{tenant}:{own}" if own else tenant
 
 
 async def _first(chunks: AsyncGenerator[Chunk, None]) -> Chunk:

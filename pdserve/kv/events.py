@@ -116,6 +116,8 @@ def encode_payload(events: Sequence[KvEvent], ts: float | None = None) -> bytes:
                     "lora_id": None,
                     "medium": "GPU",
                     "lora_name": None,
+                    # vLLM's per-block extra keys; the sim's are its requests' cache salts
+                    "extra_keys": [["cache_salt"] if k else None for k in e.keyed] if e.keyed else None,
                 }
             )
         elif isinstance(e, BlockRemoved):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import (
@@ -38,6 +37,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pdserve.security import redact_url
 from pdserve.state.base import StoreUnavailable, WorkerRecord, prefix_lengths, valid_records
 from pdserve.types import BlockHash, WorkerId, to_hex
 
@@ -104,17 +104,6 @@ _KINDS: tuple[tuple[type[BaseException], str], ...] = (
 )
 
 
-def redact(url: str) -> str:
-    """``url`` without its password (logs and errors never show it)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def error_kind(exc: BaseException) -> str:
     """The metrics label of a Redis error."""
     for cls, kind in _KINDS:
@@ -137,7 +126,7 @@ async def _reachable(url: str) -> AsyncIterator[None]:
 
 class RedisStore:
     def __init__(self, url: str, timeout_s: float = 0.5, namespace: str = "pdserve", password: str = "") -> None:
-        self.url = redact(url)
+        self.url = redact_url(url)
         # RESP2: under RESP3, redis-py 8.1's asyncio pool skips its check for connections the
         # server closed (redis/redis-py#4252), so after a Redis restart every pooled connection
         # failed one call. We use no RESP3 feature.

@@ -93,7 +93,8 @@ class ServerOptions:
     )
     log_level: str = flag("INFO", env="PDSERVE_LOG_LEVEL", help="logging level")
     service_name: str = ""  # health service name reported alongside "" (overall); the role's
-    tokens: tuple[str, ...] = ()  # callers must present one of these (pdserve.security); () = open
+    # callers must present one of these (pdserve.security); () = open. Secrets: not in the repr.
+    tokens: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self.tls  # noqa: B018 -- TlsFiles checks the files exist: fail at start-up, not at serve time

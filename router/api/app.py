@@ -8,11 +8,13 @@ vLLM 0.32's server answers them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
-from router.api import errors, render, tokenize, tool_grammar, validate
+from router.api import errors, render, size, tokenize, tool_grammar, validate
 from router.api.chat_output import ChatParsing
 from router.api.limits import BodyLimit
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -30,6 +32,8 @@ from router.request import Answer
 from router.service import Health, RouterService
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged and counted, never sent
 
 
 def create_app(
@@ -39,10 +43,15 @@ def create_app(
     *,
     max_body_bytes: int,
     chat: ChatOptions | None = None,
+    cache_salts: Mapping[str, str] | None = None,
+    prompt_chars_per_token: int = size.PROMPT_CHARS_PER_TOKEN,
 ) -> FastAPI:
     """``api_keys``: if any, every /v1/* request needs ``Authorization: Bearer <one of them>``,
     and rate limits count per key. Bodies over ``max_body_bytes`` get 413 unread. ``chat``:
-    the server's chat-template options (router/chat.py)."""
+    the server's chat-template options (router/chat.py). ``cache_salts``: client id → the
+    prefix-cache salt of its requests (router/tenants.py). A prompt over
+    ``prompt_chars_per_token`` x the model's context gets 400 before it is tokenized."""
+    salts = cache_salts or {}
     chat_options = chat or ChatOptions()
     app = FastAPI(title="pdserve router", version="0.1.0", lifespan=lifespan)
     errors.install(app, lambda reason: get_service().rejected(reason))
@@ -59,6 +68,7 @@ def create_app(
                 err = errors.APIError(401, "Incorrect or missing API key.", code="invalid_api_key")
                 return JSONResponse(errors.error_body(err), status_code=401)
             request.state.client = client_id(bearer_token(header))
+            request.state.cache_salt = salts.get(request.state.client, "")
             return await call_next(request)
 
     @app.middleware("http")
@@ -97,29 +107,36 @@ def create_app(
 
     @app.post("/tokenize")
     async def tokenize_prompt(body: tokenize.TokenizeRequest) -> dict[str, Any]:
-        return tokenize.tokenize(body, get_service().pool(body.model), chat_options)
+        service = get_service()
+        return await service.prepare(tokenize.tokenize, body, service.pool(body.model), chat_options)
 
     @app.post("/detokenize")
     async def detokenize_tokens(body: tokenize.DetokenizeRequest) -> dict[str, Any]:
-        return tokenize.detokenize(body, get_service().pool(body.model))
+        service = get_service()
+        return await service.prepare(tokenize.detokenize, body, service.pool(body.model))
+
+    def sized(body: CompletionRequest | ChatCompletionRequest) -> None:
+        size.check(body, get_service().pool(body.model).max_model_len, prompt_chars_per_token)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         arrival = time.perf_counter()
         _take_request_id(body, request)
-        answer = await get_service().serve(
-            body.model, lambda pool: validate.completion(body, pool, arrival), _client(request)
+        sized(body)
+        serving = get_service().serve(
+            body.model, lambda pool: validate.completion(body, pool, arrival), *_caller(request)
         )
-        return await _respond(answer, body, chat=False)
+        return await _unless_gone(request, _answered(serving, body, chat=False))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrival = time.perf_counter()
         _take_request_id(body, request)
-        answer = await get_service().serve(
-            body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], _client(request)
+        sized(body)
+        serving = get_service().serve(
+            body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], *_caller(request)
         )
-        return await _respond(answer, body, chat=True, parsing=_parsing(answer, body, chat_options))
+        return await _unless_gone(request, _answered(serving, body, chat=True, options=chat_options))
 
     return app
 
@@ -177,8 +194,46 @@ def _model_card(pool: ModelPool, now: int) -> dict[str, Any]:
     }
 
 
-def _client(request: Request) -> str:
-    return getattr(request.state, "client", ANONYMOUS)
+def _caller(request: Request) -> tuple[str, str]:
+    """(client id, its cache salt)."""
+    return getattr(request.state, "client", ANONYMOUS), getattr(request.state, "cache_salt", "")
+
+
+async def _answered(
+    serving: Awaitable[Answer],
+    body: CompletionRequest | ChatCompletionRequest,
+    chat: bool,
+    options: ChatOptions | None = None,
+) -> Response:
+    answer = await serving
+    parsing = _parsing(answer, body, options) if isinstance(body, ChatCompletionRequest) and options else None
+    return await _respond(answer, body, chat=chat, parsing=parsing)
+
+
+async def _unless_gone(request: Request, responding: Awaitable[Response]) -> Response:
+    """``responding``, cancelled if the client disconnects first: queued, tokenizing, or
+    generating a non-streamed response, the request ends and its engine requests are
+    aborted (closing the chunk stream cancels the worker RPCs). A stream is ended by the
+    server when its client leaves. Waits on the ASGI ``http.disconnect`` message, which
+    comes once the body has been read; nothing polls."""
+    work = asyncio.ensure_future(responding)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+    if work.cancelled() or not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await work  # its clean-up (aborting the engine requests) has run when this returns
+        return Response(status_code=CLIENT_CLOSED)
+    return work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _parsing(answer: Answer, body: ChatCompletionRequest, options: ChatOptions) -> ChatParsing | None:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.errors import (
+    AttemptTimeout,
     BadRequestError,
     BrokenStreamError,
     NoWorkersError,
@@ -74,7 +75,7 @@ def to_api_error(exc: BaseException) -> APIError:
             return APIError(400, exc.details)
         if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return APIError(503, "no worker could take the request", type_="service_unavailable")
-    if isinstance(exc, BrokenStreamError):
+    if isinstance(exc, BrokenStreamError | AttemptTimeout):
         return APIError(503, str(exc), type_="service_unavailable")
     log.error("unhandled error: %r", exc, exc_info=exc)  # the traceback stays in the log
     return APIError(500, "internal error", type_="internal_error")

@@ -62,7 +62,8 @@ class ScriptedDecode:
     ``len(output)`` tokens), so a migrated request, whose max_tokens is what is left,
     continues the same text; else stream from the start, cut to max_tokens.
     ``fail_after`` steps, then it fails with ``code`` (None = never); ``hang``: no token
-    ever, the call ends at its deadline. ``releases``: the Release calls it answered.
+    ever, the call ends at its deadline; ``stall_after`` steps, then no token more until
+    the deadline (a wedged engine mid-stream). ``releases``: the Release calls it answered.
     ``closed_early``: the router closed the stream before it ended."""
 
     def __init__(
@@ -75,8 +76,10 @@ class ScriptedDecode:
         fail_after: int | None = None,
         code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
         hang: bool = False,
+        stall_after: int | None = None,
     ) -> None:
         self.worker = WorkerId(name)
+        self.stall_after = stall_after
         self.output, self.cached_tokens, self.resume = output, cached_tokens, resume
         self.fail_after, self.code, self.hang = fail_after, code, hang
         self.calls: list[dict[str, Any]] = []
@@ -104,6 +107,9 @@ class ScriptedDecode:
             for step, i in enumerate(range(0, len(out), 2)):
                 if self.fail_after is not None and step >= self.fail_after:
                     raise WorkerError(self.worker, self.code, "injected")
+                if self.stall_after is not None and step >= self.stall_after:
+                    await asyncio.sleep(timeout)
+                    raise WorkerError(self.worker, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
                 done = i + 2 >= len(out)
                 reason = (FinishReason.LENGTH if len(out) == spec.max_tokens else FinishReason.STOP) if done else None
                 # cached_tokens: the decode engine's own prefix-cache count (what a local prefill found)
@@ -222,6 +228,7 @@ def scripted_router(
     model_path: str = "",
     metrics: RouterMetrics | None = None,
     background: Callable[[], Background] = Background,
+    cache_salts: dict[str, str] | None = None,
 ) -> ScriptedRouter:
     """The model "tiny" (256-token context, 32-token blocks) served by these workers."""
     pool = make_pool(
@@ -240,5 +247,7 @@ def scripted_router(
     orchestrator = Orchestrator(placer, timeouts or Timeouts(), metrics, recovery or Recovery(backoff_s=0.0))
     admission = Admission(limits or AdmissionLimits(), MemoryStore())
     service = RouterService({"tiny": pool}, orchestrator, metrics, admission, background)
-    app = create_app(lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes, chat=chat)
+    app = create_app(
+        lambda: service, api_keys=api_keys, max_body_bytes=max_body_bytes, chat=chat, cache_salts=cache_salts
+    )
     return ScriptedRouter(TestClient(app), service, pool, metrics)

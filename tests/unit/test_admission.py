@@ -11,7 +11,7 @@ import pytest
 
 from pdserve.state.memory import MemoryStore
 from router.admission import Admission, AdmissionLimits, Gate, RateLimiter, client_id
-from router.errors import Overloaded, RateLimited
+from router.errors import BadRequestError, Overloaded, RateLimited
 from router.request import Chunk
 from router.tokenizer import Tokenizer
 from tests.helpers.router import ScriptedDecode, ScriptedPrefill, ScriptedRouter, scripted_router
@@ -83,8 +83,8 @@ async def test_tokens_per_minute_charges_up_front_and_refunds_what_was_not_gener
         await limiter.charge("a", 60)  # 120 > 100, and the refusal is not counted
     await limiter.refund(charge, 30)  # generated 30 fewer than reserved: 30 in use
     await limiter.charge("a", 70)  # exactly at the limit
-    with pytest.raises(RateLimited, match=r"1000 tokens.*100 per minute"):
-        await RateLimiter(MemoryStore(), 0, 100).charge("a", 1000)  # can never fit
+    with pytest.raises(BadRequestError, match=r"1000 tokens.*100 per minute"):
+        await RateLimiter(MemoryStore(), 0, 100).charge("a", 1000)  # can never fit: a 400, not an endless 429
 
 
 def test_clients_are_counted_by_a_digest_never_the_key() -> None:
@@ -187,12 +187,10 @@ class _held:
         self.gate = gate
 
     def __enter__(self) -> None:
-        assert self.gate._slots is not None
-        self.gate._slots._value = 0
+        self.gate.inflight += 1
 
     def __exit__(self, *exc: object) -> None:
-        assert self.gate._slots is not None
-        self.gate._slots._value = 1
+        self.gate.inflight -= 1
 
 
 def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> None:
@@ -213,3 +211,84 @@ def test_oversized_bodies_get_413_before_parsing(tiny_tokenizer: Tokenizer) -> N
     assert not decode.calls
     small = {"model": "tiny", "prompt": "x", "max_tokens": 1}
     assert client.post("/v1/completions", json=small).status_code == 200
+
+
+# --- fairness across API keys -------------------------------------------------------------
+
+
+async def _flood(gate: Gate, order: list[str], release: asyncio.Event, names: list[str]) -> list[asyncio.Task[None]]:
+    async def hold(name: str) -> None:
+        async with gate.slot(name.rstrip("0123456789")):
+            order.append(name)
+            await release.wait()
+
+    tasks = []
+    for name in names:
+        tasks.append(asyncio.create_task(hold(name)))
+        await asyncio.sleep(0)
+    return tasks
+
+
+async def test_one_key_flooding_the_queue_does_not_starve_another_keys_request() -> None:
+    """Key a holds the one slot and queues 50 more; key b's request, queued after all of
+    them, gets the slot after next (a was waiting first): slots go round-robin across
+    keys, not first come first served, which would make b wait for all 50."""
+    gate = Gate(max_inflight=1, max_queued=100, queue_timeout_s=5)
+    order: list[str] = []
+    releases = [asyncio.Event() for _ in range(52)]
+    tasks = []
+    for i, name in enumerate([f"a{i}" for i in range(51)] + ["b0"]):
+        tasks += await _flood(gate, order, releases[i], [name])
+    assert order == ["a0"] and gate.queued == 51
+    for i in range(2):
+        releases[i].set()  # a0, then a1 leave: b0's turn comes before a's third
+        await asyncio.sleep(0.01)
+    assert order == ["a0", "a1", "b0"]
+    for event in releases:
+        event.set()
+    await asyncio.gather(*tasks)
+    assert (gate.inflight, gate.queued, gate.tracked()) == (0, 0, 0)
+
+
+async def test_a_key_at_its_own_limit_waits_while_other_keys_run() -> None:
+    gate = Gate(max_inflight=4, max_queued=10, queue_timeout_s=5, per_client=1)
+    order: list[str] = []
+    release = asyncio.Event()
+    tasks = await _flood(gate, order, release, ["a0", "a1", "b0", "c0"])
+    assert order == ["a0", "b0", "c0"] and gate.queued == 1  # a1 waits for a0, though slots are free
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order[-1] == "a1"
+
+
+async def test_a_full_queue_drops_the_flooding_keys_newest_request_for_another_key() -> None:
+    gate = Gate(max_inflight=1, max_queued=3, queue_timeout_s=5)
+    order: list[str] = []
+    release = asyncio.Event()
+    tasks = await _flood(gate, order, release, ["a0", "a1", "a2", "a3", "b0"])
+    assert gate.queued == 3
+    release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(outcomes[3], Overloaded)  # a3, the flood's newest, made room for b0
+    assert "b0" in order and "a3" not in order
+    with pytest.raises(Overloaded):  # a key with the longest queue itself is refused outright
+        await _refused_when_full(gate)
+
+
+async def _refused_when_full(gate: Gate) -> None:
+    order: list[str] = []
+    release = asyncio.Event()
+    tasks = await _flood(gate, order, release, ["a0", "a1", "a2", "a3"])
+    try:
+        async with gate.slot("a"):
+            pass
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)
+
+
+def test_a_request_over_the_whole_tpm_limit_is_a_400_at_once(tiny_tokenizer: Tokenizer, body: dict) -> None:
+    r, decode = router(tiny_tokenizer, limits=AdmissionLimits(tokens_per_minute=10))
+    resp = r.client.post("/v1/completions", json={**body, "max_tokens": 100})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "max_tokens"
+    assert not decode.calls

@@ -194,12 +194,26 @@ ROUTER_FLAGS = {
     "--prefill-retries": "PDSERVE_PREFILL_RETRIES",
     "--decode-retries": "PDSERVE_DECODE_RETRIES",
     "--migrations": "PDSERVE_MIGRATIONS",
+    "--retry-budget": "PDSERVE_RETRY_BUDGET",
+    "--min-retries": "PDSERVE_MIN_RETRIES",
+    "--prefill-timeout": "PDSERVE_PREFILL_TIMEOUT_S",
+    "--first-token-timeout": "PDSERVE_FIRST_TOKEN_TIMEOUT_S",
+    "--stall-timeout": "PDSERVE_STALL_TIMEOUT_S",
+    "--eject-after-errors": "PDSERVE_EJECT_AFTER_ERRORS",
+    "--eject-after-timeouts": "PDSERVE_EJECT_AFTER_TIMEOUTS",
+    "--ejection-time": "PDSERVE_EJECTION_TIME_S",
+    "--max-ejection-time": "PDSERVE_MAX_EJECTION_TIME_S",
+    "--max-ejected-share": "PDSERVE_MAX_EJECTED_SHARE",
+    "--probe-timeout": "PDSERVE_PROBE_TIMEOUT_S",
     "--max-inflight": "PDSERVE_MAX_INFLIGHT",
     "--max-queued": "PDSERVE_MAX_QUEUED",
     "--queue-timeout": "PDSERVE_QUEUE_TIMEOUT_S",
     "--rate-limit-rpm": "PDSERVE_RATE_LIMIT_RPM",
     "--rate-limit-tpm": "PDSERVE_RATE_LIMIT_TPM",
     "--max-body-bytes": "PDSERVE_MAX_BODY_BYTES",
+    "--prompt-chars-per-token": "PDSERVE_PROMPT_CHARS_PER_TOKEN",
+    "--cache-salt-per-key": "PDSERVE_CACHE_SALT_PER_KEY",
+    "--max-inflight-per-key": "PDSERVE_MAX_INFLIGHT_PER_KEY",
     "--keep-alive-s": "PDSERVE_KEEP_ALIVE_S",
     "--chat-template": "PDSERVE_CHAT_TEMPLATE",
     "--trust-request-chat-template": "PDSERVE_TRUST_REQUEST_CHAT_TEMPLATE",
@@ -243,9 +257,11 @@ def test_role_defaults_show_in_help() -> None:
 
 def test_a_prefill_rpc_deadline_never_exceeds_the_requests(model_dir: Path) -> None:
     base = ["--model", str(model_dir), "--decode", "d:1"]
-    assert router_config.from_args(base).timeouts.prefill_s == 300
+    assert router_config.from_args(base).timeouts.prefill_s == 60
     cfg = router_config.from_args([*base, "--request-timeout", "20"])
     assert cfg.timeouts.request_s == 20 and cfg.timeouts.prefill_s == 20
+    cfg = router_config.from_args([*base, "--prefill-timeout", "5", "--stall-timeout", "2", "--max-ejected-share", "1"])
+    assert (cfg.timeouts.prefill_s, cfg.timeouts.stall_s, cfg.outliers.max_share) == (5, 2, 1)
 
 
 def test_unknown_flags_pass_through_to_vllm_in_its_spelling(model_dir: Path) -> None:

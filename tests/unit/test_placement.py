@@ -14,6 +14,7 @@ from pdserve.kv.hashing import block_hashes
 from pdserve.state.memory import MemoryStore
 from pdserve.types import WorkerId
 from router.errors import NoWorkersError
+from router.outliers import Failure
 from router.placement import make_policy
 from router.placement.base import Request, WorkerView
 from router.placement.decider import ThresholdDecider
@@ -178,10 +179,10 @@ async def test_without_prefill_workers_the_decode_worker_is_chosen_by_prefix() -
 
 async def test_placer_skips_down_workers_and_fails_without_decode() -> None:
     pool = make_pool(2)
-    pool.mark_down(WorkerId("p0:1"))
+    pool.failed(WorkerId("p0:1"), Failure.GONE)
     placer = Placer(make_policy("round-robin"), ThresholdDecider(), MemoryStore())
     assert {(await placer.place(pool, [1, 2, 3])).prefill for _ in range(4)} == {"p1:1"}
-    pool.mark_down(WorkerId("d0:1"))  # every decode worker down: tried anyway
+    pool.failed(WorkerId("d0:1"), Failure.GONE)  # every decode worker down: tried anyway
     assert (await placer.place(pool, [1, 2, 3])).decode == "d0:1"
     pool.remove(WorkerId("d0:1"))
     with pytest.raises(NoWorkersError):

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pdserve.security import TlsFiles, bearer_ok, read_secrets
+from pdserve.security import TlsFiles, WorkerLink, bearer_ok, read_secrets, redact_url
 from pdserve.state import WorkerRecord
 from pdserve.state.memory import MemoryStore
 from pdserve.state.trust import RegistryTrust, UntrustedRecord
 from pdserve.types import WorkerId
+from pdserve.worker.server import ServerOptions
 from router.api.app import create_app
 from router.config import MAX_BODY_BYTES
 from router.metrics import RouterMetrics
@@ -23,6 +24,7 @@ from router.placement.decider import ThresholdDecider
 from router.placer import Placer
 from router.request import Timeouts
 from router.service import RouterService
+from router.tenants import Tenants
 from tests.factories import metric_samples
 
 
@@ -131,14 +133,6 @@ def test_without_a_secret_records_go_unsigned_and_valid_ones_are_trusted() -> No
         trust.check('{"worker_id": 1}')
 
 
-def test_a_redis_url_is_logged_without_its_password() -> None:
-    from pdserve.state.redis import redact
-
-    assert redact("redis://user:s3cret@redis:6379/0") == "redis://user:***@redis:6379/0"
-    assert redact("rediss://:s3cret@10.0.0.1/2") == "rediss://:***@10.0.0.1/2"
-    assert redact("redis://redis:6379/0") == "redis://redis:6379/0"
-
-
 def test_a_registered_workers_info_must_agree_with_its_record_and_be_sane() -> None:
     from pdserve.engine.base import EngineInfo
     from router.fleet import check_info
@@ -155,3 +149,23 @@ def test_a_registered_workers_info_must_agree_with_its_record_and_be_sane() -> N
     ):
         with pytest.raises(ValueError, match=field):
             check_info(rec, bad)
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("redis://:s3cret@redis:6379/0", "redis://***@redis:6379/0"),
+        ("rediss://user:s3cret@redis:6380", "rediss://***@redis:6380"),
+        ("redis://redis:6379/0?password=s3cret", "redis://redis:6379/0?***"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_urls_in_logs_and_errors_lose_their_passwords(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_secret_bearing_config_shows_no_secret_in_its_repr() -> None:
+    assert "tok3n" not in repr(WorkerLink(token="tok3n"))
+    assert "tok3n" not in repr(ServerOptions(tokens=("tok3n",)))
+    assert "sk-k3y" not in repr(Tenants.parse(["sk-k3y cache_salt=s"]))

@@ -267,3 +267,31 @@ def test_events_feed_the_router_index_with_the_routers_own_hashes() -> None:
         return set(expected)
 
     asyncio.run(run())
+
+
+async def test_a_cache_salt_shares_cached_blocks_only_with_requests_of_the_same_salt() -> None:
+    """As vLLM's ``cache_salt``: cached_tokens tells one tenant nothing of another's prompts."""
+    engine = await started(SimPrefillEngine, VirtualSleep())
+
+    async def cached(rid: str, salt: str) -> int:
+        spec = SamplingSpec(max_tokens=1, temperature=0, cache_salt=salt)
+        return (await engine.prefill(RequestId(rid), prompt(100), spec)).cached_tokens
+
+    assert await cached("a", "tenant-a") == 0
+    assert await cached("b", "tenant-b") == 0
+    assert await cached("plain", "") == 0
+    assert await cached("a2", "tenant-a") == 96
+    assert await cached("plain2", "") == 96
+    await engine.shutdown()
+
+
+def test_salted_blocks_are_announced_as_keyed_so_the_router_index_leaves_them_out() -> None:
+    pool = BlockPool(16, BS)
+    for salt in ("", "tenant"):
+        alloc = pool.allocate(prompt(64), 64, salt)
+        assert alloc is not None
+        pool.commit(alloc, prompt(64))
+    plain, salted = [e for e in pool.drain_events() if isinstance(e, BlockStored)]
+    assert plain.keyed == () and salted.keyed == (True,) * len(salted.engine_hashes)
+    wire = decode_payload(1, encode_payload([plain, salted]))  # as the worker publishes them
+    assert [e.keyed for e in wire.events if isinstance(e, BlockStored)] == [plain.keyed, salted.keyed]

@@ -28,6 +28,14 @@ from pdserve.kv.events import BlockRemoved, BlockStored, KvEvent
 _ROOT = int.from_bytes(hashlib.blake2b(b"pdserve-sim-engine", digest_size=8).digest(), "little")
 
 
+def salted_root(salt: str) -> int:
+    """The parent of a request's first block: a salt (vLLM's ``cache_salt``) starts a
+    chain no request with another salt, or none, shares."""
+    if not salt:
+        return _ROOT
+    return int.from_bytes(hashlib.blake2b(b"pdserve-sim-engine\0" + salt.encode(), digest_size=8).digest(), "little")
+
+
 def engine_hash(parent: int, tokens: Sequence[int]) -> int:
     """The sim engine's block hash (64-bit, like the low bits vLLM publishes)."""
     data = parent.to_bytes(8, "little") + b"".join(t.to_bytes(4, "little") for t in tokens)
@@ -42,6 +50,7 @@ class Allocation:
     hashed: int = 0  # leading blocks that carry a hash (reused or stored)
     parent: int = _ROOT  # hash of the last hashed block
     cached_tokens: int = 0  # prompt tokens served from reused blocks
+    salted: bool = False  # its blocks are announced as keyed (vLLM: extra_keys)
 
 
 class BlockPool:
@@ -67,10 +76,11 @@ class BlockPool:
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
-    def prefix_hits(self, tokens: Sequence[int]) -> list[int]:
-        """Blocks holding the leading full blocks of ``tokens`` (at least one token left over)."""
+    def prefix_hits(self, tokens: Sequence[int], salt: str = "") -> list[int]:
+        """Blocks holding the leading full blocks of ``tokens`` (at least one token left
+        over), computed by requests with the same ``salt``."""
         hits: list[int] = []
-        parent = _ROOT
+        parent = salted_root(salt)
         for start in range(0, len(tokens) - 1 - self.block_size + 1, self.block_size):
             parent = engine_hash(parent, tokens[start : start + self.block_size])
             block = self._by_hash.get(parent)
@@ -79,10 +89,11 @@ class BlockPool:
             hits.append(block)
         return hits
 
-    def allocate(self, prompt: Sequence[int], total_tokens: int) -> Allocation | None:
+    def allocate(self, prompt: Sequence[int], total_tokens: int, salt: str = "") -> Allocation | None:
         """Reserve blocks for ``total_tokens`` (prompt + max output), reusing the prompt's
-        cached prefix; None when the pool cannot hold it right now (nothing changes)."""
-        hits = self.prefix_hits(prompt)
+        cached prefix (of requests with the same ``salt``); None when the pool cannot
+        hold it right now (nothing changes)."""
+        hits = self.prefix_hits(prompt, salt)
         fresh = self.blocks_for(total_tokens) - len(hits)
         evictable = len(self._free) + len(self._cached) - sum(1 for b in hits if b in self._cached)
         if fresh > evictable:
@@ -91,8 +102,9 @@ class BlockPool:
             self._ref[block] += 1
             self._cached.pop(block, None)
         alloc = Allocation(blocks=list(hits), hashed=len(hits), cached_tokens=len(hits) * self.block_size)
+        alloc.parent, alloc.salted = salted_root(salt), bool(salt)
         if hits:
-            alloc.parent = self._hash[hits[-1]] or _ROOT
+            alloc.parent = self._hash[hits[-1]] or alloc.parent
         alloc.blocks.extend(self._take() for _ in range(fresh))
         return alloc
 
@@ -121,7 +133,7 @@ class BlockPool:
             block = alloc.blocks[alloc.hashed]
             alloc.hashed += 1
             if h in self._by_hash:  # another request computed the same block: keep ours unhashed
-                self._announce(run, run_parent, run_tokens)
+                self._announce(run, run_parent, run_tokens, alloc.salted)
                 run, run_tokens, run_parent = [], [], h
             else:
                 self._hash[block] = h
@@ -129,13 +141,14 @@ class BlockPool:
                 run.append(h)
                 run_tokens.extend(chunk)
             alloc.parent = h
-        self._announce(run, run_parent, run_tokens)
+        self._announce(run, run_parent, run_tokens, alloc.salted)
 
-    def _announce(self, hashes: list[int], parent: int, token_ids: list[int]) -> None:
+    def _announce(self, hashes: list[int], parent: int, token_ids: list[int], salted: bool) -> None:
         if hashes:
-            self.events.append(
-                BlockStored(tuple(hashes), None if parent == _ROOT else parent, tuple(token_ids), self.block_size)
-            )
+            # a salted chain is keyed, as vLLM's extra_keys: the router's index leaves it out
+            keyed = (True,) * len(hashes) if salted else ()
+            root = None if parent == _ROOT else parent
+            self.events.append(BlockStored(tuple(hashes), root, tuple(token_ids), self.block_size, keyed))
 
     def release(self, alloc: Allocation) -> None:
         """Drop a request's hold; hashed blocks stay reusable, tail evicted first."""

@@ -230,7 +230,9 @@ class _SimRuntime:
     def _admit(self) -> None:
         while self._waiting and len(self._running) < self.profile.max_num_seqs:
             seq = self._waiting[0]
-            alloc = self.pool.allocate(seq.tokens[: seq.prompt_len], seq.prompt_len + seq.sampling.max_tokens)
+            alloc = self.pool.allocate(
+                seq.tokens[: seq.prompt_len], seq.prompt_len + seq.sampling.max_tokens, seq.sampling.cache_salt
+            )
             if alloc is None:
                 return  # FIFO: nothing overtakes the head of the queue
             self._waiting.popleft()
@@ -386,7 +388,7 @@ class SimDecodeEngine(_SimRuntime):
 
     async def _pull(self, seq: _Seq) -> None:
         """The modelled KV transfer of the prompt tokens this engine does not hold."""
-        held = len(self.pool.prefix_hits(seq.tokens)) * self.pool.block_size
+        held = len(self.pool.prefix_hits(seq.tokens, seq.sampling.cache_salt)) * self.pool.block_size
         seconds = self.profile.transfer_s(seq.prompt_len - held) * self.profile.slow_factor
         self._transferring += 1
         try:
