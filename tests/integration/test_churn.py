@@ -71,7 +71,7 @@ def record(worker: SimWorker) -> WorkerRecord:
 async def router(tmp: Path) -> AsyncIterator[tuple[Fleet, RouterService, RouterMetrics, TokenizerSource]]:
     store, metrics = MemoryStore(), RouterMetrics("round-robin")
     tokenizers = TokenizerSource({}, str(make_tiny_tokenizer(tmp)))
-    fleet = Fleet(store, tokenizers, FleetOptions(follow_events=False, missing_grace_s=0), metrics.fleet_changed)
+    fleet = Fleet(store, tokenizers, FleetOptions(follow_events=False, missing_grace_s=0), metrics)
     placer = Placer(make_policy("round-robin"), ThresholdDecider(), store)
     service = RouterService(fleet.pools, Orchestrator(placer, Timeouts(), metrics), metrics)
     try:

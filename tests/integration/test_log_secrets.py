@@ -55,7 +55,7 @@ def test_no_log_of_router_or_workers_holds_a_password_token_or_key(tmp_path: Pat
         logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*.log") if p.stem != "redis"}
     assert {"router.log", "prefill.log", "decode.log"} <= set(logs), sorted(logs)
     assert "***@127.0.0.1" in logs["router.log"]  # the state URL is logged, redacted
-    assert "unreachable" in logs["router.log"]
+    assert "shared state store failing" in logs["router.log"]  # the outage is logged, with why
     for name, text in logs.items():
         for secret in (PASSWORD, TOKEN, KEY):
             assert secret not in text, f"{name} logs a secret"
