@@ -269,8 +269,6 @@ async def test_logit_bias_moves_greedy_choice(pair: Pair) -> None:
 
 
 async def test_a_cache_salt_keeps_a_prompt_out_of_other_requests_prefix_cache(pair: Pair) -> None:
-    if pair.name == "sim":
-        pytest.skip("the sim's prefix cache is not salted")
     ids = prompt(4 * BLOCK, start=23)
     first = await pair.prefill.prefill(RequestId("c-salt-1"), ids, GREEDY)
     await pair.decode.release(RequestId("c-salt-1"), first.kv_transfer_params)
