@@ -24,9 +24,11 @@ def expected(prompt: list[int], n: int) -> list[int]:
     return tokens[len(prompt) :]
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]) -> list[int] | str:
+async def one(
+    client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int = OUTPUT
+) -> list[int] | str:
     """The completion's token ids, or what went wrong (an error keeps its body: see ``clean``)."""
-    body = {"model": model, "prompt": prompt, "max_tokens": OUTPUT, "temperature": 0, "ignore_eos": True}
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
     body |= {"stream": True, "return_token_ids": True}
     for attempt in range(2):
         got: list[int] = []

@@ -8,7 +8,6 @@ like its deadline (600 s by default)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -23,6 +22,7 @@ import pytest
 from pdserve.tools.fleet import start_router
 from pdserve.tools.procs import Procs
 from tests.factories import metric_samples
+from tests.helpers import simload
 from tests.helpers.simfleet import decode_load, numbered_sim_worker
 from tests.helpers.simload import VOCAB, clean, expected
 
@@ -61,30 +61,13 @@ class Outcome:
     result: list[int] | str  # token ids, or what went wrong
 
 
-async def stream(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]) -> list[int] | str:
-    body = {"model": model, "prompt": prompt, "max_tokens": OUTPUT, "temperature": 0, "ignore_eos": True}
-    body |= {"stream": True, "return_token_ids": True}
-    got: list[int] = []
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
-        if resp.status_code != 200:
-            return f"HTTP {resp.status_code}: {(await resp.aread()).decode(errors='replace')}"
-        async for line in resp.aiter_lines():
-            if line.startswith("data: {"):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    return f"error event: {json.dumps(event['error'])}"
-                for choice in event["choices"]:
-                    got += choice.get("token_ids") or []
-    return got
-
-
 async def client_loop(url: str, model: str, seed: int, until: float, out: list[Outcome]) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(timeout=120) as client:
         while time.monotonic() < until:
             prompt = [rng.randrange(300, VOCAB) for _ in range(rng.randint(50, 200))]
             started = time.monotonic()
-            result = await stream(client, url, model, prompt)
+            result = await simload.one(client, url, model, prompt, OUTPUT)
             out.append(Outcome(started, time.monotonic() - started, prompt, result))
 
 
