@@ -82,6 +82,9 @@ class SamplingSpec:
     # Top logprobs per prompt position (0: the prompt token's only). Honoured by the engine
     # that computes the prompt: the prefill engine, or a decode engine prefilling locally.
     prompt_logprobs: int | None = None
+    # vLLM's per-request ``reasoning_ended``: whether grammars may constrain from the first
+    # token (True) or wait for the end of reasoning (False); None: the engine's parser decides.
+    reasoning_ended: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -8,6 +8,7 @@ the sim engine never load vLLM.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -306,6 +307,17 @@ def max_logprobs(llm: AsyncLLM) -> int:
     """``--engine-arg max_logprobs=N`` (vLLM's default 20); -1 (the whole vocabulary) as its size."""
     model = llm.vllm_config.model_config
     return int(model.get_vocab_size() if model.max_logprobs == -1 else model.max_logprobs)
+
+
+_TAKES_REASONING_ENDED = "reasoning_ended" in inspect.signature(AsyncLLM.generate).parameters
+
+
+def reasoning(spec: SamplingSpec) -> dict[str, Any]:
+    """``AsyncLLM.generate``'s ``reasoning_ended`` for this request, where the release takes it
+    (vLLM 0.32; the chat server computes it per request as the router now does)."""
+    if spec.reasoning_ended is None or not _TAKES_REASONING_ENDED:
+        return {}
+    return {"reasoning_ended": spec.reasoning_ended}
 
 
 def system_fingerprint(llm: AsyncLLM) -> str:

@@ -151,7 +151,7 @@ class _VllmRuntime:
         except compat.CLIENT_ERRORS as exc:  # e.g. a constraint vLLM refuses
             raise InvalidRequestError(str(exc)) from exc
         prompt = compat.tokens_prompt(prompt_token_ids, sampling.cache_salt)
-        stream = self.llm.generate(prompt, params, request_id, priority=sampling.priority)
+        stream = self.llm.generate(prompt, params, request_id, priority=sampling.priority, **compat.reasoning(sampling))
         self._inflight += 1
         try:
             async with contextlib.aclosing(stream):

@@ -53,6 +53,8 @@ def sampling_to_pb(spec: SamplingSpec) -> pb.SamplingParams:
         msg.logprobs = spec.logprobs
     if spec.prompt_logprobs is not None:
         msg.prompt_logprobs = spec.prompt_logprobs
+    if spec.reasoning_ended is not None:
+        msg.reasoning_ended = spec.reasoning_ended
     return msg
 
 
@@ -79,6 +81,7 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingSpec:
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
         structured_outputs=msg.structured_outputs_json,
         prompt_logprobs=msg.prompt_logprobs if msg.HasField("prompt_logprobs") else None,
+        reasoning_ended=msg.reasoning_ended if msg.HasField("reasoning_ended") else None,
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pdserve/v1/worker.proto\x12\npdserve.v1\"\x81\x05\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x0c \x01(\x02\x12=\n\nlogit_bias\x18\r \x03(\x0b\x32).pdserve.v1.SamplingParams.LogitBiasEntry\x12\x19\n\x11\x61llowed_token_ids\x18\x0e \x03(\r\x12\'\n\tbad_words\x18\x0f \x03(\x0b\x32\x14.pdserve.v1.TokenIds\x12\x10\n\x08priority\x18\x10 \x01(\x03\x12\x12\n\ncache_salt\x18\x11 \x01(\t\x12\x15\n\x08logprobs\x18\x12 \x01(\rH\x02\x88\x01\x01\x12\x1f\n\x17structured_outputs_json\x18\x13 \x01(\t\x12\x1c\n\x0fprompt_logprobs\x18\x14 \x01(\rH\x03\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"l\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.SamplingParams\"\x95\x01\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x15\n\rcached_tokens\x18\x02 \x01(\r\x12\x1f\n\x17kv_transfer_params_json\x18\x03 \x01(\t\x12\x32\n\x0fprompt_logprobs\x18\x04 \x03(\x0b\x32\x19.pdserve.v1.TokenLogprobs\"\x8c\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.SamplingParams\x12\x1f\n\x17kv_transfer_params_json\x18\x04 \x01(\t\"\xe4\x01\n\x0b\x44\x65\x63odeChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.pdserve.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\x12+\n\x08logprobs\x18\x05 \x03(\x0b\x32\x19.pdserve.v1.TokenLogprobs\x12\x32\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x19.pdserve.v1.TokenLogprobs\"=\n\rTokenLogprobs\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\r\n\x05ranks\x18\x03 \x03(\r\"\r\n\x0bInfoRequest\"\xb7\x02\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x14\n\x0cvllm_version\x18\x04 \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\x05 \x01(\x04\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x11\n\tkv_events\x18\x08 \x01(\t\x12\x11\n\tkv_replay\x18\t \x01(\t\x12\x12\n\nmodel_path\x18\n \x01(\t\x12\x19\n\x11scheduling_policy\x18\x0b \x01(\t\x12\x14\n\x0cmax_logprobs\x18\x0c \x01(\r\x12\x1a\n\x12system_fingerprint\x18\r \x01(\t\x12\x18\n\x10reasoning_parser\x18\x0e \x01(\t\"\r\n\x0bLoadRequest\"\xd3\x01\n\nWorkerLoad\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x14\n\x0cnum_inflight\x18\x04 \x01(\r\x12\x14\n\x0ckv_transfers\x18\x05 \x01(\x04\x12\x1c\n\x14kv_transfer_failures\x18\x06 \x01(\x04\x12\x1c\n\x14kv_bytes_transferred\x18\x07 \x01(\x04\x12\x1b\n\x13kv_transfer_seconds\x18\x08 \x01(\x01\"E\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x17kv_transfer_params_json\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xc5\x01\n\rPrefillWorker\x12\x42\n\x07Prefill\x12\x1a.pdserve.v1.PrefillRequest\x1a\x1b.pdserve.v1.PrefillResponse\x12\x37\n\x04Info\x12\x17.pdserve.v1.InfoRequest\x1a\x16.pdserve.v1.WorkerInfo\x12\x37\n\x04Load\x12\x17.pdserve.v1.LoadRequest\x1a\x16.pdserve.v1.WorkerLoad2\x84\x02\n\x0c\x44\x65\x63odeWorker\x12>\n\x06\x44\x65\x63ode\x12\x19.pdserve.v1.DecodeRequest\x1a\x17.pdserve.v1.DecodeChunk0\x01\x12\x42\n\x07Release\x12\x1a.pdserve.v1.ReleaseRequest\x1a\x1b.pdserve.v1.ReleaseResponse\x12\x37\n\x04Info\x12\x17.pdserve.v1.InfoRequest\x1a\x16.pdserve.v1.WorkerInfo\x12\x37\n\x04Load\x12\x17.pdserve.v1.LoadRequest\x1a\x16.pdserve.v1.WorkerLoadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pdserve/v1/worker.proto\x12\npdserve.v1\"\xb3\x05\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x0c \x01(\x02\x12=\n\nlogit_bias\x18\r \x03(\x0b\x32).pdserve.v1.SamplingParams.LogitBiasEntry\x12\x19\n\x11\x61llowed_token_ids\x18\x0e \x03(\r\x12\'\n\tbad_words\x18\x0f \x03(\x0b\x32\x14.pdserve.v1.TokenIds\x12\x10\n\x08priority\x18\x10 \x01(\x03\x12\x12\n\ncache_salt\x18\x11 \x01(\t\x12\x15\n\x08logprobs\x18\x12 \x01(\rH\x02\x88\x01\x01\x12\x1f\n\x17structured_outputs_json\x18\x13 \x01(\t\x12\x1c\n\x0fprompt_logprobs\x18\x14 \x01(\rH\x03\x88\x01\x01\x12\x1c\n\x0freasoning_ended\x18\x15 \x01(\x08H\x04\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\x12\n\x10_reasoning_ended\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"l\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.SamplingParams\"\x95\x01\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x15\n\rcached_tokens\x18\x02 \x01(\r\x12\x1f\n\x17kv_transfer_params_json\x18\x03 \x01(\t\x12\x32\n\x0fprompt_logprobs\x18\x04 \x03(\x0b\x32\x19.pdserve.v1.TokenLogprobs\"\x8c\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.SamplingParams\x12\x1f\n\x17kv_transfer_params_json\x18\x04 \x01(\t\"\xe4\x01\n\x0b\x44\x65\x63odeChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.pdserve.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\x12+\n\x08logprobs\x18\x05 \x03(\x0b\x32\x19.pdserve.v1.TokenLogprobs\x12\x32\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x19.pdserve.v1.TokenLogprobs\"=\n\rTokenLogprobs\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\r\n\x05ranks\x18\x03 \x03(\r\"\r\n\x0bInfoRequest\"\xb7\x02\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\r\x12\x14\n\x0cvllm_version\x18\x04 \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\x05 \x01(\x04\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x11\n\tkv_events\x18\x08 \x01(\t\x12\x11\n\tkv_replay\x18\t \x01(\t\x12\x12\n\nmodel_path\x18\n \x01(\t\x12\x19\n\x11scheduling_policy\x18\x0b \x01(\t\x12\x14\n\x0cmax_logprobs\x18\x0c \x01(\r\x12\x1a\n\x12system_fingerprint\x18\r \x01(\t\x12\x18\n\x10reasoning_parser\x18\x0e \x01(\t\"\r\n\x0bLoadRequest\"\xd3\x01\n\nWorkerLoad\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x14\n\x0cnum_inflight\x18\x04 \x01(\r\x12\x14\n\x0ckv_transfers\x18\x05 \x01(\x04\x12\x1c\n\x14kv_transfer_failures\x18\x06 \x01(\x04\x12\x1c\n\x14kv_bytes_transferred\x18\x07 \x01(\x04\x12\x1b\n\x13kv_transfer_seconds\x18\x08 \x01(\x01\"E\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x17kv_transfer_params_json\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xc5\x01\n\rPrefillWorker\x12\x42\n\x07Prefill\x12\x1a.pdserve.v1.PrefillRequest\x1a\x1b.pdserve.v1.PrefillResponse\x12\x37\n\x04Info\x12\x17.pdserve.v1.InfoRequest\x1a\x16.pdserve.v1.WorkerInfo\x12\x37\n\x04Load\x12\x17.pdserve.v1.LoadRequest\x1a\x16.pdserve.v1.WorkerLoad2\x84\x02\n\x0c\x44\x65\x63odeWorker\x12>\n\x06\x44\x65\x63ode\x12\x19.pdserve.v1.DecodeRequest\x1a\x17.pdserve.v1.DecodeChunk0\x01\x12\x42\n\x07Release\x12\x1a.pdserve.v1.ReleaseRequest\x1a\x1b.pdserve.v1.ReleaseResponse\x12\x37\n\x04Info\x12\x17.pdserve.v1.InfoRequest\x1a\x16.pdserve.v1.WorkerInfo\x12\x37\n\x04Load\x12\x17.pdserve.v1.LoadRequest\x1a\x16.pdserve.v1.WorkerLoadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2056
-  _globals['_FINISHREASON']._serialized_end=2201
+  _globals['_FINISHREASON']._serialized_start=2106
+  _globals['_FINISHREASON']._serialized_end=2251
   _globals['_SAMPLINGPARAMS']._serialized_start=40
-  _globals['_SAMPLINGPARAMS']._serialized_end=681
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=568
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=616
-  _globals['_TOKENIDS']._serialized_start=683
-  _globals['_TOKENIDS']._serialized_end=706
-  _globals['_PREFILLREQUEST']._serialized_start=708
-  _globals['_PREFILLREQUEST']._serialized_end=816
-  _globals['_PREFILLRESPONSE']._serialized_start=819
-  _globals['_PREFILLRESPONSE']._serialized_end=968
-  _globals['_DECODEREQUEST']._serialized_start=971
-  _globals['_DECODEREQUEST']._serialized_end=1111
-  _globals['_DECODECHUNK']._serialized_start=1114
-  _globals['_DECODECHUNK']._serialized_end=1342
-  _globals['_TOKENLOGPROBS']._serialized_start=1344
-  _globals['_TOKENLOGPROBS']._serialized_end=1405
-  _globals['_INFOREQUEST']._serialized_start=1407
-  _globals['_INFOREQUEST']._serialized_end=1420
-  _globals['_WORKERINFO']._serialized_start=1423
-  _globals['_WORKERINFO']._serialized_end=1734
-  _globals['_LOADREQUEST']._serialized_start=1736
-  _globals['_LOADREQUEST']._serialized_end=1749
-  _globals['_WORKERLOAD']._serialized_start=1752
-  _globals['_WORKERLOAD']._serialized_end=1963
-  _globals['_RELEASEREQUEST']._serialized_start=1965
-  _globals['_RELEASEREQUEST']._serialized_end=2034
-  _globals['_RELEASERESPONSE']._serialized_start=2036
-  _globals['_RELEASERESPONSE']._serialized_end=2053
-  _globals['_PREFILLWORKER']._serialized_start=2204
-  _globals['_PREFILLWORKER']._serialized_end=2401
-  _globals['_DECODEWORKER']._serialized_start=2404
-  _globals['_DECODEWORKER']._serialized_end=2664
+  _globals['_SAMPLINGPARAMS']._serialized_end=731
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=598
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=646
+  _globals['_TOKENIDS']._serialized_start=733
+  _globals['_TOKENIDS']._serialized_end=756
+  _globals['_PREFILLREQUEST']._serialized_start=758
+  _globals['_PREFILLREQUEST']._serialized_end=866
+  _globals['_PREFILLRESPONSE']._serialized_start=869
+  _globals['_PREFILLRESPONSE']._serialized_end=1018
+  _globals['_DECODEREQUEST']._serialized_start=1021
+  _globals['_DECODEREQUEST']._serialized_end=1161
+  _globals['_DECODECHUNK']._serialized_start=1164
+  _globals['_DECODECHUNK']._serialized_end=1392
+  _globals['_TOKENLOGPROBS']._serialized_start=1394
+  _globals['_TOKENLOGPROBS']._serialized_end=1455
+  _globals['_INFOREQUEST']._serialized_start=1457
+  _globals['_INFOREQUEST']._serialized_end=1470
+  _globals['_WORKERINFO']._serialized_start=1473
+  _globals['_WORKERINFO']._serialized_end=1784
+  _globals['_LOADREQUEST']._serialized_start=1786
+  _globals['_LOADREQUEST']._serialized_end=1799
+  _globals['_WORKERLOAD']._serialized_start=1802
+  _globals['_WORKERLOAD']._serialized_end=2013
+  _globals['_RELEASEREQUEST']._serialized_start=2015
+  _globals['_RELEASEREQUEST']._serialized_end=2084
+  _globals['_RELEASERESPONSE']._serialized_start=2086
+  _globals['_RELEASERESPONSE']._serialized_end=2103
+  _globals['_PREFILLWORKER']._serialized_start=2254
+  _globals['_PREFILLWORKER']._serialized_end=2451
+  _globals['_DECODEWORKER']._serialized_start=2454
+  _globals['_DECODEWORKER']._serialized_end=2714
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,8 @@ from router.api.schemas import (
     SamplingFields,
 )
 from router.errors import BadRequestError
+from router.parsers.reasoning import starts_in_reasoning
+from router.parsers.registry import REASONING_PARSERS
 from router.pool import ModelPool
 from router.request import Generation
 
@@ -112,7 +114,20 @@ def chat(
         gen = dataclasses.replace(gen, spec=spec)
     if _keeps_special_tokens(options, mode):
         gen = dataclasses.replace(gen, skip_special_tokens=False)
+    if options.reasoning_parser:
+        ended = reasoning_ended(req, options.reasoning_parser, pool.tokenizer.decode(ids, skip_special_tokens=False))
+        gen = dataclasses.replace(gen, spec=dataclasses.replace(gen.spec, reasoning_ended=ended))
     return gen
+
+
+def reasoning_ended(req: ChatCompletionRequest, parser: str, prompt: str) -> bool:
+    """vLLM's ``resolve_reasoning_ended``: grammars constrain from the first token when the
+    client does not want reasoning or the rendered ``prompt`` already closed it; otherwise the
+    workers' engines (given the same --reasoning-parser) wait for its end."""
+    if not req.include_reasoning:
+        return True
+    rules = REASONING_PARSERS[parser]
+    return not starts_in_reasoning(rules, prompt, req.chat_template_kwargs or {})
 
 
 def tool_choice(req: ChatCompletionRequest) -> Any:

@@ -217,3 +217,20 @@ def test_parallel_tool_calls_false_keeps_the_first_call(tok: Tokenizer) -> None:
     assert [c["function"]["arguments"] for c in single] == ['{"city": "Paris"}']
     streamed = assembled(ask(r, stream=True, tools=[TOOL], parallel_tool_calls=False))
     assert [c["function"]["arguments"] for c in streamed["tool_calls"]] == ['{"city": "Paris"}']
+
+
+@pytest.mark.parametrize(
+    ("options", "fields", "ended"),
+    [
+        (ChatOptions(), {}, None),  # no reasoning parser: the engines' own decide, as vllm serve without one
+        (ChatOptions(reasoning_parser="qwen3"), {}, False),  # output starts in reasoning: grammars wait
+        (ChatOptions(reasoning_parser="qwen3"), {"chat_template_kwargs": {"enable_thinking": False}}, True),
+        (ChatOptions(reasoning_parser="qwen3"), {"include_reasoning": False}, True),
+    ],
+)
+def test_the_workers_learn_whether_reasoning_ended_as_vllms_server_resolves_it(
+    tok: Tokenizer, options: ChatOptions, fields: dict[str, Any], ended: bool | None
+) -> None:
+    r, decode = cluster(tok, "ok", options)
+    ask(r, **fields)
+    assert decode.calls[-1]["spec"].reasoning_ended is ended

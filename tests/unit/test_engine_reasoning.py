@@ -36,3 +36,13 @@ def test_workers_report_it_and_the_router_warns_on_a_mismatch(caplog: pytest.Log
         with caplog.at_level(logging.WARNING, logger="router.fleet"):
             fleet._warn_on_grammar_gating("127.0.0.1:1", info)
         assert any("reasoning parser" in r.message for r in caplog.records) == warned
+
+
+def test_reasoning_ended_crosses_the_wire_and_reaches_vllms_generate() -> None:
+    from pdserve.engine.base import SamplingSpec
+    from pdserve.rpc.convert import sampling_from_pb, sampling_to_pb
+
+    for ended in (None, True, False):
+        spec = SamplingSpec(reasoning_ended=ended)
+        assert sampling_from_pb(sampling_to_pb(spec)).reasoning_ended is ended
+        assert compat.reasoning(spec) == ({} if ended is None else {"reasoning_ended": ended})
