@@ -184,8 +184,14 @@ class ChoiceStream:
         return rest
 
     def hides_reasoning(self, delta: dict[str, Any]) -> dict[str, Any]:
-        """vLLM's streamed deltas say ``reasoning: null`` when it is not included."""
-        return delta if self._p.include_reasoning else {**delta, "reasoning": None}
+        """``include_reasoning: false`` in vLLM's streamed deltas: ``reasoning: null`` from a
+        server with a tool-call parser only, no ``reasoning`` key from one with a reasoning
+        parser (both seen in the parity battery's tools suite, without and with one)."""
+        if self._p.include_reasoning:
+            return delta
+        if self._p.reasoning_parser:
+            return {k: v for k, v in delta.items() if k != "reasoning"}
+        return {**delta, "reasoning": None}
 
 
 def join(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
