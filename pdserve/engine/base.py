@@ -38,6 +38,10 @@ class EngineDeadError(EngineError):
     """The engine has died; the worker must stop so its supervisor restarts it."""
 
 
+class EngineOverloadedError(EngineError):
+    """The engine cannot take the request now (RESOURCE_EXHAUSTED); another worker may."""
+
+
 class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"

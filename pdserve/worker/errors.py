@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pdserve.engine.base import EngineDeadError, InvalidRequestError
+from pdserve.engine.base import EngineDeadError, EngineOverloadedError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, "worker is draining"
     if isinstance(exc, EngineDeadError):
         return grpc.StatusCode.UNAVAILABLE, "engine is dead"
+    if isinstance(exc, EngineOverloadedError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc) or "engine overloaded"
     return grpc.StatusCode.INTERNAL, "internal error"
 
 

@@ -125,18 +125,20 @@ def test_a_sigstopped_decode_worker_loses_its_traffic_and_nothing_waits_the_dead
     assert samples.get(("pdserve_router_migrations_total", ()), 0) >= 1  # streams on it moved mid-way
 
 
+@pytest.mark.parametrize("code", ["overloaded", "internal"])
 def test_half_the_decode_fleet_failing_every_request_costs_at_most_a_fifth_more_attempts(
-    tmp_path: Path, default_model: Path
+    tmp_path: Path, default_model: Path, code: str
 ) -> None:
-    """Sim workers as processes: two of four decode workers fail every request (the sim's
-    error_rate=1: INTERNAL; tests/unit/test_outliers.py shows RESOURCE_EXHAUSTED with
-    scripted workers). Every decode attempt is a placement, so the router's placement
-    counter counts the attempts: ejection and the retry budget keep them ≤ 1.2 x requests."""
+    """Sim workers as processes: two of four decode workers fail every request with
+    RESOURCE_EXHAUSTED (the sim's error_code=overloaded) or INTERNAL. Every decode attempt is
+    a placement, so the router's placement counter counts the attempts: ejection and the
+    retry budget keep them ≤ 1.2 x requests."""
     requests = 120
     with Procs(tmp_path) as procs:
         prefill = numbered_sim_worker(procs, "prefill", 0)[0]
         good = [numbered_sim_worker(procs, "decode", i)[0] for i in range(2)]
-        bad = [numbered_sim_worker(procs, "decode", i, "--engine-arg", "error_rate=1")[0] for i in range(2, 4)]
+        failing = ("--engine-arg", "error_rate=1", "--engine-arg", f"error_code={code}")
+        bad = [numbered_sim_worker(procs, "decode", i, *failing)[0] for i in range(2, 4)]
         url = start_router(procs, default_model, [prefill], [*good, *bad], ["--log-level", "ERROR"]).address
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
 

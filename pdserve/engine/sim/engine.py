@@ -38,6 +38,7 @@ from pdserve.engine.base import (
     EngineError,
     EngineInfo,
     EngineLoad,
+    EngineOverloadedError,
     FinishReason,
     InvalidRequestError,
     KvTransferTotals,
@@ -183,6 +184,8 @@ class _SimRuntime:
             log.error("sim engine: crash_after=%d reached, exiting", self.profile.crash_after)
             os._exit(CRASH_EXIT_CODE)  # a crash, not a shutdown: nothing is cleaned up
         if self._rng.random() < self.profile.error_rate:
+            if self.profile.error_code == "overloaded":
+                raise EngineOverloadedError("injected overload (error_rate)")
             raise InjectedError("injected failure (error_rate)")
 
     def _enqueue(self, seq: _Seq) -> None:

@@ -41,6 +41,7 @@ class SimProfile:
     vocab_size: int
     # failure injection
     error_rate: float = 0.0  # each request fails with this probability
+    error_code: str = "internal"  # how it fails: "internal" (INTERNAL) or "overloaded" (RESOURCE_EXHAUSTED)
     crash_after: int = 0  # the process exits when request number N arrives (0 = never)
     slow_factor: float = 1.0  # every step takes this many times longer
     kv_lease_s: float = 30.0  # prefill KV no decode pulled is freed after this
@@ -58,6 +59,8 @@ class SimProfile:
                 raise ValueError(f"sim profile: {f.name} must be >= 0")
         if not 0 <= self.error_rate <= 1:
             raise ValueError("sim profile: error_rate must be in [0, 1]")
+        if self.error_code not in ("internal", "overloaded"):
+            raise ValueError("sim profile: error_code must be internal or overloaded")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.vocab_size < 300:
             raise ValueError("sim profile: max_num_seqs, max_num_batched_tokens >= 1 and vocab_size >= 300")
         if self.scheduling_policy not in ("fcfs", "priority"):
