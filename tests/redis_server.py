@@ -14,8 +14,9 @@ START_TIMEOUT_S = 120.0
 
 
 class RedisServer:
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, password: str = "") -> None:
         self.port = port
+        self.password = password  # "": none (requirepass off)
         self.url = f"redis://127.0.0.1:{port}/0"
         self._workdir = workdir
         self._proc: subprocess.Popen[bytes] | None = None
@@ -26,12 +27,15 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self._workdir.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                *(("--requirepass", self.password) if self.password else ()),
+            ],
             cwd=self._workdir,
             stdout=(self._workdir / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_timeout=5)
+        client = redis.Redis(port=self.port, socket_timeout=5, password=self.password or None)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:

@@ -39,6 +39,7 @@ ROUTER = ROUTER_HISTOGRAMS | {
     "pdserve_router_state_store_errors_total",
     "pdserve_router_registry_rejected_total",
     "pdserve_router_loop_restarts_total",
+    "pdserve_router_ejected_workers",
 }
 WORKER = frozenset(
     {

@@ -2,7 +2,8 @@
 is its image's ENTRYPOINT + the service's command, with the image's ENV and the service's
 environment. Only what a container network provides is mapped: service names → 127.0.0.1,
 published ports → free local ports, the model volume → the cached default model, the redis
-service → a redis-server of the test's own, and UCX on loopback. Real vLLM CPU engines, real
+service → a redis-server of the test's own (with the password secrets-init would make),
+the secrets volume → a directory of the test's, and UCX on loopback. Real vLLM CPU engines, real
 NIXL; the router finds the workers through their registration in Redis, as in compose."""
 
 from __future__ import annotations
@@ -58,7 +59,18 @@ def localize(value: str, ports: dict[str, str]) -> str:
     return "127.0.0.1" if value in HOSTS else ports.get(value, value)
 
 
-def service_env(service: dict, target: str, ports: dict[str, str], model: Path) -> dict[str, str]:
+SECRETS = "/run/pdserve-secrets/"  # the compose secrets volume's mount point
+
+
+def make_secrets(directory: Path) -> Path:
+    """What the secrets-init service writes into the secrets volume."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("redis_password", "registry_secret"):
+        (directory / name).write_text(os.urandom(32).hex())
+    return directory
+
+
+def service_env(service: dict, target: str, ports: dict[str, str], model: Path, secrets: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
     env.update(image_env(target))
     env.update(
@@ -67,6 +79,7 @@ def service_env(service: dict, target: str, ports: dict[str, str], model: Path) 
             for k, v in service.get("environment", {}).items()
         }
     )
+    env.update({k: str(secrets / v.removeprefix(SECRETS)) for k, v in env.items() if v.startswith(SECRETS)})
     env.update(
         PDSERVE_MODEL=str(model),
         PDSERVE_HOST="127.0.0.1",
@@ -81,11 +94,13 @@ def service_env(service: dict, target: str, ports: dict[str, str], model: Path) 
 def cpu_profile(tmp_path: Path, default_model: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     compose = load_compose()["services"]
     ports = {str(p): str(free_port()) for p in (50051, 50052, 5600, 5601, 9100, 9101, 8000, 5557, 5567, 6379)}
-    redis_server = RedisServer(int(ports["6379"]), tmp_path / "redis").start()
+    secrets = make_secrets(tmp_path / "secrets")
+    password = (secrets / "redis_password").read_text()
+    redis_server = RedisServer(int(ports["6379"]), tmp_path / "redis", password).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, (target, role) in SERVICES.items():
-            env = service_env(compose[name], target, ports, default_model)
+            env = service_env(compose[name], target, ports, default_model, secrets)
             if name == "router":
                 env["PDSERVE_ROUTER_PORT"] = ports["8000"]
             argv = python_argv(command(target, role))
