@@ -1,0 +1,132 @@
+"""A disaggregation decision that prices the KV transfer (``--disagg-decider priced``).
+
+Per request it predicts the time to first token two ways and takes the smaller:
+
+- remote, for every live prefill candidate: prefill time for the uncached tokens
+  queued on it plus this prompt's uncached part there, then the handover (prefill
+  returned → first decode token: the KV transfer plus the decode's first step) for the
+  prompt tokens the decode worker lacks, on that (prefill, decode) pair;
+- local, on the decode worker: prefill time for its queued prefill tokens plus the
+  prompt's uncached part, plus ``stall_weight`` x its own prefill time x the streams it
+  is decoding (each of them waits for that prefill: chunked prefill shares the steps).
+
+The times come from ``Fit``s learned online from what the requests measured (router/
+orchestrator.py reports an ``Outcome`` per request): one per role for prefill seconds
+per queued token, one per worker pair (and one fleet-wide) for handover seconds per
+transferred token. Until both a prefill fit and a handover fit have ``MIN_SAMPLES``
+samples the threshold decider decides (the cold start). A pair priced out (local wins)
+sends no more samples: a pair unmeasured for ``probe_s`` gets one remote request
+(reason ``probe``), so a path that recovers is seen again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pdserve.types import WorkerId
+from router.placement.base import WorkerView
+from router.placement.decider import Decision, DisaggDecider, Outcome, Query
+
+MIN_SAMPLES = 8
+
+
+class Fit:
+    """y ≈ a + b·x with exponentially decaying weights (``alpha`` per sample): weighted
+    least squares on decayed moments; through the origin (y/x ratio) while the x seen
+    are too alike to tell a slope from an intercept. Predictions are >= 0."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.samples = 0
+        self._m = (0.0, 0.0, 0.0, 0.0)  # E[x], E[y], E[x²], E[xy]
+
+    def add(self, x: float, y: float) -> None:
+        a = 1.0 if not self.samples else self.alpha
+        mx, my, mxx, mxy = self._m
+        self._m = (mx + a * (x - mx), my + a * (y - my), mxx + a * (x * x - mxx), mxy + a * (x * y - mxy))
+        self.samples += 1
+
+    def predict(self, x: float) -> float:
+        mx, my, mxx, mxy = self._m
+        var = mxx - mx * mx
+        if var > 0.01 * mx * mx and self.samples > 2:
+            slope = max(0.0, (mxy - mx * my) / var)
+            return max(0.0, my - slope * mx) + slope * x
+        return my / mx * x if mx > 0 else my
+
+
+@dataclass(frozen=True)
+class Estimate:
+    remote_s: float
+    local_s: float
+    prefill: WorkerId
+
+
+class PricedDecider:
+    def __init__(
+        self,
+        cold: DisaggDecider,
+        stall_weight: float = 0.02,
+        probe_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if stall_weight < 0 or probe_s <= 0:
+            raise ValueError("disagg: stall_weight must be >= 0 and probe_s > 0")
+        self._cold = cold
+        self._stall_weight = stall_weight
+        self._probe_s = probe_s
+        self._clock = clock
+        self._prefill = Fit(0.05)  # remote prefill seconds per queued uncached token
+        self._local = Fit(0.05)  # the same on decode workers (they also run their streams' steps)
+        self._handover = Fit(0.1)  # fleet-wide handover seconds per transferred token
+        self._pairs: dict[tuple[WorkerId, WorkerId], Fit] = {}
+        self._seen: dict[tuple[WorkerId, WorkerId], float] = {}  # pair → last sample's time
+
+    def decide(self, query: Query) -> Decision:
+        if not query.prefill:
+            return Decision(False, "no_prefill_workers")
+        if self._prefill.samples < MIN_SAMPLES or self._handover.samples < MIN_SAMPLES:
+            return self._cold.decide(query)
+        best = min((self.estimate(query, c) for c in query.prefill), key=lambda e: e.remote_s)
+        if best.remote_s <= best.local_s:
+            return Decision(True, "faster_remote", best.prefill)
+        stale = self._stale(query)
+        if stale is not None:
+            self._seen[(stale, query.decode.worker_id)] = self._clock()  # one probe per interval
+            return Decision(True, "probe", stale)
+        return Decision(False, "faster_local")
+
+    def estimate(self, query: Query, candidate: WorkerView) -> Estimate:
+        """Predicted seconds to the first token, remote on ``candidate`` and local."""
+        uncached = max(0, query.prompt_tokens - candidate.matched_blocks * query.block_size)
+        prefill_s = self._prefill.predict(candidate.prefill_tokens + uncached)
+        pair = self._pairs.get((candidate.worker_id, query.decode.worker_id), self._handover)
+        remote_s = prefill_s + pair.predict(query.uncached_tokens)
+        local = self._local if self._local.samples >= MIN_SAMPLES else self._prefill
+        own_s = local.predict(query.uncached_tokens)
+        queued_s = local.predict(query.decode.prefill_tokens + query.uncached_tokens)
+        local_s = queued_s + self._stall_weight * own_s * query.decode.load
+        return Estimate(remote_s, local_s, candidate.worker_id)
+
+    def _stale(self, query: Query) -> WorkerId | None:
+        now, decode = self._clock(), query.decode.worker_id
+        for c in query.prefill:
+            seen = self._seen.get((c.worker_id, decode))
+            if seen is not None and now - seen > self._probe_s:
+                return c.worker_id
+        return None
+
+    def observe(self, outcome: Outcome) -> None:
+        if outcome.prefill_work <= 0:
+            return
+        if outcome.prefill is None:
+            self._local.add(outcome.prefill_work, outcome.prefill_s)
+            return
+        self._prefill.add(outcome.prefill_work, outcome.prefill_s)
+        if outcome.transfer_tokens > 0:
+            key = (outcome.prefill, outcome.decode)
+            self._handover.add(outcome.transfer_tokens, outcome.handover_s)
+            self._pairs.setdefault(key, Fit(0.5)).add(outcome.transfer_tokens, outcome.handover_s)
+            self._seen[key] = self._clock()
