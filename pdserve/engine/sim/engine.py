@@ -102,6 +102,7 @@ class _SimRuntime:
         self._transferring = 0
         self._kv = KvTransferTotals()  # modelled pulls (decode side), as vLLM's connector counts them
         self._received = 0
+        self._pulls = 0  # KV pulls started (decode role): numbers the profile's slow window
         self._prefix = (0, 0)
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -340,7 +341,11 @@ class SimPrefillEngine(_SimRuntime):
         except asyncio.CancelledError:
             self._abort(seq)
             raise
-        params = {"sim_remote_engine": self.config.served_model_name, "remote_request_id": request_id}
+        params = {
+            "sim_remote_engine": self.config.served_model_name,
+            "remote_engine_id": self.profile.engine_id or f"sim-{self.config.kv_events_port}",
+            "remote_request_id": request_id,
+        }
         return PrefillResult(token, seq.cached, params, self._prompt_logprobs(seq))
 
     def _emit(self, seq: _Seq) -> None:
@@ -374,7 +379,7 @@ class SimDecodeEngine(_SimRuntime):
         finished = False
         try:
             if kv_transfer_params is not None:
-                await self._pull(seq)
+                await self._pull(seq, str(kv_transfer_params.get("remote_engine_id", "")))
             self._enqueue(seq)
             while not finished:
                 delta = await seq.deltas.get()
@@ -384,17 +389,19 @@ class SimDecodeEngine(_SimRuntime):
             if not finished:
                 self._abort(seq)
 
-    async def _pull(self, seq: _Seq) -> None:
+    async def _pull(self, seq: _Seq, peer: str) -> None:
         """The modelled KV transfer of the prompt tokens this engine does not hold."""
         held = len(self.pool.prefix_hits(seq.tokens)) * self.pool.block_size
-        seconds = self.profile.transfer_s(seq.prompt_len - held) * self.profile.slow_factor
+        tokens = seq.prompt_len - held
+        self._pulls += 1
+        seconds = self.profile.pull_s(tokens, peer, self._pulls) * self.profile.slow_factor
         self._transferring += 1
         try:
             await self._sleep(seconds)
         finally:
             self._transferring -= 1
-        kv = self._kv
-        self._kv = KvTransferTotals(kv.transfers + 1, kv.failures, kv.bytes, kv.seconds + seconds)
+        kv, nbytes = self._kv, tokens * self.profile.kv_bytes_per_token
+        self._kv = KvTransferTotals(kv.transfers + 1, kv.failures, kv.bytes + nbytes, kv.seconds + seconds)
         seq.computed = seq.prompt_len
 
     async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:
