@@ -151,7 +151,7 @@ class RouterConfig:
         "always-remote, always-local",
     )
     disagg_stall_weight: float = flag(
-        0.02,
+        0.5,
         env="PDSERVE_DISAGG_STALL_WEIGHT",
         help="priced: seconds charged to a local prefill per second it delays each stream its decode worker runs",
     )

@@ -16,11 +16,15 @@ per queued token, one per worker pair (and one fleet-wide) for handover seconds 
 transferred token. Until both a prefill fit and a handover fit have ``MIN_SAMPLES``
 samples the threshold decider decides (the cold start). A pair priced out (local wins)
 sends no more samples: a pair unmeasured for ``probe_s`` gets one remote request
-(reason ``probe``), so a path that recovers is seen again.
+(reason ``probe``), so a path that recovers is seen again: one whose predicted TTFT
+remote is at most ``PROBE_BUDGET_S`` worse than local (a short prompt), or any once the
+pair has gone unmeasured twice the longest interval. While its probes find the pair
+still priced out, the interval doubles, up to ``PROBE_BACKOFF`` x ``probe_s``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +33,11 @@ from pdserve.types import WorkerId
 from router.placement.base import WorkerView
 from router.placement.decider import Decision, DisaggDecider, Outcome, Query
 
-MIN_SAMPLES = 8
+log = logging.getLogger(__name__)
+
+MIN_SAMPLES = 4
+PROBE_BACKOFF = 8  # a pair that stays slow is probed at most every probe_s x this
+PROBE_BUDGET_S = 0.5  # a probe takes a request whose predicted TTFT it worsens by at most this
 
 
 class Fit:
@@ -68,7 +76,7 @@ class PricedDecider:
     def __init__(
         self,
         cold: DisaggDecider,
-        stall_weight: float = 0.02,
+        stall_weight: float = 0.5,
         probe_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -83,18 +91,24 @@ class PricedDecider:
         self._handover = Fit(0.1)  # fleet-wide handover seconds per transferred token
         self._pairs: dict[tuple[WorkerId, WorkerId], Fit] = {}
         self._seen: dict[tuple[WorkerId, WorkerId], float] = {}  # pair → last sample's time
+        self._probes: dict[tuple[WorkerId, WorkerId], int] = {}  # pair → probes since it last won
 
     def decide(self, query: Query) -> Decision:
         if not query.prefill:
             return Decision(False, "no_prefill_workers")
         if self._prefill.samples < MIN_SAMPLES or self._handover.samples < MIN_SAMPLES:
             return self._cold.decide(query)
-        best = min((self.estimate(query, c) for c in query.prefill), key=lambda e: e.remote_s)
+        estimates = [self.estimate(query, c) for c in query.prefill]
+        best = min(estimates, key=lambda e: e.remote_s)
+        log.debug("priced %d uncached tokens: %s", query.uncached_tokens, best)
         if best.remote_s <= best.local_s:
+            self._probes.pop((best.prefill, query.decode.worker_id), None)
             return Decision(True, "faster_remote", best.prefill)
-        stale = self._stale(query)
+        stale = self._stale(query.decode.worker_id, estimates)
         if stale is not None:
-            self._seen[(stale, query.decode.worker_id)] = self._clock()  # one probe per interval
+            pair = (stale, query.decode.worker_id)
+            self._seen[pair] = self._clock()  # one probe per interval
+            self._probes[pair] = self._probes.get(pair, 0) + 1
             return Decision(True, "probe", stale)
         return Decision(False, "faster_local")
 
@@ -110,12 +124,18 @@ class PricedDecider:
         local_s = queued_s + self._stall_weight * own_s * query.decode.load
         return Estimate(remote_s, local_s, candidate.worker_id)
 
-    def _stale(self, query: Query) -> WorkerId | None:
-        now, decode = self._clock(), query.decode.worker_id
-        for c in query.prefill:
-            seen = self._seen.get((c.worker_id, decode))
-            if seen is not None and now - seen > self._probe_s:
-                return c.worker_id
+    def _stale(self, decode: WorkerId, estimates: list[Estimate]) -> WorkerId | None:
+        """A prefill worker whose pair with ``decode`` is due a probe on this request."""
+        now = self._clock()
+        for e in estimates:
+            pair = (e.prefill, decode)
+            seen = self._seen.get(pair)
+            if seen is None:
+                continue
+            interval = self._probe_s * min(PROBE_BACKOFF, 2 ** self._probes.get(pair, 0))
+            cheap = e.remote_s - e.local_s <= PROBE_BUDGET_S
+            if now - seen > interval and (cheap or now - seen > 2 * PROBE_BACKOFF * self._probe_s):
+                return e.prefill
         return None
 
     def observe(self, outcome: Outcome) -> None:

@@ -8,7 +8,7 @@ from pdserve.types import WorkerId
 from router.placement.base import WorkerView
 from router.placement.decider import Outcome, Query, ThresholdDecider
 from router.placement.deciders import DECIDERS, make_decider
-from router.placement.priced import MIN_SAMPLES, Fit, PricedDecider
+from router.placement.priced import MIN_SAMPLES, PROBE_BACKOFF, Fit, PricedDecider
 
 P1, P2, D = WorkerId("p1:1"), WorkerId("p2:1"), WorkerId("d:1")
 FAST_S, SLOW_S = 2e-6, 3.3e-4  # handover seconds per token: NVLink vs DESIGN §8's TCP emulation
@@ -100,14 +100,22 @@ def test_priced_probes_a_priced_out_pair_and_returns_when_it_recovers() -> None:
     clock = Clock()
     d = priced(clock)
     learn(d, {P1: SLOW_S})
-    busy = query(decode=WorkerView(D, running=20))
+    busy = query(1000, decode=WorkerView(D, running=20))  # remote 0.36 s worse: cheap enough to probe
+    assert d.decide(query(4000, decode=WorkerView(D, running=20))).reason == "faster_local"
     assert d.decide(busy).reason == "faster_local"
     clock.now = 6.0
+    assert d.decide(query(4000, decode=WorkerView(D, running=20))).reason == "faster_local"  # too dear
     probe = d.decide(busy)
     assert (probe.reason, probe.prefill) == ("probe", P1)
     assert d.decide(busy).reason == "faster_local"  # one probe per interval
-    for _ in range(12):  # the probes see the path recovered
-        clock.now += 6.0
-        assert d.decide(busy).remote
+    learn(d, {P1: SLOW_S}, n=1)  # the probe finds it still slow: the next one waits twice as long
+    clock.now += 6.0
+    assert d.decide(busy).reason == "faster_local"
+    clock.now += 6.0
+    assert d.decide(busy).reason == "probe"
+    probes = 0
+    while d.decide(busy).reason != "faster_remote":  # the path recovered: the probes see it
         learn(d, {P1: FAST_S}, n=1)
-    assert d.decide(busy).reason == "faster_remote"
+        clock.now += 5.0 * PROBE_BACKOFF + 1
+        probes += 1
+    assert probes <= 8
