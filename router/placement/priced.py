@@ -7,8 +7,10 @@ Per request it predicts the time to first token two ways and takes the smaller:
   returned → first decode token: the KV transfer plus the decode's first step) for the
   prompt tokens the decode worker lacks, on that (prefill, decode) pair;
 - local, on the decode worker: prefill time for its queued prefill tokens plus the
-  prompt's uncached part, plus ``stall_weight`` x its own prefill time x the streams it
-  is decoding (each of them waits for that prefill: chunked prefill shares the steps).
+  prompt's uncached part, plus ``stall_weight`` x its own prefill time x the streams on
+  that worker, this request's own counted (each waits for that prefill: chunked prefill
+  shares the steps; and this request's decode waits behind the next local prefill as the
+  others wait behind this one).
 
 The times come from ``Fit``s learned online from what the requests measured (router/
 orchestrator.py reports an ``Outcome`` per request): one per role for prefill seconds
@@ -121,7 +123,7 @@ class PricedDecider:
         local = self._local if self._local.samples >= MIN_SAMPLES else self._prefill
         own_s = local.predict(query.uncached_tokens)
         queued_s = local.predict(query.decode.prefill_tokens + query.uncached_tokens)
-        local_s = queued_s + self._stall_weight * own_s * query.decode.load
+        local_s = queued_s + self._stall_weight * own_s * (query.decode.load + 1)
         return Estimate(remote_s, local_s, candidate.worker_id)
 
     def _stale(self, decode: WorkerId, estimates: list[Estimate]) -> WorkerId | None:

@@ -165,6 +165,7 @@ WORKER_FLAGS = {
     "--kv-port": "PDSERVE_KV_PORT",
     "--kv-events-port": "PDSERVE_KV_EVENTS_PORT",
     "--kv-lease-s": "PDSERVE_KV_LEASE_S",
+    "--kv-bandwidth-floor": "PDSERVE_KV_BANDWIDTH_FLOOR",
     "--reasoning-parser": "PDSERVE_REASONING_PARSER",
     "--engine-arg": "",
     "--state-url": "PDSERVE_STATE_URL",

@@ -49,6 +49,7 @@ from pdserve.engine.base import (
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.sim.blocks import Allocation, BlockPool
 from pdserve.engine.sim.profile import SimProfile, load_profile
+from pdserve.kv.path import KvPath, default_floor
 from pdserve.kv.publisher import EventPublisher
 from pdserve.types import RequestId
 
@@ -103,6 +104,8 @@ class _SimRuntime:
         self._kv = KvTransferTotals()  # modelled pulls (decode side), as vLLM's connector counts them
         self._received = 0
         self._pulls = 0  # KV pulls started (decode role): numbers the profile's slow window
+        # the sim models GPUs (its profiles' numbers are H200's): CUDA's floor by default
+        self._kv_path = KvPath("sim", config.kv_bandwidth_floor * 1e9 or default_floor("cuda"))
         self._prefix = (0, 0)
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -157,6 +160,7 @@ class _SimRuntime:
             kv=self._kv,
             prefix_queries=self._prefix[0],
             prefix_hits=self._prefix[1],
+            kv_path=self._kv_path.state(),
         )
 
     # -- requests --------------------------------------------------------------
@@ -402,6 +406,7 @@ class SimDecodeEngine(_SimRuntime):
             self._transferring -= 1
         kv, nbytes = self._kv, tokens * self.profile.kv_bytes_per_token
         self._kv = KvTransferTotals(kv.transfers + 1, kv.failures, kv.bytes + nbytes, kv.seconds + seconds)
+        self._kv_path.record(nbytes, seconds)
         seq.computed = seq.prompt_len
 
     async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:
