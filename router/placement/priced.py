@@ -45,10 +45,12 @@ PROBE_BUDGET_S = 0.5  # a probe takes a request whose predicted TTFT it worsens 
 class Fit:
     """y ≈ a + b·x with exponentially decaying weights (``alpha`` per sample): weighted
     least squares on decayed moments; through the origin (y/x ratio) while the x seen
-    are too alike to tell a slope from an intercept. Predictions are >= 0."""
+    are too alike to tell a slope from an intercept, or always with ``origin``.
+    Predictions are >= 0."""
 
-    def __init__(self, alpha: float) -> None:
+    def __init__(self, alpha: float, origin: bool = False) -> None:
         self.alpha = alpha
+        self.origin = origin
         self.samples = 0
         self._m = (0.0, 0.0, 0.0, 0.0)  # E[x], E[y], E[x²], E[xy]
 
@@ -61,7 +63,7 @@ class Fit:
     def predict(self, x: float) -> float:
         mx, my, mxx, mxy = self._m
         var = mxx - mx * mx
-        if var > 0.01 * mx * mx and self.samples > 2:
+        if not self.origin and var > 0.01 * mx * mx and self.samples > 2:
             slope = max(0.0, (mxy - mx * my) / var)
             return max(0.0, my - slope * mx) + slope * x
         return my / mx * x if mx > 0 else my
@@ -88,8 +90,11 @@ class PricedDecider:
         self._stall_weight = stall_weight
         self._probe_s = probe_s
         self._clock = clock
-        self._prefill = Fit(0.05)  # remote prefill seconds per queued uncached token
-        self._local = Fit(0.05)  # the same on decode workers (they also run their streams' steps)
+        # Prefill seconds per queued uncached token, remote and on decode workers (which also
+        # run their streams' steps). Through the origin: a noisy fit with a flat slope would
+        # stop seeing queues and send every prompt to one prefill worker.
+        self._prefill = Fit(0.05, origin=True)
+        self._local = Fit(0.05, origin=True)
         self._handover = Fit(0.1)  # fleet-wide handover seconds per transferred token
         self._pairs: dict[tuple[WorkerId, WorkerId], Fit] = {}
         self._seen: dict[tuple[WorkerId, WorkerId], float] = {}  # pair → last sample's time
