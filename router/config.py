@@ -151,7 +151,7 @@ class RouterConfig:
         "always-remote, always-local",
     )
     disagg_stall_weight: float = flag(
-        0.5,
+        1.0,
         env="PDSERVE_DISAGG_STALL_WEIGHT",
         help="priced: seconds charged to a local prefill per second it delays each stream its decode worker runs",
     )

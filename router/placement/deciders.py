@@ -15,7 +15,7 @@ class DeciderOptions:
 
     min_remote_tokens: int = 0
     saturated_waiting: int = 8
-    stall_weight: float = 0.5
+    stall_weight: float = 1.0
     probe_s: float = 5.0
 
 

@@ -80,7 +80,7 @@ class PricedDecider:
     def __init__(
         self,
         cold: DisaggDecider,
-        stall_weight: float = 0.5,
+        stall_weight: float = 1.0,
         probe_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
