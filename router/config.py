@@ -160,6 +160,13 @@ class RouterConfig:
         env="PDSERVE_DISAGG_PROBE_S",
         help="priced: a worker pair priced out gets one remote request after this many seconds unmeasured",
     )
+    disagg_ttft_target_s: float = flag(
+        0.0,
+        name="--disagg-ttft-target",
+        env="PDSERVE_DISAGG_TTFT_TARGET_S",
+        help="priced: the TTFT SLO, seconds; a request predicted to miss it both ways goes remote, sparing the "
+        "decode worker's streams; 0 = none",
+    )
     disagg_min_tokens: int = flag(
         0,
         env="PDSERVE_DISAGG_MIN_TOKENS",
@@ -283,8 +290,8 @@ class RouterConfig:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {sorted(POLICIES)}")
         if self.disagg_decider not in DECIDERS:
             raise ValueError(f"disagg_decider: unknown {self.disagg_decider!r}; choose one of {sorted(DECIDERS)}")
-        if self.disagg_stall_weight < 0 or not self.disagg_probe_s > 0:
-            raise ValueError("disagg_stall_weight must be >= 0 and disagg_probe_s > 0")
+        if self.disagg_stall_weight < 0 or not self.disagg_probe_s > 0 or self.disagg_ttft_target_s < 0:
+            raise ValueError("disagg_stall_weight and disagg_ttft_target_s must be >= 0, disagg_probe_s > 0")
         for addr in (*self.prefill, *self.decode):
             host, sep, port = addr.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -305,7 +312,11 @@ class RouterConfig:
     @property
     def decider_options(self) -> DeciderOptions:
         return DeciderOptions(
-            self.disagg_min_tokens, self.prefill_saturated_waiting, self.disagg_stall_weight, self.disagg_probe_s
+            self.disagg_min_tokens,
+            self.prefill_saturated_waiting,
+            self.disagg_stall_weight,
+            self.disagg_probe_s,
+            self.disagg_ttft_target_s,
         )
 
     def with_secrets(self) -> RouterConfig:

@@ -17,10 +17,16 @@ class DeciderOptions:
     saturated_waiting: int = 8
     stall_weight: float = 1.0
     probe_s: float = 5.0
+    ttft_target_s: float = 0.0
 
 
 def _priced(o: DeciderOptions) -> DisaggDecider:
-    return PricedDecider(ThresholdDecider(o.min_remote_tokens, o.saturated_waiting), o.stall_weight, o.probe_s)
+    return PricedDecider(
+        ThresholdDecider(o.min_remote_tokens, o.saturated_waiting),
+        o.stall_weight,
+        o.probe_s,
+        ttft_target_s=o.ttft_target_s,
+    )
 
 
 DECIDERS: dict[str, Callable[[DeciderOptions], DisaggDecider]] = {

@@ -22,6 +22,11 @@ sends no more samples: a pair unmeasured for ``probe_s`` gets one remote request
 remote is at most ``PROBE_BUDGET_S`` worse than local (a short prompt), or any once the
 pair has gone unmeasured twice the longest interval. While its probes find the pair
 still priced out, the interval doubles, up to ``PROBE_BACKOFF`` x ``probe_s``.
+
+With a TTFT target (``ttft_target_s``, the SLO operators hold the service to), a request
+whose remote TTFT and local cost (TTFT plus stall charge) both exceed it goes remote
+(reason ``over_target``): it misses the target either way, and remote does not stall the
+decode worker's streams (under overload on a slow path, local prefills ruin everyone's TPOT).
 """
 
 from __future__ import annotations
@@ -83,9 +88,11 @@ class PricedDecider:
         stall_weight: float = 1.0,
         probe_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        ttft_target_s: float = 0.0,
     ) -> None:
-        if stall_weight < 0 or probe_s <= 0:
-            raise ValueError("disagg: stall_weight must be >= 0 and probe_s > 0")
+        if stall_weight < 0 or probe_s <= 0 or ttft_target_s < 0:
+            raise ValueError("disagg: stall_weight and ttft_target_s must be >= 0 and probe_s > 0")
+        self._target = ttft_target_s
         self._cold = cold
         self._stall_weight = stall_weight
         self._probe_s = probe_s
@@ -111,6 +118,9 @@ class PricedDecider:
         if best.remote_s <= best.local_s:
             self._probes.pop((best.prefill, query.decode.worker_id), None)
             return Decision(True, "faster_remote", best.prefill)
+        if self._target and best.remote_s > self._target and best.local_s > self._target:
+            # Misses the target either way: where it spares the decode worker's streams.
+            return Decision(True, "over_target", best.prefill)
         stale = self._stale(query.decode.worker_id, estimates)
         if stale is not None:
             pair = (stale, query.decode.worker_id)

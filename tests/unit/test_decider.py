@@ -119,3 +119,15 @@ def test_priced_probes_a_priced_out_pair_and_returns_when_it_recovers() -> None:
         clock.now += 5.0 * PROBE_BACKOFF + 1
         probes += 1
     assert probes <= 8
+
+
+def test_priced_sends_remote_what_misses_the_ttft_target_both_ways() -> None:
+    d = PricedDecider(ThresholdDecider(), stall_weight=1.0, ttft_target_s=1.0)
+    learn(d, {P1: SLOW_S})
+    quiet, swamped = WorkerView(D, running=2), WorkerView(D, running=8)
+    assert d.decide(query(4000, decode=quiet)).reason == "faster_local"  # local meets the target
+    # 8 streams to stall: local costs 1.25 s, under remote's 1.4 s, but both miss the 1 s target
+    assert d.decide(query(4000, decode=swamped)).reason == "over_target"
+    without = PricedDecider(ThresholdDecider(), stall_weight=1.0)
+    learn(without, {P1: SLOW_S})
+    assert without.decide(query(4000, decode=swamped)).reason == "faster_local"

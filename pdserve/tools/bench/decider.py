@@ -40,6 +40,7 @@ PROFILES = {"fast": "llama-3.1-8b-h200", "slow": "llama-3.1-8b-h200-tcp"}
 
 
 def _fleet(procs: Procs, args: argparse.Namespace, profile: str, decider: str) -> tuple[str, list[str]]:
+    """The workers and a router with ``decider``, told the TTFT SLO the run is judged by."""
     common = ["--served-model-name", MODEL, "--block-size", str(BLOCK), "--max-model-len", "16384"]
     common += ["--engine-arg", f"profile={profile}"]
     pre = [
@@ -48,6 +49,7 @@ def _fleet(procs: Procs, args: argparse.Namespace, profile: str, decider: str) -
     ]
     dec = [start_sim_worker(procs, "decode", f"decode{i}", common).address for i in range(args.decode)]
     flags = ["--policy", "prefix-aware", "--disagg-decider", decider, "--log-level", "WARNING"]
+    flags += ["--disagg-ttft-target", str(args.slo_ttft)]
     return start_router(procs, model_from_env(), pre, dec, flags).address, dec
 
 
