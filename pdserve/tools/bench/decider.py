@@ -40,7 +40,7 @@ PROFILES = {"fast": "llama-3.1-8b-h200", "slow": "llama-3.1-8b-h200-tcp"}
 
 
 def _fleet(procs: Procs, args: argparse.Namespace, profile: str, decider: str) -> tuple[str, list[str]]:
-    """The workers and a router with ``decider``, told the TTFT SLO the run is judged by."""
+    """The workers and a router with ``decider`` (``--ttft-target``: told the run's TTFT SLO)."""
     common = ["--served-model-name", MODEL, "--block-size", str(BLOCK), "--max-model-len", "16384"]
     common += ["--engine-arg", f"profile={profile}"]
     pre = [
@@ -49,7 +49,8 @@ def _fleet(procs: Procs, args: argparse.Namespace, profile: str, decider: str) -
     ]
     dec = [start_sim_worker(procs, "decode", f"decode{i}", common).address for i in range(args.decode)]
     flags = ["--policy", "prefix-aware", "--disagg-decider", decider, "--log-level", "WARNING"]
-    flags += ["--disagg-ttft-target", str(args.slo_ttft)]
+    if args.ttft_target:
+        flags += ["--disagg-ttft-target", str(args.slo_ttft)]
     return start_router(procs, model_from_env(), pre, dec, flags).address, dec
 
 
@@ -159,6 +160,7 @@ def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", type=int, default=2, help="sim decode workers")
     p.add_argument("--requests", type=int, default=60, help="requests per rate")
     p.add_argument("--warmup", type=int, default=8, help="sequential requests before each measured run")
+    p.add_argument("--ttft-target", action="store_true", help="give the routers --disagg-ttft-target = --slo-ttft")
     p.add_argument("--prompt-tokens", type=int_range, default=(500, 6000))
     p.add_argument("--rates", default="4,8,12,16")
     output_and_slo(p, output_tokens=64, slo_ttft=1.0, slo_tpot=0.010)
