@@ -23,7 +23,7 @@ from router.fleet import Fleet, FleetOptions, TokenizerSource
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.placement import make_policy
-from router.placement.decider import ThresholdDecider
+from router.placement.deciders import make_decider
 from router.placer import Placer
 from router.service import Background, RouterService
 
@@ -66,7 +66,7 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     fleet.start()
     for pool in fleet.pools.values():
         log.info("model %s: %d prefill, %d decode worker(s)", pool.name, len(pool.prefill), len(pool.decode))
-    decider = ThresholdDecider(cfg.disagg_min_tokens, cfg.prefill_saturated_waiting)
+    decider = make_decider(cfg.disagg_decider, cfg.decider_options)
     placer = Placer(make_policy(cfg.policy, cfg.weights), decider, store, cfg.predict_ttl_s)
     orchestrator = Orchestrator(placer, cfg.timeouts, metrics, cfg.recovery)
     admission = Admission(cfg.admission, store)

@@ -16,6 +16,7 @@ from router.chat import CONTENT_FORMATS, TOOL_STRICT_LEVELS, ChatOptions, load_t
 from router.outliers import OutlierPolicy
 from router.parsers.registry import REASONING_PARSERS, TOOL_PARSERS
 from router.placement import POLICIES
+from router.placement.deciders import DECIDERS, DeciderOptions
 from router.placement.scorers import parse_weights
 from router.recovery import Recovery
 from router.request import Timeouts
@@ -143,6 +144,31 @@ class RouterConfig:
         parse=_pairs,
         metavar="MODEL=DIR",
         help="tokenizer directory of a served model (default: the directory its workers report); repeatable",
+    )
+    disagg_decider: str = flag(
+        "threshold",
+        env="PDSERVE_DISAGG_DECIDER",
+        choices=tuple(sorted(DECIDERS)),
+        help="remote or local prefill per request: threshold (the two flags below), priced (predicted TTFT "
+        "of both, KV transfer priced per worker pair, learned online; threshold until it has data), "
+        "always-remote, always-local",
+    )
+    disagg_stall_weight: float = flag(
+        1.0,
+        env="PDSERVE_DISAGG_STALL_WEIGHT",
+        help="priced: seconds charged to a local prefill per second it delays each stream its decode worker runs",
+    )
+    disagg_probe_s: float = flag(
+        5.0,
+        env="PDSERVE_DISAGG_PROBE_S",
+        help="priced: a worker pair priced out gets one remote request after this many seconds unmeasured",
+    )
+    disagg_ttft_target_s: float = flag(
+        0.0,
+        name="--disagg-ttft-target",
+        env="PDSERVE_DISAGG_TTFT_TARGET_S",
+        help="priced: the TTFT SLO, seconds; a request predicted to miss it both ways goes remote, sparing the "
+        "decode worker's streams; 0 = none",
     )
     disagg_min_tokens: int = flag(
         0,
@@ -335,6 +361,10 @@ class RouterConfig:
             raise ValueError("enable_auto_tool_choice: needs --tool-call-parser")
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {sorted(POLICIES)}")
+        if self.disagg_decider not in DECIDERS:
+            raise ValueError(f"disagg_decider: unknown {self.disagg_decider!r}; choose one of {sorted(DECIDERS)}")
+        if self.disagg_stall_weight < 0 or not self.disagg_probe_s > 0 or self.disagg_ttft_target_s < 0:
+            raise ValueError("disagg_stall_weight and disagg_ttft_target_s must be >= 0, disagg_probe_s > 0")
         for addr in (*self.prefill, *self.decode):
             host, sep, port = addr.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -350,6 +380,16 @@ class RouterConfig:
             self.tool_call_parser,
             self.enable_auto_tool_choice,
             self.tool_strict_level,
+        )
+
+    @property
+    def decider_options(self) -> DeciderOptions:
+        return DeciderOptions(
+            self.disagg_min_tokens,
+            self.prefill_saturated_waiting,
+            self.disagg_stall_weight,
+            self.disagg_probe_s,
+            self.disagg_ttft_target_s,
         )
 
     def with_secrets(self) -> RouterConfig:

@@ -24,6 +24,8 @@ def _task_count() -> int:
 # Buckets in seconds, from vLLM's own histograms of the same quantities.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0)
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# KV handover: 1 ms (NVLink, small prompts) to 40 s (DESIGN §8's TCP emulation under load).
+HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
 
 
@@ -70,6 +72,13 @@ class RouterMetrics:
             "pdserve_router_disagg_decisions",
             "remote = prefill worker, local = decode worker prefills; reason = why",
             ["decision", "reason"],
+            registry=r,
+        )
+        self.handover = Histogram(
+            "pdserve_router_kv_handover_seconds",
+            "Remote prefills: Prefill RPC returned to the first decode token (KV transfer + the decode's "
+            "first step + RPC); compare with the workers' pdserve_worker_kv_transfer_duration_seconds",
+            buckets=HANDOVER_BUCKETS,
             registry=r,
         )
         self.prefix_matched = Counter(
@@ -144,8 +153,11 @@ class RouterMetrics:
         self.placements.labels(role, self._policy, worker).inc()
         self._placed.add((role, worker))
 
-    def disaggregated(self, reason: str) -> None:
-        self.disagg.labels("remote" if reason == "remote" else "local", reason).inc()
+    def disaggregated(self, remote: bool, reason: str) -> None:
+        self.disagg.labels("remote" if remote else "local", reason).inc()
+
+    def handed_over(self, seconds: float) -> None:
+        self.handover.observe(seconds)
 
     def prefix(self, matched_tokens: int, prompt_tokens: int) -> None:
         self.prefix_matched.inc(matched_tokens)

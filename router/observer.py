@@ -12,7 +12,11 @@ class Observer(Protocol):
 
     def placed(self, role: str, worker: WorkerId) -> None: ...
 
-    def disaggregated(self, reason: str) -> None: ...
+    def disaggregated(self, remote: bool, reason: str) -> None: ...
+
+    def handed_over(self, seconds: float) -> None:
+        """A remote prefill's handover: Prefill returned → first decode token at the router."""
+        ...
 
     def prefix(self, matched_tokens: int, prompt_tokens: int) -> None: ...
 
@@ -38,7 +42,10 @@ class NullObserver:
     def placed(self, role: str, worker: WorkerId) -> None:
         pass
 
-    def disaggregated(self, reason: str) -> None:
+    def disaggregated(self, remote: bool, reason: str) -> None:
+        pass
+
+    def handed_over(self, seconds: float) -> None:
         pass
 
     def prefix(self, matched_tokens: int, prompt_tokens: int) -> None:

@@ -28,8 +28,10 @@ import grpc
 from pdserve.engine.base import FinishReason, PrefillResult, TokenDelta
 from pdserve.types import WorkerId
 from router.errors import AttemptTimeout, BrokenStreamError, WorkerError, WorkerFailure
+from router.handover import HandoverClock
 from router.observer import NullObserver, Observer
 from router.outliers import Failure
+from router.placement.decider import Outcome
 from router.placer import Placer
 from router.pool import ModelPool
 from router.recovery import Recovery, RetryBudget
@@ -134,7 +136,9 @@ class Orchestrator:
         state.placed(where)
         self._notify(state, first)
         with state.pool.counted(where.decode, 0 if where.prefill else state.uncached):
+            started = time.perf_counter()
             kv_params, cached = await self._prefill(state)
+            clock = HandoverClock(where, started, kv_params is not None and where.prefill not in state.failed)
             log.info(
                 "%s: %d prompt tokens, prefill on %s (%s cached), decode on %s (%s)",
                 state.request_id,
@@ -145,7 +149,7 @@ class Orchestrator:
                 where.reason,
             )
             finished = False
-            async with contextlib.aclosing(self._decode(state, kv_params, cached)) as chunks:
+            async with contextlib.aclosing(self._decode(state, kv_params, cached, clock)) as chunks:
                 async for chunk in chunks:
                     finished = chunk.finish_reason is not None
                     if finished:
@@ -156,7 +160,7 @@ class Orchestrator:
         raise BrokenStreamError(where.decode, "the decode stream ended without a finish reason")
 
     async def _decode(
-        self, state: RequestState, kv_params: dict[str, Any] | None, cached: int | None
+        self, state: RequestState, kv_params: dict[str, Any] | None, cached: int | None, clock: HandoverClock
     ) -> AsyncGenerator[Chunk, None]:
         """The attempt's decode stream as chunks; it ends after the finish chunk."""
         decode = state.placement.decode
@@ -171,6 +175,8 @@ class Orchestrator:
                         raise BrokenStreamError(
                             decode, f"the decode worker ended the request ({delta.finish_reason.value})"
                         )
+                    if delta.token_ids and (measured := clock.first_token()) is not None:
+                        self._learn(*measured)
                     if delta.token_ids:
                         unread = None
                     # cached_tokens: what the prefilling engine found in its prefix cache — the
@@ -249,6 +255,11 @@ class Orchestrator:
                     raise AttemptTimeout(worker, "prefill", self._timeouts.prefill_s) from None
                 raise
 
+    def _learn(self, outcome: Outcome, handover_s: float | None) -> None:
+        if handover_s is not None:
+            self._observer.handed_over(handover_s)
+        self._placer.observe(outcome)
+
     def _out(self, state: RequestState, worker: WorkerId, exc: WorkerFailure) -> None:
         """A worker that failed a request: not tried again for it, and counted by the
         pool's outlier ejection (router/outliers.py)."""
@@ -261,7 +272,7 @@ class Orchestrator:
         self._observer.placed("decode", where.decode)
         if where.prefill is not None:
             self._observer.placed("prefill", where.prefill)
-        self._observer.disaggregated(where.reason)
+        self._observer.disaggregated(where.prefill is not None, where.reason)
         self._observer.prefix(where.matched_tokens, len(state.prompt))
         if first:  # the first placement only
             self._observer.dispatched(time.perf_counter() - state.gen.arrival)

@@ -18,7 +18,7 @@ from pdserve.types import BlockHash, WorkerId
 from router.errors import NoWorkersError
 from router.placement import Policy
 from router.placement.base import Request
-from router.placement.decider import ThresholdDecider
+from router.placement.decider import DisaggDecider, Outcome, Query
 from router.pool import ModelPool
 
 
@@ -39,12 +39,13 @@ class Placement:
     reason: str  # the disaggregation decision's reason
     matched_tokens: int  # prompt tokens the index says the first worker holds
     match: PrefixMatch = field(default_factory=PrefixMatch, repr=False)  # the lookup it was made with
+    # uncached prompt tokens queued on the prefilling worker (this router's) plus this one's there
+    prefill_work: int = 0
+    transfer_tokens: int = 0  # remote: prompt tokens the decode worker lacks (the KV to move)
 
 
 class Placer:
-    def __init__(
-        self, policy: Policy, decider: ThresholdDecider, store: StateStore, predict_ttl_s: float = 10.0
-    ) -> None:
+    def __init__(self, policy: Policy, decider: DisaggDecider, store: StateStore, predict_ttl_s: float = 10.0) -> None:
         self.policy = policy
         self._decider = decider
         self._store = store
@@ -72,12 +73,28 @@ class Placer:
         decode = (self.policy.decode if prefill_ids else self.policy.prefill).pick(decode_views, request)
         uncached = len(prompt) - matched.get(decode, 0) * pool.block_size
         prefill_views = pool.snapshot(prefill_ids, matched)
-        decision = self._decider.decide(uncached, prefill_views)
-        prefill = self.policy.prefill.pick(prefill_views, request) if decision.remote else None
+        decode_view = next(v for v in decode_views if v.worker_id == decode)
+        decision = self._decider.decide(Query(len(prompt), uncached, decode_view, prefill_views, pool.block_size))
+        prefill = None
+        if decision.remote:
+            prefill = decision.prefill or self.policy.prefill.pick(prefill_views, request)
         first = prefill or decode
         if match.hashes:
             await self._predict(pool.name, [first, decode] if prefill else [decode], match.hashes)
-        return Placement(decode, prefill, decision.reason, matched.get(first, 0) * pool.block_size, match)
+        first_matched = matched.get(first, 0) * pool.block_size
+        return Placement(
+            decode,
+            prefill,
+            decision.reason,
+            first_matched,
+            match,
+            prefill_work=pool.view(first).prefill_tokens + len(prompt) - first_matched,
+            transfer_tokens=uncached if prefill else 0,
+        )
+
+    def observe(self, outcome: Outcome) -> None:
+        """What a request placed here measured (router/orchestrator.py): the decider learns."""
+        self._decider.observe(outcome)
 
     async def pick_prefill(
         self,

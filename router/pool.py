@@ -190,6 +190,15 @@ class ModelPool:
             _decrement(self._inflight, worker, 1)
             _decrement(self._prefill_tokens, worker, prefill_tokens)
 
+    def kv_slow(self) -> dict[WorkerId, str]:
+        """Decode workers whose measured KV path is under their floor, with the numbers."""
+        out = {}
+        for worker in self._decode:
+            kv = self._loads.get(worker, EngineLoad()).kv_path
+            if kv.slow:
+                out[worker] = f"{kv.path} at {kv.bandwidth_bps / 1e9:.3g} GB/s, floor {kv.floor_bps / 1e9:.3g} GB/s"
+        return out
+
     # --- what placement and requests read ----------------------------------------------
 
     def live(self, role: str, exclude: frozenset[WorkerId] = frozenset()) -> list[WorkerId]:

@@ -45,6 +45,7 @@ class Health:
     served: tuple[str, ...]
     without_decode: tuple[str, ...]
     background: Background = field(default_factory=Background)
+    kv_slow: Mapping[str, str] = field(default_factory=dict)  # decode worker → its slow KV path, measured
 
     @property
     def ok(self) -> bool:
@@ -53,7 +54,7 @@ class Health:
 
     @property
     def degraded(self) -> bool:
-        return bool(self.background.loops_down) or not self.background.store_up
+        return bool(self.background.loops_down) or not self.background.store_up or bool(self.kv_slow)
 
 
 class RouterService:
@@ -148,6 +149,7 @@ class RouterService:
             tuple(pool.name for pool in known if pool.decode),
             tuple(pool.name for pool in known if not pool.decode),
             self._background(),
+            {w: why for pool in known for w, why in pool.kv_slow().items()},
         )
 
     def vllm_version(self) -> str:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pdserve.kv.path import KvPathState
 from pdserve.types import RequestId
 
 
@@ -186,6 +187,7 @@ class EngineLoad:
     kv: KvTransferTotals = field(default_factory=lambda: KvTransferTotals())
     prefix_queries: int = 0  # prompt tokens looked up in the prefix cache since start
     prefix_hits: int = 0  # of those, tokens found
+    kv_path: KvPathState = field(default_factory=KvPathState)  # the pulling side's measured KV path
 
 
 class _EngineLifecycle(Protocol):

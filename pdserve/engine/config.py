@@ -77,6 +77,12 @@ class EngineConfig:
         "none: the vLLM release's own (30 s in vLLM 0.32; 480 s in releases that read "
         "VLLM_NIXL_ABORT_REQUEST_TIMEOUT). Give both roles the same value",
     )
+    kv_bandwidth_floor: float = flag(
+        0.0,
+        env="PDSERVE_KV_BANDWIDTH_FLOOR",
+        help="GB/s: a decode engine pulling KV slower than this warns, sets pdserve_worker_kv_path_slow and "
+        "the router's /health detail; 0 = by where the KV is staged: 0.1 GB/s cpu, 5 GB/s cuda (the sim: cuda)",
+    )
     reasoning_parser: str = flag(
         "",
         env="PDSERVE_REASONING_PARSER",
@@ -109,6 +115,8 @@ class EngineConfig:
             raise ValueError("kv_port must be a TCP port")
         if not 0 <= self.kv_events_port < 65535:
             raise ValueError("kv_events_port must be a TCP port (0 = off)")
+        if self.kv_bandwidth_floor < 0:
+            raise ValueError("kv_bandwidth_floor must be >= 0 (GB/s)")
         if self.kv_lease_s is not None and self.kv_lease_s < 1:
             raise ValueError("kv_lease_s must be >= 1 second")
 

@@ -137,6 +137,29 @@ def kv_transfer_totals(kv_connector_stats: dict[str, Any] | None) -> tuple[int, 
     )
 
 
+def kv_transfer_list(kv_connector_stats: dict[str, Any] | None) -> list[tuple[int, float]]:
+    """(bytes, seconds) of each transfer in one step's NIXL stats: ``bytes_transferred`` and
+    ``transfer_duration`` are appended together per transfer (nixl/stats.py ``record_transfer``)."""
+    data = _find_nixl_data(kv_connector_stats)
+    if data is None:
+        return []
+    sizes, durations = data.get("bytes_transferred", ()), data.get("transfer_duration", ())
+    return [(int(b), float(d)) for b, d in zip(sizes, durations, strict=False)]
+
+
+def kv_path(llm: AsyncLLM) -> tuple[str, str]:
+    """(path, device) of the engine's KV transfers: "nixl/<NIXL backends>/<KV buffer device>"
+    as the NixlConnector is configured (backends: its ``backends`` extra config, default
+    ["UCX"], nixl/base_worker.py). NIXL does not report the UCX transport it ends up on
+    (cuda_ipc, sm, tcp): the measured bandwidth tells. ("", "") without a connector."""
+    kv = llm.vllm_config.kv_transfer_config
+    if kv is None:
+        return "", ""
+    backends = kv.get_from_extra_config("backends", ["UCX"])
+    device = str(kv.kv_buffer_device)
+    return f"nixl/{'+'.join(backends)}/{device}", device
+
+
 def _find_nixl_data(node: Any) -> dict[str, Any] | None:
     if isinstance(node, dict):
         if "transfer_duration" in node:

@@ -33,6 +33,7 @@ from pdserve.engine.base import (
     TokenLogprobs,
 )
 from pdserve.engine.config import EngineConfig
+from pdserve.kv.path import KvPath, default_floor
 from pdserve.types import RequestId
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class _VllmRuntime:
         self._kv = KvTransferTotals()
         self._prefix = (0, 0)  # cumulative (queries, hits) in tokens
         self._inflight = 0
+        self._kv_path = KvPath("", 0.0)  # set once the engine exists (its connector's config)
 
     async def start(self) -> None:
         compat.export_env(self.config)
@@ -67,6 +69,8 @@ class _VllmRuntime:
             stat_loggers=[compat.stat_logger_factory(self._record)],
         )
         restore_affinity(allowed)
+        path, device = compat.kv_path(self._llm)
+        self._kv_path = KvPath(path, self.config.kv_bandwidth_floor * 1e9 or default_floor(device))
 
     async def shutdown(self) -> None:
         if self._llm is not None:
@@ -80,6 +84,8 @@ class _VllmRuntime:
         if prefix is not None:
             queries, hits = self._prefix
             self._prefix = (queries + int(getattr(prefix, "queries", 0)), hits + int(getattr(prefix, "hits", 0)))
+        for size, duration in compat.kv_transfer_list(stats.kv_connector_stats):
+            self._kv_path.record(size, duration)
         transfers, failures, nbytes, seconds = compat.kv_transfer_totals(stats.kv_connector_stats)
         if transfers or failures:
             kv = self._kv
@@ -125,6 +131,7 @@ class _VllmRuntime:
             kv=self._kv,
             prefix_queries=self._prefix[0],
             prefix_hits=self._prefix[1],
+            kv_path=self._kv_path.state(),
         )
 
     def _check_prompt(self, prompt_token_ids: Sequence[int]) -> None:

@@ -15,6 +15,7 @@ from pdserve.engine.base import (
     TokenDelta,
     TokenLogprobs,
 )
+from pdserve.kv.path import KvPathState
 from pdserve.v1 import worker_pb2 as pb
 
 _FINISH_TO_PB = {
@@ -199,6 +200,10 @@ def load_to_pb(load: EngineLoad, inflight: int) -> pb.WorkerLoad:
         kv_transfer_failures=load.kv.failures,
         kv_bytes_transferred=load.kv.bytes,
         kv_transfer_seconds=load.kv.seconds,
+        kv_path=load.kv_path.path,
+        kv_bandwidth_bps=load.kv_path.bandwidth_bps,
+        kv_path_slow=load.kv_path.slow,
+        kv_bandwidth_floor_bps=load.kv_path.floor_bps,
     )
 
 
@@ -211,4 +216,5 @@ def load_from_pb(msg: pb.WorkerLoad) -> EngineLoad:
         kv=KvTransferTotals(
             msg.kv_transfers, msg.kv_transfer_failures, msg.kv_bytes_transferred, msg.kv_transfer_seconds
         ),
+        kv_path=KvPathState(msg.kv_path, msg.kv_bandwidth_floor_bps, msg.kv_bandwidth_bps, msg.kv_path_slow),
     )

@@ -224,6 +224,26 @@ def _wait_ready(
     return False
 
 
+def _report_path(load: Any) -> None:
+    """What the decode worker measured (pdserve/kv/path.py): the warm-up's prompt is too
+    small for a bandwidth (< 1 MiB), so only an earlier measurement or the floor is known."""
+    if load.kv_bandwidth_bps:
+        verdict = "SLOW" if load.kv_path_slow else "ok"
+        log.info(
+            "KV path %s: %.3g GB/s (floor %.3g GB/s): %s",
+            load.kv_path,
+            load.kv_bandwidth_bps / 1e9,
+            load.kv_bandwidth_floor_bps / 1e9,
+            verdict,
+        )
+    else:
+        log.info(
+            "KV path %s: bandwidth not measured yet (floor %.3g GB/s); the decode worker warns if it falls below",
+            load.kv_path,
+            load.kv_bandwidth_floor_bps / 1e9,
+        )
+
+
 def _warm_up(prefill_addr: str, decode_addr: str, attempts: int = 3) -> bool:
     """Run a tiny request from this prefill worker to the decode worker until the
     decode side reports a KV transfer (straight over gRPC, so every prefill
@@ -259,8 +279,10 @@ def _warm_up(prefill_addr: str, decode_addr: str, attempts: int = 3) -> bool:
                 )
                 for _ in decode.Decode(req, timeout=120):
                     pass
-                if decode.Load(pb.LoadRequest(), timeout=10).kv_transfers > before:
+                load = decode.Load(pb.LoadRequest(), timeout=10)
+                if load.kv_transfers > before:
                     log.info("KV path %s -> %s checked: decode pulled the KV over NIXL", prefill_addr, decode_addr)
+                    _report_path(load)
                     return True
             except grpc.RpcError as exc:
                 log.warning("warm-up request failed: %s", exc)

@@ -180,7 +180,7 @@ class LoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerLoad(_message.Message):
-    __slots__ = ("num_running", "num_waiting", "kv_cache_usage", "num_inflight", "kv_transfers", "kv_transfer_failures", "kv_bytes_transferred", "kv_transfer_seconds")
+    __slots__ = ("num_running", "num_waiting", "kv_cache_usage", "num_inflight", "kv_transfers", "kv_transfer_failures", "kv_bytes_transferred", "kv_transfer_seconds", "kv_path", "kv_bandwidth_bps", "kv_path_slow", "kv_bandwidth_floor_bps")
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,10 @@ class WorkerLoad(_message.Message):
     KV_TRANSFER_FAILURES_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_TRANSFERRED_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSFER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KV_PATH_FIELD_NUMBER: _ClassVar[int]
+    KV_BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    KV_PATH_SLOW_FIELD_NUMBER: _ClassVar[int]
+    KV_BANDWIDTH_FLOOR_BPS_FIELD_NUMBER: _ClassVar[int]
     num_running: int
     num_waiting: int
     kv_cache_usage: float
@@ -197,7 +201,11 @@ class WorkerLoad(_message.Message):
     kv_transfer_failures: int
     kv_bytes_transferred: int
     kv_transfer_seconds: float
-    def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., num_inflight: _Optional[int] = ..., kv_transfers: _Optional[int] = ..., kv_transfer_failures: _Optional[int] = ..., kv_bytes_transferred: _Optional[int] = ..., kv_transfer_seconds: _Optional[float] = ...) -> None: ...
+    kv_path: str
+    kv_bandwidth_bps: float
+    kv_path_slow: bool
+    kv_bandwidth_floor_bps: float
+    def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., num_inflight: _Optional[int] = ..., kv_transfers: _Optional[int] = ..., kv_transfer_failures: _Optional[int] = ..., kv_bytes_transferred: _Optional[int] = ..., kv_transfer_seconds: _Optional[float] = ..., kv_path: _Optional[str] = ..., kv_bandwidth_bps: _Optional[float] = ..., kv_path_slow: _Optional[bool] = ..., kv_bandwidth_floor_bps: _Optional[float] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("request_id", "kv_transfer_params_json")

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pdserve.engine.base import DecodeEngine, EngineLoad, PrefillEngine
+from pdserve.kv.path import Histogram
 
 POLL_INTERVAL_S = 1.0
 
@@ -89,3 +90,41 @@ class WorkerMetrics(Collector):
         yield counter("pdserve_worker_kv_transfer_failures", "Failed KV transfers or handshakes", load.kv.failures)
         yield counter("pdserve_worker_kv_transfer_bytes", "Bytes of KV pulled", load.kv.bytes)
         yield counter("pdserve_worker_kv_transfer_seconds", "Time spent in KV transfers", load.kv.seconds)
+        yield from self._kv_path(load)
+
+    def _kv_path(self, load: EngineLoad) -> Iterator[Metric]:
+        """The pulling side's per-transfer measurements (pdserve/kv/path.py); label ``path``:
+        the connector and KV buffer device (a handful of values per deployment)."""
+        kv = load.kv_path
+        names, values = [*self._labels, "path"], [*self._labels.values(), kv.path]
+
+        def histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+            family = HistogramMetricFamily(name, doc, labels=names)
+            cumulative, total = [], 0
+            for bound, count in zip([*map(str, h.buckets), "+Inf"], h.counts, strict=True):
+                total += count
+                cumulative.append((bound, total))
+            family.add_metric(values, cumulative, h.total)
+            return family
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        yield histogram(
+            "pdserve_worker_kv_transfer_bandwidth_bytes_per_second",
+            "Bandwidth of each KV transfer of >= 1 MiB pulled by this engine",
+            kv.bandwidth,
+        )
+        yield histogram("pdserve_worker_kv_transfer_duration_seconds", "Duration of each KV transfer", kv.duration)
+        yield gauge(
+            "pdserve_worker_kv_bandwidth_bytes_per_second", "Moving KV bandwidth (0: none yet)", kv.bandwidth_bps
+        )
+        yield gauge("pdserve_worker_kv_bandwidth_floor_bytes_per_second", "--kv-bandwidth-floor", kv.floor_bps)
+        yield gauge("pdserve_worker_kv_path_slow", "1 while the moving KV bandwidth is under the floor", kv.slow)
+        family = CounterMetricFamily(
+            "pdserve_worker_kv_slow_transfers", "KV transfers of >= 1 MiB under the floor", labels=names
+        )
+        family.add_metric(values, kv.slow_transfers)
+        yield family

@@ -151,12 +151,15 @@ def _take_request_id(body: CompletionRequest | ChatCompletionRequest, request: R
 def _health(health: Health) -> JSONResponse:
     """200 while every model the router knows has a decode worker; else 503, saying which
     have none (or that no worker has joined yet). The body also names what is degraded
-    but still serving: a background loop restarting, the shared state store unreachable."""
+    but still serving: a background loop restarting, the shared state store unreachable, a
+    decode worker whose KV path measures under its bandwidth floor."""
     details: dict[str, Any] = {}
     if health.background.loops_down:
         details["loops_down"] = dict(health.background.loops_down)
     if not health.background.store_up:
         details["state_store"] = "unreachable: serving from this router's local view"
+    if health.kv_slow:  # requests succeed, slowly: DESIGN §8's 0.4 GB/s case
+        details["kv_path_slow"] = dict(health.kv_slow)
     if health.ok:
         return JSONResponse({"status": "degraded" if health.degraded else "ok", **details})
     missing = list(health.without_decode)

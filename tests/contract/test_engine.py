@@ -159,6 +159,11 @@ async def test_prefill_samples_one_token_and_hands_over_its_kv(pair: Pair) -> No
         return kv.transfers == before.transfers + 1 and kv.failures == before.failures
 
     await async_wait_until(pulled, "KV transfer counted", timeout_s=30)
+    # and measured, per transfer, on the path the engine names (pdserve/kv/path.py)
+    path = (await pair.decode.load()).kv_path
+    assert path.path == "sim" if pair.name == "sim" else path.path.startswith("nixl/UCX/"), path.path
+    assert sum(path.duration.counts) >= 1 and path.duration.total >= 0
+    assert path.floor_bps > 0 and not path.slow
 
 
 async def test_decode_streams_cumulative_deltas_and_finishes_once(pair: Pair) -> None:

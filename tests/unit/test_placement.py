@@ -17,7 +17,7 @@ from router.errors import NoWorkersError
 from router.outliers import Failure
 from router.placement import make_policy
 from router.placement.base import Request, WorkerView
-from router.placement.decider import ThresholdDecider
+from router.placement.decider import Query, ThresholdDecider
 from router.placement.pickers import Guard, LeastLoaded, RoundRobin, Weighted
 from router.placement.scorers import SCORERS, parse_weights
 from router.placer import Placer
@@ -132,10 +132,14 @@ def test_unknown_policy_names_the_choices() -> None:
 def test_decider_local_for_short_uncached_prompts_and_saturated_prefill() -> None:
     d = ThresholdDecider(min_remote_tokens=100, saturated_waiting=2)
     idle, queued = WorkerView(W[0]), WorkerView(W[1], waiting=3)
-    assert d.decide(500, [idle, queued]).reason == "remote"
-    assert d.decide(50, [idle]).reason == "short_prompt"
-    assert d.decide(500, [queued]).reason == "prefill_saturated"
-    assert d.decide(500, []).reason == "no_prefill_workers"
+
+    def q(uncached: int, prefill: list[WorkerView]) -> Query:
+        return Query(uncached, uncached, WorkerView(W[2]), prefill, 16)
+
+    assert d.decide(q(500, [idle, queued])).reason == "remote"
+    assert d.decide(q(50, [idle])).reason == "short_prompt"
+    assert d.decide(q(500, [queued])).reason == "prefill_saturated"
+    assert d.decide(q(500, [])).reason == "no_prefill_workers"
 
 
 def make_pool(n_prefill: int, n_decode: int = 1) -> ModelPool:

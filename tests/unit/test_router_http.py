@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from pdserve.engine.base import EngineLoad
+from pdserve.kv.path import KvPathState
 from router.admission import AdmissionLimits
 from router.config import MAX_BODY_BYTES
 from router.tokenizer import TokenIdsOnly, Tokenizer
@@ -202,3 +204,18 @@ def test_values_the_workers_cannot_take_are_400s(tiny_tokenizer: Tokenizer, extr
     assert resp.status_code == 400, resp.text
     assert (resp.json()["error"]["param"] or "").startswith(param)
     assert not decode.calls
+
+
+def test_health_names_a_decode_worker_whose_kv_path_is_slow(tiny_tokenizer: Tokenizer) -> None:
+    router = scripted_router(tiny_tokenizer, [ScriptedPrefill()], [ScriptedDecode([])])
+    decode = router.pool.live("decode")[0]
+    slow = KvPathState("nixl/UCX/cuda", floor_bps=5e9, bandwidth_bps=0.41e9, slow=True)
+    router.pool.record_load(decode, EngineLoad(kv_path=slow))
+    body = router.client.get("/health")
+    assert body.status_code == 200  # requests are served, slowly
+    assert body.json() == {
+        "status": "degraded",
+        "kv_path_slow": {decode: "nixl/UCX/cuda at 0.41 GB/s, floor 5 GB/s"},
+    }
+    router.pool.record_load(decode, EngineLoad(kv_path=KvPathState("nixl/UCX/cuda", 5e9, 30e9, slow=False)))
+    assert router.client.get("/health").json() == {"status": "ok"}

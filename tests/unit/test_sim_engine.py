@@ -160,6 +160,29 @@ async def test_remote_kv_is_waited_for_not_computed_and_then_cached() -> None:
     await engine.shutdown()
 
 
+async def test_a_slow_peer_pulls_slowly_inside_its_window_only() -> None:
+    clock = VirtualSleep()
+    slow = {"kv_slow_peers": "p1", "kv_slow_s_per_token": "0.01", "kv_slow_from": "2", "kv_slow_until": "3"}
+    engine = await started(SimDecodeEngine, clock, **slow)
+    fast_s, slow_s = 0.003 + 16 * 0.0001, 0.003 + 16 * 0.01
+    pulls = [("p1", fast_s), ("p1", slow_s), ("p2", fast_s), ("p1", fast_s)]  # pull 3 is from p2
+    for i, (peer, seconds) in enumerate(pulls):
+        clock.sleeps.clear()
+        await collect(engine, f"r{i}", prompt(16, 2000 + 100 * i), {"remote_engine_id": peer}, max_tokens=1)
+        assert clock.sleeps[0] == pytest.approx(seconds), i
+    load = await engine.load()
+    assert (load.kv.transfers, load.kv.bytes) == (4, 4 * 16 * 131072)
+    assert load.kv.seconds == pytest.approx(3 * fast_s + slow_s)
+    await engine.shutdown()
+
+
+async def test_prefill_names_its_engine_for_the_pull() -> None:
+    engine = await started(SimPrefillEngine, VirtualSleep(), engine_id="prefill7")
+    result = await engine.prefill(RequestId("a"), prompt(16), SamplingSpec(temperature=0, max_tokens=1))
+    assert result.kv_transfer_params["remote_engine_id"] == "prefill7"
+    await engine.shutdown()
+
+
 async def test_tokens_continue_the_same_text_when_replayed_elsewhere() -> None:
     a = await started(SimDecodeEngine, VirtualSleep())
     b = await started(SimDecodeEngine, VirtualSleep())

@@ -50,6 +50,7 @@ from pdserve.engine.base import (
 from pdserve.engine.config import EngineConfig
 from pdserve.engine.sim.blocks import Allocation, BlockPool
 from pdserve.engine.sim.profile import SimProfile, load_profile
+from pdserve.kv.path import KvPath, default_floor
 from pdserve.kv.publisher import EventPublisher
 from pdserve.types import RequestId
 
@@ -103,6 +104,9 @@ class _SimRuntime:
         self._transferring = 0
         self._kv = KvTransferTotals()  # modelled pulls (decode side), as vLLM's connector counts them
         self._received = 0
+        self._pulls = 0  # KV pulls started (decode role): numbers the profile's slow window
+        # the sim models GPUs (its profiles' numbers are H200's): CUDA's floor by default
+        self._kv_path = KvPath("sim", config.kv_bandwidth_floor * 1e9 or default_floor("cuda"))
         self._prefix = (0, 0)
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -157,6 +161,7 @@ class _SimRuntime:
             kv=self._kv,
             prefix_queries=self._prefix[0],
             prefix_hits=self._prefix[1],
+            kv_path=self._kv_path.state(),
         )
 
     # -- requests --------------------------------------------------------------
@@ -345,7 +350,11 @@ class SimPrefillEngine(_SimRuntime):
         except asyncio.CancelledError:
             self._abort(seq)
             raise
-        params = {"sim_remote_engine": self.config.served_model_name, "remote_request_id": request_id}
+        params = {
+            "sim_remote_engine": self.config.served_model_name,
+            "remote_engine_id": self.profile.engine_id or f"sim-{self.config.kv_events_port}",
+            "remote_request_id": request_id,
+        }
         return PrefillResult(token, seq.cached, params, self._prompt_logprobs(seq))
 
     def _emit(self, seq: _Seq) -> None:
@@ -379,7 +388,7 @@ class SimDecodeEngine(_SimRuntime):
         finished = False
         try:
             if kv_transfer_params is not None:
-                await self._pull(seq)
+                await self._pull(seq, str(kv_transfer_params.get("remote_engine_id", "")))
             self._enqueue(seq)
             while not finished:
                 delta = await seq.deltas.get()
@@ -389,17 +398,20 @@ class SimDecodeEngine(_SimRuntime):
             if not finished:
                 self._abort(seq)
 
-    async def _pull(self, seq: _Seq) -> None:
+    async def _pull(self, seq: _Seq, peer: str) -> None:
         """The modelled KV transfer of the prompt tokens this engine does not hold."""
         held = len(self.pool.prefix_hits(seq.tokens, seq.sampling.cache_salt)) * self.pool.block_size
-        seconds = self.profile.transfer_s(seq.prompt_len - held) * self.profile.slow_factor
+        tokens = seq.prompt_len - held
+        self._pulls += 1
+        seconds = self.profile.pull_s(tokens, peer, self._pulls) * self.profile.slow_factor
         self._transferring += 1
         try:
             await self._sleep(seconds)
         finally:
             self._transferring -= 1
-        kv = self._kv
-        self._kv = KvTransferTotals(kv.transfers + 1, kv.failures, kv.bytes, kv.seconds + seconds)
+        kv, nbytes = self._kv, tokens * self.profile.kv_bytes_per_token
+        self._kv = KvTransferTotals(kv.transfers + 1, kv.failures, kv.bytes + nbytes, kv.seconds + seconds)
+        self._kv_path.record(nbytes, seconds)
         seq.computed = seq.prompt_len
 
     async def release(self, request_id: RequestId, kv_transfer_params: dict[str, Any]) -> None:

@@ -51,6 +51,17 @@ class SimProfile:
     max_logprobs: int = 20
     # the vLLM version the worker reports: old and new workers of a simulated rolling upgrade
     vllm_version: str = "sim"
+    # KV path per worker pair. A prefill engine names itself ``engine_id`` in the params it
+    # returns (default: sim-<its KV events port>); a decode engine pulls from the peers in
+    # ``kv_slow_peers`` (comma-separated engine ids, "*" = all) at ``kv_slow_s_per_token``
+    # instead of ``kv_transfer_s_per_token`` -- for its pulls number ``kv_slow_from`` up to
+    # ``kv_slow_until`` (1-based, 0 = no end): a path that degrades, then recovers.
+    engine_id: str = ""
+    kv_slow_peers: str = ""
+    kv_slow_s_per_token: float = 0.0
+    kv_slow_from: int = 1
+    kv_slow_until: int = 0
+    kv_bytes_per_token: int = 131072  # reported bytes per pulled token (Llama-3.1-8B bf16: 128 KiB)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -76,6 +87,14 @@ class SimProfile:
 
     def transfer_s(self, tokens: int) -> float:
         return self.kv_transfer_overhead_s + self.kv_transfer_s_per_token * tokens
+
+    def pull_s(self, tokens: int, peer: str, pull: int) -> float:
+        """The decode side's pull number ``pull`` (1-based) of ``tokens`` from ``peer``."""
+        peers = {p.strip() for p in self.kv_slow_peers.split(",") if p.strip()}
+        slow = (peer in peers or "*" in peers) and pull >= self.kv_slow_from
+        if slow and (not self.kv_slow_until or pull <= self.kv_slow_until):
+            return self.kv_transfer_overhead_s + self.kv_slow_s_per_token * tokens
+        return self.transfer_s(tokens)
 
 
 def load_profile(overrides: dict[str, Any]) -> SimProfile:

@@ -10,6 +10,8 @@
 - ``overhead``: zero-latency sim workers; sequential requests measure the latency
   each router adds over calling a worker directly, then a closed loop measures
   the request rate each sustains.
+- ``decider`` (pdserve/tools/bench/decider.py): the disaggregation deciders over a
+  load sweep, on a fast and a slow simulated KV path.
 - ``disagg``: pdserve only; P/D (2 prefill + 2 decode workers) versus colocated
   (4 workers that prefill themselves) on a long-prompt workload, swept over rates:
   goodput under a TTFT + TPOT SLO.
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.tools.bench import real, workloads
+from pdserve.tools.bench import decider, real, workloads
 from pdserve.tools.bench.client import Timing
 from pdserve.tools.bench.peers import peer_bin
 from pdserve.tools.bench.report import Slo, summarize
@@ -266,3 +268,4 @@ def add_parser(sub: Any) -> None:
     p3.set_defaults(run=disagg)
 
     real.add_parser(kinds, common)
+    decider.add_parser(kinds, common)
