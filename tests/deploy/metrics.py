@@ -16,6 +16,7 @@ ROUTER_HISTOGRAMS = frozenset(
         "pdserve_router_inter_token_latency_seconds",
         "pdserve_router_e2e_request_latency_seconds",
         "pdserve_router_queue_time_seconds",
+        "pdserve_router_kv_handover_seconds",
     }
 )
 ROUTER = ROUTER_HISTOGRAMS | {
@@ -56,11 +57,20 @@ WORKER = frozenset(
         "pdserve_worker_errors_total",
         "pdserve_worker_loop_restarts_total",
         "pdserve_worker_state_store_errors_total",
+        "pdserve_worker_kv_transfer_bandwidth_bytes_per_second",
+        "pdserve_worker_kv_transfer_duration_seconds",
+        "pdserve_worker_kv_bandwidth_bytes_per_second",
+        "pdserve_worker_kv_bandwidth_floor_bytes_per_second",
+        "pdserve_worker_kv_path_slow",
+        "pdserve_worker_kv_slow_transfers_total",
     }
+)
+WORKER_HISTOGRAMS = frozenset(
+    {"pdserve_worker_kv_transfer_bandwidth_bytes_per_second", "pdserve_worker_kv_transfer_duration_seconds"}
 )
 CONTRACT = ROUTER | WORKER
 # Series a query may name: every metric, and a histogram's _bucket/_sum/_count.
-SERIES = CONTRACT | {f"{h}{s}" for h in ROUTER_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+SERIES = CONTRACT | {f"{h}{s}" for h in ROUTER_HISTOGRAMS | WORKER_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 # Grafana's variables are not PromQL; give the parser something of the same shape.
 _GRAFANA_RANGES = re.compile(r"\$__(rate_interval|interval|range)\b")
