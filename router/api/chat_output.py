@@ -60,16 +60,13 @@ class ChatParsing:
         calls: list[dict[str, Any]] = []
         if self.native and self.mode in ("named", "required"):
             if self.parses_calls and content is not None:
-                found = registry.tool_parser(self.tool_parser).extract(content, self.tools)
-                calls = [_call(c.id, c.function.name, c.function.arguments) for c in found.tool_calls]
-                content = found.content if calls else content
+                calls, found_content = self._extract(content)
+                content = found_content if calls else content
             content = "" if content is None or not content.strip() else content
             if self.mode == "required" and finish_reason == "stop":
                 finish_reason = "tool_calls"
         elif self.mode == "auto" and content is not None:
-            found = registry.tool_parser(self.tool_parser).extract(content, self.tools)
-            content = found.content
-            calls = [_call(c.id, c.function.name, c.function.arguments) for c in found.tool_calls]
+            calls, content = self._extract(content)
             if calls:
                 finish_reason = "tool_calls"
         elif self.mode == "named":
@@ -84,6 +81,11 @@ class ChatParsing:
         if calls:
             fields["tool_calls"] = calls[:1] if self.single_call else calls
         return fields, finish_reason
+
+    def _extract(self, content: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The tool-call parser over a whole content: (OpenAI tool calls, the content left)."""
+        found = registry.tool_parser(self.tool_parser).extract(content, self.tools)
+        return [_call(c.id, c.function.name, c.function.arguments) for c in found.tool_calls], found.content
 
     def reasoning_tokens(self, text: str, token_texts: Sequence[str], finished: bool = True) -> int | None:
         """A choice's reasoning tokens (``text`` is its output; ``token_texts`` its tokens, each

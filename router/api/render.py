@@ -335,9 +335,10 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
             scored[p] = chunk.prompt_logprobs
         role = chunk.index not in lasts  # a choice's first chunk names the role
         lasts[chunk.index] = chunk
-        parts, texts = outputs.setdefault(chunk.index, ([], []))
-        parts.append(chunk.text)
-        texts.extend(token_texts(shape, chunk.token_ids))
+        if counts_reasoning(shape):  # the output so far, kept only to count its reasoning tokens
+            parts, texts = outputs.setdefault(chunk.index, ([], []))
+            parts.append(chunk.text)
+            texts.extend(token_texts(shape, chunk.token_ids))
         echoed = scored.get(p) if role and shape.echo is not None else None
         logprobs = _choice_logprobs(shape, chunk.index, chunk.logprobs, offsets.get(chunk.index, 0), prompt=echoed)
         if logprobs is not None and not shape.chat and logprobs["tokens"]:
