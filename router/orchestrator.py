@@ -28,7 +28,7 @@ import grpc
 from pdserve.engine.base import FinishReason, PrefillResult, TokenDelta
 from pdserve.types import WorkerId
 from router.errors import AttemptTimeout, BrokenStreamError, WorkerError, WorkerFailure
-from router.handover import HandoverClock
+from router.handover import Handover, HandoverClock
 from router.observer import NullObserver, Observer
 from router.outliers import Failure
 from router.placement.decider import Outcome
@@ -175,7 +175,7 @@ class Orchestrator:
                         raise BrokenStreamError(
                             decode, f"the decode worker ended the request ({delta.finish_reason.value})"
                         )
-                    if delta.token_ids and (measured := clock.first_token()) is not None:
+                    if delta.token_ids and (measured := clock.first_token(delta.worker_first_token_s)) is not None:
                         self._learn(*measured)
                     if delta.token_ids:
                         unread = None
@@ -255,9 +255,9 @@ class Orchestrator:
                     raise AttemptTimeout(worker, "prefill", self._timeouts.prefill_s) from None
                 raise
 
-    def _learn(self, outcome: Outcome, handover_s: float | None) -> None:
-        if handover_s is not None:
-            self._observer.handed_over(handover_s)
+    def _learn(self, outcome: Outcome, handover: Handover | None) -> None:
+        if handover is not None:
+            self._observer.handed_over(handover.seconds, handover.worker_s)
         self._placer.observe(outcome)
 
     def _out(self, state: RequestState, worker: WorkerId, exc: WorkerFailure) -> None:
