@@ -80,9 +80,7 @@ def test_a_slowed_pair_warns_and_moves_decisions_local_then_back(tmp_path: Path,
         assert "recovered" in (tmp_path / "decode.log").read_text()
 
 
-def test_the_handover_splits_into_the_decode_workers_part_and_the_rpc_hops(
-    tmp_path: Path, default_model: Path
-) -> None:
+def test_the_handover_splits_into_the_decode_workers_part_and_the_rpc_hops(tmp_path: Path, default_model: Path) -> None:
     """The router's handover (Prefill returned → first decode token) holds the decode
     worker's own part (its first chunk's first_token_s), which holds the KV pull."""
     rng = random.Random(1)
