@@ -49,8 +49,10 @@ def _fleet(procs: Procs, args: argparse.Namespace, profile: str, decider: str) -
     ]
     dec = [start_sim_worker(procs, "decode", f"decode{i}", common).address for i in range(args.decode)]
     flags = ["--policy", "prefix-aware", "--disagg-decider", decider, "--log-level", "WARNING"]
-    if args.ttft_target:
+    if args.ttft_target or args.slo_target:
         flags += ["--disagg-ttft-target", str(args.slo_ttft)]
+    if args.slo_target:
+        flags += ["--disagg-tpot-target", str(args.slo_tpot)]
     return start_router(procs, model_from_env(), pre, dec, flags).address, dec
 
 
@@ -168,6 +170,11 @@ def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=60, help="requests per rate")
     p.add_argument("--warmup", type=int, default=8, help="sequential requests before each measured run")
     p.add_argument("--ttft-target", action="store_true", help="give the routers --disagg-ttft-target = --slo-ttft")
+    p.add_argument(
+        "--slo-target",
+        action="store_true",
+        help="give the routers the whole SLO: --disagg-ttft-target = --slo-ttft, --disagg-tpot-target = --slo-tpot",
+    )
     p.add_argument("--prompt-tokens", type=int_range, default=(500, 6000))
     p.add_argument("--rates", default="4,8,12,16")
     output_and_slo(p, output_tokens=64, slo_ttft=1.0, slo_tpot=0.010)
