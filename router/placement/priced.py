@@ -32,8 +32,8 @@ With a TPOT target as well (``tpot_target_s``: the whole SLO), the choice counts
 that meet it instead of adding seconds: remote is worth 1 if its predicted TTFT meets the
 target; local is worth 1 if its predicted TTFT does, less one for every stream on the
 decode worker whose slack (``Stream.slack_s``: the stall it can take and still meet the
-TPOT target at its own pace) the local prefill would use up (streams already past it are
-lost either way). The larger wins (reasons ``slo_remote``, ``slo_local``); a tie falls
+TPOT target at its own pace) the local prefill would use up (streams past it, or past it
+once the local prefills queued ahead have run, are lost either way). The larger wins (reasons ``slo_remote``, ``slo_local``); a tie falls
 back to the predicted seconds above. This is what keeps a slow path from wrecking TPOT at
 high load: each local prefill stalls every stream, and when the streams have no slack left
 the prompts that cannot meet their TTFT remotely go remote anyway.
@@ -148,9 +148,11 @@ class PricedDecider:
 
     def worth(self, query: Query, best: Estimate) -> tuple[int, int]:
         """Requests meeting the SLO, remote and local: this one's TTFT either way, less
-        (local) the decode worker's streams whose slack the local prefill's stall uses up."""
-        now = self._clock()
-        broken = sum(1 for s in query.streams if 0 <= s.slack_s(now, self._tpot) < best.stall_s)
+        (local) the decode worker's streams whose slack the local prefill's stall uses up:
+        slack past the stall of the local prefills queued ahead (those streams are lost
+        already) but short of that plus this one's."""
+        now, ahead = self._clock(), max(0.0, best.local_ttft_s - best.stall_s)
+        broken = sum(1 for s in query.streams if ahead <= s.slack_s(now, self._tpot) < ahead + best.stall_s)
         return int(best.remote_s <= self._target), int(best.local_ttft_s <= self._target) - broken
 
     def _local_or_probe(self, query: Query, estimates: list[Estimate], reason: str) -> Decision:

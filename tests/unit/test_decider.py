@@ -167,6 +167,12 @@ def test_with_both_targets_the_choice_counts_requests_that_meet_the_slo() -> Non
     # a tie, which the predicted seconds break; on the brink even 16 ms breaks them
     assert decide(nearly, 500) in ("faster_local", "faster_remote")
     assert decide(brink, 500) == "slo_remote"
+    # 0.25 s of local prefills queued ahead: the roomy streams' 0.31 s is gone after this one's
+    queued = WorkerView(D, running=8, prefill_tokens=8000)
+    q = query(4000, decode=queued)
+    assert d.decide(Query(4000, 4000, queued, q.prefill, 16, roomy)).reason == "slo_remote"
+    # past the queued ones, the nearly-spent streams are lost anyway: local meets its TTFT
+    assert d.decide(Query(4000, 4000, queued, q.prefill, 16, nearly)).reason == "slo_local"
 
 
 def test_a_tpot_target_needs_a_ttft_target() -> None:
