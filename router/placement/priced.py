@@ -33,10 +33,11 @@ that meet it instead of adding seconds: remote is worth 1 if its predicted TTFT 
 target; local is worth 1 if its predicted TTFT does, less one for every stream on the
 decode worker whose slack (``Stream.slack_s``: the stall it can take and still meet the
 TPOT target at its own pace) the local prefill would use up (streams past it, or past it
-once the local prefills queued ahead have run, are lost either way). The larger wins (reasons ``slo_remote``, ``slo_local``); a tie falls
-back to the predicted seconds above. This is what keeps a slow path from wrecking TPOT at
-high load: each local prefill stalls every stream, and when the streams have no slack left
-the prompts that cannot meet their TTFT remotely go remote anyway.
+once the local prefills queued ahead have run, are lost either way). The larger wins
+(reasons ``slo_remote``, ``slo_local``); a tie falls back to the predicted seconds above.
+This is what keeps a slow path from wrecking TPOT at high load: each local prefill stalls
+every stream, and when the streams have no slack left the prompts that cannot meet their
+TTFT remotely go remote anyway.
 """
 
 from __future__ import annotations
