@@ -12,7 +12,9 @@ the walk never stops early, the worst case) and measures the index's memory:
 - ``memory://``: in a fresh subprocess, the Python allocations the store still
   holds after the fill (tracemalloc), and, in another, the RSS growth;
 - ``redis``: a redis-server this command starts on a free loopback port, its
-  ``INFO memory`` ``used_memory`` growth; lookups go over loopback TCP.
+  ``INFO memory`` ``used_memory`` growth; lookups go over loopback TCP. The CPU
+  time of Redis's main thread per lookup (``INFO cpu``) and a PING's round trip are
+  reported beside them: what a lookup costs Redis, and the floor under any call.
 
 Block hashes are random 64-bit values (what blake2b-64 gives; hashing the
 prompt is timed on its own, ``hash_ms``). Writes ``index-<label>.json`` and
@@ -41,6 +43,7 @@ from typing import Any
 
 import psutil
 import redis
+import redis.asyncio as aioredis
 
 from pdserve.kv.hashing import block_hashes
 from pdserve.state import StateStore, WorkerRecord, make_store
@@ -206,14 +209,34 @@ def bench_redis(shape: Shape, fleet: Fleet, n_lookups: int) -> dict[str, Any]:
                 try:
                     fill_s = await fill(store, fleet)
                     grown = int(raw.info("memory")["used_memory"]) - used
+                    cpu = _main_thread_cpu_s(raw)
                     timed = await lookups(store, fleet, shape, n_lookups)
-                    return {"fill_s": fill_s, "mb_per_1m_blocks": grown / fleet.distinct, **timed}
+                    cpu = _main_thread_cpu_s(raw) - cpu
+                    timed["server_ms_per_lookup"] = cpu * 1000 / (n_lookups + n_lookups // 10)
+                    return {"fill_s": fill_s, "mb_per_1m_blocks": grown / fleet.distinct, **timed, **await pings()}
                 finally:
                     await store.close()
+
+            async def pings(n: int = 1000) -> dict[str, float]:
+                """The floor under any lookup: one PING's round trip from this process's client."""
+                client = aioredis.from_url(server.url, protocol=2)
+                times = []
+                for _ in range(n):
+                    start = time.perf_counter()
+                    await client.ping()
+                    times.append(time.perf_counter() - start)
+                await client.aclose()
+                return {"ping_p50_ms": percentile(times, 50) * 1000, "ping_p99_ms": percentile(times, 99) * 1000}
 
             return asyncio.run(go())
         finally:
             server.stop()
+
+
+def _main_thread_cpu_s(raw: redis.Redis) -> float:
+    """CPU seconds of Redis's main thread so far: commands, scripts and their network I/O."""
+    info = raw.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
 
 def hash_ms(shape: Shape, block_size: int, n: int = 200) -> float:
@@ -264,14 +287,17 @@ def _command() -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     rows = [
-        "| store | lookup p50 ms | lookup p99 ms | MB per 1M blocks | fill s |",
-        "|---|---:|---:|---:|---:|",
+        "| store | lookup p50 ms | lookup p99 ms | MB per 1M blocks | fill s | Redis CPU ms/lookup | PING p50/p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["stores"].items():
         memory = f"{r['mb_per_1m_blocks']:.0f}"
         if "rss_mb_per_1m_blocks" in r:
             memory += f" (RSS {r['rss_mb_per_1m_blocks']:.0f})"
-        rows.append(f"| {name} | {r['lookup_p50_ms']:.3f} | {r['lookup_p99_ms']:.3f} | {memory} | {r['fill_s']:.1f} |")
+        server = f"{r['server_ms_per_lookup']:.3f}" if "server_ms_per_lookup" in r else "-"
+        ping = f"{r['ping_p50_ms']:.3f} / {r['ping_p99_ms']:.3f}" if "ping_p50_ms" in r else "-"
+        lookup = f"{r['lookup_p50_ms']:.3f} | {r['lookup_p99_ms']:.3f}"
+        rows.append(f"| {name} | {lookup} | {memory} | {r['fill_s']:.1f} | {server} | {ping} |")
     shape = results["shape"]
     rows.append(
         f"\n{results['distinct_blocks']} distinct blocks, {results['holdings']} (block, worker) holdings over"
