@@ -91,46 +91,49 @@ return 1
 # KEYS: the model's worker set. ARGV: block set key prefix ({ns}:o:{model}:), prediction key
 # prefix ({ns}:p:{model}:), now (ms), 1 to prune, then the prompt's block hashes (hex) in order.
 # Returns {worker, leading blocks held, ...} (stored, or predicted and unexpired), in one round
-# trip: a walk down the prompt that asks only the workers still holding every block so far and
-# stops when none is left. A block's predictions are read only where they can change the answer
-# (the first block, or a stored block missing). Pruning drops workers whose block set expired
-# from the worker set: one EXISTS per worker missing the first block, so the caller asks for it
-# now and then, not on every lookup (a worker left in the set meanwhile matches nothing).
+# trip. Every worker is asked for the first block; only those holding it are asked for the rest,
+# in one SMISMEMBER per worker and chunk (a call from Lua costs more than the lookups in it). A
+# block's predictions are read only where they can change the answer (the first block, or a
+# stored block missing). Pruning drops workers whose block set expired from the worker set: an
+# EXISTS per worker missing the first block, so the caller asks for it now and then, not on
+# every lookup (a worker left in the set meanwhile matches nothing).
 _MATCH = """
 local o, p, now, prune, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', #ARGV - 4
+local CHUNK = 1024  -- hashes per SMISMEMBER: unpack() is bounded by Lua's stack
+local preds = {}
 local function predicted(i)
+  if preds[i] then return preds[i] end
   local out, kv = {}, redis.call('HGETALL', p .. ARGV[i + 4])
   for j = 1, #kv, 2 do
     local expires = tonumber(kv[j + 1])
     if expires and expires > now then out[kv[j]] = true end
   end
+  preds[i] = out
   return out
 end
-local alive, count, out = {}, 0, {}
-for w in pairs(predicted(1)) do alive[w] = true; count = count + 1 end
+local function leading(w)
+  for first = 2, n, CHUNK do
+    local last = math.min(n, first + CHUNK - 1)
+    local flags = redis.call('SMISMEMBER', o .. w, unpack(ARGV, first + 4, last + 4))
+    for i = first, last do
+      if flags[i - first + 1] == 0 and not predicted(i)[w] then return i - 1 end
+    end
+  end
+  return n
+end
+local alive = {}
+for w in pairs(predicted(1)) do alive[w] = true end
 for _, w in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if not alive[w] then
     if redis.call('SISMEMBER', o .. w, ARGV[5]) == 1 then
-      alive[w] = true; count = count + 1
+      alive[w] = true
     elseif prune and redis.call('EXISTS', o .. w) == 0 then
       redis.call('SREM', KEYS[1], w)
     end
   end
 end
-for i = 2, n do
-  if count == 0 then break end
-  local pred
-  for w in pairs(alive) do
-    if redis.call('SISMEMBER', o .. w, ARGV[i + 4]) == 0 then
-      pred = pred or predicted(i)
-      if not pred[w] then
-        alive[w] = nil; count = count - 1
-        out[#out + 1] = w; out[#out + 1] = i - 1
-      end
-    end
-  end
-end
-for w in pairs(alive) do out[#out + 1] = w; out[#out + 1] = n end
+local out = {}
+for w in pairs(alive) do out[#out + 1] = w; out[#out + 1] = leading(w) end
 return out
 """
 
