@@ -6,7 +6,7 @@ from pdserve.tools.bench.index import Shape, build
 
 
 def test_the_fleet_has_the_blocks_and_holders_it_claims() -> None:
-    shape = Shape(blocks=5000, workers=16, chain=8, shared=4, groups=10, group_workers=4, replicas=2, seed=1)
+    shape = Shape(blocks=5000, workers=16, chain=8, shared=4, family_prompts=10, family_workers=4, replicas=2, seed=1)
     fleet = build(shape)
     distinct = set(fleet.chains)
     assert len(distinct) == fleet.distinct >= shape.blocks

@@ -1,13 +1,15 @@
 """``pdserve bench index``: the KV block index at scale, in memory and in Redis.
 
 Fills a store with ``--blocks`` distinct block hashes spread over ``--workers``
-workers the way a prefix-aware fleet holds them: ``--groups``-sized families of
+workers the way a prefix-aware fleet holds them: families of ``--family-prompts``
 prompts share a system prefix of ``--shared-tokens``; each prompt's chain of
 ``--prompt-tokens / --block-size`` blocks is held by ``--replicas`` workers drawn
-from its family's ``--group-workers``, so a prefix block has several holders and
+from its family's ``--family-workers``, so a prefix block has several holders and
 a tail block a few. Then it times ``StateStore.match`` — the router's one index
 call per request — for ``--lookups`` stored prompts (all their blocks present:
-the walk never stops early, the worst case) and measures the index's memory:
+the walk never stops early, the worst case), wall time and the calling thread's
+CPU time (what a lookup costs the router, however busy the box), and measures the
+index's memory:
 
 - ``memory://``: in a fresh subprocess, the Python allocations the store still
   holds after the fill (tracemalloc), and, in another, the RSS growth;
@@ -64,8 +66,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--block-size", type=int, default=128, help="tokens per block (the workers' default)")
     p.add_argument("--prompt-tokens", type=int, default=4096, help="tokens of the looked-up prompts")
     p.add_argument("--shared-tokens", type=int, default=2048, help="system prefix shared within a family")
-    p.add_argument("--groups", type=int, default=32, help="prompts per family (sharing one prefix)")
-    p.add_argument("--group-workers", type=int, default=8, help="workers a family's prompts are placed on")
+    p.add_argument("--family-prompts", type=int, default=32, help="prompts per family (sharing one prefix)")
+    p.add_argument("--family-workers", type=int, default=8, help="workers a family's prompts are placed on")
     p.add_argument("--replicas", type=int, default=2, help="workers holding each prompt's chain")
     p.add_argument("--lookups", type=int, default=3000, help="timed match() calls per store")
     p.add_argument("--stores", default="memory,redis", help="comma-separated: memory, redis")
@@ -81,8 +83,8 @@ class Shape:
     workers: int
     chain: int  # blocks per looked-up prompt
     shared: int  # blocks of a family's shared prefix
-    groups: int
-    group_workers: int
+    family_prompts: int
+    family_workers: int
     replicas: int
     seed: int
 
@@ -91,9 +93,10 @@ class Shape:
         chain, shared = args.prompt_tokens // args.block_size, args.shared_tokens // args.block_size
         if not 0 <= shared < chain:
             raise ValueError("shared_tokens: must be below prompt_tokens, in whole blocks")
-        if not 1 <= args.replicas <= args.group_workers <= args.workers:
-            raise ValueError("replicas, group_workers, workers: need 1 <= replicas <= group_workers <= workers")
-        return cls(args.blocks, args.workers, chain, shared, args.groups, args.group_workers, args.replicas, args.seed)
+        if not 1 <= args.replicas <= args.family_workers <= args.workers:
+            raise ValueError("replicas, family_workers, workers: need 1 <= replicas <= family_workers <= workers")
+        family = (args.family_prompts, args.family_workers)
+        return cls(args.blocks, args.workers, chain, shared, *family, args.replicas, args.seed)
 
 
 @dataclass
@@ -119,10 +122,10 @@ def build(shape: Shape) -> Fleet:
     distinct = 0
     while distinct < shape.blocks:
         prefix = [rng.getrandbits(64) for _ in range(shape.shared)]
-        family = rng.sample(range(shape.workers), shape.group_workers)
+        family = rng.sample(range(shape.workers), shape.family_workers)
         has_prefix: set[int] = set()
         distinct += shape.shared
-        for _ in range(shape.groups):
+        for _ in range(shape.family_prompts):
             tail = [rng.getrandbits(64) for _ in range(shape.chain - shape.shared)]
             chains.extend(prefix + tail)
             distinct += len(tail)
@@ -155,18 +158,22 @@ async def lookups(store: StateStore, fleet: Fleet, shape: Shape, n: int) -> dict
     rng = random.Random(shape.seed + 1)
     count = len(fleet.chains) // shape.chain
     prompts = [fleet.chain(rng.randrange(count), shape.chain) for _ in range(n + n // 10)]
-    times, found = [], 0
+    times, cpu, found = [], [], 0
     for i, hashes in enumerate(prompts):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         matched = await store.match(MODEL, hashes)
-        elapsed = time.perf_counter() - start
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
         if i >= n // 10:  # the first tenth warms caches and connections
             times.append(elapsed)
+            cpu.append(elapsed_cpu)
             found += max(matched.values(), default=0) == shape.chain
     return {
         "lookup_p50_ms": percentile(times, 50) * 1000,
         "lookup_p99_ms": percentile(times, 99) * 1000,
         "lookup_mean_ms": sum(times) / len(times) * 1000,
+        # this thread's CPU time: what a lookup costs the router, whatever else the box runs
+        "client_cpu_p50_ms": percentile(cpu, 50) * 1000,
+        "client_cpu_p99_ms": percentile(cpu, 99) * 1000,
         "full_matches": found / len(times),
     }
 
@@ -287,8 +294,9 @@ def _command() -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     rows = [
-        "| store | lookup p50 ms | lookup p99 ms | MB per 1M blocks | fill s | Redis CPU ms/lookup | PING p50/p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| store | lookup p50 ms | lookup p99 ms | router CPU p50/p99 ms | MB per 1M blocks | fill s"
+        " | Redis CPU ms/lookup | PING p50/p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["stores"].items():
         memory = f"{r['mb_per_1m_blocks']:.0f}"
@@ -297,6 +305,10 @@ def markdown(results: dict[str, Any]) -> str:
         server = f"{r['server_ms_per_lookup']:.3f}" if "server_ms_per_lookup" in r else "-"
         ping = f"{r['ping_p50_ms']:.3f} / {r['ping_p99_ms']:.3f}" if "ping_p50_ms" in r else "-"
         lookup = f"{r['lookup_p50_ms']:.3f} | {r['lookup_p99_ms']:.3f}"
+        if "client_cpu_p50_ms" in r:
+            lookup += f" | {r['client_cpu_p50_ms']:.3f} / {r['client_cpu_p99_ms']:.3f}"
+        else:
+            lookup += " | -"
         rows.append(f"| {name} | {lookup} | {memory} | {r['fill_s']:.1f} | {server} | {ping} |")
     shape = results["shape"]
     rows.append(
