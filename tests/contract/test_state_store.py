@@ -107,6 +107,14 @@ async def test_stored_and_predicted_blocks_make_one_prefix(store: StateStore) ->
     assert await store.match("m", h) == {A: 3, B: 4}
 
 
+async def test_a_long_prompt_is_walked_to_its_end(store: StateStore) -> None:
+    """Past 1024 blocks (the Redis walk's chunk) a hole still ends the prefix where it is."""
+    h = hashes(1100)
+    await store.add_blocks("m", A, h)
+    await store.add_blocks("m", B, h[:1050] + h[1051:])
+    assert await store.match("m", h) == {A: 1100, B: 1050}
+
+
 async def test_deregister_removes_record_and_blocks(store: StateStore) -> None:
     await store.register(record(A), ttl_s=30)
     await store.add_blocks("m", A, hashes(2))
