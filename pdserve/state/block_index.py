@@ -69,6 +69,8 @@ class WorkerBits:
 
 
 class BlockIndex:
+    """Stored blocks per model and who holds them; ``MemoryStore`` is its one caller."""
+
     def __init__(self) -> None:
         self.bits = WorkerBits()
         self._held: dict[str, dict[BlockHash, int]] = {}  # model → hash → holders' bits
@@ -80,14 +82,16 @@ class BlockIndex:
         table = self._held.setdefault(model, {})
         log = self._log.setdefault((model, worker_id), array("Q"))
         new = 0
-        for h in hashes:
-            mask = table.get(h, 0)
-            if not mask & bit:
-                table[h] = mask | bit
-                log.append(h)
-                new += 1
-        self._live[(model, worker_id)] = self._live.get((model, worker_id), 0) + new
-        self._settle(model, worker_id)
+        try:
+            for h in hashes:
+                mask = table.get(h, 0)
+                if not mask & bit:
+                    log.append(h)  # first: a hash that is not 64-bit unsigned raises before the table changes
+                    table[h] = mask | bit
+                    new += 1
+        finally:  # what was applied stays counted
+            self._live[(model, worker_id)] = self._live.get((model, worker_id), 0) + new
+            self._settle(model, worker_id)
 
     def remove(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         position, table = self.bits.get(worker_id), self._held.get(model)

@@ -3,6 +3,8 @@ tests/contract/test_state_store.py; its speed and size in ``pdserve bench index`
 
 from __future__ import annotations
 
+import pytest
+
 from pdserve.state.block_index import BlockIndex
 from pdserve.types import BlockHash, WorkerId
 
@@ -65,9 +67,12 @@ def test_churn_keeps_the_removal_log_bounded_and_clear_exact() -> None:
     assert index.live("m", A) == 0 and len(index) == 1 and holders(index, "m", 7) == {B}
 
 
-def test_full_64_bit_hashes() -> None:
+def test_full_64_bit_hashes_and_nothing_half_applied_past_them() -> None:
     index = BlockIndex()
     top = (1 << 64) - 1
     index.add("m", A, hs(top, 0))
+    with pytest.raises(OverflowError):
+        index.add("m", A, hs(5, 1 << 64))  # not a pdserve block hash
+    assert index.live("m", A) == 3 and len(index) == 3  # 5 went in; the bad one never did
     index.clear("m", A)
     assert len(index) == 0
