@@ -32,7 +32,7 @@ log = logging.getLogger("router")
 
 def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[StateStore, bool]:
     """(store, whether this router follows the workers' KV events itself)."""
-    store = make_store(cfg.state_url, namespace=cfg.state_namespace, password=cfg.state_password)
+    store = make_store(cfg.state_url, namespace=cfg.state_namespace, password=cfg.state_password, tls=cfg.state_tls)
     if cfg.state_url.startswith("memory"):
         return store, True
     if not cfg.registry_secrets:
