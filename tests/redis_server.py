@@ -11,17 +11,17 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers.pki import Pki
+from pdserve.security import TlsFiles
 
 # A backstop: the wait ends at the first answered PING; a server that exits fails it at once.
 START_TIMEOUT_S = 120.0
 
 
 class RedisServer:
-    def __init__(self, port: int, workdir: Path, password: str = "", tls: Pki | None = None) -> None:
+    def __init__(self, port: int, workdir: Path, password: str = "", tls: TlsFiles | None = None) -> None:
         self.port = port
         self.password = password  # "": none (requirepass off)
-        self.tls = tls  # serve TLS only, with its server certificate; clients need no certificate
+        self.tls = tls  # serve TLS only, with this certificate; clients need none, only the CA
         self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0"
         self._workdir = workdir
         self._proc: subprocess.Popen[bytes] | None = None
@@ -60,13 +60,12 @@ class RedisServer:
             return ()
         return (
             *("--tls-port", str(self.port), "--tls-auth-clients", "no"),
-            *("--tls-cert-file", str(self.tls.server_cert), "--tls-key-file", str(self.tls.server_key)),
-            *("--tls-ca-cert-file", str(self.tls.ca)),
+            *("--tls-cert-file", self.tls.cert, "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca),
         )
 
     def client(self, db: int = 0) -> redis.Redis:
         """A synchronous client with this server's password and CA."""
-        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        tls = {"ssl": True, "ssl_ca_certs": self.tls.ca} if self.tls else {}
         return redis.Redis(port=self.port, db=db, socket_timeout=5, password=self.password or None, **tls)
 
     def stop(self) -> None:

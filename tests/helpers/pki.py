@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pdserve.security import TlsFiles
+
 
 @dataclass(frozen=True)
 class Pki:
@@ -21,6 +23,11 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+
+    @property
+    def server(self) -> TlsFiles:
+        """What a server presents (its certificate and key) and checks clients by (the CA)."""
+        return TlsFiles(str(self.server_cert), str(self.server_key), str(self.ca))
 
 
 def _name(cn: str) -> x509.Name:

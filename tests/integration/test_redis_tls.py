@@ -33,7 +33,7 @@ def test_workers_and_router_share_state_over_tls_and_a_wrong_ca_is_refused(tmp_p
     pki = make_pki(tmp_path / "pki")
     other = make_pki(tmp_path / "other", "another CA")
     (tmp_path / "password").write_text(PASSWORD + "\n")
-    server = RedisServer(free_port(), tmp_path / "redis", PASSWORD, tls=pki).start()
+    server = RedisServer(free_port(), tmp_path / "redis", PASSWORD, tls=pki.server).start()
     assert server.url.startswith("rediss://")
     try:
         with Procs(tmp_path / "logs") as procs:
