@@ -139,7 +139,9 @@ class RouterService:
     def served(self) -> list[ModelPool]:
         """The pools of the models served now: those with a decode worker (one whose
         workers all left is not served)."""
-        return [pool for pool in self.pools.values() if pool.decode]
+        # A snapshot (one C call): a large body's size check asks from a preparing thread
+        # while discovery may add a pool on the event loop.
+        return [pool for pool in tuple(self.pools.values()) if pool.decode]
 
     def health(self) -> Health:
         """The models with a worker, by whether one decodes. A model whose workers all left

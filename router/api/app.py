@@ -1,10 +1,11 @@
 """FastAPI application: routes translate HTTP ⇄ RouterService calls, nothing more.
 
-A generation route validates the body against the model's pool (api/validate.py),
-makes one call, ``RouterService.serve``, and renders the ``Answer`` it returns. The
-others answer from the service's view of its pools (/health, /ping, /version,
-/v1/models) or a pool's tokenizer (/tokenize, /detokenize: api/tokenize.py), shaped as
-vLLM 0.32's server answers them."""
+A generation route reads its body (api/body.py: a large one off the event loop),
+validates it against the model's pool (api/validate.py), makes one call,
+``RouterService.serve``, and renders the ``Answer`` it returns. The others answer from
+the service's view of its pools (/health, /ping, /version, /v1/models) or a pool's
+tokenizer (/tokenize, /detokenize: api/tokenize.py), shaped as vLLM 0.32's server
+answers them."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
+from router.api import body as body_of
 from router.api import errors, render, size, tokenize, tool_grammar, validate
 from router.api.chat_output import ChatParsing
 from router.api.limits import BodyLimit
@@ -119,25 +121,26 @@ def create_app(
         size.check(body, get_service().pool(body.model).max_model_len, prompt_chars_per_token)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+    async def completions(request: Request) -> Response:
         arrival = time.perf_counter()
+        body = await body_of.read(request, CompletionRequest, get_service().prepare, sized)
         _take_request_id(body, request)
-        sized(body)
         serving = get_service().serve(
             body.model, lambda pool: validate.completion(body, pool, arrival), *_caller(request)
         )
         return await _unless_gone(request, _answered(serving, body, chat=False))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat_completions(request: Request) -> Response:
         arrival = time.perf_counter()
+        body = await body_of.read(request, ChatCompletionRequest, get_service().prepare, sized)
         _take_request_id(body, request)
-        sized(body)
         serving = get_service().serve(
             body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], *_caller(request)
         )
         return await _unless_gone(request, _answered(serving, body, chat=True, options=chat_options))
 
+    body_of.describe(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest})
     return app
 
 
