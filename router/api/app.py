@@ -117,13 +117,16 @@ def create_app(
         service = get_service()
         return await service.prepare(tokenize.detokenize, body, service.pool(body.model))
 
-    def sized(body: CompletionRequest | ChatCompletionRequest) -> None:
+    def checked(body: CompletionRequest | ChatCompletionRequest) -> None:
+        """What needs no tokenizer, before the request waits for admission: a 400 (or the
+        404 of an unknown model) even while every slot is taken."""
         size.check(body, get_service().pool(body.model).max_model_len, prompt_chars_per_token)
+        validate.fields(body)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         arrival = time.perf_counter()
-        body = await body_of.read(request, CompletionRequest, get_service().prepare, sized)
+        body = await body_of.read(request, CompletionRequest, get_service().prepare, checked)
         _take_request_id(body, request)
         serving = get_service().serve(
             body.model, lambda pool: validate.completion(body, pool, arrival), *_caller(request)
@@ -133,7 +136,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         arrival = time.perf_counter()
-        body = await body_of.read(request, ChatCompletionRequest, get_service().prepare, sized)
+        body = await body_of.read(request, ChatCompletionRequest, get_service().prepare, checked)
         _take_request_id(body, request)
         serving = get_service().serve(
             body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], *_caller(request)
