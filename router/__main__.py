@@ -72,7 +72,9 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     admission = Admission(cfg.admission, store)
 
     def background() -> Background:
-        return Background(fleet.loops_down(), store.up if isinstance(store, FallbackStore) else True)
+        if isinstance(store, FallbackStore):
+            return Background(fleet.loops_down(), store.up, store.down_kind)
+        return Background(fleet.loops_down())
 
     return RouterService(fleet.pools, orchestrator, metrics, admission, background), fleet, store
 

@@ -34,6 +34,7 @@ class Background:
 
     loops_down: Mapping[str, str] = field(default_factory=dict)
     store_up: bool = True
+    store_down_kind: str = ""  # why it is down: a StoreUnavailable kind (e.g. "tls": a refused handshake)
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def _health(health: Health) -> JSONResponse:
     if health.background.loops_down:
         details["loops_down"] = dict(health.background.loops_down)
     if not health.background.store_up:
-        details["state_store"] = "unreachable: serving from this router's local view"
+        kind = f" ({health.background.store_down_kind})" if health.background.store_down_kind else ""
+        details["state_store"] = f"unreachable{kind}: serving from this router's local view"
     if health.kv_slow:  # requests succeed, slowly: DESIGN §8's 0.4 GB/s case
         details["kv_path_slow"] = dict(health.kv_slow)
     if health.ok:

@@ -59,7 +59,8 @@ def test_workers_and_router_share_state_over_tls_and_a_wrong_ca_is_refused(tmp_p
             procs.wait_http(f"{stranger}/version", 120)
             wait_until(lambda: _tls_errors(stranger) > 0, "the router counts the TLS refusal", 60)
             health = httpx.get(f"{stranger}/health", timeout=5)
-            assert health.status_code == 503 and health.json()["state_store"].startswith("unreachable"), health.text
+            assert health.status_code == 503, health.text  # no model: it found no worker
+            assert health.json()["state_store"].startswith("unreachable (tls)"), health.text
             assert httpx.get(f"{stranger}/v1/models", timeout=5).json()["data"] == []
             assert len(server.client().smembers("pdserve:workers")) == 2  # the other-CA worker never joined
             assert httpx.post(f"{router}/v1/completions", json=body, timeout=30).status_code == 200
