@@ -179,6 +179,14 @@ class RouterConfig:
         help="priced: the TTFT SLO, seconds; a request predicted to miss it both ways goes remote, sparing the "
         "decode worker's streams; 0 = none",
     )
+    disagg_tpot_target_s: float = flag(
+        0.0,
+        name="--disagg-tpot-target",
+        env="PDSERVE_DISAGG_TPOT_TARGET_S",
+        help="priced: the TPOT SLO, seconds per output token (with --disagg-ttft-target): the choice counts "
+        "requests meeting the SLO, this one's and the decode worker's streams a local prefill would stall "
+        "past it; 0 = none",
+    )
     disagg_min_tokens: int = flag(
         0,
         env="PDSERVE_DISAGG_MIN_TOKENS",
@@ -375,6 +383,8 @@ class RouterConfig:
             raise ValueError(f"disagg_decider: unknown {self.disagg_decider!r}; choose one of {sorted(DECIDERS)}")
         if self.disagg_stall_weight < 0 or not self.disagg_probe_s > 0 or self.disagg_ttft_target_s < 0:
             raise ValueError("disagg_stall_weight and disagg_ttft_target_s must be >= 0, disagg_probe_s > 0")
+        if self.disagg_tpot_target_s < 0 or (self.disagg_tpot_target_s and not self.disagg_ttft_target_s):
+            raise ValueError("disagg_tpot_target_s must be >= 0 and needs disagg_ttft_target_s (the SLO is both)")
         for addr in (*self.prefill, *self.decode):
             host, sep, port = addr.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -404,6 +414,7 @@ class RouterConfig:
             self.disagg_stall_weight,
             self.disagg_probe_s,
             self.disagg_ttft_target_s,
+            self.disagg_tpot_target_s,
         )
 
     def with_secrets(self) -> RouterConfig:

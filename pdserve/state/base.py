@@ -139,19 +139,6 @@ def valid_records(entries: Sequence[str]) -> list[WorkerRecord]:
     return out
 
 
-def prefix_lengths(holders: Sequence[set[WorkerId]]) -> dict[WorkerId, int]:
-    """Holders of each block, in prompt order → leading blocks held per worker."""
-    out: dict[WorkerId, int] = {}
-    alive = set(holders[0]) if holders else set()
-    for i, held in enumerate(holders):
-        alive &= held
-        if not alive:
-            break
-        for worker in alive:
-            out[worker] = i + 1
-    return out
-
-
 class StateStore(Protocol):
     async def register(self, record: WorkerRecord, ttl_s: float) -> None: ...
 

@@ -201,6 +201,7 @@ ROUTER_FLAGS = {
     "--disagg-stall-weight": "PDSERVE_DISAGG_STALL_WEIGHT",
     "--disagg-probe-s": "PDSERVE_DISAGG_PROBE_S",
     "--disagg-ttft-target": "PDSERVE_DISAGG_TTFT_TARGET_S",
+    "--disagg-tpot-target": "PDSERVE_DISAGG_TPOT_TARGET_S",
     "--prefill-saturated-waiting": "PDSERVE_PREFILL_SATURATED_WAITING",
     "--prefill-retries": "PDSERVE_PREFILL_RETRIES",
     "--decode-retries": "PDSERVE_DECODE_RETRIES",
