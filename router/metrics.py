@@ -102,7 +102,7 @@ class RouterMetrics:
         self.store_up.set(1)
         self.store_errors = Counter(
             "pdserve_router_state_store_errors",
-            "Calls the shared state store failed, by kind: connection, timeout, oom, readonly, misconf, "
+            "Calls the shared state store failed, by kind: connection, timeout, tls, oom, readonly, misconf, "
             "noperm, auth, response (the router then serves from its local view)",
             ["kind"],
             registry=r,

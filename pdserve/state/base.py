@@ -42,7 +42,7 @@ from pdserve.types import BlockHash, WorkerId
 class StoreUnavailable(Exception):
     """The backing store could not serve a call: unreachable, too slow, or refusing it.
     ``kind`` names the cause for metrics (a small fixed set: ``connection``, ``timeout``,
-    ``oom``, ``readonly``, ``misconf``, ``noperm``, ``auth``, ``response``)."""
+    ``tls``, ``oom``, ``readonly``, ``misconf``, ``noperm``, ``auth``, ``response``)."""
 
     def __init__(self, message: str, kind: str = "connection") -> None:
         super().__init__(message)

@@ -15,13 +15,18 @@ clusters sharing one Redis database never see each other:
 Nothing a dead worker leaves outlives its TTL. Registry updates are atomic (Lua
 scripts or MULTI). The scripts name keys they build from a record, so this layout needs
 one Redis (standalone, or Sentinel for failover), not Redis Cluster. Every command has
-the client's socket timeout; every Redis error — unreachable, timed out, OOM under
-``maxmemory``, READONLY, MISCONF, NOPERM, any other error reply — becomes
+the client's socket timeout; every Redis error — unreachable, timed out, a TLS handshake
+refused, OOM under ``maxmemory``, READONLY, MISCONF, NOPERM, any other error reply — becomes
 ``StoreUnavailable`` with its kind.
+
+TLS (``rediss://``) is redis-py's own: the server's certificate is verified against
+``TlsFiles.ca`` (else the system's CAs) and its host name checked; ``cert``/``key`` are
+the client certificate a server with ``tls-auth-clients yes`` asks for.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -37,7 +42,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pdserve.security import redact_url
+from pdserve.security import TlsFiles, redact_url
 from pdserve.state.base import StoreUnavailable, WorkerRecord, valid_records
 from pdserve.types import BlockHash, WorkerId, to_hex
 
@@ -154,6 +159,8 @@ def error_kind(exc: BaseException) -> str:
         return "misconf" if "MISCONF" in str(exc) else "response"
     if isinstance(exc, RedisTimeoutError | TimeoutError):
         return "timeout"
+    if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError):  # redis-py wraps the handshake's error
+        return "tls"
     return "connection"
 
 
@@ -165,13 +172,29 @@ async def _reachable(url: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"redis at {url}: {type(exc).__name__}: {exc}", error_kind(exc)) from None
 
 
+def _tls_args(tls: TlsFiles) -> dict[str, str]:
+    """redis-py's SSL arguments for ``tls`` (a ``rediss://`` URL: ``state_tls`` checked it);
+    verification stays redis-py's default: required, host name checked."""
+    names = {"ssl_ca_certs": tls.ca, "ssl_certfile": tls.cert, "ssl_keyfile": tls.key}
+    return {name: path for name, path in names.items() if path}
+
+
 class RedisStore:
-    def __init__(self, url: str, timeout_s: float = 0.5, namespace: str = "pdserve", password: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 0.5,
+        namespace: str = "pdserve",
+        password: str = "",
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.url = redact_url(url)
         # RESP2: under RESP3, redis-py 8.1's asyncio pool skips its check for connections the
         # server closed (redis/redis-py#4252), so after a Redis restart every pooled connection
         # failed one call. We use no RESP3 feature.
-        extra = {"password": password} if password else {}
+        extra: dict[str, str] = _tls_args(tls or TlsFiles())
+        if password:
+            extra["password"] = password
         self._r = aioredis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True, protocol=2, **extra
         )
