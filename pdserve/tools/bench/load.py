@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "rates": {},
     }
     for rate in [float(r) for r in args.rates.split(",")]:
-        timings, wall = asyncio.run(_sweep_point(args, model, rate))
+        timings, wall = asyncio.run(sweep_point(args, model, rate))
         summary = summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
         print(json.dumps({"rate": rate, **summary}), flush=True)
         summary["per_request"] = [  # raw, so goodput can be recomputed under any SLO
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sweep_point(args: argparse.Namespace, model: str, rate: float) -> tuple[list[Timing], float]:
+async def sweep_point(args: argparse.Namespace, model: str, rate: float) -> tuple[list[Timing], float]:
     # A different stream per rate: prompts repeated across rates would hit the prefix cache.
     rng = random.Random(f"{args.seed}-{rate}")
     plo, phi = int_range(args.prompt_tokens)
