@@ -6,7 +6,7 @@ The sim fleet gets the same topology (one sim worker per GPU, the given profile)
 same requests: ``bench load`` draws prompts, outputs and Poisson arrivals from
 ``--seed`` and the rate, so seed 0 (the GPU scripts') reproduces them exactly — checked
 against the GPU file's per-request prompt lengths. Output: JSON and a markdown table of
-TTFT p50/p90, TPOT p50 and goodput per rate, GPU beside sim, under the GPU run's SLO.
+TTFT p50/p90, TPOT p50, ITL p99 and goodput per rate, GPU beside sim, under the GPU run's SLO.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pdserve.tools.fleet import start_router, start_sim_worker
 from pdserve.tools.procs import Procs
 
 SERVED = "calibrate"
-METRICS = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "goodput_req_s")
+METRICS = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "itl_p99_s", "goodput_req_s")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--engine-arg", action="append", default=[], help="more sim engine args KEY=VALUE")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--vocab-size", type=int, default=128000, help="as the GPU run's bench load")
+    p.add_argument("--trace-dir", type=Path, default=Path("deploy/gpu/traces"), help="where a trace run's file is")
     p.add_argument("--out", type=Path, default=Path("bench-out/calibrate.json"))
     p.set_defaults(run=run)
 
@@ -63,7 +64,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     results = [_replay(args, r) for r in args.runs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"profile": args.profile, "runs": results}, indent=1))
+    summary = {"profile": args.profile, "engine_args": args.engine_arg, "runs": results}
+    args.out.write_text(json.dumps(summary, indent=1))
     text = markdown(results)
     args.out.with_suffix(".md").write_text(text)
     print(text)
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace, gpu_run: GpuRun) -> dict[str, Any]:
     gpu = json.loads(gpu_run.path.read_text())
+    trace = gpu.get("trace")  # bench load --trace: the same rows, the same salt per rate
     slo = Slo(gpu["slo"]["ttft_s"], gpu["slo"]["tpot_s"])
     worker_args = ["--model", str(args.model), "--served-model-name", SERVED, "--block-size", str(args.block_size)]
     worker_args += ["--max-model-len", "8192", "--engine-arg", f"profile={args.profile}"]
@@ -93,8 +96,8 @@ def _replay(args: argparse.Namespace, gpu_run: GpuRun) -> dict[str, Any]:
                 requests=measured["requests"],
                 prompt_tokens=gpu["prompt_tokens"],
                 output_tokens=gpu["output_tokens"],
-                trace=None,
-                trace_scale=1.0,
+                trace=None if trace is None else args.trace_dir / trace["file"],
+                trace_scale=1.0 if trace is None else trace["scale"],
             )
             timings, wall = asyncio.run(sweep_point(load_args, SERVED, float(rate)))
             sim = summarize(timings, wall, slo)
@@ -111,8 +114,8 @@ def _replay(args: argparse.Namespace, gpu_run: GpuRun) -> dict[str, Any]:
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "| topology | rate | TTFT p50 GPU | sim | TTFT p90 GPU | sim | TPOT p50 GPU | sim "
-        "| goodput GPU | sim | same prompts |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        "| ITL p99 GPU | sim | goodput GPU | sim | same prompts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for res in results:
         for rate, r in res["rates"].items():
@@ -122,6 +125,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 f"| {g['ttft_p50_s'] * 1e3:.0f} ms | {s['ttft_p50_s'] * 1e3:.0f} ms "
                 f"| {g['ttft_p90_s'] * 1e3:.0f} ms | {s['ttft_p90_s'] * 1e3:.0f} ms "
                 f"| {g['tpot_p50_s'] * 1e3:.2f} ms | {s['tpot_p50_s'] * 1e3:.2f} ms "
+                f"| {g['itl_p99_s'] * 1e3:.1f} ms | {s['itl_p99_s'] * 1e3:.1f} ms "
                 f"| {g['goodput_req_s']:.2f} | {s['goodput_req_s']:.2f} | {'yes' if r['same_prompts'] else 'no'} |"
             )
     return "\n".join(lines) + "\n"
