@@ -10,14 +10,19 @@
 #                workers load dummy weights
 # What had to be substituted for Docker is listed in $OUT/compose-chat.json ("substitutions").
 # Every process started here is stopped on exit, failure included.
+# $OUT gets compose-chat.json, compose-plan.json and compose-logs.tar.gz (the device returns 8 files).
 set -uo pipefail
-out="${OUT:-/tmp/pdserve-out}"; mkdir -p "$out"
+final="${OUT:-/tmp/pdserve-out}"; out="$final/compose-raw"; mkdir -p "$out"
 here="$(cd "$(dirname "$0")" && pwd)"; repo="$(cd "$here/../.." && pwd)"
 py="${PYTHON:-python3}"
 export PYTHONPATH="/tmp/site:$repo" PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 work="$(mktemp -d /tmp/pdserve-compose.XXXXXX)"
 pids=()
-cleanup() { [[ ${#pids[@]} -gt 0 ]] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() {
+  [[ ${#pids[@]} -gt 0 ]] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"
+  for f in compose-chat.json compose-plan.json; do [[ -f "$out/$f" ]] && cp "$out/$f" "$final/"; done
+  tar czf "$final/compose-logs.tar.gz" -C "$final" compose-raw && rm -rf "$out"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 

@@ -6,14 +6,15 @@
 #   SPLITS="..."   topologies, each P:D or "coloc" (default 4 GPUs: "coloc 1:3 2:2 3:1 1:1";
 #                  2 GPUs: "coloc 1:1"). coloc = N independent engines, no KV transfer.
 #   MIXES="long chat"  long: prompts 2048-4096 random ids, outputs 128-256;
-#                  chat: the Mooncake conversation trace (prompts /4, cut at 7936; its outputs cut at 512)
-#   RATES_LONG=... RATES_CHAT=... (req/s)  REQUESTS=200 per rate  SLO_TTFT=1.0  SLO_TPOT=0.025
+#                  chat: the Mooncake conversation trace (prompts /4, cut at 7680; its outputs cut at 512)
+#   RATES_LONG=8,16,24 RATES_CHAT=4,8,12 (req/s; 2 GPUs: 4,8,12 and 2,4,6)  REQUESTS=200 per rate  SLO_TTFT=1.0  SLO_TPOT=0.025
 #   ROUTER_PORT=8000  PORT_BASE=50100 (worker i: gRPC PORT_BASE+i, NIXL 5600+i, KV events 5700+2i)
 #   ENGINE=sim     the same topology on sim workers (SIM_PROFILE, default llama-3.1-8b-h200);
 #                  CUDA_VISIBLE_DEVICES is then ignored. Dry run: ENGINE=sim RATES=2 REQUESTS=20
-# Every process this script starts is killed on exit, failure included.
+# Every process this script starts is killed on exit, failure included. $OUT gets ratios-summary-TAG.{md,json}
+# and ratios-raw-TAG.tar.gz (per-topology load JSONs, logs, router metrics: the device returns 8 files).
 set -uo pipefail
-out="${OUT:-/tmp/pdserve-out}"; mkdir -p "$out"
+final="${OUT:-/tmp/pdserve-out}"
 here="$(cd "$(dirname "$0")" && pwd)"; repo="$(cd "$here/../.." && pwd)"
 engine="${ENGINE:-vllm}"
 py="${PYTHON:-python3}"
@@ -28,13 +29,17 @@ else gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 fi
 if [[ "$gpus" -ge 4 ]]; then default_splits="coloc 1:3 2:2 3:1 1:1"; else default_splits="coloc 1:1"; fi
 splits="${SPLITS:-$default_splits}"
+tag="$(echo "$engine $splits" | tr ' :' '_-')"
+out="$final/ratios-raw-$tag"; mkdir -p "$out"
 mixes="${MIXES:-long chat}"
 requests="${REQUESTS:-200}"
 slo=(--slo-ttft "${SLO_TTFT:-1.0}" --slo-tpot "${SLO_TPOT:-0.025}")
-declare -A rates=([long]="${RATES:-${RATES_LONG:-4,8,16,24}}" [chat]="${RATES:-${RATES_CHAT:-2,4,8,12}}")
+# Defaults sized so that one topology (start, warm-up, both mixes) takes about 4.5 min on 4 GPUs.
+if [[ "$gpus" -ge 4 ]]; then long_rates=8,16,24 chat_rates=4,8,12; else long_rates=4,8,12 chat_rates=2,4,6; fi
+declare -A rates=([long]="${RATES:-${RATES_LONG:-$long_rates}}" [chat]="${RATES:-${RATES_CHAT:-$chat_rates}}")
 declare -A mix_args=(
   [long]="--prompt-tokens 2048:4096 --output-tokens 128:256"
-  [chat]="--trace $trace --trace-scale 4 --prompt-tokens 1:7936 --output-tokens 1:512"
+  [chat]="--trace $trace --trace-scale 4 --prompt-tokens 1:7680 --output-tokens 1:512"
 )
 
 common=(--model "$model" --served-model-name "$name" --max-model-len 8192 --block-size "${BLOCK_SIZE:-16}"
@@ -50,7 +55,14 @@ router_port="${ROUTER_PORT:-8000}"; url="http://127.0.0.1:$router_port"
 pids=() prefill=() decode=()
 join() { local IFS=,; echo "$*"; }
 cleanup() { [[ ${#pids[@]} -gt 0 ]] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; pids=(); }
-trap cleanup EXIT
+pack() {
+  cleanup
+  for ext in json md; do
+    [[ -f "$out/ratios-summary.$ext" ]] && cp "$out/ratios-summary.$ext" "$final/ratios-summary-$tag.$ext"
+  done
+  tar czf "$final/ratios-raw-$tag.tar.gz" -C "$final" "ratios-raw-$tag" && rm -rf "$out"
+}
+trap pack EXIT
 trap 'exit 130' INT TERM
 
 start_worker() {  # ROLE GPU LABEL [more worker flags]: one worker on one GPU; its address joins $ROLE's list
