@@ -8,6 +8,7 @@
 #   MIXES="long chat"  long: prompts 2048-4096 random ids, outputs 128-256;
 #                  chat: the Mooncake conversation trace (prompts /4, cut at 7680; its outputs cut at 512)
 #   RATES_LONG=8,16,24 RATES_CHAT=4,8,12 (req/s; 2 GPUs: 4,8,12 and 2,4,6)  REQUESTS=200 per rate  SLO_TTFT=1.0  SLO_TPOT=0.025
+#   READY_S=420    how long a topology may take to serve (engines start in parallel)
 #   ROUTER_PORT=8000  PORT_BASE=50100 (worker i: gRPC PORT_BASE+i, NIXL 5600+i, KV events 5700+2i)
 #   ENGINE=sim     the same topology on sim workers (SIM_PROFILE, default llama-3.1-8b-h200);
 #                  CUDA_VISIBLE_DEVICES is then ignored. Dry run: ENGINE=sim RATES=2 REQUESTS=20
@@ -75,13 +76,22 @@ start_worker() {  # ROLE GPU LABEL [more worker flags]: one worker on one GPU; i
   if [[ "$role" == prefill ]]; then prefill+=("127.0.0.1:$port"); else decode+=("127.0.0.1:$port"); fi
 }
 
-wait_up() {  # a router answering /v1/models with the model, or its death
-  for _ in $(seq 1 360); do
+wait_up() {  # the router answering /v1/models with the model; fails at once when a process died
+  for _ in $(seq 1 $(( ${READY_S:-420} / 2 ))); do
     curl -sf "$url/v1/models" | grep -q "$name" && return 0
-    kill -0 "${pids[-1]}" 2>/dev/null || { echo "router exited"; return 1; }
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "process $pid exited before the router was ready"; return 1; }; done
     sleep 2
   done
-  echo "router not ready"; return 1
+  echo "router not ready in ${READY_S:-420} s"; return 1
+}
+
+gpus_idle() {  # engine cores gone and their GPU memory back, before the next topology starts
+  [[ "$engine" == sim ]] && return 0
+  for _ in $(seq 1 60); do
+    [[ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null)" ]] && return 0
+    sleep 1
+  done
+  echo "GPU processes still present after 60 s:"; nvidia-smi --query-compute-apps=pid,used_memory --format=csv
 }
 
 run_topology() {  # TOPO: coloc or P:D
@@ -117,10 +127,12 @@ run_topology() {  # TOPO: coloc or P:D
   done
   curl -sf "$url/metrics" > "$out/$label-router-metrics.txt" || true
   cleanup
-  sleep "${SETTLE_S:-3}"  # GPU memory and ports back before the next topology
+  gpus_idle
 }
 
 echo "engine=$engine gpus=$gpus splits=[$splits] mixes=[$mixes] requests=$requests"
-for topo in $splits; do run_topology "$topo" || echo "$topo: FAILED (logs in $out)"; done
+failed=0
+for topo in $splits; do run_topology "$topo" || { echo "$topo: FAILED (logs in $out)"; failed=1; cleanup; gpus_idle; }; done
 [[ "$engine" == sim ]] || nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$out/ratios-gpus.csv" 2>&1
 "$py" "$here/ratios_summary.py" "$out" --gpus "$gpus" --engine "$engine"
+exit "$failed"

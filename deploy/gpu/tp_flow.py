@@ -24,7 +24,7 @@ PROMPT_LENGTHS = (100, 900, 3000)
 MAX_TOKENS = 32
 
 
-def wait_router(url: str, deadline_s: float = 600) -> None:
+def wait_router(url: str, deadline_s: float = 420) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         try:

@@ -62,9 +62,17 @@ router() {  # PORT LOG ARGS...
   pids+=($!)
 }
 
+gpus_idle() {  # engine cores gone and their GPU memory back, before the next phase starts
+  [[ "$engine" == sim ]] && return 0
+  for _ in $(seq 1 60); do
+    [[ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null)" ]] && return 0
+    sleep 1
+  done
+}
+
 flow() {  # PORT LABEL WORKER_ADDRS...
   local port="$1" label="$2"; shift 2
-  timeout 900 "$py" "$here/tp_flow.py" "http://127.0.0.1:$port" "$label" "$out/tp-$label.json" "$vocab" "$@"
+  timeout 480 "$py" "$here/tp_flow.py" "http://127.0.0.1:$port" "$label" "$out/tp-$label.json" "$vocab" "$@"
 }
 
 # Phase 1 and 2: P/D across the mismatch. The router sends every request to the prefill worker
@@ -78,7 +86,7 @@ for phase in "p2-d1 0,1 2 2 1" "p1-d2 0 1,2 1 2"; do
   flow 8000 "pd-$label" 127.0.0.1:50051 127.0.0.1:50052 || echo "pd-$label: FAILED (logs in $out)"
   echo "pd-$label: $(( $(date +%s) - began )) s"
   grep -hm2 -iE "kv cache layout|tp_ratio|heterogeneous" "$out/tp-pd-$label-decode.log" || true
-  cleanup; sleep 3
+  cleanup; gpus_idle
 done
 
 # Phase 3: the colocated references, both at once (GPU 0; GPUs 1,2).
