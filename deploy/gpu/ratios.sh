@@ -8,6 +8,7 @@
 #   MIXES="long chat"  long: prompts 2048-4096 random ids, outputs 128-256;
 #                  chat: the Mooncake conversation trace (prompts /4, cut at 7680; its outputs cut at 512)
 #   RATES_LONG=8,16,24 RATES_CHAT=4,8,12 (req/s; 2 GPUs: 4,8,12 and 2,4,6)  REQUESTS=200 per rate  SLO_TTFT=1.0  SLO_TPOT=0.025
+#   DECIDER=always-remote  the router's --disagg-decider in P/D topologies
 #   READY_S=420    how long a topology may take to serve (engines start in parallel)
 #   ROUTER_PORT=8000  PORT_BASE=50100 (worker i: gRPC PORT_BASE+i, NIXL 5600+i, KV events 5700+2i)
 #   ENGINE=sim     the same topology on sim workers (SIM_PROFILE, default llama-3.1-8b-h200);
@@ -106,7 +107,9 @@ run_topology() {  # TOPO: coloc or P:D
     for ((gpu = 0; gpu < p + d; gpu++)); do
       if ((gpu < p)); then start_worker prefill "$gpu" "$label"; else start_worker decode "$gpu" "$label"; fi
     done
-    router_args+=(--prefill "$(join "${prefill[@]}")")
+    # always-remote: every prompt is prefilled on a prefill GPU, so each split is measured as
+    # itself (the default threshold decider prefills on decode GPUs once the prefill side queues).
+    router_args+=(--prefill "$(join "${prefill[@]}")" --disagg-decider "${DECIDER:-always-remote}")
   fi
   router_args+=(--decode "$(join "${decode[@]}")")
   local began; began=$(date +%s)
