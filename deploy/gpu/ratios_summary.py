@@ -80,14 +80,17 @@ def markdown(found: list[dict[str, Any]], engine: str) -> str:
             f"| {_ms(r['ttft_p99_s'])} | {r['tpot_p50_s'] * 1e3:.1f} ms | {r['tpot_p90_s'] * 1e3:.1f} ms "
             f"| {r['itl_p99_s'] * 1e3:.1f} ms | {r['output_tok_s']:.0f} | {r['cached_ratio']:.0%} | {r['errors']} |"
         )
-    lines += ["", "Best goodput per GPU, per mix and rate:", ""]
-    best: dict[tuple[str, float], dict[str, Any]] = {}
-    for r in found:
-        key = (r["mix"], r["rate"])
-        if key not in best or r["goodput_per_gpu"] > best[key]["goodput_per_gpu"]:
-            best[key] = r
-    for (mix, rate), r in sorted(best.items()):
-        lines.append(f"- {mix} @ {rate:g} req/s: {r['topology']} ({r['goodput_per_gpu']:.2f} req/s per GPU)")
+    for key, title in (("goodput_req_s", "Most goodput"), ("goodput_per_gpu", "Most goodput per GPU")):
+        lines += ["", f"{title}, per mix and rate:", ""]
+        best: dict[tuple[str, float], dict[str, Any]] = {}
+        for r in found:
+            at = (r["mix"], r["rate"])
+            if at not in best or r[key] > best[at][key]:
+                best[at] = r
+        for (mix, rate), r in sorted(best.items()):
+            lines.append(
+                f"- {mix} @ {rate:g} req/s: {r['topology']} ({r[key]:.2f} req/s{' per GPU' * (key != 'goodput_req_s')})"
+            )
     return "\n".join(lines) + "\n"
 
 
