@@ -52,7 +52,7 @@ class HandoverClock:
                 self._done - self._started,
                 where.prefill_work,
                 handover,
-                where.transfer_tokens,
+                where.transfer_work,
             )
             return outcome, Handover(handover, worker_s)
         if where.prefill is None and where.prefill_work:

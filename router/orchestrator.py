@@ -174,34 +174,39 @@ class Orchestrator:
         follows its tokens (what the disaggregation decider reads of it)."""
         decode = state.placement.decode
         unread = kv_params  # the prefill's KV, until a token shows the decode engine has it
-        try:
-            client = state.pool.decode_client(decode)
-            rpc = client.decode(state.engine_id("decode"), state.prompt, state.spec, kv_params, timeout=state.left())
-            deltas = self._paced(state, rpc)
-            async with contextlib.aclosing(rpc), contextlib.aclosing(deltas):
-                async for delta in deltas:
-                    if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
-                        raise BrokenStreamError(
-                            decode, f"the decode worker ended the request ({delta.finish_reason.value})"
-                        )
-                    if delta.token_ids and (measured := clock.first_token(delta.worker_first_token_s)) is not None:
-                        self._learn(*measured)
-                    if delta.token_ids:
-                        unread = None
-                        stream.tokens = delta.completion_tokens
-                        stream.started = stream.started or time.monotonic()
-                    # cached_tokens: what the prefilling engine found in its prefix cache — the
-                    # prefill worker's count, or (local prefill) the decode worker's own.
-                    chunk = state.output.feed(delta, delta.cached_tokens if cached is None else cached)
-                    if chunk is not None:
-                        yield chunk
-                        if chunk.finish_reason is not None:
-                            return  # a stop string ended it: closing `deltas` aborts the decode
-        finally:
-            # Failed, cancelled or past its deadline before the first token: the
-            # decode may never read the KV, which the prefill worker would hold to its lease.
-            if unread is not None:
-                self._releaser.release(state.pool, state.request_id, unread, decode)
+        pulling = state.placement.transfer_tokens if kv_params is not None else 0
+        with state.pool.pulling(decode, pulling) as kv_in:  # what the next placements queue behind
+            try:
+                client = state.pool.decode_client(decode)
+                rpc = client.decode(
+                    state.engine_id("decode"), state.prompt, state.spec, kv_params, timeout=state.left()
+                )
+                deltas = self._paced(state, rpc)
+                async with contextlib.aclosing(rpc), contextlib.aclosing(deltas):
+                    async for delta in deltas:
+                        if delta.finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
+                            raise BrokenStreamError(
+                                decode, f"the decode worker ended the request ({delta.finish_reason.value})"
+                            )
+                        if delta.token_ids and (measured := clock.first_token(delta.worker_first_token_s)):
+                            self._learn(*measured)
+                        if delta.token_ids:
+                            unread = None
+                            kv_in()
+                            stream.tokens = delta.completion_tokens
+                            stream.started = stream.started or time.monotonic()
+                        # cached_tokens: what the prefilling engine found in its prefix cache — the
+                        # prefill worker's count, or (local prefill) the decode worker's own.
+                        chunk = state.output.feed(delta, delta.cached_tokens if cached is None else cached)
+                        if chunk is not None:
+                            yield chunk
+                            if chunk.finish_reason is not None:
+                                return  # a stop string ended it: closing `deltas` aborts the decode
+            finally:
+                # Failed, cancelled or past its deadline before the first token: the
+                # decode may never read the KV, which the prefill worker would hold to its lease.
+                if unread is not None:
+                    self._releaser.release(state.pool, state.request_id, unread, decode)
 
     async def _paced(
         self, state: RequestState, deltas: AsyncGenerator[TokenDelta, None]

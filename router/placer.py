@@ -42,6 +42,9 @@ class Placement:
     # uncached prompt tokens queued on the prefilling worker (this router's) plus this one's there
     prefill_work: int = 0
     transfer_tokens: int = 0  # remote: prompt tokens the decode worker lacks (the KV to move)
+    # remote: those plus the KV tokens already being pulled into the decode worker (the
+    # transfers this one queues behind on a path that moves one at a time)
+    transfer_work: int = 0
 
 
 class Placer:
@@ -91,6 +94,7 @@ class Placer:
             match,
             prefill_work=pool.view(first).prefill_tokens + len(prompt) - first_matched,
             transfer_tokens=uncached if prefill else 0,
+            transfer_work=uncached + decode_view.pulling_tokens if prefill else 0,
         )
 
     def observe(self, outcome: Outcome) -> None:

@@ -10,7 +10,7 @@ Every per-worker map is pruned when the worker leaves or its count returns to ze
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import TypeVar
@@ -65,6 +65,7 @@ class ModelPool:
         self._inflight: Counter[WorkerId] = Counter()
         self._prefill_tokens: Counter[WorkerId] = Counter()  # uncached prompt tokens in flight
         self._streams: dict[WorkerId, dict[int, Stream]] = {}  # decode streams in flight, by id()
+        self._pulling: Counter[WorkerId] = Counter()  # KV tokens being pulled into decode workers
         self._loads: dict[WorkerId, EngineLoad] = {}  # last Load poll
         self._polled_inflight: Counter[WorkerId] = Counter()  # ``_inflight`` at that poll
         self._ejections = Ejections(outliers or OutlierPolicy())
@@ -112,6 +113,7 @@ class ModelPool:
             "inflight": len(self._inflight),
             "prefill_tokens": len(self._prefill_tokens),
             "streams": len(self._streams),
+            "pulling": len(self._pulling),
             "loads": len(self._loads),
             "polled_inflight": len(self._polled_inflight),
             "fingerprints": len(self._fingerprints),
@@ -204,6 +206,24 @@ class ModelPool:
             if not on:
                 self._streams.pop(worker, None)
 
+    @contextmanager
+    def pulling(self, worker: WorkerId, tokens: int) -> Iterator[Callable[[], None]]:
+        """``tokens`` of KV being pulled into decode ``worker`` while inside, or until the
+        yielded function is called (its first token: the KV is in)."""
+        if tokens:
+            self._pulling[worker] += tokens  # (a 0 would leave a key behind)
+        left = [tokens]
+
+        def done() -> None:
+            if left[0]:
+                _decrement(self._pulling, worker, left[0])
+                left[0] = 0
+
+        try:
+            yield done
+        finally:
+            done()
+
     def streams(self, worker: WorkerId) -> tuple[Stream, ...]:
         """The decode streams this router runs on ``worker`` now."""
         return tuple(self._streams.get(worker, {}).values())
@@ -242,6 +262,7 @@ class ModelPool:
             prefill_tokens=self._prefill_tokens[worker],
             matched_blocks=matched_blocks,
             polled_inflight=self._polled_inflight[worker],
+            pulling_tokens=self._pulling[worker],
         )
 
     def prefill_client(self, worker: WorkerId) -> PrefillWorker:

@@ -25,6 +25,9 @@ class WorkerView:
     prefill_tokens: int = 0  # uncached prompt tokens this router has in flight on it
     matched_blocks: int = 0  # leading blocks of this prompt the worker holds (block index)
     polled_inflight: int = 0  # ``inflight`` when running/waiting were polled
+    # KV tokens this router's requests are pulling into the worker now (remote prefill
+    # returned, first token not yet seen): the transfers a new one queues behind
+    pulling_tokens: int = 0
 
     @property
     def load(self) -> int:

@@ -46,7 +46,8 @@ class Outcome:
 
     Remote: ``prefill_s`` = the Prefill RPC, ``prefill_work`` = uncached tokens queued on
     that worker ahead of it plus its own; ``handover_s`` = prefill returned → first decode
-    token, ``transfer_tokens`` = prompt tokens the decode worker lacked. Local:
+    token, ``transfer_tokens`` = prompt tokens the decode worker lacked plus the KV tokens
+    already being pulled into it when it was placed (what it queued behind). Local:
     ``prefill_s`` = Decode RPC start → first token, ``prefill_work`` as above on the decode
     worker; ``prefill`` is None and ``handover_s`` 0."""
 

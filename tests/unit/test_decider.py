@@ -178,3 +178,13 @@ def test_with_both_targets_the_choice_counts_requests_that_meet_the_slo() -> Non
 def test_a_tpot_target_needs_a_ttft_target() -> None:
     with pytest.raises(ValueError, match="TTFT"):
         PricedDecider(ThresholdDecider(), tpot_target_s=0.01)
+
+
+def test_priced_counts_the_kv_already_being_pulled_into_the_decode_worker() -> None:
+    d = priced(stall_weight=1.0)
+    learn(d, {P1: SLOW_S})  # 2,000 tokens: 0.67 s to hand over alone; a local prefill stalls 10 streams
+    idle = WorkerView(D, running=10)
+    assert d.decide(query(2000, decode=idle)).reason == "faster_remote"
+    # 8,000 tokens queued ahead on the path: this transfer waits for them
+    queued = WorkerView(D, running=10, pulling_tokens=8000)
+    assert d.decide(query(2000, decode=queued)).reason == "faster_local"

@@ -176,6 +176,31 @@ async def test_a_slow_peer_pulls_slowly_inside_its_window_only() -> None:
     await engine.shutdown()
 
 
+@pytest.mark.parametrize("serial", [False, True])
+async def test_serial_pulls_move_one_at_a_time(serial: bool) -> None:
+    pull_s = 0.003 + 64 * 0.0001
+
+    class Overlap:
+        def __init__(self) -> None:
+            self.pulling = self.most = 0
+
+        async def sleep(self, dt: float) -> None:
+            pull = round(dt, 9) == pytest.approx(pull_s)
+            self.pulling += pull
+            self.most = max(self.most, self.pulling)
+            await asyncio.sleep(0.01)
+            self.pulling -= pull
+
+    clock = Overlap()
+    engine = await started(SimDecodeEngine, clock, kv_serial=serial)
+    outs = await asyncio.gather(
+        *(collect(engine, f"r{i}", prompt(64, 3000 + 100 * i), {"remote": True}, max_tokens=1) for i in range(3))
+    )
+    assert all(len(out) == 1 for out in outs)
+    assert clock.most == (1 if serial else 3)
+    await engine.shutdown()
+
+
 async def test_prefill_names_its_engine_for_the_pull() -> None:
     engine = await started(SimPrefillEngine, VirtualSleep(), engine_id="prefill7")
     result = await engine.prefill(RequestId("a"), prompt(16), SamplingSpec(temperature=0, max_tokens=1))

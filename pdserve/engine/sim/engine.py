@@ -102,6 +102,7 @@ class _SimRuntime:
         self._live: dict[RequestId, _Seq] = {}
         self._reported: set[str] = set()  # no-op kinds already logged (_report_no_ops)
         self._transferring = 0
+        self._pull_lock = asyncio.Lock()  # profile.kv_serial: one pull at a time
         self._kv = KvTransferTotals()  # modelled pulls (decode side), as vLLM's connector counts them
         self._received = 0
         self._pulls = 0  # KV pulls started (decode role): numbers the profile's slow window
@@ -406,7 +407,8 @@ class SimDecodeEngine(_SimRuntime):
         seconds = self.profile.pull_s(tokens, peer, self._pulls) * self.profile.slow_factor
         self._transferring += 1
         try:
-            await self._sleep(seconds)
+            async with self._pull_lock if self.profile.kv_serial else contextlib.nullcontext():
+                await self._sleep(seconds)
         finally:
             self._transferring -= 1
         kv, nbytes = self._kv, tokens * self.profile.kv_bytes_per_token

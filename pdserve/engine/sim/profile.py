@@ -62,6 +62,10 @@ class SimProfile:
     kv_slow_from: int = 1
     kv_slow_until: int = 0
     kv_bytes_per_token: int = 131072  # reported bytes per pulled token (Llama-3.1-8B bf16: 128 KiB)
+    # A decode engine's pulls move one at a time (a later one waits for the earlier ones):
+    # UCX's TCP emulation between two engines on one H100 took 1 s per 400 MB idle and a
+    # mean 3.9 s at 4 req/s (docs/BENCHMARKS.md §4f). False: pulls overlap freely.
+    kv_serial: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -78,6 +82,8 @@ class SimProfile:
             raise ValueError("sim profile: scheduling_policy must be fcfs or priority")
         if self.slow_factor <= 0:
             raise ValueError("sim profile: slow_factor must be > 0")
+        if not isinstance(self.kv_serial, bool):
+            raise ValueError("sim profile: kv_serial must be true or false")
 
     def prefill_step_s(self, tokens: int) -> float:
         return self.prefill_overhead_s + self.prefill_s_per_token * tokens if tokens else 0.0
