@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from pdserve.tools.fleet import start_router
+from pdserve.tools.fleet import start_router, wait_router_processes
 from pdserve.tools.procs import Procs
 from tests.factories import metric_samples
 from tests.helpers.net import free_port
@@ -43,6 +43,7 @@ def test_two_router_processes_share_the_port_and_die_with_the_parent(tmp_path: P
             url, port = router.address, int(router.address.rsplit(":", 1)[1])
             children = serving_children(router.proc.pid)
             assert len(children) == 2, [c.cmdline() for c in children]
+            assert sorted(wait_router_processes(router, 2)) == sorted(c.pid for c in children)
 
             clients = [httpx.Client(base_url=url, timeout=30) for _ in range(CLIENTS)]
             try:
