@@ -6,7 +6,7 @@
 #
 # Usage: PEER_WHEELS=DIR MODEL=DIR deploy/gpu/ceiling.sh        (results in $OUT, ≤ 8 minutes)
 #   PEER_WHEELS  sglang_router-0.3.2 and vllm_router-0.1.17 wheels (+ any of their deps missing from
-#                /tmp/site: setproctitle, orjson), installed once with --no-deps into /tmp/peers
+#                /tmp/site: setproctitle, orjson), installed once with --no-deps into $PEERS_DIR (/tmp/peers)
 #   MODEL        a model directory with a tokenizer (weights not needed: the workers are simulated),
 #                e.g. the embedded default's config.json, generation_config.json, tokenizer*.json
 #   PY           the python (default python3; /tmp/site and /tmp/peers go on its PYTHONPATH)
@@ -19,7 +19,7 @@
 set -uo pipefail
 out="${OUT:-/tmp/pdserve-out}"; mkdir -p "$out"
 py="${PY:-python3}"
-peers=/tmp/peers
+peers="${PEERS_DIR:-/tmp/peers}"
 export PYTHONPATH="/tmp/site:$PWD:$peers${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [[ -n "${PEER_WHEELS:-}" && ! -f "$peers/.pdserve-peers" ]]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --target "$peers" "$PEER_WHEELS"/*.whl \

@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     args.router_workers = [int(n) for n in args.router_workers.split(",")]
     args.only = [o for o in args.only.split(",") if o]
     args.deadline = time.monotonic() + args.budget_s
+    args.not_run = {}  # router → why it did not start
     if args.load_cores:
         os.sched_setaffinity(0, cores(args.load_cores))  # the generator processes inherit it
     args.out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
                 results[name] = sweep(name, contender, args, pool, base)
             except RuntimeError as exc:  # a router that did not start: say so, run the others
                 print(f"{name}: not run: {exc}", file=sys.stderr)
-                results[name] = []
+                results[name], args.not_run[name] = [], str(exc)
     write(args, results)
     return 0
 
@@ -268,15 +269,16 @@ def _markdown(meta: dict, args: argparse.Namespace, summary: dict, results: dict
         f"workers {args.worker_cores or 'any'}, load {args.load_cores or 'any'}; {args.workers} zero-profile "
         f"sim workers; {args.duration:g} s per rate; ceiling: added p99 ≤ {args.added_p99_ms:g} ms, no errors",
         "",
-        "| router | ceiling req/s | added p99 ms there | router cores busy | req/s per busy core "
-        f"| req/s per core ({ncores} allowed) |",
+        "| router | ceiling req/s (≥: the top rate passed) | added p99 ms there | router cores busy "
+        f"| req/s per busy core | req/s per core ({ncores} allowed) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
         if name.startswith("direct"):
             continue
         lines.append(
-            f"| {name} | {_fmt(s['ceiling_req_s'], 0)} | {_fmt(s['added_p99_ms'], 2)} | "
+            f"| {name} | {'≥ ' if s['ceiling_req_s'] == max(args.rates) else ''}{_fmt(s['ceiling_req_s'], 0)} | "
+            f"{_fmt(s['added_p99_ms'], 2)} | "
             f"{_fmt(s['router_cores_busy'], 2)} | {_fmt(s['req_s_per_busy_core'], 0)} | "
             f"{_fmt(s['req_s_per_allowed_core'], 0)} |"
         )
@@ -295,6 +297,7 @@ def _markdown(meta: dict, args: argparse.Namespace, summary: dict, results: dict
             )
     errors = {n: r.first_error for n, rows in results.items() for r in rows if r.first_error}
     lines += ["", *(f"- first error, {n}: `{e}`" for n, e in errors.items())]
+    lines += [f"- not run, {n}: {why}" for n, why in args.not_run.items()]
     return "\n".join(lines) + "\n"
 
 
