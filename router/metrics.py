@@ -3,8 +3,8 @@
 Under ``--workers N`` (router/processes.py) the N processes' values live in Prometheus'
 multiprocess files and every scrape reads them all: each gauge says how processes combine
 (``multiprocess_mode``: live* = processes alive now), and the gauges one process computes
-on demand (queue, ejections, tasks) are written at each of its requests and scrapes
-instead. Series of departed workers stay in those files until the router restarts."""
+on demand (queue, ejections, tasks) are written as its requests start and end (at most once
+a second) and at each scrape it answers. Series of departed workers stay in those files until the router restarts."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 # KV handover: 1 ms (NVLink, small prompts) to 40 s (DESIGN §8's TCP emulation under load).
 HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+# --workers: how often a process writes its computed gauges (queue, ejections, tasks) as requests come
+# and go; a scrape writes the answering process's at once. (all_tasks() is O(tasks): not per request.)
+REFRESH_S = 1.0
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
 
 
@@ -44,6 +47,7 @@ class RouterMetrics:
         self._policy = policy
         self._dir = multiprocess_dir
         self._computed: list[tuple[Gauge, Callable[[], float]]] = []  # written by ``_refresh``
+        self._refreshed = -REFRESH_S
         # Label values of the per-worker and per-model series: those of workers and models
         # that left are removed (fleet_changed), so churn does not grow the exposition.
         self._placed: set[tuple[str, WorkerId]] = set()
@@ -181,7 +185,10 @@ class RouterMetrics:
         else:  # a scrape reads files, not functions: written at requests and scrapes
             self._computed.append((gauge, value))
 
-    def _refresh(self) -> None:
+    def _refresh(self, every_s: float = REFRESH_S) -> None:
+        if not self._computed or time.monotonic() - self._refreshed < every_s:
+            return
+        self._refreshed = time.monotonic()
         for gauge, value in self._computed:
             gauge.set(value())
 
@@ -249,7 +256,7 @@ class RouterMetrics:
     def exposition(self) -> bytes:
         if self._dir is None:
             return generate_latest(self.registry)
-        self._refresh()
+        self._refresh(every_s=0)
         every = CollectorRegistry()
         multiprocess.MultiProcessCollector(every, path=self._dir)
         return generate_latest(every)

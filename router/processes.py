@@ -87,7 +87,9 @@ def serve(cfg: RouterConfig, argv: list[str]) -> int:
             stop(signal.SIGTERM, None)
         _join_all(children)
         code = first.exitcode or 0
-        return code if code >= 0 else 1  # killed by a signal: a failure
+        if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT):
+            return 0  # uvicorn drains, then re-raises the signal it caught: the stop we asked for
+        return code if code > 0 else 1  # a process that died by a signal of its own: a failure
     finally:
         for proc in children:  # however we leave (an exception included), none stays behind
             if proc.is_alive():

@@ -1,6 +1,6 @@
 """``pdserve router --workers 2`` on real processes: both processes take requests on the one
 port, sharing a real Redis; ``/metrics`` counts every process's requests whichever answers;
-SIGKILLing the parent leaves no process and no listener behind."""
+SIGKILLing the parent leaves no process and no listener behind; SIGTERM stops them all cleanly."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import psutil
 
+from pdserve.tools import fleet
 from pdserve.tools.fleet import start_router, wait_router_processes
 from pdserve.tools.procs import Procs
 from tests.factories import metric_samples
 from tests.helpers.net import free_port
-from tests.helpers.simfleet import ZERO, start_sim
+from tests.helpers.simfleet import ZERO, served_model, start_sim
 from tests.integration.test_lifetime import held, wait_gone
 from tests.redis_server import RedisServer
 
@@ -71,3 +72,28 @@ def test_two_router_processes_share_the_port_and_die_with_the_parent(tmp_path: P
             assert held([("HTTP", "127.0.0.1", port)]) == []
     finally:
         server.stop()
+
+
+def test_sigterm_stops_every_process_and_the_parent_exits_0(tmp_path: Path, default_model: Path) -> None:
+    with Procs(tmp_path) as procs:  # memory:// state: each process follows the worker itself
+        decode = start_sim(procs, "decode", "decode", ZERO, ("--kv-connector", "none"))[0]
+        args = ["--workers", "2", "--log-level", "WARNING"]
+        router = fleet.start_router(procs, default_model, [], [decode], args)
+        children = wait_router_processes(router, 2)
+        body = {"model": served_model(router.address), "prompt": "hello", "max_tokens": 2}
+        assert httpx.post(f"{router.address}/v1/completions", json=body, timeout=30).status_code == 200
+
+        os.kill(router.proc.pid, signal.SIGTERM)
+        assert router.proc.wait(60) == 0
+        assert wait_gone(children) == []
+        assert held([("HTTP", "127.0.0.1", int(router.address.rsplit(":", 1)[1]))]) == []
+
+
+def test_a_process_that_dies_stops_the_others_and_the_parent_fails(tmp_path: Path, default_model: Path) -> None:
+    with Procs(tmp_path) as procs:
+        decode = start_sim(procs, "decode", "decode", ZERO, ("--kv-connector", "none"))[0]
+        router = fleet.start_router(procs, default_model, [], [decode], ["--workers", "2", "--log-level", "WARNING"])
+        children = wait_router_processes(router, 2)
+        os.kill(children[0], signal.SIGKILL)
+        assert router.proc.wait(60) == 1  # the pod's supervisor restarts the whole router
+        assert wait_gone(children) == []
