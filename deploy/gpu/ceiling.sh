@@ -49,16 +49,15 @@ gens="${GENERATORS:-$gens}"
 (lscpu; echo; free -g) > "$out/machine.txt" 2>&1
 
 run=$(mktemp -d)
-"$py" -m pdserve bench compare ceiling --out "$run" \
+# timeout: a hard stop past the sweep's own budget (SIGTERM unwinds the bench: every fleet stops)
+timeout -k 20 "${HARD_LIMIT_S:-460}" "$py" -m pdserve bench compare ceiling --out "$run" \
   --rates "${RATES:-200,400,700,1000,1400,2000,2800,4000}" --duration "${DURATION:-5}" \
   --workers "${WORKERS:-6}" --router-workers "${ROUTER_WORKERS:-1,2,4}" --generators "$gens" \
   --router-cores "$rc" --worker-cores "$wc" --load-cores "$lc" --budget-s "${BUDGET_S:-400}" \
   --peers-python "$peers_python" --only "${ONLY:-}" > "$out/ceiling.log" 2>&1 &
 bench=$!
-trap 'kill -TERM $bench 2>/dev/null; sleep 5; kill -KILL $bench 2>/dev/null' INT TERM
-( sleep "${HARD_LIMIT_S:-460}"; kill -TERM $bench 2>/dev/null ) & guard=$!
+trap 'kill -TERM $bench 2>/dev/null' INT TERM  # timeout passes it on to the bench
 wait $bench; status=$?
-kill $guard 2>/dev/null
 cp "$run"/ceiling.json "$run"/ceiling.md "$out"/ 2>/dev/null
 tar czf "$out/ceiling-logs.tar.gz" -C "$run" logs 2>/dev/null
 rm -rf "$run" "$poison"

@@ -170,7 +170,8 @@ def _judge(row: Row, base: Row | None, limit_ms: float) -> None:
 
 
 def sweep(name: str, contender: Contender, args: argparse.Namespace, pool: Any, base: dict[float, Row]) -> list[Row]:
-    fleet = SimFleetSpec(args.workers, {"profile": "zero"})
+    # sim-http takes its model from --model only (not $PDSERVE_MODEL): name it for every worker
+    fleet = SimFleetSpec(args.workers, {"profile": "zero"}, model=str(model_from_env()))
     rows: list[Row] = []
     procs = PinnedProcs(args.out / "logs" / name.replace(" ", "_"), args.router_cores, args.worker_cores)
     with procs:
@@ -218,15 +219,17 @@ def run(args: argparse.Namespace) -> int:
         os.sched_setaffinity(0, cores(args.load_cores))  # the generator processes inherit it
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[Row]] = {}
-    with rawload.pool(args.generators) as pool:
-        for name, contender in contenders(args).items():
-            base = {r.rate: r for r in results.get("direct (no router)", [])}
-            try:
-                results[name] = sweep(name, contender, args, pool, base)
-            except RuntimeError as exc:  # a router that did not start: say so, run the others
-                print(f"{name}: not run: {exc}", file=sys.stderr)
-                results[name], args.not_run[name] = [], str(exc)
-    write(args, results)
+    try:
+        with rawload.pool(args.generators) as pool:
+            for name, contender in contenders(args).items():
+                base = {r.rate: r for r in results.get("direct (no router)", [])}
+                try:
+                    results[name] = sweep(name, contender, args, pool, base)
+                except RuntimeError as exc:  # a router that did not start: say so, run the others
+                    print(f"{name}: not run: {exc}", file=sys.stderr)
+                    results[name], args.not_run[name] = [], str(exc)
+    finally:  # stopped early (SIGTERM, Ctrl-C): what was measured is still written
+        write(args, results)
     return 0
 
 

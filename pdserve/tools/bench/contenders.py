@@ -25,9 +25,11 @@ class SimFleetSpec:
     workers: int
     engine_args: dict[str, str]  # sim profile and overrides
     max_model_len: int = 8192
+    model: str = ""  # the model directory workers load ("": $PDSERVE_MODEL or the embedded default)
 
     def args(self) -> list[str]:
         out = ["--served-model-name", MODEL, "--block-size", str(BLOCK), "--max-model-len", str(self.max_model_len)]
+        out += ["--model", self.model] if self.model else []
         for key, value in self.engine_args.items():
             out += ["--engine-arg", f"{key}={value}"]
         return out
