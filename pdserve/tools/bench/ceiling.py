@@ -18,7 +18,8 @@ errors, the generator's lateness, and the router's CPU (its processes' CPU secon
 the wall time: cores busy). The ceiling is the highest offered rate at which every request
 completed and added p99 ≤ ``--added-p99-ms`` (a router that cannot keep up queues, and its
 p99 grows past any bound).
-A contender stops after two failing rates in a row, or when ``--budget-s`` has passed.
+A contender stops after two failing rates in a row, or when its share of ``--budget-s`` (the time
+left over the contenders left) has passed.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ def _judge(row: Row, base: Row | None, limit_ms: float) -> None:
     row.passed = row.errors == 0 and (base is None or (row.added_p99_ms is not None and row.added_p99_ms <= limit_ms))
 
 
-def sweep(name: str, contender: Contender, args: argparse.Namespace, pool: Any, base: dict[float, Row]) -> list[Row]:
+def sweep(
+    name: str, contender: Contender, args: argparse.Namespace, pool: Any, base: dict[float, Row], deadline: float
+) -> list[Row]:
     # sim-http takes its model from --model only (not $PDSERVE_MODEL): name it for every worker
     fleet = SimFleetSpec(args.workers, {"profile": "zero"}, model=str(model_from_env()))
     rows: list[Row] = []
@@ -180,7 +183,7 @@ def sweep(name: str, contender: Contender, args: argparse.Namespace, pool: Any, 
         measure(urls, min(args.rates), warm, pool, procs.routers)  # connections, caches; not kept
         failed_in_a_row = 0
         for rate in args.rates:
-            if time.monotonic() > args.deadline:
+            if time.monotonic() > deadline:
                 print(f"{name}: time budget spent; rates from {rate:g} not run", file=sys.stderr)
                 break
             row = measure(urls, rate, args, pool, procs.routers)
@@ -221,10 +224,15 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, list[Row]] = {}
     try:
         with rawload.pool(args.generators) as pool:
-            for name, contender in contenders(args).items():
+            chosen = contenders(args)
+            for i, (name, contender) in enumerate(chosen.items()):
                 base = {r.rate: r for r in results.get("direct (no router)", [])}
+                # each router an equal share of the time left (a slow start cannot starve the ones after
+                # it); the direct run first, whole: every router's added latency is against it
+                share = (args.deadline - time.monotonic()) / (len(chosen) - i)
+                deadline = args.deadline if i == 0 else time.monotonic() + share
                 try:
-                    results[name] = sweep(name, contender, args, pool, base)
+                    results[name] = sweep(name, contender, args, pool, base, deadline)
                 except RuntimeError as exc:  # a router that did not start: say so, run the others
                     print(f"{name}: not run: {exc}", file=sys.stderr)
                     results[name], args.not_run[name] = [], str(exc)
