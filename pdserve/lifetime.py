@@ -45,7 +45,12 @@ def die_with_parent() -> threading.Thread | None:
     raw = os.environ.pop(PARENT_ENV, "")
     if not raw:
         return None
-    parent = int(raw)
+    return die_with(int(raw))
+
+
+def die_with(parent: int) -> threading.Thread:
+    """Exit with every descendant once ``parent`` (this process's parent) is gone; for children
+    a process starts without ``launch_env`` (the router's ``--workers`` processes)."""
     if os.getppid() != parent:  # the launcher died before we got here
         _exit_with_descendants(parent)
     watcher = threading.Thread(target=_watch, args=(parent,), name="parent-watch", daemon=True)

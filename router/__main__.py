@@ -1,112 +1,23 @@
-"""``python -m router`` / ``pdserve router``."""
+"""``python -m router`` / ``pdserve router``: one router process, or ``--workers`` of them."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
 
 import uvicorn
-from fastapi import FastAPI
 
 from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
-from pdserve.security import redact_url
-from pdserve.state import StateStore, make_store
-from pdserve.state.fallback import FallbackStore
-from pdserve.state.trust import RegistryTrust
-from router import config
-from router.admission import Admission
-from router.api.app import create_app
-from router.fleet import Fleet, FleetOptions, TokenizerSource
-from router.metrics import RouterMetrics
-from router.orchestrator import Orchestrator
-from router.placement import make_policy
-from router.placement.deciders import make_decider
-from router.placer import Placer
-from router.service import Background, RouterService
+from router import config, processes
+from router.server import make_app, uvicorn_config
 
 log = logging.getLogger("router")
-
-
-def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[StateStore, bool]:
-    """(store, whether this router follows the workers' KV events itself)."""
-    store = make_store(cfg.state_url, namespace=cfg.state_namespace, password=cfg.state_password, tls=cfg.state_tls)
-    if cfg.state_url.startswith("memory"):
-        return store, True
-    if not cfg.registry_secrets:
-        log.warning(
-            "NO REGISTRY SECRET: this router dials every valid record in %s, so anyone who can write there "
-            "can receive requests and the worker token. Set PDSERVE_REGISTRY_SECRET or --registry-secret-file "
-            "(routers and workers alike) outside local development.",
-            redact_url(cfg.state_url),
-        )
-    return FallbackStore(store, on_change=metrics.store_available, on_error=metrics.store_failed), False
-
-
-async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet, StateStore]:
-    """Connect to the configured and registered workers; build pools, placement, service."""
-    metrics = RouterMetrics(cfg.policy)
-    store, follow_events = build_store(cfg, metrics)
-    fleet = Fleet(
-        store,
-        TokenizerSource(cfg.tokenizers, cfg.model_dir, cfg.generation_config),
-        FleetOptions(
-            follow_events=follow_events,
-            link=cfg.link,
-            trust=RegistryTrust(cfg.registry_secrets),
-            reasoning_parser=cfg.reasoning_parser,
-            outliers=cfg.outliers,
-        ),
-        metrics,
-    )
-    await fleet.add_static(list(cfg.prefill), list(cfg.decode), cfg.startup_timeout_s)
-    await fleet.refresh()
-    fleet.start()
-    for pool in fleet.pools.values():
-        log.info("model %s: %d prefill, %d decode worker(s)", pool.name, len(pool.prefill), len(pool.decode))
-    decider = make_decider(cfg.disagg_decider, cfg.decider_options)
-    placer = Placer(make_policy(cfg.policy, cfg.weights), decider, store, cfg.predict_ttl_s)
-    orchestrator = Orchestrator(placer, cfg.timeouts, metrics, cfg.recovery)
-    admission = Admission(cfg.admission, store)
-
-    def background() -> Background:
-        if isinstance(store, FallbackStore):
-            return Background(fleet.loops_down(), store.up, store.down_kind)
-        return Background(fleet.loops_down())
-
-    return RouterService(fleet.pools, orchestrator, metrics, admission, background), fleet, store
-
-
-def make_app(cfg: config.RouterConfig) -> FastAPI:
-    holder: dict[str, RouterService] = {}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service, fleet, store = await build_service(cfg)
-        holder["service"] = service
-        state = redact_url(cfg.state_url)
-        log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, state)
-        try:
-            yield
-        finally:
-            await fleet.close()
-            await store.close()
-            service.close()
-
-    return create_app(
-        lambda: holder["service"],
-        lifespan,
-        cfg.tenants.keys,
-        max_body_bytes=cfg.max_body_bytes,
-        chat=cfg.chat,
-        cache_salts=cfg.tenants.salts,
-        prompt_chars_per_token=cfg.prompt_chars_per_token,
-    )
+STARTUP_FAILURE = 3  # uvicorn.run's exit code when the app never started (its lifespan failed)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = config.from_args(argv)
     except ValueError as exc:
@@ -118,18 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     except PortInUseError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    uvicorn.run(
-        make_app(cfg),
-        host=cfg.host,
-        port=cfg.port,
-        log_level=cfg.log_level.lower(),
-        loop="auto",
-        timeout_graceful_shutdown=30,
-        # uvicorn's default (5 s) equals httpx's idle expiry: a client reusing a connection
-        # just as the server closes it gets a connection error for a request never read.
-        timeout_keep_alive=cfg.keep_alive_s,
-    )
-    return 0
+    if cfg.workers > 1:
+        return processes.serve(cfg, argv)
+    server = uvicorn.Server(uvicorn_config(make_app(cfg), cfg))
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

@@ -307,6 +307,12 @@ class RouterConfig:
             help="tokens (prompt + max_tokens, unused ones refunded) per minute per API key; 0 = none",
         ),
     )
+    workers: int = flag(
+        1,
+        env="PDSERVE_ROUTER_WORKERS",
+        help="router processes serving the port (SO_REUSEPORT), each the whole router on its own core; share "
+        "placement state through a redis:// --state-url (with memory:// each follows the workers' KV events itself)",
+    )
     keep_alive_s: int = flag(
         75,
         env="PDSERVE_KEEP_ALIVE_S",
@@ -362,6 +368,14 @@ class RouterConfig:
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
         check_namespace(self.state_namespace)
         _ = self.state_tls  # ValueError naming the flag: a file missing, or TLS files without rediss://
+        if self.workers < 1:
+            raise ValueError("workers must be ≥ 1")
+        limits = self.admission.requests_per_minute or self.admission.tokens_per_minute
+        if self.workers > 1 and limits and self.state_url.startswith("memory"):
+            raise ValueError(
+                "workers: per-minute rate limits with memory:// state would count in each process (N times the "
+                "limit); give a redis:// --state-url, which the processes share"
+            )
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
         if self.prompt_chars_per_token < 1:

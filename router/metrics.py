@@ -1,12 +1,18 @@
-"""Router metrics for Prometheus (``GET /metrics``). One instance per app, own registry."""
+"""Router metrics for Prometheus (``GET /metrics``). One instance per app, own registry.
+
+Under ``--workers N`` (router/processes.py) the N processes' values live in Prometheus'
+multiprocess files and every scrape reads them all: each gauge says how processes combine
+(``multiprocess_mode``: live* = processes alive now), and the gauges one process computes
+on demand (queue, ejections, tasks) are written as its requests start and end (at most once
+a second) and at each scrape it answers. Series of departed workers stay in those files until the router restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from pdserve.types import WorkerId
 from router.admission import Gate
@@ -26,14 +32,22 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 # KV handover: 1 ms (NVLink, small prompts) to 40 s (DESIGN §8's TCP emulation under load).
 HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+# --workers: how often a process writes its computed gauges (queue, ejections, tasks) as requests come
+# and go; a scrape writes the answering process's at once. (all_tasks() is O(tasks): not per request.)
+REFRESH_S = 1.0
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
 
 
 class RouterMetrics:
     """Implements the orchestrator's ``Observer`` (router/observer.py); wraps chunk streams for latencies."""
 
-    def __init__(self, policy: str) -> None:
+    def __init__(self, policy: str, multiprocess_dir: str | None = None) -> None:
+        """``multiprocess_dir``: the ``--workers`` processes' shared directory (its variable
+        must have been set before prometheus_client was imported); None: this process only."""
         self._policy = policy
+        self._dir = multiprocess_dir
+        self._computed: list[tuple[Gauge, Callable[[], float]]] = []  # written by ``_refresh``
+        self._refreshed = -REFRESH_S
         # Label values of the per-worker and per-model series: those of workers and models
         # that left are removed (fleet_changed), so churn does not grow the exposition.
         self._placed: set[tuple[str, WorkerId]] = set()
@@ -97,7 +111,10 @@ class RouterMetrics:
             "pdserve_router_placed_prompt_tokens", "Prompt tokens of placed requests", registry=r
         )
         self.store_up = Gauge(
-            "pdserve_router_state_store_up", "1 while the shared state store (Redis) answers", registry=r
+            "pdserve_router_state_store_up",
+            "1 while the shared state store (Redis) answers",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.store_up.set(1)
         self.store_errors = Counter(
@@ -120,7 +137,9 @@ class RouterMetrics:
             ["loop"],
             registry=r,
         )
-        self.workers = Gauge("pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r)
+        self.workers = Gauge(
+            "pdserve_router_workers", "Workers in placement", ["model", "role"], registry=r, multiprocess_mode="livemax"
+        )
         self.retries = Counter(
             "pdserve_router_retries",
             "Recoveries from a failed worker: prefill (another prefill worker), local_prefill "
@@ -141,20 +160,44 @@ class RouterMetrics:
             "pdserve_router_ejected_workers",
             "Workers out of placement by outlier ejection (router/outliers.py)",
             registry=r,
+            multiprocess_mode="livemax",
         )
-        self.inflight = Gauge("pdserve_router_inflight_requests", "Requests being served", registry=r)
+        self.inflight = Gauge(
+            "pdserve_router_inflight_requests", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
         self.queued = Gauge(
-            "pdserve_router_queued_requests", "Requests waiting for a slot (--max-inflight)", registry=r
+            "pdserve_router_queued_requests",
+            "Requests waiting for a slot (--max-inflight)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
-        self.tasks = Gauge("pdserve_router_asyncio_tasks", "asyncio tasks alive in the router (leak check)", registry=r)
-        self.tasks.set_function(_task_count)
+        self.tasks = Gauge(
+            "pdserve_router_asyncio_tasks",
+            "asyncio tasks alive in the router (leak check)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._compute(self.tasks, _task_count)
         self.rejections = Counter(
             "pdserve_router_rejections", "Requests refused before reaching a worker", ["reason"], registry=r
         )
 
     def watch(self, gate: Gate, pools: Mapping[str, ModelPool]) -> None:
-        self.queued.set_function(lambda: gate.queued)
-        self.ejected.set_function(lambda: sum(len(pool.down) for pool in list(pools.values())))
+        self._compute(self.queued, lambda: gate.queued)
+        self._compute(self.ejected, lambda: sum(len(pool.down) for pool in list(pools.values())))
+
+    def _compute(self, gauge: Gauge, value: Callable[[], float]) -> None:
+        if self._dir is None:
+            gauge.set_function(value)  # read at each scrape
+        else:  # a scrape reads files, not functions: written at requests and scrapes
+            self._computed.append((gauge, value))
+
+    def _refresh(self, every_s: float = REFRESH_S) -> None:
+        if not self._computed or time.monotonic() - self._refreshed < every_s:
+            return
+        self._refreshed = time.monotonic()
+        for gauge, value in self._computed:
+            gauge.set(value())
 
     def placed(self, role: str, worker: WorkerId) -> None:
         self.placements.labels(role, self._policy, worker).inc()
@@ -220,7 +263,12 @@ class RouterMetrics:
         self.queue_time.observe(queued_s)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._dir is None:
+            return generate_latest(self.registry)
+        self._refresh(every_s=0)
+        every = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every, path=self._dir)
+        return generate_latest(every)
 
     async def observe(
         self, arrival: float, prompt_tokens: Sequence[int], n: int, chunks: AsyncIterator[Chunk]
@@ -229,6 +277,7 @@ class RouterMetrics:
         ``prompt_tokens``: each prompt's length (a completions batch has several), ``n``
         choices each; a chunk's index is prompt index * n + choice."""
         self.inflight.inc()
+        self._refresh()
         last = arrival
         first = True
         try:
@@ -252,3 +301,4 @@ class RouterMetrics:
                 yield chunk
         finally:
             self.inflight.dec()
+            self._refresh()

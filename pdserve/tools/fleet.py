@@ -5,9 +5,12 @@ comparisons and of the tests that need a fleet but not a real engine's numbers."
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from pdserve.tools.model import with_default_model
 from pdserve.tools.ports import free_port, free_runs
@@ -60,3 +63,27 @@ def start_router(
     if wait:
         procs.wait_http(f"{router.address}/v1/models", ROUTER_READY_S, ready=lambda r: bool(r.json()["data"]))
     return router
+
+
+def wait_router_processes(router: Launched, n: int, timeout_s: float = ROUTER_READY_S) -> list[int]:
+    """The pids of a ``--workers n`` router's serving processes, once all ``n`` listen.
+
+    The router's URL answers as soon as its first process is up; a process listens only
+    once its app has started, so connections opened before the others listen all land on
+    the first. Waits for ``n`` listeners on the port under ``router``'s process."""
+    port = int(router.address.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listening = []
+        for proc in psutil.Process(router.proc.pid).children():
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in conns):
+                listening.append(proc.pid)
+        if len(listening) >= n:
+            return listening
+        if router.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{len(listening)} of {n} router processes listen on {port}")
+        time.sleep(0.2)

@@ -21,12 +21,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pdserve.security import bearer_ok, bearer_token
-from router.admission import ANONYMOUS, client_id
+from router.admission import ANONYMOUS
 from router.api import body as body_of
 from router.api import errors, render, size, tokenize, tool_grammar, validate
 from router.api.chat_output import ChatParsing
 from router.api.limits import BodyLimit
+from router.api.middleware import Authenticate, CountResponses
 from router.api.schemas import ChatCompletionRequest, CompletionRequest
 from router.chat import ChatOptions
 from router.pool import ModelPool
@@ -60,25 +60,9 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     if api_keys:
-
-        @app.middleware("http")
-        async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            # The rest stays open, as vLLM guards /v1 only: /health and /metrics for probes and Prometheus.
-            header = request.headers.get("authorization")
-            if request.url.path.startswith("/v1/") and not bearer_ok(header, api_keys):
-                get_service().rejected("unauthenticated")
-                err = errors.APIError(401, "Incorrect or missing API key.", code="invalid_api_key")
-                return JSONResponse(errors.error_body(err), status_code=401)
-            request.state.client = client_id(bearer_token(header))
-            request.state.cache_salt = salts.get(request.state.client, "")
-            return await call_next(request)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")  # the matched template, not the raw path: bounded labels
-        get_service().responded(getattr(route, "path", "other"), response.status_code)
-        return response
+        app.add_middleware(Authenticate, keys=api_keys, salts=salts, rejected=lambda r: get_service().rejected(r))
+    # Added last: the outermost, so it also counts what the others refuse.
+    app.add_middleware(CountResponses, count=lambda route, status: get_service().responded(route, status))
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

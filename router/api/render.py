@@ -390,19 +390,19 @@ async def stream(shape: Shape, first: Chunk, rest: AsyncIterator[Chunk]) -> Asyn
     yield event(first)
     async for chunk in rest:
         yield event(chunk)
+    done = b"data: [DONE]\n\n"
     if shape.include_usage:
         final = _usage_of(shape, lasts, first.cached_tokens, [reasoning_so_far(i) for i in sorted(lasts)])
         if final["completion_tokens_details"] is None:  # vLLM's streamed usage then has no such key
             del final["completion_tokens_details"]
-        yield sse(
-            {
-                "id": rid,
-                "object": shape.chunk_object,
-                "created": created,
-                "model": shape.model,
-                "choices": [],
-                **({"system_fingerprint": shape.system_fingerprint} if shape.system_fingerprint else {}),
-                "usage": final,
-            }
-        )
-    yield b"data: [DONE]\n\n"
+        usage = {
+            "id": rid,
+            "object": shape.chunk_object,
+            "created": created,
+            "model": shape.model,
+            "choices": [],
+            **({"system_fingerprint": shape.system_fingerprint} if shape.system_fingerprint else {}),
+            "usage": final,
+        }
+        done = sse(usage) + done  # ready together: one write to the socket, not two
+    yield done

@@ -227,6 +227,7 @@ ROUTER_FLAGS = {
     "--cache-salt-per-key": "PDSERVE_CACHE_SALT_PER_KEY",
     "--max-inflight-per-key": "PDSERVE_MAX_INFLIGHT_PER_KEY",
     "--keep-alive-s": "PDSERVE_KEEP_ALIVE_S",
+    "--workers": "PDSERVE_ROUTER_WORKERS",
     "--chat-template": "PDSERVE_CHAT_TEMPLATE",
     "--trust-request-chat-template": "PDSERVE_TRUST_REQUEST_CHAT_TEMPLATE",
     "--chat-template-content-format": "PDSERVE_CHAT_TEMPLATE_CONTENT_FORMAT",
@@ -334,6 +335,17 @@ def test_router_admission_flags_and_env(model_dir: Path, monkeypatch: pytest.Mon
         router_config.from_args([*base, "--max-body-bytes", "0"])
     with pytest.raises(ValueError, match="keep_alive_s"):
         router_config.from_args([*base, "--keep-alive-s", "0"])
+    with pytest.raises(ValueError, match="workers"):
+        router_config.from_args([*base, "--workers", "0"])
+
+
+def test_router_processes_refuse_per_minute_limits_each_would_count_alone(model_dir: Path) -> None:
+    base = ["--model", str(model_dir), "--decode", "d:1", "--workers", "2"]
+    assert router_config.from_args(base).workers == 2
+    with pytest.raises(ValueError, match="workers: per-minute rate limits"):
+        router_config.from_args([*base, "--rate-limit-rpm", "60"])
+    shared = router_config.from_args([*base, "--rate-limit-tpm", "600", "--state-url", "redis://r:6379"])
+    assert shared.workers == 2 and shared.admission.tokens_per_minute == 600
 
 
 def test_a_state_namespace_is_a_plain_key_prefix(model_dir: Path) -> None:
