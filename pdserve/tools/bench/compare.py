@@ -29,106 +29,29 @@ import asyncio
 import json
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.tools.bench import decider, real, workloads
+from pdserve.tools.bench import decider, pressure, real, workloads
 from pdserve.tools.bench.client import Timing
-from pdserve.tools.bench.peers import peer_bin
+from pdserve.tools.bench.contenders import (
+    MODEL,
+    Contender,
+    Endpoint,
+    SimFleetSpec,
+    facades,
+    pdserve,
+    placement_contenders,
+    sglang,
+    vllm_router,
+)
 from pdserve.tools.bench.report import Slo, summarize
 from pdserve.tools.bench.results import finish, output_and_slo, table
 from pdserve.tools.bench.run import drive, int_range
 from pdserve.tools.bench.workloads import Item
-from pdserve.tools.fleet import start_router, start_sim_http, start_sim_worker
-from pdserve.tools.model import model_from_env
-from pdserve.tools.ports import free_ports
 from pdserve.tools.procs import Procs
-
-MODEL = "sim"
-BLOCK = 128
-
-
-@dataclass(frozen=True)
-class SimFleetSpec:
-    """The simulated workers every contender gets."""
-
-    workers: int
-    engine_args: dict[str, str]  # sim profile and overrides
-    max_model_len: int = 8192
-
-    def args(self) -> list[str]:
-        out = ["--served-model-name", MODEL, "--block-size", str(BLOCK), "--max-model-len", str(self.max_model_len)]
-        for key, value in self.engine_args.items():
-            out += ["--engine-arg", f"{key}={value}"]
-        return out
-
-
-# A contender starts its router (and fleet) under ``procs`` and returns the URL clients use.
-Contender = Callable[[Procs, SimFleetSpec], str]
-
-
-def _sim_worker(procs: Procs, fleet: SimFleetSpec, role: str, name: str, colocated: bool) -> str:
-    args = [*fleet.args(), *(["--kv-connector", "none"] if colocated else [])]
-    return start_sim_worker(procs, role, name, args).address
-
-
-def pdserve(policy: str, prefill: int = 0) -> Contender:
-    """pdserve's router over gRPC sim workers: ``prefill`` P workers + the rest decode
-    (0 = every worker colocated: it prefills its own prompts)."""
-
-    def start(procs: Procs, fleet: SimFleetSpec) -> str:
-        pre = [_sim_worker(procs, fleet, "prefill", f"prefill{i}", False) for i in range(prefill)]
-        dec = [_sim_worker(procs, fleet, "decode", f"decode{i}", not pre) for i in range(fleet.workers - prefill)]
-        args = ["--policy", policy, "--log-level", "WARNING"]
-        return start_router(procs, model_from_env(), pre, dec, args).address
-
-    return start
-
-
-def _facades(procs: Procs, fleet: SimFleetSpec) -> list[tuple[str, int]]:
-    """``fleet.workers`` sim-http servers: (URL, KV events port)."""
-    out = []
-    for i in range(fleet.workers):
-        server, events = start_sim_http(procs, f"sim{i}", fleet.args())
-        out.append((server.address, events))
-    for url, _ in out:
-        procs.wait_http(f"{url}/health")
-    return out
-
-
-def sglang(policy: str) -> Contender:
-    def start(procs: Procs, fleet: SimFleetSpec) -> str:
-        urls = [u for u, _ in _facades(procs, fleet)]
-        port, prom = free_ports(2)
-        argv = [str(peer_bin() / "python"), "-m", "sglang_router.launch_router", "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--policy", policy, "--prometheus-port", str(prom), "--worker-urls", *urls]
-        procs.start("sglang-router", argv)
-        url = f"http://127.0.0.1:{port}"
-        procs.wait_http(f"{url}/readiness")  # its /health is 200 before workers are registered
-        return url
-
-    return start
-
-
-def vllm_router(policy: str) -> Contender:
-    def start(procs: Procs, fleet: SimFleetSpec) -> str:
-        workers = _facades(procs, fleet)
-        port, prom = free_ports(2)
-        argv = [str(peer_bin() / "vllm-router"), "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
-        argv += ["--prometheus-port", str(prom), "--worker-startup-check-interval", "1"]
-        argv += ["--worker-urls", *(u for u, _ in workers)]
-        if policy == "kv_aware":  # vLLM's ZMQ KV events, one publisher per worker
-            for u, events in workers:
-                argv += ["--kv-event-source", f"{u}=tcp://127.0.0.1:{events}"]
-            argv += ["--kv-event-block-size", str(BLOCK), "--kv-event-model", MODEL]
-        procs.start("vllm-router", argv)
-        url = f"http://127.0.0.1:{port}"
-        procs.wait_http(f"{url}/v1/models", timeout_s=120)
-        return url
-
-    return start
 
 
 @dataclass(frozen=True)
@@ -140,7 +63,7 @@ class Load:
 
 def run_one(name: str, contender: Contender, fleet: SimFleetSpec, load: Load, out: Path) -> tuple[list[Timing], float]:
     with Procs(out / "logs" / name) as procs:
-        url = contender(procs, fleet)
+        url = contender(procs, fleet).url
         drive_ = drive(url, MODEL, load.items, load.rate, load.concurrency, seed=1, progress=sys.stderr.isatty())
         return asyncio.run(drive_)
 
@@ -159,15 +82,7 @@ def placement(args: argparse.Namespace) -> int:
             args.question_tokens,
             args.output_tokens,
         )
-    contenders: dict[str, Contender] = {
-        "pdserve round-robin": pdserve("round-robin"),
-        "pdserve least-loaded": pdserve("least-loaded"),
-        "pdserve prefix-aware": pdserve("prefix-aware"),
-        "sglang-router cache_aware": sglang("cache_aware"),
-        "vllm-router cache_aware": vllm_router("cache_aware"),
-        "vllm-router kv_aware": vllm_router("kv_aware"),
-    }
-    chosen = {n: c for n, c in contenders.items() if not args.only or any(o in n for o in args.only.split(","))}
+    chosen = placement_contenders(args.only)
     runs, summaries = {}, {}
     for name, contender in chosen.items():
         timings, wall = run_one(name.replace(" ", "_"), contender, fleet, Load(items, rate=args.rate), args.out)
@@ -181,7 +96,7 @@ def overhead(args: argparse.Namespace) -> int:
     fleet = SimFleetSpec(args.workers, {"profile": "zero"})
     rng = random.Random(args.seed)
     items = workloads.random_lengths(rng, args.requests, (48, 64), (args.output_tokens, args.output_tokens))
-    direct: Contender = lambda procs, f: _facades(procs, SimFleetSpec(1, f.engine_args))[0][0]  # noqa: E731
+    direct: Contender = lambda procs, f: Endpoint(facades(procs, SimFleetSpec(1, f.engine_args))[0][0])  # noqa: E731
     contenders: dict[str, Contender] = {
         "direct (no router)": direct,
         "pdserve prefix-aware": pdserve("prefix-aware"),
@@ -269,3 +184,4 @@ def add_parser(sub: Any) -> None:
 
     real.add_parser(kinds, common)
     decider.add_parser(kinds, common)
+    pressure.add_parser(kinds, common)
