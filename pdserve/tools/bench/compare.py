@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.tools.bench import decider, pressure, real, workloads
+from pdserve.tools.bench import decider, pressure, real, replicas, workloads
 from pdserve.tools.bench.client import Timing
 from pdserve.tools.bench.contenders import (
     MODEL,
@@ -143,7 +143,7 @@ def disagg(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("compare", help="side-by-side runs over simulated fleets (placement, overhead, disagg)")
+    p = sub.add_parser("compare", help="side-by-side runs over simulated fleets (placement, pressure, replicas, ...)")
     kinds = p.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, default=Path("bench-out/compare"), help="results directory")
@@ -185,3 +185,4 @@ def add_parser(sub: Any) -> None:
     real.add_parser(kinds, common)
     decider.add_parser(kinds, common)
     pressure.add_parser(kinds, common)
+    replicas.add_parser(kinds, common)
