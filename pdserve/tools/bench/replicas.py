@@ -134,9 +134,7 @@ class Cluster:
 
     def restart(self, i: int) -> float:
         """Stop router ``i`` and start it again on its port; seconds until it serves."""
-        proc = self.procs_of[i]
-        proc.terminate()
-        proc.wait(timeout=30)
+        self.procs.stop_one(self.procs_of[i])
         start = time.monotonic()
         self.procs_of[i] = self._router(i, f"router{i}-restarted")
         self.procs.wait_http(f"{self.urls[i]}/v1/models", ROUTER_READY_S, ready=_serves)
