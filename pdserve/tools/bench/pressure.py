@@ -91,31 +91,48 @@ def _run(
     return summarize(timings, wall, slo) | {"hot_share": hot_share(counts, fleet.workers), "per_worker": counts}
 
 
+def _run_retrying(
+    name: str, contender: Contender, fleet: SimFleetSpec, items: list[Item], args: argparse.Namespace, slo: Slo
+) -> dict[str, Any]:
+    """``_run``, started once more if the fleet failed to start (on a shared box a port
+    that was free when picked can be taken before the process binds it)."""
+    try:
+        return _run(name, contender, fleet, items, args, slo)
+    except RuntimeError as exc:
+        print(f"{name}: start failed ({exc}); once more", file=sys.stderr)
+        return _run(name, contender, fleet, items, args, slo)
+
+
 def run(args: argparse.Namespace) -> int:
     slo = Slo(args.slo_ttft, args.slo_tpot)
-    rates = [float(r) for r in args.rates.split(",")]
     engine = {"profile": args.profile, "kv_capacity_tokens": str(args.kv_tokens), "slow_factor": str(args.slow)}
     fleet = SimFleetSpec(args.workers, engine, max_model_len=32768)
     contenders = placement_contenders(args.only)
+    rates = {"shared-prefix": _rates(args.rates), "conversations": _rates(args.conversation_rates)}
+    chosen = args.workloads.split(",")
+    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": sys.argv}
     rows: dict[str, dict[str, Any]] = {}
-    for workload in args.workloads.split(","):
-        for rate in rates:
+    for workload in chosen:
+        for rate in rates[workload]:
             items = items_for(args, workload, rate)
             for name, contender in contenders.items():
                 key = f"{workload} {name} @ {rate:g}"
                 rows[key] = {"workload": workload, "router": name, "rate": rate}
-                rows[key] |= _run(key, contender, fleet, items, args, slo)
+                rows[key] |= _run_retrying(key, contender, fleet, items, args, slo)
                 r = rows[key]
                 print(key, {k: round(r[k], 3) for k in ("goodput_req_s", "ttft_p90_s", "cached_ratio", "hot_share")})
-    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": sys.argv}
-    write_json(args.out / "pressure.json", {**meta, "args": vars(args), "rows": rows})
+                write_json(args.out / "pressure.json", {**meta, "args": vars(args), "rows": rows})  # as it goes
     names = list(contenders)
-    text = "\n\n".join(table(rows, w, names, rates) for w in args.workloads.split(","))
+    text = "\n\n".join(table(rows, w, names, rates[w]) for w in chosen)
     (args.out / "pressure.md").write_text(text + "\n")
-    for workload in args.workloads.split(","):
-        plot(args.out / f"pressure-{workload}.png", rows, workload, names, rates, slo)
+    for workload in chosen:
+        plot(args.out / f"pressure-{workload}.png", rows, workload, names, rates[workload], slo)
     print(f"\n{meta['machine']}, {meta['date']}\n\n{text}\n")
     return 0
+
+
+def _rates(text: str) -> list[float]:
+    return [float(r) for r in text.split(",")]
 
 
 def table(rows: dict[str, dict[str, Any]], workload: str, names: list[str], rates: list[float]) -> str:
@@ -166,14 +183,15 @@ def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p = kinds.add_parser("pressure", parents=[common], help="placement with capped KV caches, swept to saturation")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {WORKLOADS}")
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--kv-tokens", type=int, default=8192, help="KV capacity of each simulated worker, tokens")
-    p.add_argument("--requests", type=int, default=192, help="requests per rate (conversations: at most)")
+    p.add_argument("--kv-tokens", type=int, default=4096, help="KV capacity of each simulated worker, tokens")
+    p.add_argument("--requests", type=int, default=160, help="requests per rate (conversations: at most)")
     p.add_argument("--per-group", type=int, default=4, help="shared-prefix: prompts per system prompt")
     p.add_argument("--prefix-tokens", type=int, default=1024, help="shared-prefix: system prompt length")
     p.add_argument("--question-tokens", type=int, default=24)
     p.add_argument("--trace", type=Path, default=TRACE, help="conversations: a Mooncake conversation trace")
-    p.add_argument("--scale", type=float, default=16.0, help="conversations: divide lengths by this")
-    p.add_argument("--rates", default="4,8,12,16", help="offered req/s, comma-separated")
+    p.add_argument("--scale", type=float, default=32.0, help="conversations: divide lengths by this")
+    p.add_argument("--rates", default="6,12,18", help="shared-prefix: offered req/s, comma-separated")
+    p.add_argument("--conversation-rates", default="12,18,24", help="conversations: offered req/s")
     p.add_argument("--only", default="", help="comma-separated substrings of router names to keep")
     output_and_slo(p, output_tokens=16, slo_ttft=2.0, slo_tpot=0.25)
     p.set_defaults(run=run)
