@@ -216,15 +216,19 @@ def run(args: argparse.Namespace) -> int:
     offsets = arrivals(items, args.rate, random.Random(f"arrivals-{args.seed}"))
     items = [Item(i.prompt, i.max_tokens, at, i.group) for i, at in zip(items, offsets, strict=True)]
     rows: dict[str, dict[str, Any]] = {}
+    best = best_cached(items)
+    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": sys.argv}
     for state in args.states.split(","):
         for n in counts:
             key = f"{state} x{n}"
-            rows[key] = one_run(args, state, n, items, slo)
+            try:
+                rows[key] = one_run(args, state, n, items, slo)
+            except RuntimeError as exc:  # a port taken between picking and binding, on a shared box
+                print(f"{key}: failed ({exc}); once more", file=sys.stderr)
+                rows[key] = one_run(args, state, n, items, slo)
             show = ("cached_ratio", "cached_restarted", "ttft_p50_s", "round_trips_per_request", "store_p99_s")
             print(key, {k: round(rows[key][k], 4) for k in show})
-    best = best_cached(items)
-    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": sys.argv}
-    write_json(args.out / "replicas.json", {**meta, "args": vars(args), "best_cached": best, "rows": rows})
+            write_json(args.out / "replicas.json", {**meta, "args": vars(args), "best_cached": best, "rows": rows})
     text = table(rows, best)
     (args.out / "replicas.md").write_text(text + "\n")
     plot(args.out / "replicas.png", rows, counts, args.states.split(","))
@@ -277,7 +281,7 @@ def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--routers", default="1,2,4,8", help="router counts, comma-separated")
     p.add_argument("--states", default=",".join(STATES), help=f"comma-separated, of {STATES}")
     p.add_argument("--workers", type=int, default=4, help="colocated sim workers")
-    p.add_argument("--groups", type=int, default=16)
+    p.add_argument("--groups", type=int, default=12)
     p.add_argument("--per-group", type=int, default=10)
     p.add_argument("--prefix-tokens", type=int, default=1024)
     p.add_argument("--question-tokens", type=int, default=24)
