@@ -122,7 +122,8 @@ class Cluster:
 
     def _worker(self, i: int) -> str:
         args = ["--served-model-name", MODEL, "--block-size", str(BLOCK), "--kv-connector", "none"]
-        args += ["--engine-arg", f"profile={self.args.profile}", *self._state_args()]
+        args += ["--engine-arg", f"profile={self.args.profile}", "--engine-arg", f"slow_factor={self.args.slow}"]
+        args += self._state_args()
         return start_sim_worker(self.procs, "decode", f"decode{i}", args).address
 
     def _router(self, i: int, name: str) -> subprocess.Popen[bytes]:
