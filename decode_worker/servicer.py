@@ -28,6 +28,7 @@ class DecodeServicer(WorkerServicer[DecodeEngine], pb_grpc.DecodeWorkerServicer)
             yield chunk
 
     async def _decode(self, request: pb.DecodeRequest) -> AsyncIterator[pb.DecodeChunk]:
+        received = time.perf_counter()
         with self._gate.admit():
             deltas = self._engine.decode(
                 RequestId(request.request_id),
@@ -35,10 +36,13 @@ class DecodeServicer(WorkerServicer[DecodeEngine], pb_grpc.DecodeWorkerServicer)
                 convert.sampling_from_pb(request.sampling),
                 convert.kv_params_from_json(request.kv_transfer_params_json),
             )
-            started, last = time.perf_counter(), None
+            started, last, first = time.perf_counter(), None, True
             async for delta in deltas:
                 last = delta
-                yield convert.delta_to_pb(delta)
+                chunk = convert.delta_to_pb(delta)
+                if first and delta.token_ids:
+                    chunk.first_token_s, first = time.perf_counter() - received, False
+                yield chunk
             log.info(
                 "%s: decoded %d tokens (%s) in %.3f s, %s",
                 request.request_id,

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
         sub.add_parser(name, help=f"run {name} (see `pdserve {name} --help`)", add_help=False)
-    from pdserve.tools.bench import compare, idle, load, pd_vs_colocated, run
+    from pdserve.tools.bench import calibrate, compare, idle, index, load, pd_vs_colocated, run
     from pdserve.tools.up import add_up_parser
 
     add_up_parser(sub)
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     load.add_parser(bench_sub)
     run.add_parser(bench_sub)
     compare.add_parser(bench_sub)
+    calibrate.add_parser(bench_sub)
     idle.add_parser(bench_sub)
+    index.add_parser(bench_sub)
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("PDSERVE_LOG_LEVEL", "INFO"))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per bench request drowns everything else

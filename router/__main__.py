@@ -32,7 +32,7 @@ log = logging.getLogger("router")
 
 def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[StateStore, bool]:
     """(store, whether this router follows the workers' KV events itself)."""
-    store = make_store(cfg.state_url, namespace=cfg.state_namespace, password=cfg.state_password)
+    store = make_store(cfg.state_url, namespace=cfg.state_namespace, password=cfg.state_password, tls=cfg.state_tls)
     if cfg.state_url.startswith("memory"):
         return store, True
     if not cfg.registry_secrets:
@@ -75,7 +75,9 @@ async def build_service(cfg: config.RouterConfig) -> tuple[RouterService, Fleet,
     admission = Admission(cfg.admission, store)
 
     def background() -> Background:
-        return Background(fleet.loops_down(), store.up if isinstance(store, FallbackStore) else True)
+        if isinstance(store, FallbackStore):
+            return Background(fleet.loops_down(), store.up, store.down_kind)
+        return Background(fleet.loops_down())
 
     return RouterService(fleet.pools, orchestrator, metrics, admission, background), fleet, store
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pdserve.config import model_path
 from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
-from pdserve.state import check_namespace
+from pdserve.state import check_namespace, state_tls
 from router.admission import AdmissionLimits
 from router.api.size import PROMPT_CHARS_PER_TOKEN
 from router.chat import CONTENT_FORMATS, TOOL_STRICT_LEVELS, ChatOptions, load_template
@@ -123,7 +123,7 @@ class RouterConfig:
         "memory://",
         env="PDSERVE_STATE_URL",
         help="worker registry and block index: memory:// (this router only) or redis://host:port (shared by "
-        "router replicas; workers register there)",
+        "router replicas; workers register there; rediss:// for TLS)",
     )
     state_namespace: str = flag(
         "pdserve",
@@ -137,6 +137,15 @@ class RouterConfig:
         help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD), so that it "
         "stays out of the URL, the environment of other processes and the logs",
     )
+    state_tls_ca: str = flag(
+        "",
+        env="PDSERVE_STATE_TLS_CA",
+        help="rediss:// --state-url: PEM CA that signed the Redis server's certificate (default: the system's)",
+    )
+    state_tls_cert: str = flag(
+        "", env="PDSERVE_STATE_TLS_CERT", help="rediss:// --state-url: PEM client certificate, if Redis asks for one"
+    )
+    state_tls_key: str = flag("", env="PDSERVE_STATE_TLS_KEY", help="rediss:// --state-url: PEM its private key")
     tokenizers: dict[str, str] = flag(
         default_factory=dict,
         name="--tokenizer",
@@ -169,6 +178,14 @@ class RouterConfig:
         env="PDSERVE_DISAGG_TTFT_TARGET_S",
         help="priced: the TTFT SLO, seconds; a request predicted to miss it both ways goes remote, sparing the "
         "decode worker's streams; 0 = none",
+    )
+    disagg_tpot_target_s: float = flag(
+        0.0,
+        name="--disagg-tpot-target",
+        env="PDSERVE_DISAGG_TPOT_TARGET_S",
+        help="priced: the TPOT SLO, seconds per output token (with --disagg-ttft-target): the choice counts "
+        "requests meeting the SLO, this one's and the decode worker's streams a local prefill would stall "
+        "past it; 0 = none",
     )
     disagg_min_tokens: int = flag(
         0,
@@ -344,6 +361,7 @@ class RouterConfig:
         if not self.decode and self.state_url.startswith("memory"):
             raise ValueError("decode: give decode worker addresses, or a shared --state-url workers register in")
         check_namespace(self.state_namespace)
+        _ = self.state_tls  # ValueError naming the flag: a file missing, or TLS files without rediss://
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be ≥ 1")
         if self.prompt_chars_per_token < 1:
@@ -365,10 +383,16 @@ class RouterConfig:
             raise ValueError(f"disagg_decider: unknown {self.disagg_decider!r}; choose one of {sorted(DECIDERS)}")
         if self.disagg_stall_weight < 0 or not self.disagg_probe_s > 0 or self.disagg_ttft_target_s < 0:
             raise ValueError("disagg_stall_weight and disagg_ttft_target_s must be >= 0, disagg_probe_s > 0")
+        if self.disagg_tpot_target_s < 0 or (self.disagg_tpot_target_s and not self.disagg_ttft_target_s):
+            raise ValueError("disagg_tpot_target_s must be >= 0 and needs disagg_ttft_target_s (the SLO is both)")
         for addr in (*self.prefill, *self.decode):
             host, sep, port = addr.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"worker address {addr!r} is not host:port")
+
+    @property
+    def state_tls(self) -> TlsFiles:
+        return state_tls(self.state_url, self.state_tls_cert, self.state_tls_key, self.state_tls_ca)
 
     @property
     def chat(self) -> ChatOptions:
@@ -390,6 +414,7 @@ class RouterConfig:
             self.disagg_stall_weight,
             self.disagg_probe_s,
             self.disagg_ttft_target_s,
+            self.disagg_tpot_target_s,
         )
 
     def with_secrets(self) -> RouterConfig:

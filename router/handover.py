@@ -10,9 +10,20 @@ for a local one (what they measured is not what was priced).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from router.placement.decider import Outcome
 from router.placer import Placement
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A remote prefill's handover at the router and the decode worker's part of it
+    (request received → first token: its queue, the KV pull, the first step); the rest
+    is the two RPC hops. 0 when the worker did not say (an older worker)."""
+
+    seconds: float
+    worker_s: float
 
 
 class HandoverClock:
@@ -25,9 +36,10 @@ class HandoverClock:
         self._remote_ran = remote_ran
         self._seen = False
 
-    def first_token(self) -> tuple[Outcome, float | None] | None:
+    def first_token(self, worker_s: float = 0.0) -> tuple[Outcome, Handover | None] | None:
         """At each decode token: the first time, what the attempt measured and (remote)
-        the handover seconds; afterwards, or for attempts that do not count, None."""
+        the handover (``worker_s``: the decode worker's part, from its first chunk);
+        afterwards, or for attempts that do not count, None."""
         if self._seen:
             return None
         self._seen = True
@@ -42,7 +54,7 @@ class HandoverClock:
                 handover,
                 where.transfer_tokens,
             )
-            return outcome, handover
+            return outcome, Handover(handover, worker_s)
         if where.prefill is None and where.prefill_work:
             return Outcome(where.decode, None, now - self._done, where.prefill_work), None
         return None

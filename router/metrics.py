@@ -83,6 +83,13 @@ class RouterMetrics:
             buckets=HANDOVER_BUCKETS,
             registry=r,
         )
+        self.handover_worker = Histogram(
+            "pdserve_router_kv_handover_worker_seconds",
+            "Remote prefills: the decode worker's part of the handover, request received to its first "
+            "token (queue, KV pull, first step) as the worker reports it; the rest is RPC",
+            buckets=HANDOVER_BUCKETS,
+            registry=r,
+        )
         self.prefix_matched = Counter(
             "pdserve_router_prefix_matched_tokens",
             "Prompt tokens the block index placed on a worker that holds them (over prompt_tokens: prefix-hit ratio)",
@@ -97,15 +104,15 @@ class RouterMetrics:
         self.store_up.set(1)
         self.store_errors = Counter(
             "pdserve_router_state_store_errors",
-            "Calls the shared state store failed, by kind: connection, timeout, oom, readonly, misconf, "
+            "Calls the shared state store failed, by kind: connection, timeout, tls, oom, readonly, misconf, "
             "noperm, auth, response (the router then serves from its local view)",
             ["kind"],
             registry=r,
         )
         self.store_calls = Histogram(
             "pdserve_router_state_store_seconds",
-            "Calls to the shared state store (Redis), by operation (match = 2 round trips, predict and "
-            "count 1; entries/register/... are background), failed calls included",
+            "Calls to the shared state store (Redis), by operation (match, predict and count: one round trip "
+            "each, on the request path; entries/register/... are background), failed calls included",
             ["op"],
             buckets=STORE_BUCKETS,
             registry=r,
@@ -166,8 +173,10 @@ class RouterMetrics:
     def disaggregated(self, remote: bool, reason: str) -> None:
         self.disagg.labels("remote" if remote else "local", reason).inc()
 
-    def handed_over(self, seconds: float) -> None:
+    def handed_over(self, seconds: float, worker_s: float) -> None:
         self.handover.observe(seconds)
+        if worker_s > 0:
+            self.handover_worker.observe(worker_s)
 
     def prefix(self, matched_tokens: int, prompt_tokens: int) -> None:
         self.prefix_matched.inc(matched_tokens)

@@ -14,8 +14,9 @@ class Observer(Protocol):
 
     def disaggregated(self, remote: bool, reason: str) -> None: ...
 
-    def handed_over(self, seconds: float) -> None:
-        """A remote prefill's handover: Prefill returned → first decode token at the router."""
+    def handed_over(self, seconds: float, worker_s: float) -> None:
+        """A remote prefill's handover: Prefill returned → first decode token at the router;
+        ``worker_s`` of it the decode worker's own (0: not reported)."""
         ...
 
     def prefix(self, matched_tokens: int, prompt_tokens: int) -> None: ...
@@ -45,7 +46,7 @@ class NullObserver:
     def disaggregated(self, remote: bool, reason: str) -> None:
         pass
 
-    def handed_over(self, seconds: float) -> None:
+    def handed_over(self, seconds: float, worker_s: float) -> None:
         pass
 
     def prefix(self, matched_tokens: int, prompt_tokens: int) -> None:

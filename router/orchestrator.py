@@ -28,9 +28,10 @@ import grpc
 from pdserve.engine.base import FinishReason, PrefillResult, TokenDelta
 from pdserve.types import WorkerId
 from router.errors import AttemptTimeout, BrokenStreamError, WorkerError, WorkerFailure
-from router.handover import HandoverClock
+from router.handover import Handover, HandoverClock
 from router.observer import NullObserver, Observer
 from router.outliers import Failure
+from router.placement.base import Stream
 from router.placement.decider import Outcome
 from router.placer import Placer
 from router.pool import ModelPool
@@ -135,7 +136,9 @@ class Orchestrator:
         where = state.pinned() or await self._placer.place(state.pool, state.prompt, state.failed, state.match())
         state.placed(where)
         self._notify(state, first)
-        with state.pool.counted(where.decode, 0 if where.prefill else state.uncached):
+        stream = Stream(state.spec.max_tokens)
+        counted = state.pool.counted(where.decode, 0 if where.prefill else state.uncached)
+        with counted, state.pool.streaming(where.decode, stream):
             started = time.perf_counter()
             kv_params, cached = await self._prefill(state)
             clock = HandoverClock(where, started, kv_params is not None and where.prefill not in state.failed)
@@ -149,7 +152,7 @@ class Orchestrator:
                 where.reason,
             )
             finished = False
-            async with contextlib.aclosing(self._decode(state, kv_params, cached, clock)) as chunks:
+            async with contextlib.aclosing(self._decode(state, kv_params, cached, clock, stream)) as chunks:
                 async for chunk in chunks:
                     finished = chunk.finish_reason is not None
                     if finished:
@@ -160,9 +163,15 @@ class Orchestrator:
         raise BrokenStreamError(where.decode, "the decode stream ended without a finish reason")
 
     async def _decode(
-        self, state: RequestState, kv_params: dict[str, Any] | None, cached: int | None, clock: HandoverClock
+        self,
+        state: RequestState,
+        kv_params: dict[str, Any] | None,
+        cached: int | None,
+        clock: HandoverClock,
+        stream: Stream,
     ) -> AsyncGenerator[Chunk, None]:
-        """The attempt's decode stream as chunks; it ends after the finish chunk."""
+        """The attempt's decode stream as chunks; it ends after the finish chunk. ``stream``
+        follows its tokens (what the disaggregation decider reads of it)."""
         decode = state.placement.decode
         unread = kv_params  # the prefill's KV, until a token shows the decode engine has it
         try:
@@ -175,10 +184,12 @@ class Orchestrator:
                         raise BrokenStreamError(
                             decode, f"the decode worker ended the request ({delta.finish_reason.value})"
                         )
-                    if delta.token_ids and (measured := clock.first_token()) is not None:
+                    if delta.token_ids and (measured := clock.first_token(delta.worker_first_token_s)) is not None:
                         self._learn(*measured)
                     if delta.token_ids:
                         unread = None
+                        stream.tokens = delta.completion_tokens
+                        stream.started = stream.started or time.monotonic()
                     # cached_tokens: what the prefilling engine found in its prefix cache — the
                     # prefill worker's count, or (local prefill) the decode worker's own.
                     chunk = state.output.feed(delta, delta.cached_tokens if cached is None else cached)
@@ -255,9 +266,9 @@ class Orchestrator:
                     raise AttemptTimeout(worker, "prefill", self._timeouts.prefill_s) from None
                 raise
 
-    def _learn(self, outcome: Outcome, handover_s: float | None) -> None:
-        if handover_s is not None:
-            self._observer.handed_over(handover_s)
+    def _learn(self, outcome: Outcome, handover: Handover | None) -> None:
+        if handover is not None:
+            self._observer.handed_over(handover.seconds, handover.worker_s)
         self._placer.observe(outcome)
 
     def _out(self, state: RequestState, worker: WorkerId, exc: WorkerFailure) -> None:

@@ -74,7 +74,8 @@ class Placer:
         uncached = len(prompt) - matched.get(decode, 0) * pool.block_size
         prefill_views = pool.snapshot(prefill_ids, matched)
         decode_view = next(v for v in decode_views if v.worker_id == decode)
-        decision = self._decider.decide(Query(len(prompt), uncached, decode_view, prefill_views, pool.block_size))
+        query = Query(len(prompt), uncached, decode_view, prefill_views, pool.block_size, pool.streams(decode))
+        decision = self._decider.decide(query)
         prefill = None
         if decision.remote:
             prefill = decision.prefill or self.policy.prefill.pick(prefill_views, request)

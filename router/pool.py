@@ -22,7 +22,7 @@ from pdserve.types import WorkerId
 from router.clients import DecodeWorker, PrefillWorker
 from router.errors import WorkerError
 from router.outliers import Ejections, Failure, OutlierPolicy
-from router.placement.base import WorkerView
+from router.placement.base import Stream, WorkerView
 from router.tokenizer import TokenIdsOnly, Tokenizer
 
 _C = TypeVar("_C", PrefillWorker, DecodeWorker)
@@ -64,6 +64,7 @@ class ModelPool:
         self._decode: dict[WorkerId, DecodeWorker] = dict(decode or {})
         self._inflight: Counter[WorkerId] = Counter()
         self._prefill_tokens: Counter[WorkerId] = Counter()  # uncached prompt tokens in flight
+        self._streams: dict[WorkerId, dict[int, Stream]] = {}  # decode streams in flight, by id()
         self._loads: dict[WorkerId, EngineLoad] = {}  # last Load poll
         self._polled_inflight: Counter[WorkerId] = Counter()  # ``_inflight`` at that poll
         self._ejections = Ejections(outliers or OutlierPolicy())
@@ -110,6 +111,7 @@ class ModelPool:
         return {
             "inflight": len(self._inflight),
             "prefill_tokens": len(self._prefill_tokens),
+            "streams": len(self._streams),
             "loads": len(self._loads),
             "polled_inflight": len(self._polled_inflight),
             "fingerprints": len(self._fingerprints),
@@ -189,6 +191,22 @@ class ModelPool:
         finally:
             _decrement(self._inflight, worker, 1)
             _decrement(self._prefill_tokens, worker, prefill_tokens)
+
+    @contextmanager
+    def streaming(self, worker: WorkerId, stream: Stream) -> Iterator[None]:
+        """``stream`` runs on decode ``worker`` while inside (``streams``)."""
+        on = self._streams.setdefault(worker, {})
+        on[id(stream)] = stream
+        try:
+            yield
+        finally:
+            on.pop(id(stream), None)
+            if not on:
+                self._streams.pop(worker, None)
+
+    def streams(self, worker: WorkerId) -> tuple[Stream, ...]:
+        """The decode streams this router runs on ``worker`` now."""
+        return tuple(self._streams.get(worker, {}).values())
 
     def kv_slow(self) -> dict[WorkerId, str]:
         """Decode workers whose measured KV path is under their floor, with the numbers."""

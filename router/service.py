@@ -34,6 +34,7 @@ class Background:
 
     loops_down: Mapping[str, str] = field(default_factory=dict)
     store_up: bool = True
+    store_down_kind: str = ""  # why it is down: a StoreUnavailable kind (e.g. "tls": a refused handshake)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,9 @@ class RouterService:
     def served(self) -> list[ModelPool]:
         """The pools of the models served now: those with a decode worker (one whose
         workers all left is not served)."""
-        return [pool for pool in self.pools.values() if pool.decode]
+        # A snapshot (one C call): a large body's size check asks from a preparing thread
+        # while discovery may add a pool on the event loop.
+        return [pool for pool in tuple(self.pools.values()) if pool.decode]
 
     def health(self) -> Health:
         """The models with a worker, by whether one decodes. A model whose workers all left

@@ -1,66 +1,7 @@
-"""A real redis-server on a free loopback port, started and stopped by the tests."""
+"""The tests' redis-server: the one the bench starts too (pdserve/tools/redis_server.py)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from pathlib import Path
+from pdserve.tools.redis_server import RedisServer
 
-import redis
-
-# A backstop: the wait ends at the first answered PING; a server that exits fails it at once.
-START_TIMEOUT_S = 120.0
-
-
-class RedisServer:
-    def __init__(self, port: int, workdir: Path, password: str = "") -> None:
-        self.port = port
-        self.password = password  # "": none (requirepass off)
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._workdir = workdir
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self._workdir.mkdir(parents=True, exist_ok=True)
-        self._proc = subprocess.Popen(
-            [
-                *(binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-                *(("--requirepass", self.password) if self.password else ()),
-            ],
-            cwd=self._workdir,
-            stdout=(self._workdir / "redis.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=5, password=self.password or None)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                client.ping()
-                return self
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() > deadline or self._proc.poll() is not None:
-                    self._proc.kill()  # a server we gave up on must not stay behind
-                    self._proc.wait()
-                    raise RuntimeError(f"redis-server did not start; see {self._workdir}/redis.log") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def db_url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def flush(self, db: int) -> None:
-        """Empty one database (the session cluster's workers live in db 0)."""
-        redis.Redis(port=self.port, db=db).flushdb()
+__all__ = ["RedisServer"]

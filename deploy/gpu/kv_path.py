@@ -65,10 +65,14 @@ def device_copy_gb_s() -> float:
 async def main() -> None:
     variant, out = sys.argv[1], Path(sys.argv[2])
     prompt_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 3072
-    if variant.startswith("env:"):
+    if variant.startswith("env:"):  # NAME=VALUE,...; a part without "=" continues the value before
+        name = ""
         for item in variant[4:].split(","):
-            name, _, value = item.partition("=")
-            os.environ[name] = value
+            if "=" in item:
+                name, _, value = item.partition("=")
+                os.environ[name] = value
+            elif name:
+                os.environ[name] += "," + item
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 

@@ -148,6 +148,9 @@ class TokenDelta:
     cached_tokens: int = 0
     logprobs: tuple[TokenLogprobs, ...] = ()
     prompt_logprobs: tuple[TokenLogprobs, ...] = ()
+    # Set from the wire (DecodeChunk.first_token_s) on the first delta with tokens: the decode
+    # worker's own time to it. Engines leave it 0.
+    worker_first_token_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def delta_from_pb(msg: pb.DecodeChunk) -> TokenDelta:
         cached_tokens=msg.cached_tokens,
         logprobs=tuple(_logprobs_from_pb(lp) for lp in msg.logprobs),
         prompt_logprobs=tuple(_logprobs_from_pb(lp) for lp in msg.prompt_logprobs),
+        worker_first_token_s=msg.first_token_s,
     )
 
 

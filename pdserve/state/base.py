@@ -42,7 +42,7 @@ from pdserve.types import BlockHash, WorkerId
 class StoreUnavailable(Exception):
     """The backing store could not serve a call: unreachable, too slow, or refusing it.
     ``kind`` names the cause for metrics (a small fixed set: ``connection``, ``timeout``,
-    ``oom``, ``readonly``, ``misconf``, ``noperm``, ``auth``, ``response``)."""
+    ``tls``, ``oom``, ``readonly``, ``misconf``, ``noperm``, ``auth``, ``response``)."""
 
     def __init__(self, message: str, kind: str = "connection") -> None:
         super().__init__(message)
@@ -136,19 +136,6 @@ def valid_records(entries: Sequence[str]) -> list[WorkerRecord]:
             out.append(WorkerRecord.from_json(entry))
         except MalformedRecord:
             continue
-    return out
-
-
-def prefix_lengths(holders: Sequence[set[WorkerId]]) -> dict[WorkerId, int]:
-    """Holders of each block, in prompt order → leading blocks held per worker."""
-    out: dict[WorkerId, int] = {}
-    alive = set(holders[0]) if holders else set()
-    for i, held in enumerate(holders):
-        alive &= held
-        if not alive:
-            break
-        for worker in alive:
-            out[worker] = i + 1
     return out
 
 

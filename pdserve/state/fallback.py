@@ -36,6 +36,7 @@ class FallbackStore:
         self.shared = shared
         self.local = MemoryStore()
         self.up = True
+        self.down_kind = ""  # while down: its latest failure's StoreUnavailable.kind, for /health
         self._retry_s = retry_s
         self._retry_at = 0.0
         self._on_change = on_change
@@ -52,7 +53,7 @@ class FallbackStore:
         except StoreUnavailable as exc:
             if self._on_error is not None:
                 self._on_error(exc.kind)
-            self._set(False, str(exc))
+            self._set(False, str(exc), exc.kind)
             raise
         finally:
             if self._on_call is not None:
@@ -60,7 +61,8 @@ class FallbackStore:
         self._set(True)
         return result
 
-    def _set(self, up: bool, why: str = "") -> None:
+    def _set(self, up: bool, why: str = "", kind: str = "") -> None:
+        self.down_kind = kind
         if not up:
             self._retry_at = time.monotonic() + self._retry_s
         if up == self.up:

@@ -1,4 +1,6 @@
-"""In-process StateStore: the embedded default (one router, no Redis)."""
+"""In-process StateStore: the embedded default (one router, no Redis), and every router's
+local view (``FallbackStore``). Stored blocks live in a ``BlockIndex`` (hash → bitset of
+holders); predictions, short-lived and few, in a dict of their own."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from pdserve.state.base import WorkerRecord, prefix_lengths, valid_records
+from pdserve.state.base import WorkerRecord, valid_records
+from pdserve.state.block_index import BlockIndex
 from pdserve.types import BlockHash, WorkerId
 
 
@@ -14,8 +17,7 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._workers: dict[WorkerId, tuple[WorkerRecord, float]] = {}
-        self._stored: defaultdict[tuple[str, BlockHash], set[WorkerId]] = defaultdict(set)
-        self._owned: defaultdict[tuple[str, WorkerId], set[BlockHash]] = defaultdict(set)
+        self._index = BlockIndex()
         self._predicted: defaultdict[tuple[str, BlockHash], dict[WorkerId, float]] = defaultdict(dict)
         self._counters: dict[str, tuple[int, float]] = {}  # key → (value, expiry)
         self._sweep_at = 0.0  # next pass over predictions nobody asked for again
@@ -33,11 +35,11 @@ class MemoryStore:
 
     async def deregister(self, worker_id: WorkerId) -> None:
         entry = self._workers.pop(worker_id, None)
-        models = {m for (m, w) in self._owned if w == worker_id}
+        models = set(self._index.models(worker_id))
         if entry is not None:
             models.add(entry[0].model)
         for model in models:
-            await self.replace_blocks(model, worker_id, ())
+            self._index.clear(model, worker_id)
 
     async def entries(self) -> list[str]:
         now = self._clock()
@@ -49,24 +51,14 @@ class MemoryStore:
         return valid_records(await self.entries())
 
     async def add_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
-        for h in hashes:
-            self._stored[(model, h)].add(worker_id)
-        self._owned[(model, worker_id)].update(hashes)
+        self._index.add(model, worker_id, hashes)
 
     async def remove_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
-        owned = self._owned[(model, worker_id)]
-        for h in hashes:
-            holders = self._stored.get((model, h))
-            if holders is not None:
-                holders.discard(worker_id)
-                if not holders:
-                    del self._stored[(model, h)]
-            owned.discard(h)
+        self._index.remove(model, worker_id, hashes)
 
     async def replace_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
-        await self.remove_blocks(model, worker_id, list(self._owned.pop((model, worker_id), ())))
-        if hashes:
-            await self.add_blocks(model, worker_id, hashes)
+        self._index.clear(model, worker_id)
+        self._index.add(model, worker_id, hashes)
 
     async def predict(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash], ttl_s: float) -> None:
         now = self._clock()
@@ -84,21 +76,42 @@ class MemoryStore:
 
     async def match(self, model: str, hashes: Sequence[BlockHash]) -> dict[WorkerId, int]:
         now = self._clock()
-        expired = {w for w, (_, exp) in self._workers.items() if exp <= now}
-        for worker_id in expired:
+        for worker_id in [w for w, (_, exp) in self._workers.items() if exp <= now]:
             await self.deregister(worker_id)
-        holders: list[set[WorkerId]] = []
+        # One walk down the prompt over holder bitsets: ``alive`` = the workers holding every
+        # block so far; a worker leaving it at block i held i leading blocks. Workers known only
+        # from predictions get bits past the index's (``extra``), for this call only.
+        table, extra = self._index.table(model), _Extra(len(self._index.bits))
+        out: dict[WorkerId, int] = {}
+        alive, walked = -1, 0
         for h in hashes:
-            held = set(self._stored.get((model, h), ()))
+            held = table.get(h, 0)
             predicted = self._predicted.get((model, h))
             if predicted:
-                for w in [w for w, exp in predicted.items() if exp <= now]:
-                    del predicted[w]
-                held.update(predicted)
-            if not held:
+                held |= self._predicted_bits(predicted, now, extra)
+            if walked and alive & ~held:
+                out.update(dict.fromkeys(self._names(alive & ~held, extra), walked))
+            alive &= held
+            if not alive:
                 break
-            holders.append(held)
-        return prefix_lengths(holders)
+            walked += 1
+        if alive and walked:
+            out.update(dict.fromkeys(self._names(alive, extra), walked))
+        return out
+
+    def _predicted_bits(self, predicted: dict[WorkerId, float], now: float, extra: _Extra) -> int:
+        mask = 0
+        for worker_id, expires in list(predicted.items()):
+            if expires <= now:
+                del predicted[worker_id]
+                continue
+            position = self._index.bits.get(worker_id)
+            mask |= 1 << (extra.position(worker_id) if position is None else position)
+        return mask
+
+    def _names(self, mask: int, extra: _Extra) -> list[WorkerId]:
+        known = mask & ((1 << extra.base) - 1)
+        return [*self._index.bits.workers(known), *extra.workers(mask >> extra.base)]
 
     async def count(self, key: str, amount: int, window_s: float) -> int:
         now = self._clock()
@@ -115,3 +128,22 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+class _Extra:
+    """Bit positions from ``base`` up for the workers one ``match`` meets only in predictions."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self._ids: list[WorkerId] = []
+        self._position: dict[WorkerId, int] = {}
+
+    def position(self, worker_id: WorkerId) -> int:
+        if worker_id not in self._position:
+            self._position[worker_id] = self.base + len(self._ids)
+            self._ids.append(worker_id)
+        return self._position[worker_id]
+
+    def workers(self, mask: int) -> list[WorkerId]:
+        """The workers of ``mask`` shifted down by ``base``."""
+        return [w for i, w in enumerate(self._ids) if mask >> i & 1]

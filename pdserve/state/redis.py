@@ -15,13 +15,18 @@ clusters sharing one Redis database never see each other:
 Nothing a dead worker leaves outlives its TTL. Registry updates are atomic (Lua
 scripts or MULTI). The scripts name keys they build from a record, so this layout needs
 one Redis (standalone, or Sentinel for failover), not Redis Cluster. Every command has
-the client's socket timeout; every Redis error — unreachable, timed out, OOM under
-``maxmemory``, READONLY, MISCONF, NOPERM, any other error reply — becomes
+the client's socket timeout; every Redis error — unreachable, timed out, a TLS handshake
+refused, OOM under ``maxmemory``, READONLY, MISCONF, NOPERM, any other error reply — becomes
 ``StoreUnavailable`` with its kind.
+
+TLS (``rediss://``) is redis-py's own: the server's certificate is verified against
+``TlsFiles.ca`` (else the system's CAs) and its host name checked; ``cert``/``key`` are
+the client certificate a server with ``tls-auth-clients yes`` asks for.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -37,11 +42,12 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pdserve.security import redact_url
-from pdserve.state.base import StoreUnavailable, WorkerRecord, prefix_lengths, valid_records
+from pdserve.security import TlsFiles, redact_url
+from pdserve.state.base import StoreUnavailable, WorkerRecord, valid_records
 from pdserve.types import BlockHash, WorkerId, to_hex
 
 UNREGISTERED_TTL_S = 600.0
+PRUNE_EVERY_S = 1.0  # how often one client's match drops expired workers from a model's worker set
 
 # KEYS: record, workers set. ARGV: worker id, ttl ms, namespace. 0 if the record expired.
 _HEARTBEAT = """
@@ -87,13 +93,53 @@ end
 return 1
 """
 
-# KEYS: the model's worker set. ARGV: block set key prefix, then worker ids whose block set
-# looked gone: removed only if it still is (a concurrent write re-created it otherwise).
-_PRUNE = """
-for i = 2, #ARGV do
-  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then redis.call('SREM', KEYS[1], ARGV[i]) end
+# KEYS: the model's worker set. ARGV: block set key prefix ({ns}:o:{model}:), prediction key
+# prefix ({ns}:p:{model}:), now (ms), 1 to prune, then the prompt's block hashes (hex) in order.
+# Returns {worker, leading blocks held, ...} (stored, or predicted and unexpired), in one round
+# trip. Every worker is asked for the first block; only those holding it are asked for the rest,
+# in one SMISMEMBER per worker and chunk (a call from Lua costs more than the lookups in it). A
+# block's predictions are read only where they can change the answer (the first block, or a
+# stored block missing). Pruning drops workers whose block set expired from the worker set: an
+# EXISTS per worker missing the first block, so the caller asks for it now and then, not on
+# every lookup (a worker left in the set meanwhile matches nothing).
+_MATCH = """
+local o, p, now, prune, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', #ARGV - 4
+local CHUNK = 1024  -- hashes per SMISMEMBER: unpack() is bounded by Lua's stack
+local preds = {}
+local function predicted(i)
+  if preds[i] then return preds[i] end
+  local out, kv = {}, redis.call('HGETALL', p .. ARGV[i + 4])
+  for j = 1, #kv, 2 do
+    local expires = tonumber(kv[j + 1])
+    if expires and expires > now then out[kv[j]] = true end
+  end
+  preds[i] = out
+  return out
 end
-return 1
+local function leading(w)
+  for first = 2, n, CHUNK do
+    local last = math.min(n, first + CHUNK - 1)
+    local flags = redis.call('SMISMEMBER', o .. w, unpack(ARGV, first + 4, last + 4))
+    for i = first, last do
+      if flags[i - first + 1] == 0 and not predicted(i)[w] then return i - 1 end
+    end
+  end
+  return n
+end
+local alive = {}
+for w in pairs(predicted(1)) do alive[w] = true end
+for _, w in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not alive[w] then
+    if redis.call('SISMEMBER', o .. w, ARGV[5]) == 1 then
+      alive[w] = true
+    elseif prune and redis.call('EXISTS', o .. w) == 0 then
+      redis.call('SREM', KEYS[1], w)
+    end
+  end
+end
+local out = {}
+for w in pairs(alive) do out[#out + 1] = w; out[#out + 1] = leading(w) end
+return out
 """
 
 _KINDS: tuple[tuple[type[BaseException], str], ...] = (
@@ -113,6 +159,8 @@ def error_kind(exc: BaseException) -> str:
         return "misconf" if "MISCONF" in str(exc) else "response"
     if isinstance(exc, RedisTimeoutError | TimeoutError):
         return "timeout"
+    if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError):  # redis-py wraps the handshake's error
+        return "tls"
     return "connection"
 
 
@@ -124,22 +172,39 @@ async def _reachable(url: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"redis at {url}: {type(exc).__name__}: {exc}", error_kind(exc)) from None
 
 
+def _tls_args(tls: TlsFiles) -> dict[str, str]:
+    """redis-py's SSL arguments for ``tls`` (a ``rediss://`` URL: ``state_tls`` checked it);
+    verification stays redis-py's default: required, host name checked."""
+    names = {"ssl_ca_certs": tls.ca, "ssl_certfile": tls.cert, "ssl_keyfile": tls.key}
+    return {name: path for name, path in names.items() if path}
+
+
 class RedisStore:
-    def __init__(self, url: str, timeout_s: float = 0.5, namespace: str = "pdserve", password: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 0.5,
+        namespace: str = "pdserve",
+        password: str = "",
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.url = redact_url(url)
         # RESP2: under RESP3, redis-py 8.1's asyncio pool skips its check for connections the
         # server closed (redis/redis-py#4252), so after a Redis restart every pooled connection
         # failed one call. We use no RESP3 feature.
-        extra = {"password": password} if password else {}
+        extra: dict[str, str] = _tls_args(tls or TlsFiles())
+        if password:
+            extra["password"] = password
         self._r = aioredis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True, protocol=2, **extra
         )
         self._p = namespace
         self._ttl_ms: dict[WorkerId, int] = {}  # registration TTL of the workers writing through this client
+        self._prune_at: dict[str, float] = {}  # model → when its next match prunes the worker set
         self._heartbeat = self._r.register_script(_HEARTBEAT)
         self._entries = self._r.register_script(_ENTRIES)
         self._deregister = self._r.register_script(_DEREGISTER)
-        self._prune = self._r.register_script(_PRUNE)
+        self._match = self._r.register_script(_MATCH)
 
     def _w(self, worker_id: str) -> str:
         return f"{self._p}:w:{worker_id}"
@@ -148,8 +213,9 @@ class RedisStore:
     def _workers(self) -> str:
         return f"{self._p}:workers"
 
-    def _pred(self, model: str, h: BlockHash) -> str:
-        return f"{self._p}:p:{model}:{to_hex(h)}"
+    def _pred(self, model: str, h: BlockHash | None) -> str:
+        """A block's predictions; ``None``: the model's key prefix."""
+        return f"{self._p}:p:{model}:{'' if h is None else to_hex(h)}"
 
     def _o(self, model: str, worker_id: str = "") -> str:
         return f"{self._p}:o:{model}:{worker_id}"
@@ -233,38 +299,15 @@ class RedisStore:
     async def match(self, model: str, hashes: Sequence[BlockHash]) -> dict[WorkerId, int]:
         if not hashes:
             return {}
-        hexes = [to_hex(h) for h in hashes]
+        now = time.time()
+        prune = now >= self._prune_at.get(model, 0.0)
+        if prune:
+            self._prune_at[model] = now + PRUNE_EVERY_S
+        args = [self._o(model), self._pred(model, None), str(int(now * 1000)), "1" if prune else "0"]
+        args += [to_hex(h) for h in hashes]
         async with _reachable(self.url):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.smembers(self._m(model))
-            for h in hashes:
-                pipe.hgetall(self._pred(model, h))
-            members, *predicted = await pipe.execute()
-            workers = sorted(str(w) for w in members)
-            stored = await self._stored(model, workers, hexes)
-        now_ms = time.time() * 1000
-        holders: list[set[WorkerId]] = []
-        for i, preds in enumerate(predicted):
-            held = {WorkerId(w) for w, flags in stored.items() if flags[i]}
-            held.update(WorkerId(w) for w, exp in preds.items() if float(exp) > now_ms)
-            if not held:
-                break
-            holders.append(held)
-        return prefix_lengths(holders)
-
-    async def _stored(self, model: str, workers: list[str], hexes: list[str]) -> dict[str, list[int]]:
-        """Which of ``hexes`` each worker's block set holds; prunes workers whose set expired."""
-        if not workers:
-            return {}
-        pipe = self._r.pipeline(transaction=False)
-        for w in workers:
-            pipe.exists(self._o(model, w))
-            pipe.smismember(self._o(model, w), hexes)
-        replies = await pipe.execute()
-        gone = [w for w, exists in zip(workers, replies[0::2], strict=True) if not exists]
-        if gone:
-            await self._prune(keys=[self._m(model)], args=[self._o(model), *gone])
-        return {w: [int(f) for f in flags] for w, flags in zip(workers, replies[1::2], strict=True)}
+            reply = await self._match(keys=[self._m(model)], args=args)
+        return {WorkerId(str(w)): int(n) for w, n in zip(reply[0::2], reply[1::2], strict=True)}
 
     async def count(self, key: str, amount: int, window_s: float) -> int:
         async with _reachable(self.url):

@@ -39,7 +39,7 @@ class WorkerMetrics(Collector):
         )
         self._store_errors = Counter(
             "pdserve_worker_state_store_errors",
-            "Heartbeats the shared state store failed, by kind (connection, timeout, oom, readonly, misconf, "
+            "Heartbeats the shared state store failed, by kind (connection, timeout, tls, oom, readonly, misconf, "
             "noperm, auth, response); the worker keeps serving and registers again once it answers",
             ["kind"],
             registry=self.registry,

@@ -22,8 +22,8 @@ from pdserve.flags import flag
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
 from pdserve.kv.hashing import SCHEME
-from pdserve.security import read_secrets
-from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, check_namespace, make_store
+from pdserve.security import TlsFiles, read_secrets
+from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, check_namespace, make_store, state_tls
 from pdserve.state.trust import RegistryTrust
 from pdserve.supervise import Supervisor
 from pdserve.types import WorkerId
@@ -39,7 +39,8 @@ class RegistrationOptions:
     state_url: str = flag(
         "",
         env="PDSERVE_STATE_URL",
-        help="register in this shared store (redis://host:port) and feed it the engine's KV events; "
+        help="register in this shared store (redis://host:port, rediss:// for TLS) and feed it the engine's "
+        "KV events; "
         "none: the router has a static worker list",
     )
     advertise: str = flag(
@@ -63,6 +64,15 @@ class RegistrationOptions:
         env="PDSERVE_STATE_PASSWORD_FILE",
         help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD)",
     )
+    state_tls_ca: str = flag(
+        "",
+        env="PDSERVE_STATE_TLS_CA",
+        help="rediss:// --state-url: PEM CA that signed the Redis server's certificate (default: the system's)",
+    )
+    state_tls_cert: str = flag(
+        "", env="PDSERVE_STATE_TLS_CERT", help="rediss:// --state-url: PEM client certificate, if Redis asks for one"
+    )
+    state_tls_key: str = flag("", env="PDSERVE_STATE_TLS_KEY", help="rediss:// --state-url: PEM its private key")
     registry_secret_file: str = flag(
         "",
         env="PDSERVE_REGISTRY_SECRET_FILE",
@@ -76,6 +86,11 @@ class RegistrationOptions:
         if self.ttl_s <= 0:
             raise ValueError("heartbeat_ttl_s must be > 0")
         check_namespace(self.state_namespace)
+        _ = self.state_tls  # ValueError naming the flag: a file missing, or TLS files without rediss://
+
+    @property
+    def state_tls(self) -> TlsFiles:
+        return state_tls(self.state_url, self.state_tls_cert, self.state_tls_key, self.state_tls_ca)
 
     def with_secrets(self) -> RegistrationOptions:
         """These options with the registry secrets and the store's password read (file, then variable)."""
@@ -131,6 +146,7 @@ class Registration:
             timeout_s=STORE_TIMEOUT_S,
             namespace=options.state_namespace,
             password=options.state_password,
+            tls=options.state_tls,
         )
         return cls(store, trust.sign(record), options.ttl_s, metrics)
 

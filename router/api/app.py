@@ -1,10 +1,11 @@
 """FastAPI application: routes translate HTTP ⇄ RouterService calls, nothing more.
 
-A generation route validates the body against the model's pool (api/validate.py),
-makes one call, ``RouterService.serve``, and renders the ``Answer`` it returns. The
-others answer from the service's view of its pools (/health, /ping, /version,
-/v1/models) or a pool's tokenizer (/tokenize, /detokenize: api/tokenize.py), shaped as
-vLLM 0.32's server answers them."""
+A generation route reads its body (api/body.py: a large one off the event loop),
+validates it against the model's pool (api/validate.py), makes one call,
+``RouterService.serve``, and renders the ``Answer`` it returns. The others answer from
+the service's view of its pools (/health, /ping, /version, /v1/models) or a pool's
+tokenizer (/tokenize, /detokenize: api/tokenize.py), shaped as vLLM 0.32's server
+answers them."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pdserve.security import bearer_ok, bearer_token
 from router.admission import ANONYMOUS, client_id
+from router.api import body as body_of
 from router.api import errors, render, size, tokenize, tool_grammar, validate
 from router.api.chat_output import ChatParsing
 from router.api.limits import BodyLimit
@@ -115,29 +117,33 @@ def create_app(
         service = get_service()
         return await service.prepare(tokenize.detokenize, body, service.pool(body.model))
 
-    def sized(body: CompletionRequest | ChatCompletionRequest) -> None:
+    def checked(body: CompletionRequest | ChatCompletionRequest) -> None:
+        """What needs no tokenizer, before the request waits for admission: a 400 (or the
+        404 of an unknown model) even while every slot is taken."""
         size.check(body, get_service().pool(body.model).max_model_len, prompt_chars_per_token)
+        validate.fields(body)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+    async def completions(request: Request) -> Response:
         arrival = time.perf_counter()
+        body = await body_of.read(request, CompletionRequest, get_service().prepare, checked)
         _take_request_id(body, request)
-        sized(body)
         serving = get_service().serve(
             body.model, lambda pool: validate.completion(body, pool, arrival), *_caller(request)
         )
         return await _unless_gone(request, _answered(serving, body, chat=False))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat_completions(request: Request) -> Response:
         arrival = time.perf_counter()
+        body = await body_of.read(request, ChatCompletionRequest, get_service().prepare, checked)
         _take_request_id(body, request)
-        sized(body)
         serving = get_service().serve(
             body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], *_caller(request)
         )
         return await _unless_gone(request, _answered(serving, body, chat=True, options=chat_options))
 
+    body_of.describe(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest})
     return app
 
 
@@ -157,7 +163,8 @@ def _health(health: Health) -> JSONResponse:
     if health.background.loops_down:
         details["loops_down"] = dict(health.background.loops_down)
     if not health.background.store_up:
-        details["state_store"] = "unreachable: serving from this router's local view"
+        kind = f" ({health.background.store_down_kind})" if health.background.store_down_kind else ""
+        details["state_store"] = f"unreachable{kind}: serving from this router's local view"
     if health.kv_slow:  # requests succeed, slowly: DESIGN §8's 0.4 GB/s case
         details["kv_path_slow"] = dict(health.kv_slow)
     if health.ok:

@@ -55,11 +55,18 @@ MAX_N = 128  # choices per prompt (vLLM sets no bound; this keeps one request's 
 MAX_BAD_WORDS = 128  # vLLM's VLLM_MAX_NUM_BAD_WORDS default, counted after tokenization
 
 
+def fields(req: CompletionRequest | ChatCompletionRequest) -> None:
+    """The checks that need no tokenizer and no prompt tokens (refused fields, ``n``,
+    ``stream_options``). Routes run them before the request waits for admission, so a bad
+    field is a 400 even while every slot is taken; ``completion`` and ``chat`` rely on it."""
+    _check_fields(req, CHAT_REFUSED if isinstance(req, ChatCompletionRequest) else COMPLETION_REFUSED)
+
+
 def completion(req: CompletionRequest, pool: ModelPool, arrival: float) -> list[Generation]:
     """One Generation per prompt: a completions ``prompt`` is one prompt (text or token ids)
-    or a batch of them, each generated on its own with the request's sampling."""
+    or a batch of them, each generated on its own with the request's sampling. ``fields``
+    has checked ``req``."""
     texts = prompts(req.prompt)
-    _check_fields(req, COMPLETION_REFUSED)
     # echo with max_tokens 0 returns the prompt alone: vLLM generates one token and shows none
     echo_only = bool(req.echo) and req.max_tokens == 0
     limit = 1 if echo_only else req.max_tokens
@@ -94,7 +101,7 @@ def chat(
     req: ChatCompletionRequest, pool: ModelPool, arrival: float, options: chat_render.ChatOptions | None = None
 ) -> Generation:
     options = options or chat_render.ChatOptions()
-    ids = chat_prompt(req, pool, options)
+    ids = chat_prompt_ids(req, pool, options)  # ``fields`` has checked ``req``
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     gen = _generation(pool, req, ids, limit, arrival)
     mode, name = tool_mode(req)
@@ -161,7 +168,7 @@ def chat_prompt(
     """A chat request's messages → the prompt's token ids. The one way from messages to ids:
     /tokenize's chat form takes it too (router/api/tokenize.py), so it answers exactly the
     ids a chat completion of the same messages generates from."""
-    _check_fields(req, CHAT_REFUSED)
+    fields(req)
     return chat_prompt_ids(req, pool, options or chat_render.ChatOptions())
 
 

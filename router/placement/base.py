@@ -34,6 +34,27 @@ class WorkerView:
         return self.inflight + max(0, self.running + self.waiting - self.polled_inflight)
 
 
+@dataclass
+class Stream:
+    """A decode stream this router runs on a worker, updated as its tokens arrive (router/
+    orchestrator.py): what a local prefill's stall would cost its time per output token."""
+
+    max_tokens: int
+    started: float = 0.0  # time.monotonic() at its first token; 0 = none yet
+    tokens: int = 0  # received so far
+
+    def slack_s(self, now: float, tpot_target_s: float) -> float:
+        """Seconds of stall it can take and still finish within ``tpot_target_s`` per
+        output token at its own pace so far (infinite before its first token: a stall
+        then delays its first token, not its TPOT; negative: it misses already)."""
+        if not self.started:
+            return float("inf")
+        n = max(self.max_tokens, self.tokens)
+        elapsed = now - self.started
+        pace = elapsed / (self.tokens - 1) if self.tokens > 1 else 0.5 * tpot_target_s
+        return tpot_target_s * (n - 1) - elapsed - (n - self.tokens) * pace
+
+
 @dataclass(frozen=True)
 class Request:
     prompt_tokens: int

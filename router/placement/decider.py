@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pdserve.types import WorkerId
-from router.placement.base import WorkerView
+from router.placement.base import Stream, WorkerView
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Query:
     decode: WorkerView
     prefill: Sequence[WorkerView]  # live prefill candidates
     block_size: int
+    streams: Sequence[Stream] = ()  # this router's decode streams on ``decode`` now
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ class DeciderOptions:
     stall_weight: float = 1.0
     probe_s: float = 5.0
     ttft_target_s: float = 0.0
+    tpot_target_s: float = 0.0
 
 
 def _priced(o: DeciderOptions) -> DisaggDecider:
@@ -26,6 +27,7 @@ def _priced(o: DeciderOptions) -> DisaggDecider:
         o.stall_weight,
         o.probe_s,
         ttft_target_s=o.ttft_target_s,
+        tpot_target_s=o.tpot_target_s,
     )
 
 

@@ -27,6 +27,17 @@ With a TTFT target (``ttft_target_s``, the SLO operators hold the service to), a
 whose remote TTFT and local cost (TTFT plus stall charge) both exceed it goes remote
 (reason ``over_target``): it misses the target either way, and remote does not stall the
 decode worker's streams (under overload on a slow path, local prefills ruin everyone's TPOT).
+
+With a TPOT target as well (``tpot_target_s``: the whole SLO), the choice counts requests
+that meet it instead of adding seconds: remote is worth 1 if its predicted TTFT meets the
+target; local is worth 1 if its predicted TTFT does, less one for every stream on the
+decode worker whose slack (``Stream.slack_s``: the stall it can take and still meet the
+TPOT target at its own pace) the local prefill would use up (streams past it, or past it
+once the local prefills queued ahead have run, are lost either way). The larger wins
+(reasons ``slo_remote``, ``slo_local``); a tie falls back to the predicted seconds above.
+This is what keeps a slow path from wrecking TPOT at high load: each local prefill stalls
+every stream, and when the streams have no slack left the prompts that cannot meet their
+TTFT remotely go remote anyway.
 """
 
 from __future__ import annotations
@@ -76,9 +87,11 @@ class Fit:
 
 @dataclass(frozen=True)
 class Estimate:
-    remote_s: float
-    local_s: float
+    remote_s: float  # TTFT, remote on ``prefill``
+    local_s: float  # TTFT local plus the stall charge
     prefill: WorkerId
+    local_ttft_s: float = 0.0  # TTFT local alone
+    stall_s: float = 0.0  # how long the local prefill stalls the decode worker's steps
 
 
 class PricedDecider:
@@ -89,10 +102,14 @@ class PricedDecider:
         probe_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         ttft_target_s: float = 0.0,
+        tpot_target_s: float = 0.0,
     ) -> None:
-        if stall_weight < 0 or probe_s <= 0 or ttft_target_s < 0:
-            raise ValueError("disagg: stall_weight and ttft_target_s must be >= 0 and probe_s > 0")
+        if stall_weight < 0 or probe_s <= 0 or ttft_target_s < 0 or tpot_target_s < 0:
+            raise ValueError("disagg: stall_weight and the targets must be >= 0 and probe_s > 0")
+        if tpot_target_s and not ttft_target_s:
+            raise ValueError("disagg: a TPOT target needs a TTFT target (the SLO is both)")
         self._target = ttft_target_s
+        self._tpot = tpot_target_s
         self._cold = cold
         self._stall_weight = stall_weight
         self._probe_s = probe_s
@@ -115,19 +132,38 @@ class PricedDecider:
         estimates = [self.estimate(query, c) for c in query.prefill]
         best = min(estimates, key=lambda e: e.remote_s)
         log.debug("priced %d uncached tokens: %s", query.uncached_tokens, best)
+        if self._tpot:
+            remote_worth, local_worth = self.worth(query, best)
+            if remote_worth > local_worth:
+                self._probes.pop((best.prefill, query.decode.worker_id), None)
+                return Decision(True, "slo_remote", best.prefill)
+            if local_worth > remote_worth:
+                return self._local_or_probe(query, estimates, "slo_local")
         if best.remote_s <= best.local_s:
             self._probes.pop((best.prefill, query.decode.worker_id), None)
             return Decision(True, "faster_remote", best.prefill)
         if self._target and best.remote_s > self._target and best.local_s > self._target:
             # Misses the target either way: where it spares the decode worker's streams.
             return Decision(True, "over_target", best.prefill)
+        return self._local_or_probe(query, estimates, "faster_local")
+
+    def worth(self, query: Query, best: Estimate) -> tuple[int, int]:
+        """Requests meeting the SLO, remote and local: this one's TTFT either way, less
+        (local) the decode worker's streams whose slack the local prefill's stall uses up:
+        slack past the stall of the local prefills queued ahead (those streams are lost
+        already) but short of that plus this one's."""
+        now, ahead = self._clock(), max(0.0, best.local_ttft_s - best.stall_s)
+        broken = sum(1 for s in query.streams if ahead <= s.slack_s(now, self._tpot) < ahead + best.stall_s)
+        return int(best.remote_s <= self._target), int(best.local_ttft_s <= self._target) - broken
+
+    def _local_or_probe(self, query: Query, estimates: list[Estimate], reason: str) -> Decision:
         stale = self._stale(query.decode.worker_id, estimates)
         if stale is not None:
             pair = (stale, query.decode.worker_id)
             self._seen[pair] = self._clock()  # one probe per interval
             self._probes[pair] = self._probes.get(pair, 0) + 1
             return Decision(True, "probe", stale)
-        return Decision(False, "faster_local")
+        return Decision(False, reason)
 
     def estimate(self, query: Query, candidate: WorkerView) -> Estimate:
         """Predicted seconds to the first token, remote on ``candidate`` and local."""
@@ -139,7 +175,7 @@ class PricedDecider:
         own_s = local.predict(query.uncached_tokens)
         queued_s = local.predict(query.decode.prefill_tokens + query.uncached_tokens)
         local_s = queued_s + self._stall_weight * own_s * (query.decode.load + 1)
-        return Estimate(remote_s, local_s, candidate.worker_id)
+        return Estimate(remote_s, local_s, candidate.worker_id, queued_s, own_s)
 
     def _stale(self, decode: WorkerId, estimates: list[Estimate]) -> WorkerId | None:
         """A prefill worker whose pair with ``decode`` is due a probe on this request."""

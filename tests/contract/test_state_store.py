@@ -98,6 +98,23 @@ async def test_predictions_expire(store: StateStore) -> None:
     assert await store.match("m", h) == {A: 1}
 
 
+async def test_stored_and_predicted_blocks_make_one_prefix(store: StateStore) -> None:
+    h = hashes(4)
+    await store.add_blocks("m", A, [h[0], h[2]])
+    await store.predict("m", A, h[1:2], ttl_s=30)  # the hole at block 1 is covered by a prediction
+    await store.predict("m", B, h[:1], ttl_s=30)
+    await store.add_blocks("m", B, h[1:])  # a predicted-only first block, stored after it
+    assert await store.match("m", h) == {A: 3, B: 4}
+
+
+async def test_a_long_prompt_is_walked_to_its_end(store: StateStore) -> None:
+    """Past 1024 blocks (the Redis walk's chunk) a hole still ends the prefix where it is."""
+    h = hashes(1100)
+    await store.add_blocks("m", A, h)
+    await store.add_blocks("m", B, h[:1050] + h[1051:])
+    assert await store.match("m", h) == {A: 1100, B: 1050}
+
+
 async def test_deregister_removes_record_and_blocks(store: StateStore) -> None:
     await store.register(record(A), ttl_s=30)
     await store.add_blocks("m", A, hashes(2))
@@ -179,6 +196,18 @@ async def test_a_heartbeat_puts_a_live_worker_back_in_the_registry(
     assert await one.workers() == []
     assert await one.heartbeat(A, ttl_s=30)
     assert [r.worker_id for r in await one.workers()] == [A]
+
+
+async def test_a_match_drops_workers_whose_block_set_expired_from_the_model_set(
+    redis_stores: tuple[StateStore, StateStore], redis_server: RedisServer
+) -> None:
+    one, _ = redis_stores
+    await one.add_blocks("m", A, hashes(2))
+    await one.add_blocks("m", B, hashes(2))
+    raw = redis.Redis(port=redis_server.port, db=2, decode_responses=True)
+    raw.delete(f"cluster-a:o:m:{A}")  # as its TTL would
+    assert await one.match("m", hashes(2)) == {B: 2}
+    assert raw.smembers("cluster-a:m:m") == {B}
 
 
 async def test_malformed_entries_are_returned_raw_and_left_out_of_workers(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,14 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
     raw = (DEPLOY / "compose" / "compose.yaml").read_text()
     return dict(yaml.safe_load(interpolate(raw, env or {})))
+
+
+def run_secrets_init(directory: Path) -> Path:
+    """Run compose's secrets-init script with ``directory`` as its `secrets` volume (as root,
+    as compose runs it, the key is handed to Redis's uid; otherwise that step is left out)."""
+    script = load_compose()["services"]["secrets-init"]["entrypoint"][-1].replace("cd /secrets;", f"cd {directory};")
+    if os.geteuid() != 0:
+        script = script.replace("chown 999 redis.key;", "")
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sh", "-c", script], check=True, capture_output=True, timeout=60)
+    return directory

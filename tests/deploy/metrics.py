@@ -18,6 +18,7 @@ ROUTER_HISTOGRAMS = frozenset(
         "pdserve_router_queue_time_seconds",
         "pdserve_router_kv_handover_seconds",
         "pdserve_router_state_store_seconds",
+        "pdserve_router_kv_handover_worker_seconds",
     }
 )
 ROUTER = ROUTER_HISTOGRAMS | {

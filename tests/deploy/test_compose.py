@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import os
+import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import redis
 import yaml
+from cryptography import x509
 
-from tests.deploy.artifacts import DEPLOY, WORKER_ROLES, load_compose
+from tests.deploy.artifacts import DEPLOY, WORKER_ROLES, load_compose, run_secrets_init
+from tests.helpers.net import free_port
+from tests.helpers.waiting import wait_until
 
 PROFILES = {
     "gpu": {"prefill": "prefill", "decode": "decode"},
@@ -64,7 +72,7 @@ def test_each_profile_is_a_whole_topology(profile: str) -> None:
         for dep in worker.get("depends_on", {}):
             assert dep in services or worker["depends_on"][dep].get("required") is False, dep
     assert {"redis", "prometheus", "grafana"} <= names
-    assert router_env["PDSERVE_STATE_URL"].startswith("redis://redis:")
+    assert router_env["PDSERVE_STATE_URL"].startswith("rediss://redis:")  # TLS
     assert "PDSERVE_PREFILL" not in router_env and "PDSERVE_DECODE" not in router_env  # no static list
 
 
@@ -116,15 +124,66 @@ def test_redis_is_password_protected_bounded_and_every_pdserve_service_has_the_s
     script = redis["entrypoint"][-1]
     assert "requirepass" in script and "redis-server -" in script, "the password via stdin, not argv"
     assert "--maxmemory " in script and "--maxmemory-policy noeviction" in script
-    assert "REDISCLI_AUTH" in redis["healthcheck"]["test"][-1]
+    assert "--port 0 --tls-port 6379" in script, "TLS only: the plaintext port is closed"
+    probe = redis["healthcheck"]["test"][-1]
+    assert "REDISCLI_AUTH" in probe and "--tls --cacert /run/pdserve-secrets/redis-ca.crt" in probe
     assert redis["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
     for profile in PROFILES:
         for name, service in active(compose, profile).items():
-            if not service["image"].startswith("pdserve/") or name == "model-init":
+            if not service["image"].startswith("pdserve/") or name in ("model-init", "secrets-init"):
                 continue
             env = service["environment"]
             assert "secrets:/run/pdserve-secrets:ro" in service["volumes"], name
             assert env["PDSERVE_STATE_PASSWORD_FILE"].startswith("/run/pdserve-secrets/"), name
             assert env["PDSERVE_REGISTRY_SECRET_FILE"].startswith("/run/pdserve-secrets/"), name
+            assert env["PDSERVE_STATE_TLS_CA"] == "/run/pdserve-secrets/redis-ca.crt", name
+            assert env["PDSERVE_STATE_URL"].startswith("rediss://redis:6379/"), name
             assert "@" not in env["PDSERVE_STATE_URL"], name
             assert service["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully", name
+
+
+def test_secrets_init_makes_redis_a_certificate_once_and_redis_then_serves_tls_only(tmp_path: Path) -> None:
+    """compose's own scripts, run here: secrets-init's openssl makes a CA and a certificate for
+    the host `redis` (the CA's key deleted), a second run changes nothing, and the redis
+    service's command serves TLS with it, a password required, the plaintext port closed."""
+    secrets = run_secrets_init(tmp_path / "secrets")
+    made = {p.name: p.read_bytes() for p in secrets.iterdir()}
+    assert set(made) == {"redis_password", "registry_secret", "redis-ca.crt", "redis.crt", "redis.key"}
+    assert run_secrets_init(secrets) and {p.name: p.read_bytes() for p in secrets.iterdir()} == made
+    cert = x509.load_pem_x509_certificate(made["redis.crt"])
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "redis" in names.get_values_for_type(x509.DNSName)
+
+    port = free_port()
+    service = load_compose()["services"]["redis"]
+    script = service["entrypoint"][-1].replace("/run/pdserve-secrets", str(secrets))
+    script = script.replace("--tls-port 6379", f"--tls-port {port}")
+    server = subprocess.Popen(
+        ["sh", "-c", f"{script} --bind 127.0.0.1"],
+        cwd=tmp_path,
+        stdout=(tmp_path / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        password = made["redis_password"].decode()
+        verified = redis.Redis(
+            port=port, password=password, ssl=True, ssl_ca_certs=str(secrets / "redis-ca.crt"), socket_timeout=2
+        )
+        wait_until(lambda: _pings(verified), "redis serves TLS", 30, 0.1)
+        probe = service["healthcheck"]["test"][-1].replace("/run/pdserve-secrets", str(secrets))
+        assert subprocess.run(["sh", "-c", probe.replace("redis-cli", f"redis-cli -p {port}")]).returncode == 0
+        with pytest.raises(redis.ConnectionError):  # no plaintext
+            redis.Redis(port=port, password=password, socket_timeout=2).ping()
+        with pytest.raises(redis.AuthenticationError):  # TLS, no password
+            redis.Redis(port=port, ssl=True, ssl_ca_certs=str(secrets / "redis-ca.crt"), socket_timeout=2).ping()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

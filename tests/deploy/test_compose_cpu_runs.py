@@ -2,8 +2,9 @@
 is its image's ENTRYPOINT + the service's command, with the image's ENV and the service's
 environment. Only what a container network provides is mapped: service names → 127.0.0.1,
 published ports → free local ports, the model volume → the cached default model, the redis
-service → a redis-server of the test's own (with the password secrets-init would make),
-the secrets volume → a directory of the test's, and UCX on loopback. Real vLLM CPU engines, real
+service → a redis-server of the test's own, TLS only as compose runs it, the secrets
+volume → a directory that compose's own secrets-init script fills (the password, Redis's
+certificate and CA), and UCX on loopback. Real vLLM CPU engines, real
 NIXL; the router finds the workers through their registration in Redis, as in compose."""
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import httpx
 import pytest
 
 from pdserve.lifetime import launch_env
-from tests.deploy.artifacts import REPO, load_compose
+from pdserve.security import TlsFiles
+from tests.deploy.artifacts import REPO, load_compose, run_secrets_init
 from tests.deploy.images import command, python_argv, stages
 from tests.factories import metric_samples
 from tests.helpers.net import free_port
@@ -51,8 +53,8 @@ def image_env(target: str) -> dict[str, str]:
 
 
 def localize(value: str, ports: dict[str, str]) -> str:
-    if value.startswith("redis://redis:"):  # the state store URL
-        return value.replace("redis://redis:6379", f"redis://127.0.0.1:{ports['6379']}")
+    if value.startswith("rediss://redis:"):  # the state store URL (the certificate names 127.0.0.1 too)
+        return value.replace("rediss://redis:6379", f"rediss://127.0.0.1:{ports['6379']}")
     host, sep, port = value.rpartition(":")
     if sep and host in HOSTS and port in ports:
         return f"127.0.0.1:{ports[port]}"
@@ -60,14 +62,6 @@ def localize(value: str, ports: dict[str, str]) -> str:
 
 
 SECRETS = "/run/pdserve-secrets/"  # the compose secrets volume's mount point
-
-
-def make_secrets(directory: Path) -> Path:
-    """What the secrets-init service writes into the secrets volume."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("redis_password", "registry_secret"):
-        (directory / name).write_text(os.urandom(32).hex())
-    return directory
 
 
 def service_env(service: dict, target: str, ports: dict[str, str], model: Path, secrets: Path) -> dict[str, str]:
@@ -94,9 +88,10 @@ def service_env(service: dict, target: str, ports: dict[str, str], model: Path, 
 def cpu_profile(tmp_path: Path, default_model: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     compose = load_compose()["services"]
     ports = {str(p): str(free_port()) for p in (50051, 50052, 5600, 5601, 9100, 9101, 8000, 5557, 5567, 6379)}
-    secrets = make_secrets(tmp_path / "secrets")
+    secrets = run_secrets_init(tmp_path / "secrets")
     password = (secrets / "redis_password").read_text()
-    redis_server = RedisServer(int(ports["6379"]), tmp_path / "redis", password).start()
+    tls = TlsFiles(str(secrets / "redis.crt"), str(secrets / "redis.key"), str(secrets / "redis-ca.crt"))
+    redis_server = RedisServer(int(ports["6379"]), tmp_path / "redis", password, tls).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, (target, role) in SERVICES.items():

@@ -141,7 +141,7 @@ def test_worker_deployment_has_role_label_probes_placement_and_autoscaler(overla
     names = [e["name"] for e in worker["env"]]
     assert env["PDSERVE_ADVERTISE"]["value"] == f"$(PDSERVE_KV_HOST):{GRPC_PORT[role]}"
     assert names.index("PDSERVE_KV_HOST") < names.index("PDSERVE_ADVERTISE"), "$(VAR) needs VAR defined first"
-    assert config_data(resources)["PDSERVE_STATE_URL"].startswith("redis://pdserve-redis:")
+    assert config_data(resources)["PDSERVE_STATE_URL"].startswith("rediss://pdserve-redis:")
 
     gpus = worker["resources"]["limits"].get("nvidia.com/gpu")
     if overlay == "gpu":
@@ -215,7 +215,7 @@ def test_selectors_and_ports_connect(overlay: str) -> None:
     router = find(resources, "Deployment", "pdserve-router")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in router["env"]}
     assert "PDSERVE_PREFILL" not in env and "PDSERVE_DECODE" not in env, "workers are found through Redis"
-    host, port = config_data(resources)["PDSERVE_STATE_URL"].removeprefix("redis://").split("/")[0].split(":")
+    host, port = config_data(resources)["PDSERVE_STATE_URL"].removeprefix("rediss://").split("/")[0].split(":")
     assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}  # the Redis Service
     for role in WORKER_ROLES:
         svc = services[f"pdserve-{role}"]
@@ -246,6 +246,36 @@ def secret_mounts(template: dict[str, Any]) -> dict[str, str]:
     pod = template["spec"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
     return {secrets[m["name"]]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"] in secrets}
+
+
+def secret_keys(template: dict[str, Any], secret: str) -> set[str]:
+    """The keys of ``secret`` that the pod mounts (all of them: ``{"*"}``)."""
+    (volume,) = [v["secret"] for v in template["spec"]["volumes"] if v.get("secret", {}).get("secretName") == secret]
+    return {item["key"] for item in volume["items"]} if "items" in volume else {"*"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_serves_tls_only_and_the_pdserve_pods_verify_it_with_the_ca_alone(overlay: str) -> None:
+    """Redis's certificate comes from the Secret pdserve-redis-tls (not shipped: the operator's
+    or cert-manager's); its plaintext port is closed; routers and workers dial rediss:// and
+    mount the CA only, never the server's key."""
+    resources = render(overlay)
+    config = config_data(resources)
+    assert config["PDSERVE_STATE_URL"].startswith("rediss://pdserve-redis:6379/")
+    redis_pod = find(resources, "StatefulSet", "pdserve-redis")["spec"]["template"]
+    (redis,) = redis_pod["spec"]["containers"]
+    script = " ".join(redis["command"])
+    tls_dir = secret_mounts(redis_pod)["pdserve-redis-tls"]
+    assert "--port 0 --tls-port 6379" in script, "TLS only: the plaintext port is closed"
+    for flag, key in (("--tls-cert-file", "tls.crt"), ("--tls-key-file", "tls.key"), ("--tls-ca-cert-file", "ca.crt")):
+        assert f"{flag} {tls_dir}/{key}" in script
+    assert secret_keys(redis_pod, "pdserve-redis-tls") == {"tls.crt", "tls.key", "ca.crt"}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert f"redis-cli --tls --cacert {tls_dir}/ca.crt ping" in " ".join(redis[probe]["exec"]["command"])
+    for name in ("pdserve-router", *(f"pdserve-{role}" for role in WORKER_ROLES)):
+        template = find(resources, "Deployment", name)["spec"]["template"]
+        assert config["PDSERVE_STATE_TLS_CA"] == secret_mounts(template)["pdserve-redis-tls"] + "/ca.crt", name
+        assert secret_keys(template, "pdserve-redis-tls") == {"ca.crt"}, name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -78,3 +78,27 @@ def test_a_slowed_pair_warns_and_moves_decisions_local_then_back(tmp_path: Path,
         assert decisions(url).get("probe", 0) >= 1
         assert not load(decode).kv_path_slow
         assert "recovered" in (tmp_path / "decode.log").read_text()
+
+
+def test_the_handover_splits_into_the_decode_workers_part_and_the_rpc_hops(tmp_path: Path, default_model: Path) -> None:
+    """The router's handover (Prefill returned → first decode token) holds the decode
+    worker's own part (its first chunk's first_token_s), which holds the KV pull."""
+    rng = random.Random(1)
+    slow = ["--engine-arg", "kv_slow_peers=*", "--engine-arg", "kv_slow_s_per_token=1e-4"]  # 0.1 s a pull
+    with Procs(tmp_path) as procs:
+        prefill, _ = start_sim(procs, "prefill", "prefill", SLOW)
+        decode, _ = start_sim(procs, "decode", "decode", SLOW, slow)
+        _, url = start_router(procs, default_model, prefill, decode, "--disagg-decider", "always-remote")
+        model = served_model(url)
+        for _ in range(3):
+            prompt = [rng.randrange(1000, 20000) for _ in range(PROMPT_TOKENS)]
+            body = {"model": model, "prompt": prompt, "max_tokens": 2, "ignore_eos": True}
+            assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        seen = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+        assert seen["pdserve_router_kv_handover_seconds_count"] == 3
+        assert seen["pdserve_router_kv_handover_worker_seconds_count"] == 3
+        pulled = load(decode)
+        assert pulled.kv_transfers == 3 and pulled.kv_transfer_seconds >= 0.3
+        worker_s = seen["pdserve_router_kv_handover_worker_seconds_sum"]
+        assert pulled.kv_transfer_seconds <= worker_s <= seen["pdserve_router_kv_handover_seconds_sum"]

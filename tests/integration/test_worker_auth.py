@@ -4,77 +4,22 @@ credentials serving through it (with API keys of its own)."""
 
 from __future__ import annotations
 
-import datetime
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdserve.tools.procs import Procs
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.helpers.net import free_port
+from tests.helpers.pki import Pki, make_pki
 
 TOKEN = "worker-secret-1"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    issuer_name, signer = (_name(issuer[0]), issuer[1]) if issuer else (_name(subject), key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-    return builder.sign(signer, hashes.SHA256())
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def make_pki(d: Path) -> Pki:
-    def write(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
-        (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        (d / f"{name}.key").write_bytes(pem)
-        return d / f"{name}.pem", d / f"{name}.key"
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca, _ = write("ca", _cert("pdserve test CA", ca_key, None), ca_key)
-    keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in ("server", "client")}
-    server = write("server", _cert("localhost", keys["server"], ("pdserve test CA", ca_key)), keys["server"])
-    client = write("client", _cert("router", keys["client"], ("pdserve test CA", ca_key)), keys["client"])
-    return Pki(ca, *server, *client)
 
 
 @pytest.fixture(scope="module")

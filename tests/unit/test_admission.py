@@ -179,6 +179,25 @@ def test_over_capacity_gets_503_overloaded(tiny_tokenizer: Tokenizer, body: dict
     assert client.post("/v1/completions", json=body).status_code == 200
 
 
+def test_a_bad_field_is_a_400_even_while_every_slot_is_taken(tiny_tokenizer: Tokenizer, body: dict) -> None:
+    """Checks that need no tokenizer come before the wait for a slot: the client learns what
+    to fix, instead of a 503 that tells it to retry the same request."""
+    r, decode = router(tiny_tokenizer, limits=AdmissionLimits(max_inflight=1, max_queued=0))
+    client, gate = r.client, r.service.admission.gate
+    bad = {
+        "/v1/completions": [{**body, "use_beam_search": True}, {**body, "n": 0}, {**body, "stream_options": {}}],
+        "/v1/chat/completions": [{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "n": 999}],
+    }
+    with _held(gate):
+        for path, bodies in bad.items():
+            for sent in bodies:
+                resp = client.post(path, json=sent)
+                assert resp.status_code == 400, (sent, resp.text)
+                assert resp.json()["error"]["param"] in ("use_beam_search", "n", "stream_options"), resp.text
+        assert client.post("/v1/completions", json=body).status_code == 503  # a good one waits, as before
+    assert not decode.calls
+
+
 class _held:
     """Occupy the gate's one slot from this thread (the TestClient runs the app on its own
     event loop and reads each response whole, so a held stream cannot do it)."""

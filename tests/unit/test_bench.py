@@ -88,6 +88,24 @@ def test_at_rate_stretches_a_timed_workload_to_the_mean_rate() -> None:
     assert [i.prompt for i in fast] == ["x"] * 4
 
 
+def test_trace_token_ids_keep_the_sharing_and_a_new_salt_gives_fresh_blocks(tmp_path: Path) -> None:
+    rows = [
+        {"timestamp": 0, "input_length": 1024, "output_length": 700, "hash_ids": [7, 8]},
+        {"timestamp": 9, "input_length": 1000, "output_length": 40, "hash_ids": [7, 9]},
+        {"timestamp": 9, "input_length": 4096, "output_length": 3, "hash_ids": [5, 6, 1, 2, 3, 4, 10, 11]},
+    ]
+    path = tmp_path / "trace.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    work = workloads.trace_token_ids(path, 10, scale=4, vocab=1000, salt="a", max_prompt=600, max_output=512)
+    (first, out1), (second, out2), (third, out3) = work
+    assert (len(first), len(second), len(third)) == (256, 250, 600)  # input / 4, the third cut to 600
+    assert first[:128] == second[:128] and first[128:250] != second[128:]  # block 7 shared, then 8 vs 9
+    assert all(100 <= t < 1000 for t in first + second + third)
+    assert (out1, out2, out3) == (512, 40, 3)  # output_length, capped
+    again = workloads.trace_token_ids(path, 2, scale=4, vocab=1000, salt="b", max_prompt=600, max_output=512)
+    assert len(again) == 2 and again[0][0][:128] != first[:128] and again[0][0][:128] == again[1][0][:128]
+
+
 def test_arrivals_are_poisson_at_the_rate_or_the_trace_times() -> None:
     items = workloads.random_lengths(random.Random(0), 2000, (5, 5), (1, 1))
     times = arrivals(items, rate=50.0, rng=random.Random(0))
@@ -135,7 +153,7 @@ def test_store_calls_add_up_and_give_round_trips_and_a_p99() -> None:
     b = StoreCalls({"match": 90, "predict": 90}, {0.001: 180, 0.01: 180, inf: 180})
     both = a + b
     assert both.counts == {"match": 100, "predict": 100, "entries": 3}
-    assert both.round_trips() == 300  # match is two pipelined round trips, predict one; entries is background
+    assert both.round_trips() == 200  # match and predict one round trip each; entries is background
     assert 0.0 < both.p99_s() <= 0.001  # 199 of 200 under 1 ms
     slow = StoreCalls({"match": 1}, {0.001: 0, 0.01: 1, inf: 1})
     assert 0.001 < slow.p99_s() <= 0.01

@@ -174,6 +174,9 @@ WORKER_FLAGS = {
     "--state-namespace": "PDSERVE_STATE_NAMESPACE",
     "--registry-secret-file": "PDSERVE_REGISTRY_SECRET_FILE",
     "--state-password-file": "PDSERVE_STATE_PASSWORD_FILE",
+    "--state-tls-ca": "PDSERVE_STATE_TLS_CA",
+    "--state-tls-cert": "PDSERVE_STATE_TLS_CERT",
+    "--state-tls-key": "PDSERVE_STATE_TLS_KEY",
 }
 ROUTER_FLAGS = {
     "--host": "PDSERVE_ROUTER_HOST",
@@ -189,12 +192,16 @@ ROUTER_FLAGS = {
     "--state-url": "PDSERVE_STATE_URL",
     "--state-namespace": "PDSERVE_STATE_NAMESPACE",
     "--state-password-file": "PDSERVE_STATE_PASSWORD_FILE",
+    "--state-tls-ca": "PDSERVE_STATE_TLS_CA",
+    "--state-tls-cert": "PDSERVE_STATE_TLS_CERT",
+    "--state-tls-key": "PDSERVE_STATE_TLS_KEY",
     "--tokenizer": "",
     "--disagg-min-tokens": "PDSERVE_DISAGG_MIN_TOKENS",
     "--disagg-decider": "PDSERVE_DISAGG_DECIDER",
     "--disagg-stall-weight": "PDSERVE_DISAGG_STALL_WEIGHT",
     "--disagg-probe-s": "PDSERVE_DISAGG_PROBE_S",
     "--disagg-ttft-target": "PDSERVE_DISAGG_TTFT_TARGET_S",
+    "--disagg-tpot-target": "PDSERVE_DISAGG_TPOT_TARGET_S",
     "--prefill-saturated-waiting": "PDSERVE_PREFILL_SATURATED_WAITING",
     "--prefill-retries": "PDSERVE_PREFILL_RETRIES",
     "--decode-retries": "PDSERVE_DECODE_RETRIES",
@@ -336,3 +343,18 @@ def test_a_state_namespace_is_a_plain_key_prefix(model_dir: Path) -> None:
         router_config.from_args([*base, "--state-namespace", "a:b"])
     with pytest.raises(ValueError, match="state_namespace"):
         prefill_config.from_args(["--model", str(model_dir), "--state-namespace", "has space"])
+
+
+def test_state_tls_files_need_a_rediss_url_and_exist(model_dir: Path, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("PEM")
+    base = ["--model", str(model_dir), "--decode", "d:1"]
+    cfg = router_config.from_args([*base, "--state-url", "rediss://r:6379/0", "--state-tls-ca", str(ca)])
+    assert cfg.state_tls.ca == str(ca) and not cfg.state_tls.cert
+    with pytest.raises(ValueError, match=r"state_tls_ca.*rediss://"):  # TLS files with a plaintext URL
+        router_config.from_args([*base, "--state-url", "redis://r:6379/0", "--state-tls-ca", str(ca)])
+    with pytest.raises(ValueError, match="state_tls_ca"):
+        router_config.from_args([*base, "--state-url", "rediss://r:6379/0", "--state-tls-ca", str(tmp_path / "no")])
+    worker = ["--model", str(model_dir), "--state-url", "rediss://r:6379/0"]
+    with pytest.raises(ValueError, match="state_tls: give both"):
+        decode_config.from_args([*worker, "--state-tls-cert", str(ca)])

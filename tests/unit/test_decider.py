@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pdserve.types import WorkerId
-from router.placement.base import WorkerView
+from router.placement.base import Stream, WorkerView
 from router.placement.decider import Outcome, Query, ThresholdDecider
 from router.placement.deciders import DECIDERS, make_decider
 from router.placement.priced import MIN_SAMPLES, PROBE_BACKOFF, Fit, PricedDecider
@@ -131,3 +131,50 @@ def test_priced_sends_remote_what_misses_the_ttft_target_both_ways() -> None:
     without = PricedDecider(ThresholdDecider(), stall_weight=1.0)
     learn(without, {P1: SLOW_S})
     assert without.decide(query(4000, decode=swamped)).reason == "faster_local"
+
+
+def test_stream_slack_is_the_stall_it_can_take_within_the_tpot_target() -> None:
+    assert Stream(64).slack_s(5.0, 0.01) == float("inf")  # no first token yet
+    # 64 tokens at 10 ms: 0.63 s budget; 11 tokens in 50 ms (5 ms pace): 53 left take 0.265 s
+    assert Stream(64, started=1.0, tokens=11).slack_s(1.05, 0.01) == pytest.approx(0.63 - 0.05 - 0.265)
+    # one token so far: half the target is taken as its pace
+    assert Stream(101, started=1.0, tokens=1).slack_s(1.0, 0.01) == pytest.approx(1.0 - 100 * 0.005)
+    assert Stream(20, started=1.0, tokens=10).slack_s(1.5, 0.01) < 0  # 55 ms a token: missed already
+
+
+def test_with_both_targets_the_choice_counts_requests_that_meet_the_slo() -> None:
+    clock = Clock()
+    d = PricedDecider(ThresholdDecider(), stall_weight=1.0, clock=clock, ttft_target_s=1.0, tpot_target_s=0.01)
+    learn(d, {P1: SLOW_S})  # 4000 tokens: 1.45 s remote, a 0.13 s local prefill; 500: 0.19 s and 16 ms
+    clock.now = 1.0
+    roomy = [Stream(64, started=0.9, tokens=21) for _ in range(8)]  # 5 ms pace: 0.31 s of slack each
+    nearly = [Stream(64, started=0.82, tokens=21) for _ in range(8)]  # 9 ms pace: 0.06 s each
+    brink = [Stream(64, started=0.803, tokens=21) for _ in range(8)]  # 10 ms pace: 0.01 s each
+    lost = [Stream(64, started=0.6, tokens=31) for _ in range(8)]  # 13 ms pace: past the target
+    view = WorkerView(D, running=8)
+
+    def decide(streams: list[Stream], tokens: int = 4000) -> str:
+        q = query(tokens, decode=view)
+        return d.decide(Query(q.prompt_tokens, q.uncached_tokens, q.decode, q.prefill, 16, streams)).reason
+
+    # remote misses the TTFT target; local meets it and leaves every stream its TPOT
+    assert decide(roomy) == "slo_local"
+    # local would push 8 streams past the TPOT target: this request misses instead
+    assert decide(nearly) == "slo_remote"
+    # streams that miss already are lost either way: nothing to spare, local meets the TTFT
+    assert decide(lost) == "slo_local"
+    # a short prompt meets the TTFT remote too; its 16 ms stall fits the 0.06 s of slack:
+    # a tie, which the predicted seconds break; on the brink even 16 ms breaks them
+    assert decide(nearly, 500) in ("faster_local", "faster_remote")
+    assert decide(brink, 500) == "slo_remote"
+    # 0.25 s of local prefills queued ahead: the roomy streams' 0.31 s is gone after this one's
+    queued = WorkerView(D, running=8, prefill_tokens=8000)
+    q = query(4000, decode=queued)
+    assert d.decide(Query(4000, 4000, queued, q.prefill, 16, roomy)).reason == "slo_remote"
+    # past the queued ones, the nearly-spent streams are lost anyway: local meets its TTFT
+    assert d.decide(Query(4000, 4000, queued, q.prefill, 16, nearly)).reason == "slo_local"
+
+
+def test_a_tpot_target_needs_a_ttft_target() -> None:
+    with pytest.raises(ValueError, match="TTFT"):
+        PricedDecider(ThresholdDecider(), tpot_target_s=0.01)

@@ -94,6 +94,9 @@ def test_health_names_a_store_outage_and_an_empty_fleet(tmp_path: Path) -> None:
     resp = empty.client.get("/ready")
     assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
     assert resp.json()["state_store"].startswith("unreachable")
+    refused = Background(store_up=False, store_down_kind="tls")  # e.g. Redis's certificate not trusted
+    resp = scripted_router(tiny_tokenizer(tmp_path), [], [ScriptedDecode([5])], background=lambda: refused).client
+    assert resp.get("/health").json()["state_store"] == "unreachable (tls): serving from this router's local view"
 
 
 async def test_a_stopped_loop_is_not_restarted() -> None:

@@ -49,15 +49,18 @@ def _fleet(procs: Procs, args: argparse.Namespace, profile: str, decider: str) -
     ]
     dec = [start_sim_worker(procs, "decode", f"decode{i}", common).address for i in range(args.decode)]
     flags = ["--policy", "prefix-aware", "--disagg-decider", decider, "--log-level", "WARNING"]
-    if args.ttft_target:
+    if args.ttft_target or args.slo_target:
         flags += ["--disagg-ttft-target", str(args.slo_ttft)]
+    if args.slo_target:
+        flags += ["--disagg-tpot-target", str(args.slo_tpot)]
     return start_router(procs, model_from_env(), pre, dec, flags).address, dec
 
 
 def _kv_counts(url: str, decode: list[str]) -> dict[str, float]:
     """Counters so far: decisions (router), handover (router), transfers (decode workers' Load)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    out = dict.fromkeys(("remote", "local", "handover_s", "handovers", "transfer_s", "transfers"), 0.0)
+    keys = ("remote", "local", "handover_s", "handovers", "worker_s", "workers", "transfer_s", "transfers")
+    out = dict.fromkeys(keys, 0.0)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "pdserve_router_disagg_decisions_total":
@@ -66,6 +69,10 @@ def _kv_counts(url: str, decode: list[str]) -> dict[str, float]:
                 out["handover_s"] = s.value
             elif s.name == "pdserve_router_kv_handover_seconds_count":
                 out["handovers"] = s.value
+            elif s.name == "pdserve_router_kv_handover_worker_seconds_sum":
+                out["worker_s"] = s.value
+            elif s.name == "pdserve_router_kv_handover_worker_seconds_count":
+                out["workers"] = s.value
     for addr in decode:
         with grpc.insecure_channel(addr) as channel:
             load = pb_grpc.DecodeWorkerStub(channel).Load(pb.LoadRequest(), timeout=10)
@@ -81,6 +88,7 @@ def _kv_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return {
         "remote_share": d["remote"] / decisions if decisions else 0.0,
         "handover_mean_s": d["handover_s"] / d["handovers"] if d["handovers"] else 0.0,
+        "handover_worker_mean_s": d["worker_s"] / d["workers"] if d["workers"] else 0.0,
         "transfer_mean_s": d["transfer_s"] / d["transfers"] if d["transfers"] else 0.0,
     }
 
@@ -119,8 +127,8 @@ def _table(rows: dict[str, dict[str, Any]], rates: list[float]) -> str:
     head = (
         "| profile | rate | goodput remote | goodput local | goodput priced | priced vs best fixed | priced remote % "
     )
-    head += "| TTFT p50 priced | ITL p99 priced | handover mean | raw transfer mean |"
-    lines = [head, "|---|" + "---:|" * 10]
+    head += "| TTFT p50 priced | ITL p99 priced | handover mean | of it decode worker | raw transfer mean |"
+    lines = [head, "|---|" + "---:|" * 11]
     for label in PROFILES:
         for rate in rates:
             r = {d: rows[f"{label} {d} @ {rate:g}"] for d in DECIDERS}
@@ -132,7 +140,8 @@ def _table(rows: dict[str, dict[str, Any]], rates: list[float]) -> str:
                 f"| {label} | {rate:g} | {good['always-remote']:.2f} | {good['always-local']:.2f} | "
                 f"{good['priced']:.2f} | {100 * (ratio - 1):+.1f} % | {100 * p['remote_share']:.0f} % | "
                 f"{1000 * p['ttft_p50_s']:.0f} ms | {1000 * p['itl_p99_s']:.1f} ms | "
-                f"{1000 * p['handover_mean_s']:.1f} ms | {1000 * p['transfer_mean_s']:.1f} ms |"
+                f"{1000 * p['handover_mean_s']:.1f} ms | {1000 * p.get('handover_worker_mean_s', 0.0):.1f} ms | "
+                f"{1000 * p['transfer_mean_s']:.1f} ms |"
             )
     return "\n".join(lines)
 
@@ -161,6 +170,11 @@ def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=60, help="requests per rate")
     p.add_argument("--warmup", type=int, default=8, help="sequential requests before each measured run")
     p.add_argument("--ttft-target", action="store_true", help="give the routers --disagg-ttft-target = --slo-ttft")
+    p.add_argument(
+        "--slo-target",
+        action="store_true",
+        help="give the routers the whole SLO: --disagg-ttft-target = --slo-ttft, --disagg-tpot-target = --slo-tpot",
+    )
     p.add_argument("--prompt-tokens", type=int_range, default=(500, 6000))
     p.add_argument("--rates", default="4,8,12,16")
     output_and_slo(p, output_tokens=64, slo_ttft=1.0, slo_tpot=0.010)

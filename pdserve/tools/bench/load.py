@@ -4,6 +4,10 @@ Prompts are random token ids (no shared prefixes), lengths drawn uniformly from
 ``--prompt-tokens LO:HI``, outputs from ``--output-tokens LO:HI`` with
 ``ignore_eos``. Reports per rate: TTFT and TPOT percentiles, output tok/s and
 goodput (requests per second that met both SLOs).
+
+``--trace FILE`` takes prompts and output lengths from a Mooncake trace instead
+(token ids per hash id, so the trace's prefix sharing holds; no tokenizer needed),
+still sent open-loop at each rate.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import httpx
 from pdserve.tools.bench.client import Timing, random_prompt, timed_completion
 from pdserve.tools.bench.report import Slo, summarize
 from pdserve.tools.bench.run import int_range
+from pdserve.tools.bench.workloads import trace_token_ids
 
 
 def add_parser(sub: Any) -> None:
@@ -32,6 +37,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--requests", type=int, default=50, help="requests per rate")
     p.add_argument("--prompt-tokens", default="2048:4096", help="LO:HI prompt length")
     p.add_argument("--output-tokens", default="128:256", help="LO:HI output length")
+    p.add_argument("--trace", type=Path, help="Mooncake-format JSONL: prompts and outputs from its first rows")
+    p.add_argument("--trace-scale", type=float, default=1.0, help="--trace: divide prompt lengths by this")
     p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO, seconds")
     p.add_argument("--slo-tpot", type=float, default=0.05, help="time per output token SLO, seconds")
     p.add_argument("--seed", type=int, default=0)
@@ -48,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
         "slo": {"ttft_s": args.slo_ttft, "tpot_s": args.slo_tpot},
         "prompt_tokens": args.prompt_tokens,
         "output_tokens": args.output_tokens,
+        "trace": None if args.trace is None else {"file": args.trace.name, "scale": args.trace_scale},
         "rates": {},
     }
     for rate in [float(r) for r in args.rates.split(",")]:
-        timings, wall = asyncio.run(_sweep_point(args, model, rate))
+        timings, wall = asyncio.run(sweep_point(args, model, rate))
         summary = summarize(timings, wall, Slo(args.slo_ttft, args.slo_tpot))
         print(json.dumps({"rate": rate, **summary}), flush=True)
         summary["per_request"] = [  # raw, so goodput can be recomputed under any SLO
@@ -65,15 +73,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sweep_point(args: argparse.Namespace, model: str, rate: float) -> tuple[list[Timing], float]:
+async def sweep_point(args: argparse.Namespace, model: str, rate: float) -> tuple[list[Timing], float]:
     # A different stream per rate: prompts repeated across rates would hit the prefix cache.
     rng = random.Random(f"{args.seed}-{rate}")
     plo, phi = int_range(args.prompt_tokens)
     olo, ohi = int_range(args.output_tokens)
-    work = [
-        (random_prompt(rng, rng.randint(plo, phi), args.vocab_size), rng.randint(olo, ohi))
-        for _ in range(args.requests)
-    ]
+    if args.trace is not None:  # HI of each range caps the trace's lengths
+        salt = f"{args.seed}-{rate}"
+        work = trace_token_ids(args.trace, args.requests, args.trace_scale, args.vocab_size, salt, phi, ohi)
+    else:
+        work = [
+            (random_prompt(rng, rng.randint(plo, phi), args.vocab_size), rng.randint(olo, ohi))
+            for _ in range(args.requests)
+        ]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         start = time.perf_counter()

@@ -10,8 +10,8 @@ the workers' KV events it follows itself, and a static worker list.
 Halfway through the requests router 0 is restarted (stopped, started again on the same
 port, waited for); the second half measures its cached share against the others'.
 Redis round trips come from the routers' ``pdserve_router_state_store_seconds``
-(calls per operation: ``match`` is two pipelined round trips, ``predict`` and ``count``
-one each), summed over routers.
+(calls per operation: ``match`` (one Lua script), ``predict`` (one pipeline) and ``count``
+are one round trip each), summed over routers.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from pdserve.tools.ports import free_port, free_ports
 from pdserve.tools.procs import Procs, python
 
 STATES = ("redis", "memory")
-REQUEST_PATH_OPS = {"match": 2, "predict": 1, "count": 1}  # round trips per call
+REQUEST_PATH_OPS = {"match": 1, "predict": 1, "count": 1}  # round trips per call (match: one Lua script)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ approximate tokens; what the server counted is in each result's usage.
   fixed block of words (same id → same words), lengths divided by ``scale``.
 - ``conversations``: the same trace's busiest conversations (its reuse in few rows);
   ``at_rate`` stretches any timed workload to a mean request rate.
+
+``trace_token_ids`` is the trace in token space, for models served without a
+tokenizer (``pdserve bench load --trace``): each hash id becomes a fixed block of
+random token ids, so the trace's prefix sharing survives without any text.
 """
 
 from __future__ import annotations
@@ -157,6 +161,38 @@ def at_rate(items: Sequence[Item], rate: float) -> list[Item]:
     span = max((i.at_s or 0.0) for i in items) if items else 0.0
     factor = (len(items) - 1) / (rate * span) if span > 0 and rate > 0 else 1.0
     return [Item(i.prompt, i.max_tokens, (i.at_s or 0.0) * factor, i.group) for i in items]
+
+
+def trace_token_ids(
+    path: Path, limit: int, scale: float, vocab: int, salt: str, max_prompt: int, max_output: int
+) -> list[tuple[list[int], int]]:
+    """The first ``limit`` rows of a Mooncake trace as (prompt token ids, max_tokens).
+
+    Block ``k`` of a hash id is 512/``scale`` token ids seeded by (``salt``, id): equal ids
+    in one call give equal blocks (the trace's prefix sharing), another ``salt`` gives
+    fresh ones (no cache hits between runs). Prompts are cut to ``input_length``/``scale``
+    and to ``max_prompt``; outputs are the row's ``output_length`` cut to ``max_output``.
+    Timestamps are dropped: the caller's arrival process decides when to send.
+    """
+    block_len = max(1, round(512 / scale))
+    blocks: dict[int, list[int]] = {}
+
+    def block(hid: int) -> list[int]:
+        if hid not in blocks:
+            rng = random.Random(f"{salt}/{hid}")
+            blocks[hid] = [rng.randrange(100, vocab) for _ in range(block_len)]
+        return blocks[hid]
+
+    out: list[tuple[list[int], int]] = []
+    with path.open() as f:
+        for line in f:
+            if len(out) >= limit:
+                break
+            row: dict[str, Any] = json.loads(line)
+            n = min(max_prompt, max(1, round(int(row["input_length"]) / scale)))
+            prompt = [t for h in row["hash_ids"] for t in block(int(h))][:n]
+            out.append((prompt, max(1, min(max_output, int(row["output_length"])))))
+    return out
 
 
 WORKLOADS: dict[str, Callable[..., list[Item]]] = {
