@@ -35,6 +35,8 @@ HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # --workers: how often a process writes its computed gauges (queue, ejections, tasks) as requests come
 # and go; a scrape writes the answering process's at once. (all_tasks() is O(tasks): not per request.)
 REFRESH_S = 1.0
+# Shared-store calls: a local Redis answers in ~0.1 ms; a loaded or distant one in tens of ms.
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
 
 
@@ -122,6 +124,14 @@ class RouterMetrics:
             "Calls the shared state store failed, by kind: connection, timeout, tls, oom, readonly, misconf, "
             "noperm, auth, response (the router then serves from its local view)",
             ["kind"],
+            registry=r,
+        )
+        self.store_calls = Histogram(
+            "pdserve_router_state_store_seconds",
+            "Calls to the shared state store (Redis), by operation (match, predict and count: one round trip "
+            "each, on the request path; entries/register/... are background), failed calls included",
+            ["op"],
+            buckets=STORE_BUCKETS,
             registry=r,
         )
         self.registry_rejections = Counter(
@@ -235,6 +245,9 @@ class RouterMetrics:
 
     def store_failed(self, kind: str) -> None:
         self.store_errors.labels(kind).inc()
+
+    def store_called(self, op: str, seconds: float) -> None:
+        self.store_calls.labels(op).observe(seconds)
 
     def fleet_changed(self, pools: Mapping[str, ModelPool]) -> None:
         """Each model's active pool (router/generations.py); a model that is gone reads 0."""

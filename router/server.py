@@ -42,7 +42,10 @@ def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[State
             "(routers and workers alike) outside local development.",
             redact_url(cfg.state_url),
         )
-    return FallbackStore(store, on_change=metrics.store_available, on_error=metrics.store_failed), False
+    fallback = FallbackStore(
+        store, on_change=metrics.store_available, on_error=metrics.store_failed, on_call=metrics.store_called
+    )
+    return fallback, False
 
 
 async def build_service(

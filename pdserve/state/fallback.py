@@ -31,6 +31,7 @@ class FallbackStore:
         retry_s: float = 1.0,
         on_change: Callable[[bool], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        on_call: Callable[[str, float], None] | None = None,
     ) -> None:
         self.shared = shared
         self.local = MemoryStore()
@@ -40,11 +41,13 @@ class FallbackStore:
         self._retry_at = 0.0
         self._on_change = on_change
         self._on_error = on_error  # told each failure's kind (StoreUnavailable.kind): metrics
+        self._on_call = on_call  # told each shared call's operation and seconds, failed ones too: metrics
         self._last_entries: list[str] = []
 
-    async def _try(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _try(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         if not self.up and time.monotonic() < self._retry_at:
             raise StoreUnavailable("shared store marked down")
+        start = time.perf_counter()
         try:
             result = await call()
         except StoreUnavailable as exc:
@@ -52,6 +55,9 @@ class FallbackStore:
                 self._on_error(exc.kind)
             self._set(False, str(exc), exc.kind)
             raise
+        finally:
+            if self._on_call is not None:
+                self._on_call(op, time.perf_counter() - start)
         self._set(True)
         return result
 
@@ -71,19 +77,19 @@ class FallbackStore:
 
     async def register(self, record: WorkerRecord, ttl_s: float) -> None:
         await self.local.register(record, ttl_s)
-        await self._try(lambda: self.shared.register(record, ttl_s))
+        await self._try("register", lambda: self.shared.register(record, ttl_s))
 
     async def heartbeat(self, worker_id: WorkerId, ttl_s: float) -> bool:
         await self.local.heartbeat(worker_id, ttl_s)
-        return await self._try(lambda: self.shared.heartbeat(worker_id, ttl_s))
+        return await self._try("heartbeat", lambda: self.shared.heartbeat(worker_id, ttl_s))
 
     async def deregister(self, worker_id: WorkerId) -> None:
         await self.local.deregister(worker_id)
-        await self._try(lambda: self.shared.deregister(worker_id))
+        await self._try("deregister", lambda: self.shared.deregister(worker_id))
 
     async def entries(self) -> list[str]:
         try:
-            self._last_entries = await self._try(self.shared.entries)
+            self._last_entries = await self._try("entries", self.shared.entries)
         except StoreUnavailable:
             pass  # the registry as last seen
         return list(self._last_entries)
@@ -93,23 +99,23 @@ class FallbackStore:
 
     async def add_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         await self.local.add_blocks(model, worker_id, hashes)
-        await self._try(lambda: self.shared.add_blocks(model, worker_id, hashes))
+        await self._try("add_blocks", lambda: self.shared.add_blocks(model, worker_id, hashes))
 
     async def remove_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         await self.local.remove_blocks(model, worker_id, hashes)
-        await self._try(lambda: self.shared.remove_blocks(model, worker_id, hashes))
+        await self._try("remove_blocks", lambda: self.shared.remove_blocks(model, worker_id, hashes))
 
     async def replace_blocks(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash]) -> None:
         await self.local.replace_blocks(model, worker_id, hashes)
-        await self._try(lambda: self.shared.replace_blocks(model, worker_id, hashes))
+        await self._try("replace_blocks", lambda: self.shared.replace_blocks(model, worker_id, hashes))
 
     async def predict(self, model: str, worker_id: WorkerId, hashes: Sequence[BlockHash], ttl_s: float) -> None:
         await self.local.predict(model, worker_id, hashes, ttl_s)
-        await self._try(lambda: self.shared.predict(model, worker_id, hashes, ttl_s))
+        await self._try("predict", lambda: self.shared.predict(model, worker_id, hashes, ttl_s))
 
     async def match(self, model: str, hashes: Sequence[BlockHash]) -> dict[WorkerId, int]:
         try:
-            return await self._try(lambda: self.shared.match(model, hashes))
+            return await self._try("match", lambda: self.shared.match(model, hashes))
         except StoreUnavailable:
             return await self.local.match(model, hashes)
 
@@ -117,12 +123,12 @@ class FallbackStore:
         """The shared counter; while it is unreachable, this router's own count."""
         local = await self.local.count(key, amount, window_s)
         try:
-            return await self._try(lambda: self.shared.count(key, amount, window_s))
+            return await self._try("count", lambda: self.shared.count(key, amount, window_s))
         except StoreUnavailable:
             return local
 
     async def ping(self) -> None:
-        await self._try(self.shared.ping)
+        await self._try("ping", self.shared.ping)
 
     async def close(self) -> None:
         await self.shared.close()

@@ -57,6 +57,19 @@ class Procs:
                 raise RuntimeError(f"{url} not ready within {timeout_s:.0f}s (logs in {self.log_dir})")
             time.sleep(0.3)
 
+    def stop_one(self, proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+        """SIGTERM one process's group (SIGKILL past ``timeout_s``) and forget it: a process
+        stopped on purpose (a restart) is no start-up failure for ``wait_http``."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self._procs = [(n, p) for n, p in self._procs if p is not proc]
+
     def stop(self) -> None:
         for _, proc in reversed(self._procs):
             with contextlib.suppress(ProcessLookupError):

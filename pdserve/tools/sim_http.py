@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,7 @@ async def _chunks(
 
 def create_app(engine: SimDecodeEngine, tok: Tokenizer | TokenIdsOnly, model: str, lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="pdserve sim-http", lifespan=lifespan)
+    counts: Counter[str] = Counter()  # completion requests handed to the engine (the bench's per-worker share)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -126,6 +128,7 @@ def create_app(engine: SimDecodeEngine, tok: Tokenizer | TokenIdsOnly, model: st
             f"vllm:kv_cache_usage_perc{labels} {load.kv_cache_usage}",
             f"vllm:prefix_cache_queries_total{labels} {load.prefix_queries}",
             f"vllm:prefix_cache_hits_total{labels} {load.prefix_hits}",
+            f"pdserve_sim_requests_total{labels} {counts['requests']}",
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
 
@@ -150,6 +153,7 @@ def create_app(engine: SimDecodeEngine, tok: Tokenizer | TokenIdsOnly, model: st
         except (_BadRequest, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             return _error(400, str(exc))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        counts["requests"] += 1
         shape = render.Shape(chat=chat, model=model, prompts=(tuple(prompt),), include_usage=include_usage)
         deltas = engine.decode(RequestId(render.new_id(shape)), prompt, sampling, None)
         chunks = _chunks(deltas, tok, prompt)

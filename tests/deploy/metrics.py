@@ -17,6 +17,7 @@ ROUTER_HISTOGRAMS = frozenset(
         "pdserve_router_e2e_request_latency_seconds",
         "pdserve_router_queue_time_seconds",
         "pdserve_router_kv_handover_seconds",
+        "pdserve_router_state_store_seconds",
         "pdserve_router_kv_handover_worker_seconds",
     }
 )

@@ -62,6 +62,7 @@ def test_bad_requests_are_openai_shaped_400s(sim_http: tuple[str, int]) -> None:
 
 def test_the_bench_sees_prefix_reuse_within_a_group(sim_http: tuple[str, int]) -> None:
     url, _ = sim_http
+    before = _requests_counted(url)
     items = workloads.shared_prefix(
         random.Random(5), groups=2, per_group=4, prefix_tokens=300, question_tokens=8, max_tokens=4
     )
@@ -74,6 +75,12 @@ def test_the_bench_sees_prefix_reuse_within_a_group(sim_http: tuple[str, int]) -
             assert t.cached_tokens >= 256, (item.group, t)
         firsts.add(item.group)
     assert s["cached_ratio"] > 0.5
+    assert _requests_counted(url) - before == 8  # what the pressure bench reads per worker
+
+
+def _requests_counted(url: str) -> float:
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return float(next(line for line in lines if line.startswith("pdserve_sim_requests_total")).split()[-1])
 
 
 def _contains(blocks: list[tuple[int, ...]], ids: list[int]) -> bool:

@@ -61,6 +61,33 @@ def test_trace_maps_equal_hash_ids_to_equal_text_and_scales(tmp_path: Path) -> N
     assert [i.max_tokens for i in items] == [5, 2, 1]  # output / 16, capped, at least 1
 
 
+def test_conversations_keep_whole_busiest_conversations_in_trace_order(tmp_path: Path) -> None:
+    rows = [  # conversation (0, 1): 3 turns, (0, 2): 2, (0, 3): 1; each turn extends the last
+        {"timestamp": 0, "input_length": 512, "output_length": 16, "hash_ids": [0, 1]},
+        {"timestamp": 100, "input_length": 512, "output_length": 16, "hash_ids": [0, 3]},
+        {"timestamp": 200, "input_length": 1024, "output_length": 16, "hash_ids": [0, 2, 20]},
+        {"timestamp": 300, "input_length": 1024, "output_length": 16, "hash_ids": [0, 1, 10]},
+        {"timestamp": 400, "input_length": 1536, "output_length": 16, "hash_ids": [0, 1, 10, 11]},
+        {"timestamp": 500, "input_length": 1536, "output_length": 16, "hash_ids": [0, 2, 20, 21]},
+    ]
+    path = tmp_path / "trace.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    items = workloads.conversations(path, limit=5, scale=16, max_output=4)
+    assert len(items) == 5  # (0, 1) and (0, 2) whole; (0, 3) would pass the limit
+    assert [i.at_s for i in items] == [0.0, 0.2, 0.3, 0.4, 0.5]
+    by_len = [len(i.prompt.split()) for i in items]
+    assert by_len == [32, 64, 64, 96, 96]
+    turns = [items[0].prompt, items[2].prompt, items[3].prompt]  # conversation (0, 1)
+    assert all(b.startswith(a) for a, b in itertools.pairwise(turns))
+
+
+def test_at_rate_stretches_a_timed_workload_to_the_mean_rate() -> None:
+    timed = [workloads.Item("x", 1, at_s=t) for t in (0.0, 1.0, 3.0, 10.0)]
+    fast = workloads.at_rate(timed, rate=3.0)  # 3 gaps over 10 s → 3 gaps over 1 s
+    assert [i.at_s for i in fast] == pytest.approx([0.0, 0.1, 0.3, 1.0])
+    assert [i.prompt for i in fast] == ["x"] * 4
+
+
 def test_trace_token_ids_keep_the_sharing_and_a_new_salt_gives_fresh_blocks(tmp_path: Path) -> None:
     rows = [
         {"timestamp": 0, "input_length": 1024, "output_length": 700, "hash_ids": [7, 8]},
@@ -108,3 +135,25 @@ def test_summary_counts_goodput_against_both_slos_and_errors() -> None:
     assert s["output_tok_s"] == pytest.approx(38 / 2.0)
     assert s["ttft_p50_s"] == pytest.approx(0.1) and s["ttft_p99_s"] > 1.9
     assert s["cached_ratio"] == pytest.approx(100 / 400)
+
+
+def test_hot_share_is_the_busiest_workers_fraction() -> None:
+    from pdserve.tools.bench.pressure import hot_share
+
+    assert hot_share([10, 10, 10, 10], workers=4) == 0.25
+    assert hot_share([30, 5, 5, 0], workers=4) == 0.75
+    assert hot_share([], workers=8) == 0.125  # nothing placed: as even as can be
+
+
+def test_store_calls_add_up_and_give_round_trips_and_a_p99() -> None:
+    from pdserve.tools.bench.replicas import StoreCalls
+
+    inf = float("inf")
+    a = StoreCalls({"match": 10, "predict": 10, "entries": 3}, {0.001: 19, 0.01: 20, inf: 20})
+    b = StoreCalls({"match": 90, "predict": 90}, {0.001: 180, 0.01: 180, inf: 180})
+    both = a + b
+    assert both.counts == {"match": 100, "predict": 100, "entries": 3}
+    assert both.round_trips() == 200  # match and predict one round trip each; entries is background
+    assert 0.0 < both.p99_s() <= 0.001  # 199 of 200 under 1 ms
+    slow = StoreCalls({"match": 1}, {0.001: 0, 0.01: 1, inf: 1})
+    assert 0.001 < slow.p99_s() <= 0.01

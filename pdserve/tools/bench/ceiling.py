@@ -99,7 +99,7 @@ def pdserve(workers: int) -> Contender:
 
 
 def peer(contender: peers.Contender) -> Contender:
-    return lambda procs, fleet: [contender(procs, fleet)]
+    return lambda procs, fleet: [contender(procs, fleet).url]
 
 
 @dataclass

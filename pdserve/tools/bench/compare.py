@@ -37,9 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.tools.bench import ceiling, decider, real, workloads
+from pdserve.tools.bench import ceiling, decider, pressure, real, replicas, workloads
 from pdserve.tools.bench.client import Timing
-from pdserve.tools.bench.contenders import MODEL, Contender, SimFleetSpec, facades, pdserve, sglang, vllm_router
+from pdserve.tools.bench.contenders import (
+    MODEL,
+    Contender,
+    Endpoint,
+    SimFleetSpec,
+    facades,
+    pdserve,
+    placement_contenders,
+    sglang,
+    vllm_router,
+)
 from pdserve.tools.bench.report import Slo, summarize
 from pdserve.tools.bench.results import finish, output_and_slo, table
 from pdserve.tools.bench.run import drive, int_range
@@ -56,7 +66,7 @@ class Load:
 
 def run_one(name: str, contender: Contender, fleet: SimFleetSpec, load: Load, out: Path) -> tuple[list[Timing], float]:
     with Procs(out / "logs" / name) as procs:
-        url = contender(procs, fleet)
+        url = contender(procs, fleet).url
         drive_ = drive(url, MODEL, load.items, load.rate, load.concurrency, seed=1, progress=sys.stderr.isatty())
         return asyncio.run(drive_)
 
@@ -75,15 +85,7 @@ def placement(args: argparse.Namespace) -> int:
             args.question_tokens,
             args.output_tokens,
         )
-    contenders: dict[str, Contender] = {
-        "pdserve round-robin": pdserve("round-robin"),
-        "pdserve least-loaded": pdserve("least-loaded"),
-        "pdserve prefix-aware": pdserve("prefix-aware"),
-        "sglang-router cache_aware": sglang("cache_aware"),
-        "vllm-router cache_aware": vllm_router("cache_aware"),
-        "vllm-router kv_aware": vllm_router("kv_aware"),
-    }
-    chosen = {n: c for n, c in contenders.items() if not args.only or any(o in n for o in args.only.split(","))}
+    chosen = placement_contenders(args.only)
     runs, summaries = {}, {}
     for name, contender in chosen.items():
         timings, wall = run_one(name.replace(" ", "_"), contender, fleet, Load(items, rate=args.rate), args.out)
@@ -97,7 +99,7 @@ def overhead(args: argparse.Namespace) -> int:
     fleet = SimFleetSpec(args.workers, {"profile": "zero"})
     rng = random.Random(args.seed)
     items = workloads.random_lengths(rng, args.requests, (48, 64), (args.output_tokens, args.output_tokens))
-    direct: Contender = lambda procs, f: facades(procs, SimFleetSpec(1, f.engine_args))[0][0]  # noqa: E731
+    direct: Contender = lambda procs, f: Endpoint(facades(procs, SimFleetSpec(1, f.engine_args))[0][0])  # noqa: E731
     contenders: dict[str, Contender] = {
         "direct (no router)": direct,
         "pdserve prefix-aware": pdserve("prefix-aware"),
@@ -144,7 +146,7 @@ def disagg(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("compare", help="side-by-side runs over simulated fleets (placement, overhead, disagg)")
+    p = sub.add_parser("compare", help="side-by-side runs over simulated fleets (placement, pressure, replicas, ...)")
     kinds = p.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, default=Path("bench-out/compare"), help="results directory")
@@ -186,3 +188,5 @@ def add_parser(sub: Any) -> None:
     real.add_parser(kinds, common)
     decider.add_parser(kinds, common)
     ceiling.add_parser(kinds, common)
+    pressure.add_parser(kinds, common)
+    replicas.add_parser(kinds, common)

@@ -1,7 +1,7 @@
-"""The routers the comparisons run, each over a fresh simulated fleet: pdserve's router over
-gRPC sim workers; sglang-router and vllm-router (from PyPI, ``pdserve.tools.bench.peers``)
-over ``pdserve sim-http`` servers — the same sim engine and profile behind an OpenAI HTTP
-server. A contender starts its router and fleet under a ``Procs`` and returns the URL."""
+"""The routers a comparison runs, each over a fresh simulated fleet: pdserve's router
+over gRPC sim workers, the peer routers (sglang-router, vllm-router, from PyPI) over
+``pdserve sim-http`` processes — the same sim engine and profile behind an OpenAI
+HTTP server."""
 
 from __future__ import annotations
 
@@ -35,8 +35,17 @@ class SimFleetSpec:
         return out
 
 
-# A contender starts its router (and fleet) under ``procs`` and returns the URL clients use.
-Contender = Callable[[Procs, SimFleetSpec], str]
+@dataclass(frozen=True)
+class Endpoint:
+    """What a contender started: the URL clients use, and the sim-http workers behind a
+    peer router (pdserve's router counts its own placements; ``workers`` is then empty)."""
+
+    url: str
+    workers: tuple[str, ...] = ()
+
+
+# A contender starts its router (and fleet) under ``procs``.
+Contender = Callable[[Procs, SimFleetSpec], Endpoint]
 
 
 def _sim_worker(procs: Procs, fleet: SimFleetSpec, role: str, name: str, colocated: bool) -> str:
@@ -48,11 +57,11 @@ def pdserve(policy: str, prefill: int = 0) -> Contender:
     """pdserve's router over gRPC sim workers: ``prefill`` P workers + the rest decode
     (0 = every worker colocated: it prefills its own prompts)."""
 
-    def start(procs: Procs, fleet: SimFleetSpec) -> str:
+    def start(procs: Procs, fleet: SimFleetSpec) -> Endpoint:
         pre = [_sim_worker(procs, fleet, "prefill", f"prefill{i}", False) for i in range(prefill)]
         dec = [_sim_worker(procs, fleet, "decode", f"decode{i}", not pre) for i in range(fleet.workers - prefill)]
         args = ["--policy", policy, "--log-level", "WARNING"]
-        return start_router(procs, model_from_env(), pre, dec, args).address
+        return Endpoint(start_router(procs, model_from_env(), pre, dec, args).address)
 
     return start
 
@@ -72,7 +81,7 @@ def sglang(policy: str, python: str = "") -> Contender:
     """sglang-router over sim-http servers; ``python``: an interpreter that imports it
     (default: the peers' venv, installed from PyPI on first use)."""
 
-    def start(procs: Procs, fleet: SimFleetSpec) -> str:
+    def start(procs: Procs, fleet: SimFleetSpec) -> Endpoint:
         urls = [u for u, _ in facades(procs, fleet)]
         port, prom = free_ports(2)
         argv = [python or str(peer_bin() / "python"), "-m", "sglang_router.launch_router", "--host", "127.0.0.1"]
@@ -80,7 +89,7 @@ def sglang(policy: str, python: str = "") -> Contender:
         procs.start("sglang-router", argv)
         url = f"http://127.0.0.1:{port}"
         procs.wait_http(f"{url}/readiness")  # its /health is 200 before workers are registered
-        return url
+        return Endpoint(url, tuple(urls))
 
     return start
 
@@ -89,7 +98,7 @@ def vllm_router(policy: str, python: str = "") -> Contender:
     """vllm-router over sim-http servers; ``python`` as ``sglang``'s (its ``vllm-router``
     console script is this module's ``main``)."""
 
-    def start(procs: Procs, fleet: SimFleetSpec) -> str:
+    def start(procs: Procs, fleet: SimFleetSpec) -> Endpoint:
         workers = facades(procs, fleet)
         port, prom = free_ports(2)
         argv = [python or str(peer_bin() / "python"), "-m", "vllm_router.launch_router", "--host", "127.0.0.1"]
@@ -103,6 +112,20 @@ def vllm_router(policy: str, python: str = "") -> Contender:
         procs.start("vllm-router", argv)
         url = f"http://127.0.0.1:{port}"
         procs.wait_http(f"{url}/v1/models", timeout_s=120)
-        return url
+        return Endpoint(url, tuple(u for u, _ in workers))
 
     return start
+
+
+def placement_contenders(only: str = "") -> dict[str, Contender]:
+    """Our three policies and the peers' prefix-aware ones; ``only``: comma-separated
+    substrings of the names to keep."""
+    contenders: dict[str, Contender] = {
+        "pdserve round-robin": pdserve("round-robin"),
+        "pdserve least-loaded": pdserve("least-loaded"),
+        "pdserve prefix-aware": pdserve("prefix-aware"),
+        "sglang-router cache_aware": sglang("cache_aware"),
+        "vllm-router cache_aware": vllm_router("cache_aware"),
+        "vllm-router kv_aware": vllm_router("kv_aware"),
+    }
+    return {n: c for n, c in contenders.items() if not only or any(o in n for o in only.split(","))}

@@ -101,7 +101,7 @@ def arrivals(items: Sequence[Item], rate: float, rng: random.Random) -> list[flo
 
 
 async def drive(
-    url: str,
+    url: str | Sequence[str],
     model: str,
     items: Sequence[Item],
     rate: float,
@@ -110,7 +110,9 @@ async def drive(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[list[Timing], float]:
-    """Send every item; returns timings in item order and the wall time."""
+    """Send every item (several URLs: item i to ``url[i % len(url)]``, a client-side
+    round-robin); returns timings in item order and the wall time."""
+    urls = [url] if isinstance(url, str) else list(url)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     bar = tqdm(total=len(items), disable=not progress, unit="req", leave=False)
     results: list[Timing | None] = [None] * len(items)
@@ -119,7 +121,7 @@ async def drive(
 
         async def one(i: int) -> None:
             sent = time.perf_counter() - start
-            timing = await timed_completion(client, url, model, items[i].prompt, items[i].max_tokens)
+            timing = await timed_completion(client, urls[i % len(urls)], model, items[i].prompt, items[i].max_tokens)
             timing.start_s = sent
             results[i] = timing
             bar.update()
