@@ -112,13 +112,18 @@ def localize(p: Plan, engine: str, model_dir: Path, secrets_dir: Path, redis_por
             new = value.replace("/models/model", str(model_dir)).replace("/run/pdserve-secrets", str(secrets_dir))
             for host in hosts:  # compose's service names resolve to this host
                 new = re.sub(rf"(^|//){host}(?=:\d|$)", r"\g<1>127.0.0.1", new)
-            if redis_port is not None:
-                new = new.replace("redis://127.0.0.1:6379/", f"redis://127.0.0.1:{redis_port}/")
+            if redis_port is not None:  # compose's Redis serves TLS only (rediss://)
+                new = re.sub(r"^(rediss?)://127\.0\.0\.1:6379/", rf"\g<1>://127.0.0.1:{redis_port}/", new)
             s.env[key] = "127.0.0.1" if new == "0.0.0.0" else new
         if s.gpus:
             s.env["CUDA_VISIBLE_DEVICES"] = ",".join(s.gpus)
         if redis_port is None:
-            for key in ("PDSERVE_STATE_URL", "PDSERVE_STATE_PASSWORD_FILE", "PDSERVE_REGISTRY_SECRET_FILE"):
+            for key in (
+                "PDSERVE_STATE_URL",
+                "PDSERVE_STATE_PASSWORD_FILE",
+                "PDSERVE_STATE_TLS_CA",
+                "PDSERVE_REGISTRY_SECRET_FILE",
+            ):
                 s.env.pop(key, None)
     subs.append(
         "`pdserve ROLE` / `python -m router` (the images' ENTRYPOINT) → this Python's `-m pdserve ROLE` / `-m router`"
@@ -129,7 +134,9 @@ def localize(p: Plan, engine: str, model_dir: Path, secrets_dir: Path, redis_por
     subs.append("listen on 0.0.0.0 (Dockerfile ENV PDSERVE_HOST / PDSERVE_ROUTER_HOST) → 127.0.0.1")
     subs.append("GPU reservations (deploy.resources device_ids) → CUDA_VISIBLE_DEVICES per process")
     if redis_port is not None:
-        subs.append(f"the redis service → a local redis-server with compose's flags on 127.0.0.1:{redis_port}")
+        subs.append(
+            f"the redis service → a local redis-server with compose's flags (TLS only) on 127.0.0.1:{redis_port}"
+        )
     else:
         subs.append(
             "no redis-server on this host: workers do not register; the router gets the static lists "

@@ -30,16 +30,25 @@ trap 'exit 130' INT TERM
 "$py" "$here/tokenized_shape.py" "$repo/${MODEL_SHAPE:-deploy/gpu/llama-3.1-8b-shape}" "$work/model" || exit 1
 export PDSERVE_SERVED_MODEL_NAME="${PDSERVE_SERVED_MODEL_NAME:-llama-3.1-8b-dummy}"
 
-# The `secrets` volume, as secrets-init fills it: 32 random bytes, hex, per file.
+# The `secrets` volume, filled by compose's own secrets-init script (random secrets, Redis's CA and
+# certificate by openssl), run here with /secrets -> $work/secrets and without its chown to Redis's uid.
 mkdir -p "$work/secrets"
-for f in redis_password registry_secret; do head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/secrets/$f"; done
+"$py" - "$repo/deploy/compose/compose.yaml" "$work/secrets" <<'PY' || exit 1
+import subprocess, sys, yaml
+script = yaml.safe_load(open(sys.argv[1]))["services"]["secrets-init"]["entrypoint"][2]
+script = script.replace("$$", "$").replace("cd /secrets", f"cd {sys.argv[2]}").replace("chown 999 redis.key; ", "")
+subprocess.run(["sh", "-c", script], check=True)
+PY
 
-# The redis service, as compose runs it (password through stdin), where a redis-server exists.
+# The redis service, as compose runs it (password through stdin, TLS only), where a redis-server exists.
 redis_flag=()
 if command -v redis-server > /dev/null; then
-  printf 'requirepass %s\n' "$(cat "$work/secrets/redis_password")" |
+  s="$work/secrets"
+  printf 'requirepass %s\n' "$(cat "$s/redis_password")" |
     redis-server - --save '' --appendonly no --maxmemory 512mb --maxmemory-policy noeviction \
-      --bind 127.0.0.1 --port "${REDIS_PORT:-6379}" > "$out/compose-redis.log" 2>&1 &
+      --bind 127.0.0.1 --port 0 --tls-port "${REDIS_PORT:-6379}" --tls-cert-file "$s/redis.crt" \
+      --tls-key-file "$s/redis.key" --tls-ca-cert-file "$s/redis-ca.crt" --tls-auth-clients no \
+      > "$out/compose-redis.log" 2>&1 &
   pids+=($!)
   redis_flag=(--redis-port "${REDIS_PORT:-6379}")
 fi

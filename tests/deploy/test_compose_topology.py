@@ -43,7 +43,7 @@ def test_plan_is_compose_yaml_with_the_images_entrypoints(env: dict[str, str]) -
     assert plan.service("router").gpus == []
     # The worker-gpu image's ENV travels too (spawn: a forked vLLM engine core hangs on GPUs).
     assert plan.service("decode").env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
-    assert plan.service("router").env["PDSERVE_STATE_URL"] == "redis://redis:6379/0"
+    assert plan.service("router").env["PDSERVE_STATE_URL"] == "rediss://redis:6379/0"
 
 
 @pytest.mark.parametrize("redis_port", [6390, None])
@@ -58,11 +58,12 @@ def test_localize_substitutes_only_what_docker_provided(redis_port: int | None) 
     assert router.env["PDSERVE_ROUTER_HOST"] == "127.0.0.1"
     assert decode.env["PDSERVE_KV_PORT"] == "5601" and decode.env["PDSERVE_BLOCK_SIZE"] == "128"  # kept
     if redis_port is None:
-        assert "PDSERVE_STATE_URL" not in router.env
+        assert "PDSERVE_STATE_URL" not in router.env and "PDSERVE_STATE_TLS_CA" not in prefill.env
         assert router.argv[3:] == ["--prefill", "127.0.0.1:50051", "--decode", "127.0.0.1:50052"]
     else:
-        assert router.env["PDSERVE_STATE_URL"] == "redis://127.0.0.1:6390/0"
+        assert router.env["PDSERVE_STATE_URL"] == "rediss://127.0.0.1:6390/0"
         assert prefill.env["PDSERVE_STATE_PASSWORD_FILE"] == "/s/redis_password"
+        assert prefill.env["PDSERVE_STATE_TLS_CA"] == "/s/redis-ca.crt"
         assert router.argv[3:] == []
     assert len(plan.substitutions) == 8
 
