@@ -9,7 +9,9 @@ against the consumer prefilling the same length itself and a plain device copy.
     python3 deploy/gpu/kv_path.py VARIANT OUT_JSON [PROMPT_TOKENS]
 
 VARIANT: ``default`` (KV buffers on the GPU), ``host`` (``kv_buffer_device=cpu``: KV staged
-in pinned host memory), or ``env:NAME=VALUE,...`` (the default with UCX environment
+in pinned host memory), ``ucx-none`` (the default with NIXL's UCX backend created with
+``ucx_error_handling_mode=none``, as ``--kv-ucx-error-handling none`` does through
+pdserve.engine.vllm_worker_ext), or ``env:NAME=VALUE,...`` (the default with UCX environment
 variables, e.g. ``env:UCX_TLS=cuda_ipc,cuda_copy,self,sm``). Run after deploy/gpu/install.sh.
 """
 
@@ -73,6 +75,8 @@ async def main() -> None:
                 os.environ[name] = value
             elif name:
                 os.environ[name] += "," + item
+    if variant == "ucx-none":
+        os.environ["PDSERVE_UCX_ERROR_HANDLING"] = "none"  # vllm_worker_ext.UCX_ERROR_HANDLING_ENV
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
@@ -84,6 +88,10 @@ async def main() -> None:
     model = Path(tempfile.mkdtemp()) / "llama-3.2-1b-shape"
     model.mkdir()
     (model / "config.json").write_text(json.dumps(CONFIG))
+
+    extension = (
+        {"worker_extension_cls": "pdserve.engine.vllm_worker_ext.NixlIdleExtension"} if variant == "ucx-none" else {}
+    )
 
     def start(role: str, port: int) -> AsyncLLM:
         os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(port)
@@ -104,6 +112,7 @@ async def main() -> None:
             enforce_eager=True,
             enable_prefix_caching=True,
             kv_transfer_config=kv,
+            **extension,
         )
         return AsyncLLM.from_engine_args(args)
 

@@ -5,6 +5,9 @@
 # arrivals (bench load --seed 0) in every row.
 # Usage: deploy/gpu/pd1_bench.sh   (after deploy/gpu/install.sh; results in $OUT)
 #   DECIDERS="priced always-remote"  RATES=2,4,8  REQUESTS=40  UCX_EXTRA="UCX_TLS=..." (optional)
+#   KV_UCX=none       both workers with --kv-ucx-error-handling none (shared memory / cuda_ipc, not tcp/lo)
+#   COLOCATED=0       skip the colocated baseline (when an earlier call on this machine ran it)
+#   TAG=name          prefix of the P/D rows' files and labels (default pd)
 set -uo pipefail
 out="${OUT:-/tmp/pdserve-out}"; mkdir -p "$out"
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_WORKER_MULTIPROC_METHOD=spawn
@@ -50,6 +53,7 @@ run_load() {  # LABEL: warm-up (8 requests, not measured), then the sweep
 }
 
 # --- colocated: one engine on the same GPU -------------------------------------------------
+if [[ "${COLOCATED:-1}" != 0 ]]; then
 CUDA_VISIBLE_DEVICES=0 python3 -m decode_worker "${common[@]}" --port 50052 --kv-connector none \
   --engine-arg gpu_memory_utilization="${COLOCATED_MEM:-0.84}" > "$out/colocated.log" 2>&1 & pids+=($!)
 start_router colocated --decode 127.0.0.1:50052 || exit 1
@@ -58,24 +62,27 @@ run_load colocated
 stop_router colocated
 kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; pids=()
 sleep 3
+fi
 
 # --- P/D: both engines on GPU 0, one router restart per decider --------------------------
+tag="${TAG:-pd}"
+common+=(--kv-ucx-error-handling "${KV_UCX:-peer}")
 env ${UCX_EXTRA:-} CUDA_VISIBLE_DEVICES=0 python3 -m prefill_worker "${common[@]}" --port 50051 --kv-port 5600 \
-  --engine-arg gpu_memory_utilization=0.42 > "$out/pd-prefill.log" 2>&1 & pids+=($!)
+  --engine-arg gpu_memory_utilization=0.42 > "$out/$tag-prefill.log" 2>&1 & pids+=($!)
 env ${UCX_EXTRA:-} CUDA_VISIBLE_DEVICES=0 UCX_PROTO_INFO=y python3 -m decode_worker "${common[@]}" --port 50052 \
-  --kv-port 5601 --engine-arg gpu_memory_utilization=0.42 > "$out/pd-decode.log" 2>&1 & pids+=($!)
+  --kv-port 5601 --engine-arg gpu_memory_utilization=0.42 > "$out/$tag-decode.log" 2>&1 & pids+=($!)
 began=$(date +%s)
 for decider in ${DECIDERS:-priced always-remote}; do
-  start_router "pd-$decider" --prefill 127.0.0.1:50051 --decode 127.0.0.1:50052 --disagg-decider "$decider" \
+  start_router "$tag-$decider" --prefill 127.0.0.1:50051 --decode 127.0.0.1:50052 --disagg-decider "$decider" \
     --disagg-ttft-target 1 --disagg-tpot-target 0.010 || exit 1
-  echo "pd-$decider: router up $(( $(date +%s) - began )) s after the engines started"
-  python3 deploy/gpu/check_flow.py "pd-$decider" "$out" "$name" > /dev/null 2>&1
-  run_load "pd-$decider"
-  python3 deploy/gpu/check_flow.py "pd-$decider-after" "$out" "$name" > /dev/null 2>&1
-  stop_router "pd-$decider"
+  echo "$tag-$decider: router up $(( $(date +%s) - began )) s after the engines started"
+  python3 deploy/gpu/check_flow.py "$tag-$decider" "$out" "$name" > /dev/null 2>&1
+  run_load "$tag-$decider"
+  python3 deploy/gpu/check_flow.py "$tag-$decider-after" "$out" "$name" > /dev/null 2>&1
+  stop_router "$tag-$decider"
   grep -E "^pdserve_router_(disagg_decisions|kv_handover(_worker)?_seconds_(sum|count))" \
-    "$out/pd-$decider-router-metrics.txt" 2>/dev/null || true
+    "$out/$tag-$decider-router-metrics.txt" 2>/dev/null || true
 done
-grep -m3 -iE "KV PATH|kv path" "$out/pd-decode.log" || true
-grep -m4 -iE "software emulation|cuda_ipc|tcp/lo" "$out/pd-decode.log" || true
+grep -m3 -iE "KV PATH|kv path" "$out/$tag-decode.log" || true
+grep -m4 -iE "software emulation|cuda_ipc|tcp/lo" "$out/$tag-decode.log" || true
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$out/gpu.csv" 2>&1 || true

@@ -13,6 +13,7 @@ from pdserve.config import model_path
 from pdserve.flags import add_flags, build, flag
 
 KV_CONNECTORS = {"nixl", "none"}
+UCX_ERROR_HANDLING = ("peer", "none")
 GIB = 1 << 30
 
 
@@ -62,6 +63,15 @@ class EngineConfig:
         "127.0.0.1", env="PDSERVE_KV_HOST", help="address peers reach this engine's NIXL side channel on"
     )
     kv_port: int = flag(5600, env="PDSERVE_KV_PORT", help="NIXL side-channel port, one per engine")
+    kv_ucx_error_handling: str = flag(
+        "peer",
+        env="PDSERVE_KV_UCX_ERROR_HANDLING",
+        choices=UCX_ERROR_HANDLING,
+        help="NIXL's UCX endpoints: peer = detect a dead peer (vLLM's default; without InfiniBand only TCP "
+        "offers it, so even two engines on one host move KV over tcp/lo at ~0.5 GB/s); none = let UCX use "
+        "shared memory and cuda_ipc on one host (a peer that dies mid-transfer is then seen only by the "
+        "KV lease). Give both roles the same value (docs/operations.md, KV path)",
+    )
     kv_events_port: int = flag(
         0,
         env="PDSERVE_KV_EVENTS_PORT",

@@ -29,6 +29,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from pdserve.config import has_tokenizer
 from pdserve.engine.base import SamplingSpec, TokenLogprobs
 from pdserve.engine.config import EngineConfig
+from pdserve.engine.vllm_worker_ext import UCX_ERROR_HANDLING_ENV
 
 if TYPE_CHECKING:
     from vllm.v1.metrics.stats import SchedulerStats
@@ -179,6 +180,7 @@ def export_env(cfg: EngineConfig) -> None:
     os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(cfg.kv_port)
     if _LEGACY_LEASE and cfg.kv_lease_s is not None:
         os.environ[_LEGACY_LEASE_ENV] = str(cfg.kv_lease_s)
+    os.environ[UCX_ERROR_HANDLING_ENV] = cfg.kv_ucx_error_handling  # read by vllm_worker_ext
 
 
 def structured_outputs(spec: SamplingSpec) -> StructuredOutputsParams | None:

@@ -166,6 +166,7 @@ WORKER_FLAGS = {
     "--kv-events-port": "PDSERVE_KV_EVENTS_PORT",
     "--kv-lease-s": "PDSERVE_KV_LEASE_S",
     "--kv-bandwidth-floor": "PDSERVE_KV_BANDWIDTH_FLOOR",
+    "--kv-ucx-error-handling": "PDSERVE_KV_UCX_ERROR_HANDLING",
     "--reasoning-parser": "PDSERVE_REASONING_PARSER",
     "--engine-arg": "",
     "--state-url": "PDSERVE_STATE_URL",
