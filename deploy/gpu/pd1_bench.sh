@@ -7,6 +7,8 @@
 #   DECIDERS="priced always-remote"  RATES=2,4,8  REQUESTS=40  UCX_EXTRA="UCX_TLS=..." (optional)
 #   KV_UCX=none       both workers with --kv-ucx-error-handling none (shared memory / cuda_ipc, not tcp/lo)
 #   COLOCATED=0       skip the colocated baseline (when an earlier call on this machine ran it)
+#   PREFILL_KV_GIB=8 DECODE_KV_GIB=16   the P/D engines' KV caches, sized explicitly: two engines
+#                     profiling memory at once on one GPU count each other's use (seen: 0.06 GiB left)
 #   TAG=name          prefix of the P/D rows' files and labels (default pd)
 set -uo pipefail
 out="${OUT:-/tmp/pdserve-out}"; mkdir -p "$out"
@@ -27,6 +29,7 @@ trap cleanup EXIT
 
 wait_up() {  # a router answering /v1/models with a model
   for _ in $(seq 1 240); do
+    kill -0 "$router_pid" 2>/dev/null || { echo "router exited"; return 1; }
     curl -sf http://127.0.0.1:8000/v1/models | grep -q "$name" && return 0
     sleep 2
   done
@@ -68,9 +71,11 @@ fi
 tag="${TAG:-pd}"
 common+=(--kv-ucx-error-handling "${KV_UCX:-peer}")
 env ${UCX_EXTRA:-} CUDA_VISIBLE_DEVICES=0 python3 -m prefill_worker "${common[@]}" --port 50051 --kv-port 5600 \
-  --engine-arg gpu_memory_utilization=0.42 > "$out/$tag-prefill.log" 2>&1 & pids+=($!)
+  --engine-arg gpu_memory_utilization=0.42 --engine-arg kv_cache_memory_bytes=$(( ${PREFILL_KV_GIB:-8} << 30 )) \
+  > "$out/$tag-prefill.log" 2>&1 & pids+=($!)
 env ${UCX_EXTRA:-} CUDA_VISIBLE_DEVICES=0 UCX_PROTO_INFO=y python3 -m decode_worker "${common[@]}" --port 50052 \
-  --kv-port 5601 --engine-arg gpu_memory_utilization=0.42 > "$out/$tag-decode.log" 2>&1 & pids+=($!)
+  --kv-port 5601 --engine-arg gpu_memory_utilization=0.42 --engine-arg kv_cache_memory_bytes=$(( ${DECODE_KV_GIB:-16} << 30 )) \
+  > "$out/$tag-decode.log" 2>&1 & pids+=($!)
 began=$(date +%s)
 for decider in ${DECIDERS:-priced always-remote}; do
   start_router "$tag-$decider" --prefill 127.0.0.1:50051 --decode 127.0.0.1:50052 --disagg-decider "$decider" \

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from pdserve.tools.bench import workloads
@@ -148,6 +147,8 @@ def _serves(resp: httpx.Response) -> bool:
 
 
 def _wait_redis(port: int) -> None:
+    import redis  # here, not at the top: `pdserve bench` runs on GPU hosts that have no redis-py
+
     deadline = time.monotonic() + 20
     while True:
         try:
