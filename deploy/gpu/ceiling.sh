@@ -51,7 +51,7 @@ gens="${GENERATORS:-$gens}"
 run=$(mktemp -d)
 # timeout: a hard stop past the sweep's own budget (SIGTERM unwinds the bench: every fleet stops)
 timeout -k 20 "${HARD_LIMIT_S:-460}" "$py" -m pdserve bench compare ceiling --out "$run" \
-  --rates "${RATES:-200,400,700,1000,1400,2000,2800,4000}" --duration "${DURATION:-5}" \
+  --rates "${RATES:-50,100,150,200,300,400,700,1000,1400,2000,2800,4000}" --duration "${DURATION:-5}" \
   --workers "${WORKERS:-6}" --router-workers "${ROUTER_WORKERS:-1,2,4}" --generators "$gens" \
   --router-cores "$rc" --worker-cores "$wc" --load-cores "$lc" --budget-s "${BUDGET_S:-400}" \
   --peers-python "$peers_python" --only "${ONLY:-}" > "$out/ceiling.log" 2>&1 &

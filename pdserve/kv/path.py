@@ -101,7 +101,8 @@ class KvPath:
             log.warning(
                 "KV PATH SLOW: %s moves KV at %s, under the floor of %s (--kv-bandwidth-floor). Requests still "
                 "succeed but wait for their KV: check the transport (UCX_PROTO_INFO=y shows it; DESIGN §8: "
-                "two engines on one GPU fell back to TCP emulation at 0.4 GB/s)",
+                "two engines on one GPU fell back to TCP emulation at 0.4 GB/s); the router's --disagg-decider priced "
+                "keeps prompts local while the path is this slow",
                 self._path,
                 _gbs(self._bandwidth),
                 _gbs(self._floor),
