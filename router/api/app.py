@@ -77,10 +77,12 @@ def create_app(
         """Kubernetes' readinessProbe: 200 while requests can be served (as /health)."""
         return _health(get_service().health())
 
-    @app.api_route("/ping", methods=["GET", "POST"])
     async def ping() -> JSONResponse:
         """SageMaker's health route: answered as /health, as vLLM's server answers it."""
         return _health(get_service().health())
+
+    for method in ("GET", "POST"):  # one route per method: one operationId each in the OpenAPI document
+        app.add_api_route("/ping", ping, methods=[method], operation_id=f"ping_{method.lower()}")
 
     @app.get("/version")
     async def version() -> dict[str, str]:

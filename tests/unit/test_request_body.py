@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -100,3 +101,15 @@ def test_the_openapi_document_still_describes_the_generation_bodies(tiny_tokeniz
         assert request_body["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
         assert "messages" in doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_every_operation_has_its_own_operation_id(tiny_tokenizer: Tokenizer) -> None:
+    client, _ = make_client(tiny_tokenizer, "ab")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI warns on a duplicate operationId
+        doc = client.get("/openapi.json").json()
+    ids = [op["operationId"] for path in doc["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert {"ping_get", "ping_post"} <= set(ids)
+    for method in ("get", "post"):
+        assert client.request(method.upper(), "/ping").status_code in (200, 503)
