@@ -4,15 +4,17 @@ Under ``--workers N`` (router/processes.py) the N processes' values live in Prom
 multiprocess files and every scrape reads them all: each gauge says how processes combine
 (``multiprocess_mode``: live* = processes alive now), and the gauges one process computes
 on demand (queue, ejections, tasks) are written as its requests start and end (at most once
-a second) and at each scrape it answers. Series of departed workers stay in those files until the router restarts."""
+a second) and at each scrape it answers. The files keep every series ever written, so a scrape
+drops the per-worker placement series of workers no longer in the fleet (``_LiveWorkers``)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
 
 from pdserve.types import WorkerId
 from router.admission import Gate
@@ -53,6 +55,7 @@ class RouterMetrics:
         # Label values of the per-worker and per-model series: those of workers and models
         # that left are removed (fleet_changed), so churn does not grow the exposition.
         self._placed: set[tuple[str, WorkerId]] = set()
+        self._live: set[tuple[str, str]] = set()  # (role, worker) in the fleet, as every process sees it
         self._models: set[str] = set()
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -260,6 +263,7 @@ class RouterMetrics:
             self.workers.labels(pool.name, "decode").set(len(pool.decode))
         live = {("prefill", w) for p in pools.values() for w in p.prefill}
         live |= {("decode", w) for p in pools.values() for w in p.decode}
+        self._live = {(role, str(worker)) for role, worker in live}
         for role, worker in self._placed - live:
             self.placements.remove(role, self._policy, worker)
         self._placed &= live
@@ -280,7 +284,7 @@ class RouterMetrics:
             return generate_latest(self.registry)
         self._refresh(every_s=0)
         every = CollectorRegistry()
-        multiprocess.MultiProcessCollector(every, path=self._dir)
+        every.register(_LiveWorkers(multiprocess.MultiProcessCollector(None, path=self._dir), lambda: self._live))
         return generate_latest(every)
 
     async def observe(
@@ -315,3 +319,21 @@ class RouterMetrics:
         finally:
             self.inflight.dec()
             self._refresh()
+
+
+class _LiveWorkers:
+    """The multiprocess files' series, less the per-worker placement series of workers that
+    left the fleet: a file keeps every series a process ever wrote (there is no removing one),
+    and ``fleet_changed`` removes them only from this process's own registry."""
+
+    PER_WORKER = "pdserve_router_placement_decisions"
+
+    def __init__(self, inner: multiprocess.MultiProcessCollector, live: Callable[[], set[tuple[str, str]]]) -> None:
+        self._inner, self._live = inner, live
+
+    def collect(self) -> Iterator[Metric]:
+        live = self._live()
+        for family in self._inner.collect():
+            if family.name == self.PER_WORKER:
+                family.samples = [s for s in family.samples if (s.labels.get("role"), s.labels.get("worker")) in live]
+            yield family
