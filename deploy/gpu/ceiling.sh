@@ -6,7 +6,9 @@
 #
 # Usage: PEER_WHEELS=DIR MODEL=DIR deploy/gpu/ceiling.sh        (results in $OUT, ≤ 8 minutes)
 #   PEER_WHEELS  sglang_router-0.3.2 and vllm_router-0.1.17 wheels (+ any of their deps missing from
-#                /tmp/site: setproctitle, orjson), installed once with --no-deps into $PEERS_DIR (/tmp/peers)
+#                /tmp/site: setproctitle, orjson), installed once with --no-deps into $PEERS_DIR (/tmp/peers);
+#                put pdserve's httptools wheel there too: the GPU image lacks it, and without it pdserve's
+#                router parses HTTP with h11 (it warns; the 2026-12-06 run did)
 #   MODEL        a model directory with a tokenizer (weights not needed: the workers are simulated),
 #                e.g. the embedded default's config.json, generation_config.json, tokenizer*.json
 #   PY           the python (default python3; /tmp/site and /tmp/peers go on its PYTHONPATH)
