@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pdserve.config import model_path
 from pdserve.flags import Flag, add_flags, build, flag, group
 from pdserve.security import TlsFiles, WorkerLink, read_secrets
-from pdserve.state import check_namespace, state_tls
+from pdserve.state import StateAccess, check_namespace
 from router.admission import AdmissionLimits
 from router.api.size import PROMPT_CHARS_PER_TOKEN
 from router.chat import CONTENT_FORMATS, TOOL_STRICT_LEVELS, ChatOptions, load_template
@@ -131,21 +131,7 @@ class RouterConfig:
         help="prefix of every key this cluster keeps in --state-url: clusters sharing one Redis database "
         "see each other's workers only if they share it (the workers' flag must match)",
     )
-    state_password_file: str = flag(
-        "",
-        env="PDSERVE_STATE_PASSWORD_FILE",
-        help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD), so that it "
-        "stays out of the URL, the environment of other processes and the logs",
-    )
-    state_tls_ca: str = flag(
-        "",
-        env="PDSERVE_STATE_TLS_CA",
-        help="rediss:// --state-url: PEM CA that signed the Redis server's certificate (default: the system's)",
-    )
-    state_tls_cert: str = flag(
-        "", env="PDSERVE_STATE_TLS_CERT", help="rediss:// --state-url: PEM client certificate, if Redis asks for one"
-    )
-    state_tls_key: str = flag("", env="PDSERVE_STATE_TLS_KEY", help="rediss:// --state-url: PEM its private key")
+    state_access: StateAccess = group("shared state access", default_factory=StateAccess)
     tokenizers: dict[str, str] = flag(
         default_factory=dict,
         name="--tokenizer",
@@ -361,7 +347,7 @@ class RouterConfig:
     tenants: Tenants = field(default_factory=Tenants)  # API keys and their cache salts
     link: WorkerLink = field(default_factory=WorkerLink)  # TLS and token for dialling workers
     registry_secrets: tuple[str, ...] = ()  # verify registry records with these; () = trust valid ones
-    state_password: str = ""  # read from ``state_password_file`` (or its variable)
+    state_password: str = ""  # read from ``state_access.password_file`` (or its variable)
 
     def __post_init__(self) -> None:
         if not self.decode and self.state_url.startswith("memory"):
@@ -406,7 +392,7 @@ class RouterConfig:
 
     @property
     def state_tls(self) -> TlsFiles:
-        return state_tls(self.state_url, self.state_tls_cert, self.state_tls_key, self.state_tls_ca)
+        return self.state_access.tls(self.state_url)
 
     @property
     def chat(self) -> ChatOptions:
@@ -441,7 +427,7 @@ class RouterConfig:
             tenants=Tenants.parse(entries, self.cache_salt_per_key),
             link=WorkerLink(tls, token),
             registry_secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"),
-            state_password=next(iter(read_secrets(self.state_password_file, "PDSERVE_STATE_PASSWORD")), ""),
+            state_password=self.state_access.password(),
         )
 
 

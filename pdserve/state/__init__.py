@@ -10,12 +10,15 @@ while Redis is unreachable.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from pdserve.security import TlsFiles
+from pdserve.flags import flag
+from pdserve.security import TlsFiles, read_secrets
 from pdserve.state.base import MalformedRecord, StateStore, StoreUnavailable, WorkerRecord
 
 __all__ = [
     "MalformedRecord",
+    "StateAccess",
     "StateStore",
     "StoreUnavailable",
     "WorkerRecord",
@@ -44,6 +47,43 @@ def state_tls(url: str, cert: str, key: str, ca: str) -> TlsFiles:
     if tls.enabled and not url.startswith("rediss://"):
         raise ValueError("state_tls_ca, state_tls_cert, state_tls_key: need a rediss:// --state-url")
     return tls
+
+
+@dataclass(frozen=True)
+class StateAccess:
+    """How a process authenticates to ``--state-url``: its password and TLS files. The router
+    and both worker roles take these flags alike (a group of each one's configuration)."""
+
+    password_file: str = flag(
+        "",
+        name="--state-password-file",
+        env="PDSERVE_STATE_PASSWORD_FILE",
+        help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD), so that it "
+        "stays out of the URL, the environment of other processes and the logs",
+    )
+    tls_ca: str = flag(
+        "",
+        name="--state-tls-ca",
+        env="PDSERVE_STATE_TLS_CA",
+        help="rediss:// --state-url: PEM CA that signed the Redis server's certificate (default: the system's)",
+    )
+    tls_cert: str = flag(
+        "",
+        name="--state-tls-cert",
+        env="PDSERVE_STATE_TLS_CERT",
+        help="rediss:// --state-url: PEM client certificate, if Redis asks for one",
+    )
+    tls_key: str = flag(
+        "", name="--state-tls-key", env="PDSERVE_STATE_TLS_KEY", help="rediss:// --state-url: PEM its private key"
+    )
+
+    def password(self) -> str:
+        """Read now: the file's first line, else ``PDSERVE_STATE_PASSWORD``, else none."""
+        return next(iter(read_secrets(self.password_file, "PDSERVE_STATE_PASSWORD")), "")
+
+    def tls(self, url: str) -> TlsFiles:
+        """The TLS files for ``url``, checked as ``state_tls`` checks them."""
+        return state_tls(url, self.tls_cert, self.tls_key, self.tls_ca)
 
 
 def make_store(

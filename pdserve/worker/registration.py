@@ -18,12 +18,12 @@ import uuid
 from dataclasses import dataclass
 
 from pdserve.engine.base import EngineInfo
-from pdserve.flags import flag
+from pdserve.flags import flag, group
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
 from pdserve.kv.hashing import SCHEME
 from pdserve.security import TlsFiles, read_secrets
-from pdserve.state import StateStore, StoreUnavailable, WorkerRecord, check_namespace, make_store, state_tls
+from pdserve.state import StateAccess, StateStore, StoreUnavailable, WorkerRecord, check_namespace, make_store
 from pdserve.state.trust import RegistryTrust
 from pdserve.supervise import Supervisor
 from pdserve.types import WorkerId
@@ -59,20 +59,7 @@ class RegistrationOptions:
         env="PDSERVE_HEARTBEAT_TTL_S",
         help="seconds a registration lives without a heartbeat",
     )
-    state_password_file: str = flag(
-        "",
-        env="PDSERVE_STATE_PASSWORD_FILE",
-        help="the --state-url's password: the file's first line (or PDSERVE_STATE_PASSWORD)",
-    )
-    state_tls_ca: str = flag(
-        "",
-        env="PDSERVE_STATE_TLS_CA",
-        help="rediss:// --state-url: PEM CA that signed the Redis server's certificate (default: the system's)",
-    )
-    state_tls_cert: str = flag(
-        "", env="PDSERVE_STATE_TLS_CERT", help="rediss:// --state-url: PEM client certificate, if Redis asks for one"
-    )
-    state_tls_key: str = flag("", env="PDSERVE_STATE_TLS_KEY", help="rediss:// --state-url: PEM its private key")
+    state_access: StateAccess = group("shared state access", default_factory=StateAccess)
     registry_secret_file: str = flag(
         "",
         env="PDSERVE_REGISTRY_SECRET_FILE",
@@ -90,14 +77,14 @@ class RegistrationOptions:
 
     @property
     def state_tls(self) -> TlsFiles:
-        return state_tls(self.state_url, self.state_tls_cert, self.state_tls_key, self.state_tls_ca)
+        return self.state_access.tls(self.state_url)
 
     def with_secrets(self) -> RegistrationOptions:
         """These options with the registry secrets and the store's password read (file, then variable)."""
         return dataclasses.replace(
             self,
             secrets=read_secrets(self.registry_secret_file, "PDSERVE_REGISTRY_SECRET"),
-            state_password=next(iter(read_secrets(self.state_password_file, "PDSERVE_STATE_PASSWORD")), ""),
+            state_password=self.state_access.password(),
         )
 
 
