@@ -24,7 +24,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from pdserve.tools.bench import workloads
-from pdserve.tools.bench.report import Slo, summarize, write_json
+from pdserve.tools.bench.report import Slo, save_figure, summarize, write_json
 from pdserve.tools.bench.results import machine, output_and_slo
 from pdserve.tools.bench.run import drive, int_range
 from pdserve.tools.fleet import start_router, start_sim_worker
@@ -159,8 +159,7 @@ def _plot(path: Path, rows: dict[str, dict[str, Any]], rates: list[float]) -> No
         ax.set(title=f"KV path: {label} ({PROFILES[label]})", xlabel="offered req/s", ylabel="goodput req/s")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path)
 
 
 def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pdserve.tools.bench import workloads
 from pdserve.tools.bench.contenders import MODEL, Contender, Endpoint, SimFleetSpec, placement_contenders
-from pdserve.tools.bench.report import Slo, summarize, write_json
+from pdserve.tools.bench.report import Slo, save_figure, summarize, write_json
 from pdserve.tools.bench.results import machine, output_and_slo
 from pdserve.tools.bench.run import arrivals, drive
 from pdserve.tools.bench.workloads import Item
@@ -172,11 +172,7 @@ def plot(
         ax.grid(alpha=0.3)
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"pdserve bench compare pressure: {workload}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, f"pdserve bench compare pressure: {workload}")
 
 
 def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pdserve.tools.bench import workloads
 from pdserve.tools.bench.client import Timing
 from pdserve.tools.bench.contenders import BLOCK, MODEL
-from pdserve.tools.bench.report import Slo, summarize, write_json
+from pdserve.tools.bench.report import Slo, save_figure, summarize, write_json
 from pdserve.tools.bench.results import machine, output_and_slo
 from pdserve.tools.bench.run import arrivals, drive
 from pdserve.tools.bench.workloads import Item
@@ -275,11 +275,7 @@ def plot(path: Path, rows: dict[str, dict[str, Any]], counts: list[int], states:
             ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("pdserve bench compare replicas")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, "pdserve bench compare replicas")
 
 
 def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:

@@ -102,7 +102,16 @@ def plot(
     axes[2].bar(names, [summaries[n]["goodput_req_s"] for n in names])
     axes[2].set(title="goodput under the SLO (req/s)")
     axes[2].tick_params(axis="x", rotation=30)
-    fig.suptitle(title)
+    save_figure(fig, path, title)
+
+
+def save_figure(fig: Any, path: Path, title: str = "") -> None:
+    """Title (when given), lay out and write a bench's matplotlib figure as ``path`` (PNG,
+    its folder made), then close it."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
