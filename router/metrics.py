@@ -55,7 +55,7 @@ class RouterMetrics:
         # Label values of the per-worker and per-model series: those of workers and models
         # that left are removed (fleet_changed), so churn does not grow the exposition.
         self._placed: set[tuple[str, WorkerId]] = set()
-        self._live: set[tuple[str, str]] = set()  # (role, worker) in the fleet, as every process sees it
+        self._live: set[tuple[str, WorkerId]] = set()  # (role, worker) in the fleet, as every process sees it
         self._models: set[str] = set()
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -263,7 +263,7 @@ class RouterMetrics:
             self.workers.labels(pool.name, "decode").set(len(pool.decode))
         live = {("prefill", w) for p in pools.values() for w in p.prefill}
         live |= {("decode", w) for p in pools.values() for w in p.decode}
-        self._live = {(role, str(worker)) for role, worker in live}
+        self._live = live
         for role, worker in self._placed - live:
             self.placements.remove(role, self._policy, worker)
         self._placed &= live
@@ -328,7 +328,9 @@ class _LiveWorkers:
 
     PER_WORKER = "pdserve_router_placement_decisions"
 
-    def __init__(self, inner: multiprocess.MultiProcessCollector, live: Callable[[], set[tuple[str, str]]]) -> None:
+    def __init__(
+        self, inner: multiprocess.MultiProcessCollector, live: Callable[[], set[tuple[str, WorkerId]]]
+    ) -> None:
         self._inner, self._live = inner, live
 
     def collect(self) -> Iterator[Metric]:
