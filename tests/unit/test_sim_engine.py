@@ -226,6 +226,28 @@ async def test_stop_token_ends_the_stream() -> None:
     await engine.shutdown()
 
 
+async def test_stream_interval_sends_the_first_token_then_every_n_and_the_last() -> None:
+    every = await started(SimDecodeEngine, VirtualSleep())
+    batched = await started(SimDecodeEngine, VirtualSleep(), stream_interval=3)
+    one = await collect(every, "x", prompt(30), max_tokens=8, logprobs=1)
+    out = await collect(batched, "y", prompt(30), max_tokens=8, logprobs=1)
+    assert [len(d.token_ids) for d in one] == [1] * 8
+    # as vLLM's output processor: 1 at once, then 3 and 3, then what is left at the finish
+    assert [len(d.token_ids) for d in out] == [1, 3, 3, 1]
+    assert [d.completion_tokens for d in out] == [1, 4, 7, 8]
+    assert [t for d in out for t in d.token_ids] == [t for d in one for t in d.token_ids]
+    assert [lp for d in out for lp in d.logprobs] == [lp for d in one for lp in d.logprobs]
+    assert [d.finish_reason for d in out] == [None, None, None, FinishReason.LENGTH]
+    # a stop token ends the stream mid-interval: the held tokens go out with it
+    stop = one[4].token_ids[0]
+    out = await collect(batched, "z", prompt(30), max_tokens=8, stop_token_ids=(stop,))
+    assert [len(d.token_ids) for d in out] == [1, 3, 1] and out[-1].finish_reason is FinishReason.STOP
+    await every.shutdown()
+    await batched.shutdown()
+    with pytest.raises(ValueError, match="stream_interval"):
+        load_profile({**PROFILE, "stream_interval": 0})
+
+
 async def test_bad_requests_are_refused_before_any_state_changes() -> None:
     engine = await started(SimDecodeEngine, VirtualSleep())
     with pytest.raises(InvalidRequestError, match="empty"):

@@ -391,10 +391,15 @@ class SimDecodeEngine(_SimRuntime):
             if kv_transfer_params is not None:
                 await self._pull(seq, str(kv_transfer_params.get("remote_engine_id", "")))
             self._enqueue(seq)
+            # vLLM's stream_interval: the first token at once, then every N tokens, and the last
+            interval, sent, pending = self.profile.stream_interval, 0, None
             while not finished:
                 delta = await seq.deltas.get()
                 finished = delta.finish_reason is not None
-                yield delta
+                pending = delta if pending is None else _joined(pending, delta)
+                if finished or not sent or pending.completion_tokens - sent >= interval:
+                    sent, out, pending = pending.completion_tokens, pending, None
+                    yield out
         finally:
             if not finished:
                 self._abort(seq)
@@ -439,3 +444,15 @@ class SimDecodeEngine(_SimRuntime):
         seq.deltas.put_nowait(
             TokenDelta((token,), seq.generated, reason, seq.cached, self._logprobs(seq, token), prompt_logprobs)
         )
+
+
+def _joined(first: TokenDelta, then: TokenDelta) -> TokenDelta:
+    """Two consecutive deltas of one stream as one, as vLLM's output processor sends the
+    tokens held back by ``stream_interval``."""
+    return dataclasses.replace(
+        then,
+        token_ids=first.token_ids + then.token_ids,
+        logprobs=first.logprobs + then.logprobs,
+        prompt_logprobs=first.prompt_logprobs + then.prompt_logprobs,
+        worker_first_token_s=first.worker_first_token_s,
+    )

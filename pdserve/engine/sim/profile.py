@@ -49,6 +49,7 @@ class SimProfile:
     # as vLLM's engine arguments of the same names
     scheduling_policy: str = "fcfs"  # "priority": the waiting queue is ordered by (priority, arrival)
     max_logprobs: int = 20
+    stream_interval: int = 1  # a stream's first token at once, then every N tokens, and its last
     # the vLLM version the worker reports: old and new workers of a simulated rolling upgrade
     vllm_version: str = "sim"
     # KV path per worker pair. A prefill engine names itself ``engine_id`` in the params it
@@ -80,6 +81,8 @@ class SimProfile:
             raise ValueError("sim profile: max_num_seqs, max_num_batched_tokens >= 1 and vocab_size >= 300")
         if self.scheduling_policy not in ("fcfs", "priority"):
             raise ValueError("sim profile: scheduling_policy must be fcfs or priority")
+        if self.stream_interval < 1:
+            raise ValueError("sim profile: stream_interval must be >= 1")
         if self.slow_factor <= 0:
             raise ValueError("sim profile: slow_factor must be > 0")
         if not isinstance(self.kv_serial, bool):
