@@ -13,7 +13,7 @@
 #                e.g. the embedded default's config.json, generation_config.json, tokenizer*.json
 #   PY           the python (default python3; /tmp/site and /tmp/peers go on its PYTHONPATH)
 #   PEERS_PYTHON a python that imports the peers (default: $PY with /tmp/peers on the path)
-#   RATES DURATION WORKERS ROUTER_WORKERS GENERATORS ROUTER_CORES WORKER_CORES LOAD_CORES BUDGET_S ONLY
+#   RATES DURATION WORKERS OUTPUT_TOKENS STREAM_INTERVAL ROUTER_WORKERS GENERATORS ROUTER_CORES WORKER_CORES LOAD_CORES BUDGET_S ONLY
 #                override the sweep (see `pdserve bench compare ceiling --help`)
 # Locally (no wheels, peers from ~/.cache/pdserve/peers):
 #   PY=~/.cache/pdserve/venv/bin/python PEERS_PYTHON=~/.cache/pdserve/peers/bin/python \
@@ -54,7 +54,7 @@ run=$(mktemp -d)
 # timeout: a hard stop past the sweep's own budget (SIGTERM unwinds the bench: every fleet stops)
 timeout -k 20 "${HARD_LIMIT_S:-460}" "$py" -m pdserve bench compare ceiling --out "$run" \
   --rates "${RATES:-50,100,150,200,300,400,700,1000,1400,2000,2800,4000}" --duration "${DURATION:-5}" \
-  --workers "${WORKERS:-6}" --router-workers "${ROUTER_WORKERS:-1,2,4}" --generators "$gens" \
+  --workers "${WORKERS:-6}" --output-tokens "${OUTPUT_TOKENS:-8}" --stream-interval "${STREAM_INTERVAL:-1}" --router-workers "${ROUTER_WORKERS:-1,2,4}" --generators "$gens" \
   --router-cores "$rc" --worker-cores "$wc" --load-cores "$lc" --budget-s "${BUDGET_S:-400}" \
   --peers-python "$peers_python" --only "${ONLY:-}" > "$out/ceiling.log" 2>&1 &
 bench=$!

@@ -143,7 +143,15 @@ def _cpu_s(pids: Sequence[int]) -> float:
 def measure(urls: list[str], rate: float, args: argparse.Namespace, pool: Any, routers: Sequence[int]) -> Row:
     n = args.generators
     points = [
-        rawload.Point(tuple(urls), MODEL, rate / n, args.duration, seed=hash((rate, i)) & 0xFFFFFFFF) for i in range(n)
+        rawload.Point(
+            tuple(urls),
+            MODEL,
+            rate / n,
+            args.duration,
+            seed=hash((rate, i)) & 0xFFFFFFFF,
+            output_tokens=args.output_tokens,
+        )
+        for i in range(n)
     ]
     cpu0, t0 = _cpu_s(routers), time.perf_counter()
     samples = rawload.run(points, pool)
@@ -174,7 +182,8 @@ def sweep(
     name: str, contender: Contender, args: argparse.Namespace, pool: Any, base: dict[float, Row], deadline: float
 ) -> list[Row]:
     # sim-http takes its model from --model only (not $PDSERVE_MODEL): name it for every worker
-    fleet = SimFleetSpec(args.workers, {"profile": "zero"}, model=str(model_from_env()))
+    profile = {"profile": "zero", "stream_interval": str(args.stream_interval)}
+    fleet = SimFleetSpec(args.workers, profile, model=str(model_from_env()))
     rows: list[Row] = []
     procs = PinnedProcs(args.out / "logs" / name.replace(" ", "_"), args.router_cores, args.worker_cores)
     with procs:
@@ -278,7 +287,8 @@ def _markdown(meta: dict, args: argparse.Namespace, summary: dict, results: dict
     lines = [
         f"{meta['machine']}, {meta['date']}; cores: router {args.router_cores or 'any'}, "
         f"workers {args.worker_cores or 'any'}, load {args.load_cores or 'any'}; {args.workers} zero-profile "
-        f"sim workers; {args.duration:g} s per rate; ceiling: added p99 ≤ {args.added_p99_ms:g} ms, no errors",
+        f"sim workers; {args.output_tokens} streamed tokens a request, stream interval {args.stream_interval}; "
+        f"{args.duration:g} s per rate; ceiling: added p99 ≤ {args.added_p99_ms:g} ms, no errors",
         "",
         "| router | ceiling req/s (≥: the top rate passed) | added p99 ms there | router cores busy "
         f"| req/s per busy core | req/s per core ({ncores} allowed) |",
@@ -327,6 +337,10 @@ def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--rates", default="200,400,700,1000,1400,2000,2800,4000", help="offered req/s, comma-separated")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
     p.add_argument("--workers", type=int, default=6, help="sim workers behind every router")
+    p.add_argument("--output-tokens", type=int, default=8, help="tokens each request streams")
+    p.add_argument(
+        "--stream-interval", type=int, default=1, help="the workers' vLLM stream_interval: tokens a message/event"
+    )
     p.add_argument("--router-workers", default="1,2,4", help="pdserve --workers values to run")
     p.add_argument("--router-cores", default="", help="taskset list for routers, e.g. 0-3 ('' = not pinned)")
     p.add_argument("--worker-cores", default="", help="taskset list for the sim workers, e.g. 4-9")
