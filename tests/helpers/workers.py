@@ -39,6 +39,30 @@ class Worker:
 
 def start_decode_worker(model: Path, log: Path, *extra: str, start_timeout_s: float = START_TIMEOUT_S) -> Worker:
     """A decode worker (no KV connector) on ``model``, returned once its health check says SERVING."""
+    (worker,) = start_decode_workers(model, [log], *extra, start_timeout_s=start_timeout_s)
+    return worker
+
+
+def start_decode_workers(
+    model: Path, logs: list[Path], *extra: str, start_timeout_s: float = START_TIMEOUT_S
+) -> list[Worker]:
+    """One decode worker per log file, as ``start_decode_worker`` starts one, all launched
+    before any is waited for: an engine start is mostly one thread's work, so on 2 cores
+    starts that overlap take far less than one after another. Returned once all serve."""
+    workers: list[Worker] = []
+    try:
+        for log in logs:
+            workers.append(_launch_decode_worker(model, log, extra))
+        for worker in workers:
+            wait_serving(worker, start_timeout_s)
+    except BaseException:
+        for worker in workers:
+            stop_worker(worker, grace_s=0)  # a worker we gave up on must not come up later and spin
+        raise
+    return workers
+
+
+def _launch_decode_worker(model: Path, log: Path, extra: tuple[str, ...]) -> Worker:
     port = free_port()
     cmd = [
         sys.executable,
@@ -65,13 +89,7 @@ def start_decode_worker(model: Path, log: Path, *extra: str, start_timeout_s: fl
     env = launch_env(engine_env())  # the worker (and its engine core) dies with this process
     out = log.open("wb")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    worker = Worker(f"127.0.0.1:{port}", proc, log)
-    try:
-        wait_serving(worker, start_timeout_s)
-    except BaseException:
-        stop_worker(worker, grace_s=0)  # a worker we gave up on must not come up later and spin
-        raise
-    return worker
+    return Worker(f"127.0.0.1:{port}", proc, log)
 
 
 def wait_serving(worker: Worker, timeout_s: float = START_TIMEOUT_S) -> None:

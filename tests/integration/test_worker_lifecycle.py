@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,7 @@ import pytest
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
 from tests.factories import make_tiny_llama
-from tests.helpers.workers import GREEDY, Worker, start_decode_worker, stop_worker
+from tests.helpers.workers import GREEDY, Worker, start_decode_worker, start_decode_workers, stop_worker
 
 pytestmark = pytest.mark.engine
 
@@ -25,18 +26,40 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
 
 
+# Tests below that end their worker (SIGTERM drain, engine death): each gets one of its own.
+ENDING_TESTS = 2
+
+
+@dataclass
+class ModuleWorkers:
+    shared: Worker  # for the tests that leave it serving
+    spares: list[Worker]  # untouched; a test that ends its worker takes one
+
+
 @pytest.fixture(scope="module")
-def decode_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+def module_workers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleWorkers]:
+    """Every worker the module needs, started together: three starts one after another
+    were most of the module's time on 2 cores."""
+    tmp = tmp_path_factory.mktemp("decode")
+    workers = start_decode_workers(tiny_model, [tmp / f"decode{i}.log" for i in range(1 + ENDING_TESTS)])
+    module = ModuleWorkers(workers[0], workers[1:])
+    yield module
+    for worker in [module.shared, *module.spares]:  # those taken were stopped by their test
+        stop_worker(worker)
+
+
+@pytest.fixture(scope="module")
+def decode_worker(module_workers: ModuleWorkers) -> Worker:
     """Shared by the tests that leave the worker serving."""
-    worker = start_decode_worker(tiny_model, tmp_path_factory.mktemp("shared-decode") / "decode.log")
-    yield worker
-    stop_worker(worker)
+    return module_workers.shared
 
 
 @pytest.fixture
-def fresh_decode_worker(tiny_model: Path, tmp_path: Path) -> Iterator[Worker]:
-    """For tests that end the worker."""
-    worker = start_decode_worker(tiny_model, tmp_path / "decode.log")
+def fresh_decode_worker(module_workers: ModuleWorkers, tiny_model: Path, tmp_path: Path) -> Iterator[Worker]:
+    """For tests that end the worker: a spare no request has reached (a new worker once
+    the spares are used up, as when a test runs again)."""
+    spares = module_workers.spares
+    worker = spares.pop(0) if spares else start_decode_worker(tiny_model, tmp_path / "decode.log")
     yield worker
     stop_worker(worker)
 
