@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pdserve.lifetime import launch_env
-from tests.helpers.cluster import KV_LEASE_S, PREFILL_WORKERS, Cluster, engine_env, start_up, stop_up
-from tests.helpers.net import REPO, free_port
+from tests.helpers.cluster import KV_LEASE_S, PREFILL_WORKERS, Cluster, start_up, stop_up
+from tests.helpers.net import free_port
 from tests.helpers.processes import become_subreaper, reap_leftovers
+from tests.helpers.reference import ReferenceRun, start_reference, stop_reference
+from tests.helpers.reference import reference_outputs as collect_reference
 from tests.redis_server import RedisServer
 
 
@@ -73,34 +72,31 @@ def tokenizer(default_model: Path):  # type: ignore[no-untyped-def]
 os.environ.setdefault("PDSERVE_LOG_LEVEL", "INFO")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reference_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReferenceRun | None]:
+    """The reference engine's run, started with the session when a selected test needs its
+    outputs: it then runs beside the unit tests, which leave one of 2 cores idle, instead of
+    holding up the session cluster's start (tests/helpers/reference.py)."""
+    if not any("reference_outputs" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    from pdserve.tools.model import default_model_dir
+    from router.tokenizer import Tokenizer
+
+    # Not the session fixtures of the same names: modules override those for their own tests.
+    model = default_model_dir()
+    run = start_reference(tmp_path_factory.mktemp("reference"), model, Tokenizer(model))
+    yield run
+    stop_reference(run)
+
+
 @pytest.fixture(scope="session")
-def reference_outputs(tmp_path_factory: pytest.TempPathFactory, default_model: Path, tokenizer) -> dict:  # type: ignore[no-untyped-def]
+def reference_outputs(_reference_run: ReferenceRun | None) -> dict:
     """Greedy outputs of tests/e2e/prompts.py CASES from one colocated vLLM engine, by case name."""
-    import json
-
-    from tests.e2e.prompts import CASES, MAX_TOKENS, prompt_ids
-
-    tmp = tmp_path_factory.mktemp("reference")
-    spec = {
-        "model": str(default_model),
-        "prompts": [prompt_ids(tokenizer, c) for c in CASES],
-        "max_tokens": MAX_TOKENS,
-        "stop_token_ids": list(tokenizer.eos_token_ids),
-        "block_size": 128,
-        "dtype": engine_env().get("PDSERVE_DTYPE", "auto"),
-        "max_model_len": 2048,
-    }
-    (tmp / "in.json").write_text(json.dumps(spec))
-    subprocess.run(
-        [sys.executable, str(REPO / "tests/e2e/reference_engine.py"), str(tmp / "in.json"), str(tmp / "out.json")],
-        env=launch_env(engine_env()),
-        check=True,
-        timeout=900,
-        stdout=(tmp / "log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    outputs = json.loads((tmp / "out.json").read_text())["outputs"]
-    return {c.name: {"prompt": p, "output": o} for c, p, o in zip(CASES, spec["prompts"], outputs, strict=True)}
+    assert _reference_run is not None, "started by _reference_run for every session whose tests need it"
+    return collect_reference(_reference_run)
 
 
 @pytest.fixture(scope="session")
