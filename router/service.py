@@ -103,18 +103,21 @@ class RouterService:
         generations: Callable[[ModelPool], Sequence[Generation]],
         client: str = ANONYMOUS,
         cache_salt: str = "",
+        inline: bool = False,
     ) -> Answer:
         """One request: ``generations`` validates it against the model's pool, into one
-        Generation per prompt (a completions batch has several); it runs on a worker
-        thread once the client has a slot (``Overloaded``). The rate limit (``RateLimited``)
-        then charges the sum over prompts of prompt + n·max_tokens. Placement and the first
+        Generation per prompt (a completions batch has several); it runs once the client
+        has a slot (``Overloaded``), on a worker thread, or on the event loop when
+        ``inline`` (a small request: api/body.py). The rate limit (``RateLimited``) then
+        charges the sum over prompts of prompt + n·max_tokens. Placement and the first
         chunk happen before this returns, so every error before the first token is raised
         here. ``cache_salt``: the client's prefix-cache salt, set by the operator
         (router/tenants.py)."""
         pool = self.pool(model)
         ticket = await self.admission.gate.acquire(client)
         try:
-            gens = _salted(await self.prepare(generations, pool), cache_salt)
+            prepared = generations(pool) if inline else await self.prepare(generations, pool)
+            gens = _salted(prepared, cache_salt)
             n = gens[0].n
             prompts = tuple(tuple(gen.prompt_ids) for gen in gens)
             chunks = self._orchestrator.generate(pool, gens)

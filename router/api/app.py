@@ -115,7 +115,10 @@ def create_app(
         body = await body_of.read(request, CompletionRequest, get_service().prepare, checked)
         _take_request_id(body, request)
         serving = get_service().serve(
-            body.model, lambda pool: validate.completion(body, pool, arrival), *_caller(request)
+            body.model,
+            lambda pool: validate.completion(body, pool, arrival),
+            *_caller(request),
+            inline=await body_of.small(request),
         )
         return await _unless_gone(request, _answered(serving, body, chat=False))
 
@@ -125,7 +128,10 @@ def create_app(
         body = await body_of.read(request, ChatCompletionRequest, get_service().prepare, checked)
         _take_request_id(body, request)
         serving = get_service().serve(
-            body.model, lambda pool: [validate.chat(body, pool, arrival, chat_options)], *_caller(request)
+            body.model,
+            lambda pool: [validate.chat(body, pool, arrival, chat_options)],
+            *_caller(request),
+            inline=await body_of.small(request),
         )
         return await _unless_gone(request, _answered(serving, body, chat=True, options=chat_options))
 

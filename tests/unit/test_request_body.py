@@ -5,6 +5,7 @@ FastAPI's own parsing gave (status, message, param); the OpenAPI document still 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import warnings
 from typing import Any
@@ -113,3 +114,31 @@ def test_every_operation_has_its_own_operation_id(tiny_tokenizer: Tokenizer) -> 
     assert {"ping_get", "ping_post"} <= set(ids)
     for method in ("get", "post"):
         assert client.request(method.upper(), "/ping").status_code in (200, 503)
+
+
+def test_a_small_request_is_tokenized_on_the_loop_a_large_one_on_a_thread(
+    tiny_tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Templating and tokenizing a small prompt costs less than the hop to a thread and back;
+    a large one would stall every stream on the loop. Same answers either way."""
+    client, _ = make_client(tiny_tokenizer, "ab")
+    encode, threads = tiny_tokenizer.encode, []
+
+    def recorded(text: str, add_special_tokens: bool = True) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return encode(text, add_special_tokens)
+
+    monkeypatch.setattr(tiny_tokenizer, "encode", recorded)
+    pad = b" " * (body.PREPARE_INLINE_BYTES + 1)  # the same request, in a body over the bound
+    usages = []
+    for padding in (b"", pad):
+        for route, request in (
+            ("completions", {"prompt": "a prompt"}),
+            ("chat/completions", {"messages": [{"role": "user", "content": "a prompt"}]}),
+        ):
+            raw = padding + json.dumps({"model": "tiny", "max_tokens": 2, **request}).encode()
+            resp = client.post(f"/v1/{route}", content=raw, headers={"content-type": "application/json"})
+            assert resp.status_code == 200, resp.text
+            usages.append(resp.json()["usage"])
+    assert [not name.startswith("tokenize") for name in threads] == [True, True, False, False], threads
+    assert usages[:2] == usages[2:]
