@@ -220,6 +220,9 @@ def contenders(args: argparse.Namespace) -> dict[str, Contender]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot_only:
+        plot(args.out / "ceiling.png", json.loads(args.plot_only.read_text()))
+        return 0
     # SIGTERM (a timeout, the shell script's trap) unwinds like an error: every fleet stops.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args.rates = sorted(float(r) for r in args.rates.split(","))
@@ -277,6 +280,42 @@ def write(args: argparse.Namespace, results: dict[str, list[Row]]) -> None:
     text = _markdown(meta, args, summary, results, router_cores)
     (args.out / "ceiling.md").write_text(text)
     print(text)
+    try:
+        plot(args.out / "ceiling.png", data)
+    except ImportError:  # the GPU image has no matplotlib: plot later with --plot-only
+        print("no matplotlib: ceiling.png not drawn (pdserve bench compare ceiling --plot-only ceiling.json)")
+
+
+def plot(path: Path, data: dict[str, Any]) -> None:
+    """Added p50/p99 and router CPU per request against the offered rate, one line per
+    router, from a ``ceiling.json`` (``data``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pdserve.tools.bench.report import save_figure
+
+    rows = {name: r for name, r in data["rows"].items() if not name.startswith("direct") and r}
+    panels = (
+        ("added p99 ms (≤ {limit:g}: under the ceiling)", lambda r: r["added_p99_ms"]),
+        ("added p50 ms", lambda r: r["added_p50_ms"]),
+        ("router CPU ms per request", lambda r: 1000 * r["router_cores_busy"] / r["served_req_s"]),
+    )
+    limit = float(data["args"].get("added_p99_ms", 5.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (title, value) in zip(axes, panels, strict=True):
+        for name, series in rows.items():
+            points = [(r["rate"], value(r)) for r in series if r["served_req_s"] and r["added_p50_ms"] is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], "o-", label=name)
+        ax.set(title=title.format(limit=limit), xlabel="offered req/s", xscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(limit, color="grey", linestyle="--")
+    axes[0].set_yscale("symlog", linthresh=10)
+    axes[0].legend(fontsize=7)
+    a = data["args"]
+    tokens = f"{a.get('output_tokens', 8)} tokens, stream interval {a.get('stream_interval', 1)}"
+    save_figure(fig, path, f"pdserve bench compare ceiling: {data['machine'].split(': ', 1)[-1]}, {tokens}")
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -350,4 +389,7 @@ def add_parser(kinds: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-s", type=float, default=420.0, help="stop sweeping once this much time has passed")
     p.add_argument("--peers-python", default="", help="a python that imports the peer routers (default: their venv)")
     p.add_argument("--only", default="", help="comma-separated substrings of router names to run (direct always)")
+    p.add_argument(
+        "--plot-only", type=Path, default=None, help="draw OUT/ceiling.png from this ceiling.json, run nothing"
+    )
     p.set_defaults(run=run)
