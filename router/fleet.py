@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from pdserve import heap
 from pdserve.engine.base import EngineInfo
 from pdserve.kv.events import EventSubscriber
 from pdserve.kv.feed import IndexFeed, follow
@@ -122,6 +123,9 @@ class TokenizerSource:
                 )
             defaults = sampling_defaults(self._generation_config, path)
             self._cache[model] = (load_tokenizer(path), defaults)
+            heap.freeze(
+                f"loading the tokenizer of {model}", collect=False
+            )  # the tokenizer's tables live as long as the pool
             log.info("model %s: tokenizer from %s; sampling defaults %s", model, path, defaults or "vLLM's")
             while len(self._cache) > MAX_TOKENIZERS:
                 self._cache.popitem(last=False)

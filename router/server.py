@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import uvicorn
 from fastapi import FastAPI
 
+from pdserve import heap
 from pdserve.security import redact_url
 from pdserve.state import StateStore, make_store
 from pdserve.state.fallback import FallbackStore
@@ -91,6 +92,7 @@ def make_app(cfg: config.RouterConfig, metrics_dir: str | None = None) -> FastAP
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service, fleet, store = await build_service(cfg, metrics_dir)
+        heap.freeze("start-up")  # as vLLM's server: full collections then skip the start-up heap
         holder["service"] = service
         state = redact_url(cfg.state_url)
         log.info("router ready on http://%s:%d/v1 (policy %s, state %s)", cfg.host, cfg.port, cfg.policy, state)

@@ -31,6 +31,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from pdserve import heap
 from pdserve.config import resolve_model, setup_logging
 from pdserve.engine.base import EngineError, InvalidRequestError, SamplingSpec, TokenDelta
 from pdserve.engine.config import EngineConfig, add_engine_flags, engine_config_from_args
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        heap.freeze("start-up")  # as pdserve's workers and router: the bench compares like with like
         try:
             yield
         finally:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from pdserve import heap
 from pdserve.engine.base import DecodeEngine, EngineDeadError, PrefillEngine
 from pdserve.flags import flag
 from pdserve.security import TlsFiles, TokenInterceptor, read_secrets
@@ -123,6 +124,7 @@ async def run_worker(
         metrics.serve(options.host, options.metrics_port)
         log.info("metrics on http://%s:%d/metrics", options.host, options.metrics_port)
     await _start_engine(engine, options.startup_timeout_s)
+    heap.freeze("the engine's start")  # vLLM's and torch's objects: out of every later full collection's walk
     interceptors = [TokenInterceptor(options.tokens)] if options.tokens else None
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
     register(server)
