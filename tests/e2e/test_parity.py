@@ -17,20 +17,39 @@ from pdserve.tools.parity.__main__ import ParityConfig, render, report_json, run
 from pdserve.tools.procs import Procs
 from tests.helpers.cluster import Cluster
 from tests.helpers.net import REPO
-from tests.helpers.vllm_serve import VllmServer, vllm_serve
+from tests.helpers.vllm_serve import VllmServer, vllm_serves
 
 pytestmark = pytest.mark.engine
 
 KNOWN = REPO / "docs/parity_known.json"
 
+# The tools suite: both servers started alike for tool calling (issue #14). No reasoning parser:
+# vLLM applies structured outputs only once its engine's reasoning parser sees reasoning end,
+# and the qwen3 parser on this model (no <think> tokens in its vocabulary) never does, so
+# forced tool choices would run unconstrained there (measured; see the #14 note).
+TOOL_FLAGS = (
+    "--chat-template",
+    str(REPO / "tests/templates/hermes_tools.jinja"),
+    "--tool-call-parser",
+    "hermes",
+    "--enable-auto-tool-choice",
+)
+
 
 @pytest.fixture(scope="module")
-def reference_server(
+def vllm_servers(
     cluster: Cluster, default_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
-    """`vllm serve` with the workers' engine settings, serving the cluster's model name."""
-    with vllm_serve(default_model, cluster.model, tmp_path_factory.mktemp("vllm_serve")) as server:
-        yield server
+) -> Iterator[tuple[VllmServer, ...]]:
+    """Both suites' `vllm serve`s, with the workers' engine settings and the cluster's model
+    name: the plain one and one with TOOL_FLAGS, started together (one start's wall time)."""
+    with vllm_serves(default_model, cluster.model, tmp_path_factory.mktemp("vllm_serve"), [(), TOOL_FLAGS]) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def reference_server(vllm_servers: tuple[VllmServer, ...]) -> VllmServer:
+    """`vllm serve` as the workers run their engines, no flags added."""
+    return vllm_servers[0]
 
 
 def test_router_answers_as_vllm_serve_does(
@@ -55,31 +74,17 @@ def check(cfg: ParityConfig, tmp: Path, least: int) -> None:
         pytest.fail(f"mismatches not in docs/parity_known.json (all in {out}):\n{table_}", pytrace=False)
 
 
-# The tools suite: both servers started alike for tool calling (issue #14). No reasoning parser:
-# vLLM applies structured outputs only once its engine's reasoning parser sees reasoning end,
-# and the qwen3 parser on this model (no <think> tokens in its vocabulary) never does, so
-# forced tool choices would run unconstrained there (measured; see the #14 note).
-TOOL_FLAGS = (
-    "--chat-template",
-    str(REPO / "tests/templates/hermes_tools.jinja"),
-    "--tool-call-parser",
-    "hermes",
-    "--enable-auto-tool-choice",
-)
-
-
 @pytest.fixture(scope="module")
 def tool_servers(
-    cluster: Cluster, default_model: Path, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster,
+    vllm_servers: tuple[VllmServer, ...],
+    default_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, VllmServer]]:
     """A router over the session cluster's workers and a `vllm serve`, both with TOOL_FLAGS."""
-    tmp = tmp_path_factory.mktemp("tool_suite")
-    with (
-        Procs(tmp) as procs,
-        vllm_serve(default_model, cluster.model, tmp, TOOL_FLAGS) as server,
-    ):
+    with Procs(tmp_path_factory.mktemp("tool_suite")) as procs:
         router = start_router(procs, default_model, cluster.prefill_addrs, [cluster.decode_addr], TOOL_FLAGS)
-        yield router.address, server
+        yield router.address, vllm_servers[1]
 
 
 def test_router_parses_tools_and_reasoning_as_vllm_serve_does(

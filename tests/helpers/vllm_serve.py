@@ -57,8 +57,32 @@ def serve_args(model_dir: Path, served_name: str, port: int) -> list[str]:
 def vllm_serve(model_dir: Path, served_name: str, tmp: Path, extra: Sequence[str] = ()) -> Iterator[VllmServer]:
     """A running `vllm serve` on a free port; stopped with its whole process group on exit,
     whatever happens (a failed start included)."""
+    with vllm_serves(model_dir, served_name, tmp, [extra]) as (server,):
+        yield server
+
+
+@contextlib.contextmanager
+def vllm_serves(
+    model_dir: Path, served_name: str, tmp: Path, extras: Sequence[Sequence[str]]
+) -> Iterator[tuple[VllmServer, ...]]:
+    """One running `vllm serve` per entry of ``extras`` (its extra flags), started at once:
+    a start is mostly one thread's work (imports, loading, warm-up), so on 2 cores two
+    starts take little longer than one. Each is stopped as ``vllm_serve`` stops it."""
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(_launched(model_dir, served_name, tmp, extra, "" if len(extras) == 1 else f"-{i}"))
+            for i, extra in enumerate(extras)
+        ]
+        for server in servers:
+            wait_ready(server)
+        yield tuple(servers)
+
+
+@contextlib.contextmanager
+def _launched(model_dir: Path, served_name: str, tmp: Path, extra: Sequence[str], tag: str) -> Iterator[VllmServer]:
+    """A started (not yet ready) `vllm serve`, stopped on exit."""
     port = free_port(1)
-    log = tmp / "vllm_serve.log"
+    log = tmp / f"vllm_serve{tag}.log"
     cmd = [sys.executable, "-c", _LAUNCH, *serve_args(model_dir, served_name, port), *extra]  # cwd: REPO
     proc = subprocess.Popen(
         cmd,
@@ -68,10 +92,8 @@ def vllm_serve(model_dir: Path, served_name: str, tmp: Path, extra: Sequence[str
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: one signal reaches the engine core too
     )
-    server = VllmServer(f"http://127.0.0.1:{port}", served_name, proc, log)
     try:
-        wait_ready(server)
-        yield server
+        yield VllmServer(f"http://127.0.0.1:{port}", served_name, proc, log)
     finally:
         stop(proc)
 
