@@ -1,9 +1,9 @@
 """The start-up heap, out of the cyclic garbage collector's way.
 
-After start-up a router holds ~0.5 M long-lived objects (its frameworks, then each model's
+After start-up a router holds ~390,000 long-lived objects (its frameworks, then each model's
 tokenizer and tables), a worker many more (vLLM, torch). CPython's full collection walks
-every one: in a router under load on this project's 2-core VM one took 0.2-0.4 s, about every
-10 s, and every stream on the event loop waited it out (docs/BENCHMARKS.md §10e). ``freeze``
+every one: in a router serving 100 req/s on this project's 2-core VM one took 0.2-0.7 s, about
+every 17 s, and every stream on the event loop waited it out (docs/BENCHMARKS.md §10f). ``freeze``
 does what vLLM's own server does once it has started (``vllm.utils.gc_utils.freeze_gc_heap``):
 collect, then move every tracked object into the permanent generation, which no later
 collection walks. Frozen objects are still freed when their last reference goes; only a

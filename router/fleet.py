@@ -123,9 +123,8 @@ class TokenizerSource:
                 )
             defaults = sampling_defaults(self._generation_config, path)
             self._cache[model] = (load_tokenizer(path), defaults)
-            heap.freeze(
-                f"loading the tokenizer of {model}", collect=False
-            )  # the tokenizer's tables live as long as the pool
+            # the tokenizer's tables live as long as the pool: out of the collector's walks
+            heap.freeze(f"loading the tokenizer of {model}", collect=False)
             log.info("model %s: tokenizer from %s; sampling defaults %s", model, path, defaults or "vLLM's")
             while len(self._cache) > MAX_TOKENIZERS:
                 self._cache.popitem(last=False)
