@@ -75,7 +75,8 @@ class Router:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 kill_tree(self.proc.pid)
-                raise
+                # the router logs its threads' stacks when a stop takes long (router/server.py)
+                raise AssertionError(f"router did not stop on {sig!r}:\n{self.log.read_text()[-6000:]}") from None
 
     def complete(self, model: str, prompt: str, max_tokens: int = 2) -> dict:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True}
@@ -84,6 +85,15 @@ class Router:
         body = resp.json()
         body["prompt_token_ids"] = body["choices"][0]["prompt_token_ids"]  # per choice, as vLLM puts them
         return body
+
+    def workers(self) -> dict[tuple[str, str], int]:
+        """(model, role) → workers in placement, as this router's metrics say."""
+        samples = metric_samples(httpx.get(self.url + "/metrics", timeout=10).text)
+        return {
+            (dict(labels)["model"], dict(labels)["role"]): int(v)
+            for (name, labels), v in samples.items()
+            if name == "pdserve_router_workers" and v > 0
+        }
 
     def placements(self, role: str = "prefill") -> dict[str, float]:
         samples = metric_samples(httpx.get(self.url + "/metrics", timeout=10).text)
@@ -169,10 +179,14 @@ def redis_routers(
     tmp = tmp_path_factory.mktemp("routers")
     a = Router(tmp, "a", "--state-url", redis_server.url).start()
     b = Router(tmp, "b", "--state-url", redis_server.url).start()
-    for r in (a, b):  # both models are served once their workers are discovered
+    # Every worker discovered, not just one per model: a replica that has found one of the two
+    # prefill workers places every prompt there, whatever the index says (seen in CI).
+    fleet = {(cluster.model, "prefill"): len(cluster.prefill_addrs), (cluster.model, "decode"): 1}
+    fleet[("tiny", "decode")] = 1
+    for r in (a, b):
         deadline = time.monotonic() + 120  # a backstop: discovery ends it (heartbeats on busy cores)
-        while {m["id"] for m in httpx.get(r.url + "/v1/models").json()["data"]} != {cluster.model, "tiny"}:
-            assert time.monotonic() < deadline, r.log.read_text()[-2000:]
+        while (seen := r.workers()) != fleet:
+            assert time.monotonic() < deadline, (seen, r.log.read_text()[-2000:])
             time.sleep(0.5)
     yield a, b
     a.stop()
