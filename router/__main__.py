@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
-
 from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
 from router import config, processes
-from router.server import make_app, uvicorn_config
+from router.server import Server, make_app, uvicorn_config
 
 log = logging.getLogger("router")
 STARTUP_FAILURE = 3  # uvicorn.run's exit code when the app never started (its lifespan failed)
@@ -31,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if cfg.workers > 1:
         return processes.serve(cfg, argv)
-    server = uvicorn.Server(uvicorn_config(make_app(cfg), cfg))
+    server = Server(uvicorn_config(make_app(cfg), cfg))
     server.run()
     return 0 if server.started else STARTUP_FAILURE
 

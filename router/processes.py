@@ -34,12 +34,10 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-import uvicorn
-
 from pdserve.config import setup_logging
 from pdserve.lifetime import die_with
 from router.config import RouterConfig, from_args
-from router.server import make_app, reuse_port_socket, uvicorn_config
+from router.server import Server, make_app, reuse_port_socket, uvicorn_config
 
 log = logging.getLogger("router.processes")
 # prometheus_client picks its multiprocess value class at import from this variable, so the
@@ -123,7 +121,7 @@ def _serve_one(argv: list[str], index: int, parent: int, metrics_dir: str) -> No
     cfg = from_args(argv)  # checked by the parent already
     setup_logging(cfg.log_level)
     die_with(parent)
-    server = uvicorn.Server(uvicorn_config(make_app(cfg, metrics_dir), cfg))
+    server = Server(uvicorn_config(make_app(cfg, metrics_dir), cfg))
     log.info("router process %d/%d (pid %d) starting", index + 1, cfg.workers, os.getpid())
     server.run(sockets=[reuse_port_socket(cfg.host, cfg.port)])
     if not server.started:

@@ -4,10 +4,13 @@ the lifespan, behind the FastAPI app (router/api/app.py); and uvicorn's settings
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import faulthandler
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -29,6 +32,30 @@ from router.placer import Placer
 from router.service import Background, RouterService
 
 log = logging.getLogger("router")
+STOP_STACKS_S = 20.0  # a stop still running this long writes every thread's stack to stderr
+CLOSE_STEP_S = 10.0  # each step of the lifespan's close is cut off after this
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, telling where a slow stop waits: past ``stop_stacks_s`` after the
+    first stop signal every thread's stack goes to stderr (the log), so a router that an
+    orchestrator must SIGKILL has said why. The stop itself is uvicorn's: connections get
+    ``timeout_graceful_shutdown``, then the lifespan closes, each step bounded."""
+
+    stop_stacks_s = STOP_STACKS_S
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:  # no logging here: a signal handler may interrupt a log call
+            faulthandler.dump_traceback_later(self.stop_stacks_s, exit=False)
+        super().handle_exit(sig, frame)
+
+
+async def close_bounded(what: str, step: Awaitable[None], timeout_s: float = CLOSE_STEP_S) -> None:
+    """Await one step of a stop, cut off (and said) after ``timeout_s``: a stop must end."""
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.error("stopping: closing the %s took over %.0f s; cut off", what, timeout_s)
 
 
 def build_store(cfg: config.RouterConfig, metrics: RouterMetrics) -> tuple[StateStore, bool]:
@@ -99,8 +126,8 @@ def make_app(cfg: config.RouterConfig, metrics_dir: str | None = None) -> FastAP
         try:
             yield
         finally:
-            await fleet.close()
-            await store.close()
+            await close_bounded("fleet", fleet.close())
+            await close_bounded("state store", store.close())
             service.close()
 
     return create_app(
