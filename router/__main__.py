@@ -1,9 +1,18 @@
 """``python -m router`` / ``pdserve router``: one router process, or ``--workers`` of them."""
+# ruff: noqa: E402 - torch is blocked before the imports (below)
 
 from __future__ import annotations
 
-import logging
 import sys
+
+# The router needs no torch (the router image has none), but where torch is installed, as in
+# the all-in-one venv, transformers' AutoTokenizer imports it through its config machinery:
+# seconds of start-up CPU and hundreds of MB in every router process. None in sys.modules
+# makes importlib report torch absent and `import torch` fail, as in that image. Before any
+# import that reaches transformers (--workers children run this module first as well).
+sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+
+import logging
 
 from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent

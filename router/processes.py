@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -37,7 +38,6 @@ from types import FrameType
 from pdserve.config import setup_logging
 from pdserve.lifetime import die_with
 from router.config import RouterConfig, from_args
-from router.server import Server, make_app, reuse_port_socket, uvicorn_config
 
 log = logging.getLogger("router.processes")
 # prometheus_client picks its multiprocess value class at import from this variable, so the
@@ -118,6 +118,11 @@ def _join_all(children: list[BaseProcess]) -> None:
 
 def _serve_one(argv: list[str], index: int, parent: int, metrics_dir: str) -> None:
     """One of the processes: the whole router on its own ``SO_REUSEPORT`` socket."""
+    # A spawned child does not run router/__main__.py (multiprocessing skips a package's
+    # __main__), so it keeps torch out itself, before router.server reaches transformers.
+    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    from router.server import Server, make_app, reuse_port_socket, uvicorn_config
+
     cfg = from_args(argv)  # checked by the parent already
     setup_logging(cfg.log_level)
     die_with(parent)

@@ -29,6 +29,11 @@ def serving_children(parent: int) -> list[psutil.Process]:
     return [k for k in kids if not any("resource_tracker" in part for part in k.cmdline())]
 
 
+def maps_torch(proc: psutil.Process) -> bool:
+    """Whether the process has torch's library mapped (router/__main__.py keeps it out)."""
+    return any("libtorch" in m.path for m in proc.memory_maps())
+
+
 def connected(proc: psutil.Process, port: int) -> int:
     return sum(1 for c in proc.net_connections(kind="tcp") if c.laddr.port == port and c.status == "ESTABLISHED")
 
@@ -45,6 +50,8 @@ def test_two_router_processes_share_the_port_and_die_with_the_parent(tmp_path: P
             children = serving_children(router.proc.pid)
             assert len(children) == 2, [c.cmdline() for c in children]
             assert sorted(wait_router_processes(router, 2)) == sorted(c.pid for c in children)
+            # serving, so each has loaded the model's tokenizer through transformers, torch-free
+            assert not any(maps_torch(p) for p in [psutil.Process(router.proc.pid), *children])
 
             clients = [httpx.Client(base_url=url, timeout=30) for _ in range(CLIENTS)]
             try:
