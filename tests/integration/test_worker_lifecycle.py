@@ -4,6 +4,7 @@ status codes, cancellation, SIGTERM drain and engine death."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +22,20 @@ from tests.helpers.workers import GREEDY, Worker, start_decode_worker, start_dec
 pytestmark = pytest.mark.engine
 
 
+# The module's context. With a CPU hog beside the suite, three 4000-token streams ended in
+# 15 s, each before a starved Load call answered; a stream of CONTEXT tokens lasts ~8x as
+# long, so a check made while it runs is not outrun by it, and a cancelled one that was not
+# aborted would still be running when the cancel test's 30-s wait for an idle engine ends.
+CONTEXT = 32768
+WORKER_ARGS = ("--max-model-len", str(CONTEXT))
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
+    path = make_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": CONTEXT}))
+    return path
 
 
 # Tests below that end their worker (SIGTERM drain, engine death): each gets one of its own.
@@ -41,7 +53,8 @@ def module_workers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     """Every worker the module needs, started together: three starts one after another
     were most of the module's time on 2 cores."""
     tmp = tmp_path_factory.mktemp("decode")
-    workers = start_decode_workers(tiny_model, [tmp / f"decode{i}.log" for i in range(1 + ENDING_TESTS)])
+    logs = [tmp / f"decode{i}.log" for i in range(1 + ENDING_TESTS)]
+    workers = start_decode_workers(tiny_model, logs, *WORKER_ARGS)
     module = ModuleWorkers(workers[0], workers[1:])
     yield module
     for worker in [module.shared, *module.spares]:  # those taken were stopped by their test
@@ -59,7 +72,7 @@ def fresh_decode_worker(module_workers: ModuleWorkers, tiny_model: Path, tmp_pat
     """For tests that end the worker: a spare no request has reached (a new worker once
     the spares are used up, as when a test runs again)."""
     spares = module_workers.spares
-    worker = spares.pop(0) if spares else start_decode_worker(tiny_model, tmp_path / "decode.log")
+    worker = spares.pop(0) if spares else start_decode_worker(tiny_model, tmp_path / "decode.log", *WORKER_ARGS)
     yield worker
     stop_worker(worker)
 
@@ -77,7 +90,7 @@ def _code(addr: str, request: pb.DecodeRequest) -> grpc.StatusCode:
 
 def test_bad_requests_map_to_invalid_argument_and_worker_keeps_serving(decode_worker: Worker) -> None:
     addr = decode_worker.addr
-    too_long = pb.DecodeRequest(request_id="a", prompt_token_ids=[5] * 5000, sampling=GREEDY)
+    too_long = pb.DecodeRequest(request_id="a", prompt_token_ids=[5] * (CONTEXT + 1000), sampling=GREEDY)
     bad_kv = pb.DecodeRequest(request_id="b", prompt_token_ids=[5, 6], sampling=GREEDY, kv_transfer_params_json="[")
     zero = pb.DecodeRequest(request_id="c", prompt_token_ids=[5, 6], sampling=pb.SamplingParams(max_tokens=0))
     empty = pb.DecodeRequest(request_id="d", prompt_token_ids=[], sampling=GREEDY)
@@ -88,7 +101,7 @@ def test_bad_requests_map_to_invalid_argument_and_worker_keeps_serving(decode_wo
     assert "Traceback" not in decode_worker.log.read_text()
 
 
-LONG = pb.SamplingParams(max_tokens=4000, temperature=0, top_p=1, ignore_eos=True)
+LONG = pb.SamplingParams(max_tokens=CONTEXT - 100, temperature=0, top_p=1, ignore_eos=True)
 
 
 def test_cancelled_stream_aborts_the_engine_request(decode_worker: Worker) -> None:
@@ -119,7 +132,7 @@ def test_cancelled_stream_aborts_the_engine_request(decode_worker: Worker) -> No
                 if await cancelled_while_busy(stub, attempt):
                     break
             else:
-                raise AssertionError("the worker finished every 4000-token stream before one load check")
+                raise AssertionError("the worker finished every long stream before one load check")
             for _ in range(60):
                 load = await stub.Load(pb.LoadRequest(), timeout=120)
                 if load.num_running == load.num_inflight == 0:
