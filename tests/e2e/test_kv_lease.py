@@ -3,11 +3,12 @@ blocks when its lease (``--kv-lease-s``, NixlConnector's ``kv_lease_duration``) 
 or at once when a decode worker releases them (DecodeWorker.Release, as the router does
 for a decode that failed or was cancelled before its first token).
 
-Real workers (vLLM CPU, the default model); Prefill RPCs sent straight to the prefill
-worker and never decoded. vLLM stamps the lease when the prefill finishes and checks it
-on every engine step (the engine keeps stepping while it holds finished requests'
-blocks), so unreleased blocks come back about one lease after the prefill. One prefill
-and one decode worker serve both tests (engine starts are the expensive part on CPU).
+Real workers (vLLM CPU, the default model): the session cluster's first prefill worker,
+started with a ``--kv-lease-s`` of KV_LEASE_S, and its decode worker (engine starts are
+the expensive part on CPU). Prefill RPCs go straight to the prefill worker and are never
+decoded. vLLM stamps the lease when the prefill finishes and checks it on every engine
+step (the engine keeps stepping while it holds finished requests' blocks), so unreleased
+blocks come back about one lease after the prefill.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import asyncio
 import json
 import random
 import re
-import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,71 +26,31 @@ import pytest
 
 from pdserve.engine.base import EngineLoad
 from pdserve.rpc.convert import load_from_pb
-from pdserve.tools.procs import Procs, python
 from pdserve.v1 import worker_pb2 as pb
 from pdserve.v1 import worker_pb2_grpc as pb_grpc
-from tests.helpers.cluster import engine_env
-from tests.helpers.net import free_port
+from tests.helpers.cluster import KV_LEASE_S, Cluster
 
 pytestmark = pytest.mark.engine
 
-# Longer than vLLM's default lease (30 s): a lease that did not apply frees the blocks
-# before LEASE_S and fails the lower bound, whatever the machine's load.
-LEASE_S = 45
+LEASE_S = KV_LEASE_S  # longer than vLLM's default (30 s): a lease that did not apply fails the lower bound
 # The lease is checked between engine steps and a step already queued when the prefill
 # finished delays it (vLLM rebases the deadline onto the worker's clock, lengthening it);
 # then the freeing step's stats reach Load. Seconds, on 2 cores busy with other work.
 SLACK_S = 30.0
 PROMPTS, PROMPT_TOKENS = 3, 400  # 4 blocks of 128 each (3 full) per request, no shared prefix
-# A backstop only: a worker that crashes fails the wait at once, one that serves ends it.
-START_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
 class PdWorker:
     addr: str
-    log: Path
-    role: str
-    proc: subprocess.Popen[bytes]
+    log: Path  # where its output goes: the cluster's log, shared by all its processes
 
 
 @pytest.fixture(scope="module")
-def pd_pair(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[tuple[PdWorker, PdWorker]]:
-    """A prefill worker with a LEASE_S lease and a decode worker, started together."""
-    logs = tmp_path_factory.mktemp("kv_lease")
-    with Procs(logs, env=engine_env()) as procs:
-        prefill = _start(procs, "prefill", default_model, "--kv-lease-s", str(LEASE_S))
-        decode = _start(procs, "decode", default_model)
-        _wait_up(prefill)
-        _wait_up(decode)
-        yield prefill, decode
-
-
-def _start(procs: Procs, role: str, model: Path, *extra: str) -> PdWorker:
-    port = free_port()
-    argv = python(f"{role}_worker", "--model", str(model), "--port", str(port))
-    argv += ["--kv-port", str(free_port()), "--kv-events-port", "0", "--metrics-port", "0", *extra]
-    proc = procs.start(role, argv)
-    return PdWorker(f"127.0.0.1:{port}", procs.log_dir / f"{role}.log", role, proc)
-
-
-def _wait_up(worker: PdWorker) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not asyncio.run(_answers(worker)):
-        assert worker.proc.poll() is None, worker.log.read_text(errors="replace")[-3000:]
-        assert time.monotonic() < deadline, f"worker not up in {START_TIMEOUT_S:.0f}s; see {worker.log}"
-        time.sleep(1)
-
-
-async def _answers(worker: PdWorker) -> bool:
-    """Whether the worker serves (its server starts once its engine has)."""
-    async with grpc.aio.insecure_channel(worker.addr) as ch:
-        stub = pb_grpc.PrefillWorkerStub(ch) if worker.role == "prefill" else pb_grpc.DecodeWorkerStub(ch)
-        try:
-            await stub.Info(pb.InfoRequest(), timeout=5)
-            return True
-        except grpc.aio.AioRpcError:
-            return False
+def pd_pair(cluster: Cluster) -> tuple[PdWorker, PdWorker]:
+    """The session cluster's first prefill worker and its decode worker."""
+    assert LEASE_S > 30, "vLLM's default lease would pass these tests unapplied"
+    return PdWorker(cluster.prefill_addrs[0], cluster.log), PdWorker(cluster.decode_addr, cluster.log)
 
 
 async def _load(addr: str) -> EngineLoad:

@@ -19,7 +19,9 @@ from tests.helpers.net import REPO
 from tests.helpers.processes import kill_tree
 
 PREFILL_WORKERS = 2  # the session cluster: placement has a choice to make
-KV_LEASE_S = 30  # the session cluster's prefill-side KV lease (vLLM 0.32's default, set explicitly)
+# The session cluster's prefill-side KV lease: longer than vLLM 0.32's default (30 s), so
+# tests/e2e/test_kv_lease.py can tell that the flag applied (a default lease frees sooner).
+KV_LEASE_S = 45
 # A backstop: `pdserve up` exiting fails the wait at once, its ready line ends it.
 READY_TIMEOUT_S = 900.0
 
