@@ -262,10 +262,17 @@ class Orchestrator:
         request still had longer."""
         left = state.left()
         with state.pool.counted(worker, state.uncached):
-            try:
-                return await state.pool.prefill_client(worker).prefill(
+            call = asyncio.ensure_future(
+                state.pool.prefill_client(worker).prefill(
                     state.engine_id("prefill"), state.prompt, state.spec, timeout=min(self._timeouts.prefill_s, left)
                 )
+            )
+            try:
+                return await asyncio.shield(call)
+            except asyncio.CancelledError:  # the caller left: an answer on its way is released
+                decode = state.placement.decode
+                self._releaser.settle(state.pool, state.request_id, call, decode, self._timeouts.settle_s)
+                raise
             except WorkerError as exc:
                 if exc.code is grpc.StatusCode.DEADLINE_EXCEEDED and self._timeouts.prefill_s < left:
                     raise AttemptTimeout(worker, "prefill", self._timeouts.prefill_s) from None

@@ -71,11 +71,14 @@ class Timeouts:
     prefill_s: float = 60.0  # one prefill RPC
     request_s: float = 600.0  # the whole request from its arrival: queue, retries, migrations, stream
     release_s: float = 3.0  # one Release RPC; off the request's path (router/release.py)
+    # A prefill RPC whose caller left: how long it may still answer, so that its KV is
+    # released rather than held to the lease (router/release.py); off the request's path.
+    settle_s: float = 2.0
     first_token_s: float = 60.0  # a decode attempt's first token (its KV pull or local prefill included)
     stall_s: float = 30.0  # between two tokens of a decode stream
 
     def __post_init__(self) -> None:
-        for name in ("prefill_s", "request_s", "release_s", "first_token_s", "stall_s"):
+        for name in ("prefill_s", "request_s", "release_s", "settle_s", "first_token_s", "stall_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 

@@ -137,7 +137,8 @@ class ScriptedDecode:
 
 class ScriptedPrefill:
     """Answers every prefill with ``cached_tokens`` and kv_transfer_params ``{"from": name,
-    **kv}``, or fails with ``code``; ``calls`` counts them."""
+    **kv}``, or fails with ``code``; ``calls`` counts them. ``delay_s``: each answer takes
+    that long; ``cancelled`` counts the calls cancelled while they waited."""
 
     def __init__(
         self,
@@ -146,9 +147,12 @@ class ScriptedPrefill:
         cached_tokens: int = 128,
         code: grpc.StatusCode | None = None,
         kv: dict[str, Any] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.worker = WorkerId(name)
         self.cached_tokens, self.code, self.kv = cached_tokens, code, kv or {}
+        self.delay_s = delay_s
+        self.cancelled = 0
         self.calls = 0
         self.specs: list[SamplingSpec] = []
         self.ids: list[str] = []
@@ -159,6 +163,12 @@ class ScriptedPrefill:
         self.calls += 1
         self.specs.append(spec)
         self.ids.append(request_id)
+        if self.delay_s:
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if self.code is not None:
             raise WorkerError(self.worker, self.code, "injected")
         plps = scripted_prompt_logprobs(prompt, spec.prompt_logprobs)

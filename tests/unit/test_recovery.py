@@ -3,10 +3,13 @@ prefill retry, local-prefill fallback, re-placement, mid-stream migration, limit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 
 import grpc
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -166,6 +169,41 @@ def test_a_request_past_its_deadline_before_the_first_token_releases_the_prefill
     assert status == 504 and body["error"]["code"] == "request_timeout"
     assert [kv for _, kv in d.releases] == [{"from": "p0:1"}]
     assert router.counter("pdserve_router_kv_released_total") == 1
+
+
+async def leave_during_prefill(router: ScriptedRouter, prefill: ScriptedPrefill, wait_s: float) -> None:
+    """A client that leaves while its prefill RPC is in flight (its request task cancelled,
+    as a disconnect does), then ``wait_s`` on the router's event loop."""
+    transport = httpx.ASGITransport(app=router.client.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        body = {"model": "tiny", "prompt": TEXT, "max_tokens": 4}
+        request = asyncio.create_task(client.post("/v1/completions", json=body))
+        while not prefill.calls:
+            await asyncio.sleep(0.01)
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(wait_s)
+
+
+async def test_a_prefill_answering_after_its_client_left_has_its_kv_released(tok: Tokenizer) -> None:
+    # The engine finished as the client left: the answer comes, and no decode will read it.
+    prefill = ScriptedPrefill("p0:1", delay_s=0.3)
+    d = decode_worker("d0:1", tok.encode(TEXT))
+    router = scripted_router(tok, [prefill], [d], timeouts=Timeouts(settle_s=2.0))
+    await leave_during_prefill(router, prefill, wait_s=1.0)
+    assert prefill.cancelled == 0 and not d.calls  # the RPC was let finish; no decode started
+    assert [kv for _, kv in d.releases] == [{"from": "p0:1"}]
+    assert router.counter("pdserve_router_kv_released_total") == 1
+
+
+async def test_a_prefill_still_running_when_its_client_left_is_cancelled_after_the_settle_time(tok: Tokenizer) -> None:
+    prefill = ScriptedPrefill("p0:1", delay_s=30)
+    d = decode_worker("d0:1", tok.encode(TEXT))
+    router = scripted_router(tok, [prefill], [d], timeouts=Timeouts(settle_s=0.2))
+    await leave_during_prefill(router, prefill, wait_s=0.6)
+    assert prefill.cancelled == 1  # the engine aborts a prefill it still runs: nothing to release
+    assert d.releases == [] and router.counter("pdserve_router_kv_released_total") == 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
