@@ -38,8 +38,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# Tests below that end their worker (SIGTERM drain, engine death): each gets one of its own.
-ENDING_TESTS = 2
+# Tests below that end their worker and need one no request has reached (SIGTERM drain):
+# each gets one of its own. The engine-death test, last in the module, ends the shared one.
+ENDING_TESTS = 1
 
 
 @dataclass
@@ -50,8 +51,8 @@ class ModuleWorkers:
 
 @pytest.fixture(scope="module")
 def module_workers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleWorkers]:
-    """Every worker the module needs, started together: three starts one after another
-    were most of the module's time on 2 cores."""
+    """Every worker the module needs, started together: starts one after another were most
+    of the module's time on 2 cores."""
     tmp = tmp_path_factory.mktemp("decode")
     logs = [tmp / f"decode{i}.log" for i in range(1 + ENDING_TESTS)]
     workers = start_decode_workers(tiny_model, logs, *WORKER_ARGS)
@@ -63,7 +64,7 @@ def module_workers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def decode_worker(module_workers: ModuleWorkers) -> Worker:
-    """Shared by the tests that leave the worker serving."""
+    """Shared by the tests that leave the worker serving, then ended by the module's last test."""
     return module_workers.shared
 
 
@@ -181,8 +182,7 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(fresh_decode_worker: Wo
     assert decode_worker.proc.wait(120) == 0
 
 
-def test_engine_death_ends_the_worker_with_a_clear_log_line(fresh_decode_worker: Worker) -> None:
-    decode_worker = fresh_decode_worker
+def test_engine_death_ends_the_worker_with_a_clear_log_line(decode_worker: Worker) -> None:
     engine_cores = [
         p for p in psutil.Process(decode_worker.proc.pid).children(recursive=True) if "EngineCore" in p.name()
     ]
