@@ -1,23 +1,14 @@
 """``python -m router`` / ``pdserve router``: one router process, or ``--workers`` of them."""
-# ruff: noqa: E402 - torch is blocked before the imports (below)
 
 from __future__ import annotations
 
-import sys
-
-# The router needs no torch (the router image has none), but where torch is installed, as in
-# the all-in-one venv, transformers' AutoTokenizer imports it through its config machinery:
-# seconds of start-up CPU and hundreds of MB in every router process. None in sys.modules
-# makes importlib report torch absent and `import torch` fail, as in that image. Before any
-# import that reaches transformers (--workers children run this module first as well).
-sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
-
 import logging
+import sys
 
 from pdserve.config import setup_logging
 from pdserve.lifetime import PortInUseError, check_ports_free, die_with_parent
 from router import config, processes
-from router.server import Server, make_app, uvicorn_config
+from router.torchless import keep_torch_out
 
 log = logging.getLogger("router")
 STARTUP_FAILURE = 3  # uvicorn.run's exit code when the app never started (its lifespan failed)
@@ -38,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if cfg.workers > 1:
         return processes.serve(cfg, argv)
+    keep_torch_out()  # before router.server reaches transformers
+    from router.server import Server, make_app, uvicorn_config
+
     server = Server(uvicorn_config(make_app(cfg), cfg))
     server.run()
     return 0 if server.started else STARTUP_FAILURE

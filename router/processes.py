@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -38,6 +37,7 @@ from types import FrameType
 from pdserve.config import setup_logging
 from pdserve.lifetime import die_with
 from router.config import RouterConfig, from_args
+from router.torchless import keep_torch_out
 
 log = logging.getLogger("router.processes")
 # prometheus_client picks its multiprocess value class at import from this variable, so the
@@ -118,9 +118,7 @@ def _join_all(children: list[BaseProcess]) -> None:
 
 def _serve_one(argv: list[str], index: int, parent: int, metrics_dir: str) -> None:
     """One of the processes: the whole router on its own ``SO_REUSEPORT`` socket."""
-    # A spawned child does not run router/__main__.py (multiprocessing skips a package's
-    # __main__), so it keeps torch out itself, before router.server reaches transformers.
-    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    keep_torch_out()  # before router.server reaches transformers (router/torchless.py)
     from router.server import Server, make_app, reuse_port_socket, uvicorn_config
 
     cfg = from_args(argv)  # checked by the parent already

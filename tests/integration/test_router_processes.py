@@ -30,7 +30,7 @@ def serving_children(parent: int) -> list[psutil.Process]:
 
 
 def maps_torch(proc: psutil.Process) -> bool:
-    """Whether the process has torch's library mapped (router/__main__.py keeps it out)."""
+    """Whether the process has torch's library mapped (router/torchless.py keeps it out)."""
     return any("libtorch" in m.path for m in proc.memory_maps())
 
 

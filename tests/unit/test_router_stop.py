@@ -39,8 +39,9 @@ def test_a_close_step_that_ends_says_nothing(caplog: pytest.LogCaptureFixture) -
 
 
 SLOW_STOP = """
-import sys, time
-sys.modules["torch"] = None  # as python -m router keeps it out (seconds of imports otherwise)
+import time
+from router.torchless import keep_torch_out
+keep_torch_out()  # as the router's entry points do (seconds of imports otherwise)
 import uvicorn
 from router.server import Server
 server = Server(uvicorn.Config(app=None))

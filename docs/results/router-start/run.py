@@ -24,7 +24,7 @@ from pdserve.tools.model import default_model_dir
 from pdserve.tools.ports import free_port
 from pdserve.tools.procs import Procs
 
-# torch imported before the router's module runs: its sys.modules.setdefault then keeps it
+# torch imported before the router's module runs: keep_torch_out (router/torchless.py) then leaves it
 WITH_TORCH = "import runpy, sys, torch; sys.argv[0] = 'router'; runpy.run_module('router', run_name='__main__')"
 
 
